@@ -1,0 +1,53 @@
+# Two entry points for a fresh machine with Python 3.11+: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install system-deps test test-unit lint demo dev-up dev-down bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# PostgreSQL server binaries, Java and Maven (for Apache Kafka), installed when missing and we may.
+system-deps:
+	bash scripts/install-system-deps.sh
+
+# The whole suite against real Kafka, PostgreSQL and NATS (the dev stack is started when not running).
+test: install system-deps lint
+	$(BIN)/market-ingestor dev up
+	$(BIN)/pytest -q -p no:cacheprovider
+
+# Pure-logic tests only: no servers needed.
+test-unit: install
+	$(BIN)/pytest -q -m "not kafka and not nats and not postgres"
+
+lint: install
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+# Until the ingest service lands (issue 3) the demo brings up the stack and shows the control plane working.
+demo: install system-deps
+	$(BIN)/market-ingestor dev up
+	$(BIN)/market-ingestor --config market-ingestor.example.toml symbols add binance SOLUSDT
+	$(BIN)/market-ingestor --config market-ingestor.example.toml exchanges list
+	@echo "dev stack running; 'make dev-down' stops it. The exchange simulator and ingest pipeline arrive next."
+
+dev-up: install
+	$(BIN)/market-ingestor dev up
+
+dev-down: install
+	$(BIN)/market-ingestor dev down
+
+bench: install
+	$(BIN)/market-ingestor dev up
+	$(BIN)/python bench/bus.py
+
+clean:
+	-$(BIN)/market-ingestor dev down
+	rm -rf $(VENV) .devstack .pytest_cache .ruff_cache .mypy_cache

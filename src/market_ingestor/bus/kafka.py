@@ -1,0 +1,302 @@
+"""Kafka/Redpanda transport on aiokafka.
+
+The publisher fills one record batch per partition itself and hands whole batches to aiokafka: a per-message
+``send()`` costs a future and a metadata check per record and tops out near 60k msgs/s on one core, while
+batch submission moves several times that. Partitions are chosen with Kafka's own murmur2 key hashing, so
+producers in other languages put the same key on the same partition. The producer is idempotent with
+acks=all: its own retries never duplicate or reorder a batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
+from aiokafka.partitioner import murmur2
+from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
+
+from market_ingestor.bus.base import Delivery
+from market_ingestor.bus.topics import PIPELINE_TOPICS, TopicSpec
+from market_ingestor.config import KafkaConfig
+from market_ingestor.errors import BusClosedError, BusError
+
+log = logging.getLogger(__name__)
+
+_PARTITION_CACHE_MAX = 100_000
+
+
+def _compression(config: KafkaConfig) -> str | None:
+    return None if config.compression == "none" else config.compression
+
+
+def _delivery(record: ConsumerRecord[bytes, bytes]) -> Delivery:
+    return Delivery(
+        topic=record.topic,
+        key=record.key.decode() if record.key is not None else "",
+        value=record.value or b"",
+        partition=record.partition,
+        position=record.offset,
+    )
+
+
+class KafkaBus:
+    # The idempotent producer dedupes its own retries; an application re-send is a new record.
+    deduplicates_resends = False
+
+    def __init__(self, config: KafkaConfig) -> None:
+        self.config = config
+
+    async def ensure_topics(self, topics: Sequence[TopicSpec] = PIPELINE_TOPICS) -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.config.bootstrap, client_id=self.config.client_id)
+        try:
+            await admin.start()
+            existing = set(await admin.list_topics())
+            missing = [self._new_topic(spec) for spec in topics if spec.name not in existing]
+            if missing:
+                await admin.create_topics(missing)
+                log.info("created topics", extra={"topics": [topic.name for topic in missing]})
+        except TopicAlreadyExistsError:
+            pass  # another process created them between our list and create
+        except KafkaError as exc:
+            raise BusError(f"cannot create Kafka topics on {self.config.bootstrap}: {exc!r}") from exc
+        finally:
+            await admin.close()
+
+    def _new_topic(self, spec: TopicSpec) -> NewTopic:
+        configs = {"retention.ms": str(spec.retention_s * 1000)}
+        if spec.compacted:
+            configs = {"cleanup.policy": "compact"}
+        return NewTopic(
+            name=spec.name,
+            num_partitions=spec.partitions or self.config.partitions,
+            replication_factor=self.config.replication_factor,
+            topic_configs=configs,
+        )
+
+    async def _partitions(self, topic: str) -> list[TopicPartition]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.config.bootstrap, client_id=self.config.client_id)
+        try:
+            await admin.start()
+            (described,) = await admin.describe_topics([topic])
+        finally:
+            await admin.close()
+        return sorted(TopicPartition(topic, p["partition"]) for p in described["partitions"])
+
+    async def read_topic(self, topic: str) -> list[Delivery]:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.config.bootstrap,
+            client_id=self.config.client_id,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+        )
+        try:
+            partitions = await self._partitions(topic)
+            if not partitions:
+                return []
+            await consumer.start()
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            end = await consumer.end_offsets(partitions)
+            records: list[Delivery] = []
+            # Read until every partition's position reaches the end offset taken at the start.
+            while [tp for tp in partitions if await consumer.position(tp) < end[tp]]:
+                batches = await consumer.getmany(timeout_ms=1000)
+                records.extend(_delivery(record) for batch in batches.values() for record in batch)
+            return sorted(records, key=lambda d: (d.partition, d.position))
+        except KafkaError as exc:
+            raise BusError(f"cannot read Kafka topic {topic!r}: {exc!r}") from exc
+        finally:
+            await consumer.stop()
+
+    def publisher(self) -> KafkaPublisher:
+        return KafkaPublisher(self.config)
+
+    def subscriber(self, topics: Sequence[str], group: str) -> KafkaSubscriber:
+        return KafkaSubscriber(self.config, topics, group)
+
+
+class KafkaPublisher:
+    def __init__(self, config: KafkaConfig) -> None:
+        self.config = config
+        self._producer: AIOKafkaProducer | None = None
+        self._open_batches: dict[tuple[str, int], object] = {}
+        self._submit_locks: dict[tuple[str, int], asyncio.Lock] = {}
+        self._in_flight: set[asyncio.Future[object]] = set()
+        self._partitions: dict[str, list[int]] = {}
+        self._partition_of: dict[tuple[str, str], int] = {}
+        self._failure: BaseException | None = None
+        self._linger_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        config = self.config
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=config.bootstrap,
+            client_id=config.client_id,
+            acks=-1 if config.acks == "all" else 1,
+            enable_idempotence=config.acks == "all",
+            linger_ms=config.linger_ms,
+            max_batch_size=config.batch_size_bytes,
+            max_request_size=config.max_request_size_bytes,
+            compression_type=_compression(config),
+            request_timeout_ms=config.request_timeout_ms,
+        )
+        try:
+            await self._producer.start()
+        except KafkaError as exc:
+            self._producer = None
+            raise BusError(f"cannot connect to Kafka at {config.bootstrap}: {exc!r}") from exc
+        self._linger_task = asyncio.create_task(self._linger(), name="kafka-publisher-linger")
+
+    async def stop(self) -> None:
+        if self._producer is None:
+            return
+        try:
+            await self.flush()
+        finally:
+            if self._linger_task is not None:
+                self._linger_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._linger_task
+            await self._producer.stop()
+            self._producer = None
+
+    async def publish(self, topic: str, key: str, value: bytes, msg_id: str | None = None) -> None:
+        producer = self._live_producer()
+        partition = self._partition_of.get((topic, key))
+        if partition is None:
+            partition = await self._partition(topic, key)
+        slot = (topic, partition)
+        key_bytes = key.encode()
+        batch = self._open_batches.get(slot)
+        if batch is None:
+            batch = self._open_batches[slot] = producer.create_batch()
+        if batch.append(timestamp=None, key=key_bytes, value=value) is None:  # type: ignore[attr-defined]
+            await self._submit(slot)
+            batch = self._open_batches[slot] = producer.create_batch()
+            batch.append(timestamp=None, key=key_bytes, value=value)  # type: ignore[attr-defined]
+
+    async def flush(self) -> None:
+        for slot in list(self._open_batches):
+            await self._submit(slot)
+        while self._in_flight:
+            await asyncio.wait(list(self._in_flight))
+        self._raise_failure()
+
+    def _live_producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            raise BusClosedError("Kafka publisher is not started")
+        self._raise_failure()
+        return self._producer
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise BusError(f"Kafka rejected a batch: {self._failure!r}") from self._failure
+
+    async def _partition(self, topic: str, key: str) -> int:
+        partitions = self._partitions.get(topic)
+        if partitions is None:
+            try:
+                found = await self._live_producer().partitions_for(topic)
+            except KafkaError as exc:
+                raise BusError(f"no metadata for Kafka topic {topic!r}: {exc!r}") from exc
+            partitions = self._partitions[topic] = sorted(found)
+        # The same murmur2 hash as Kafka's Java client, so every producer agrees on a key's partition.
+        partition = partitions[(murmur2(key.encode()) & 0x7FFFFFFF) % len(partitions)]
+        if len(self._partition_of) >= _PARTITION_CACHE_MAX:
+            self._partition_of.clear()
+        self._partition_of[(topic, key)] = partition
+        return partition
+
+    async def _submit(self, slot: tuple[str, int]) -> None:
+        # One lock per partition keeps batches of a partition in the order they were filled.
+        lock = self._submit_locks.setdefault(slot, asyncio.Lock())
+        async with lock:
+            batch = self._open_batches.pop(slot, None)
+            if batch is None or batch.record_count() == 0:  # type: ignore[attr-defined]
+                return
+            producer = self._live_producer()
+            try:
+                # Waits while the previous batch of this partition is undrained: the backpressure point.
+                future = await producer.send_batch(batch, slot[0], partition=slot[1])
+            except KafkaError as exc:
+                raise BusError(f"cannot queue a batch for {slot[0]}[{slot[1]}]: {exc!r}") from exc
+            self._in_flight.add(future)
+            future.add_done_callback(self._batch_done)
+
+    def _batch_done(self, future: asyncio.Future[object]) -> None:
+        self._in_flight.discard(future)
+        if not future.cancelled() and future.exception() is not None and self._failure is None:
+            self._failure = future.exception()
+
+    async def _linger(self) -> None:
+        interval_s = max(self.config.linger_ms, 1) / 1000
+        while True:
+            await asyncio.sleep(interval_s)
+            for slot in list(self._open_batches):
+                try:
+                    await self._submit(slot)
+                except BusError as exc:
+                    self._failure = self._failure or exc
+
+
+class KafkaSubscriber:
+    def __init__(self, config: KafkaConfig, topics: Sequence[str], group: str) -> None:
+        self.config = config
+        self.topics = tuple(topics)
+        self.group = group
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def start(self) -> None:
+        self._consumer = AIOKafkaConsumer(
+            *self.topics,
+            bootstrap_servers=self.config.bootstrap,
+            client_id=self.config.client_id,
+            group_id=self.group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            # Never hand out records of aborted or open transactions (exactly-once producers upstream).
+            isolation_level="read_committed",
+        )
+        try:
+            await self._consumer.start()
+        except KafkaError as exc:
+            self._consumer = None
+            raise BusError(f"cannot connect to Kafka at {self.config.bootstrap}: {exc!r}") from exc
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+
+    def _live(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            raise BusClosedError("Kafka subscriber is not started")
+        return self._consumer
+
+    async def fetch(self, max_records: int = 1000, timeout_s: float = 1.0) -> list[Delivery]:
+        try:
+            batches = await self._live().getmany(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        except KafkaError as exc:
+            raise BusError(f"Kafka fetch failed: {exc!r}") from exc
+        return [_delivery(record) for records in batches.values() for record in records]
+
+    async def commit(self, deliveries: Sequence[Delivery]) -> None:
+        offsets: dict[TopicPartition, int] = {}
+        for delivery in deliveries:
+            tp = TopicPartition(delivery.topic, delivery.partition)
+            offsets[tp] = max(offsets.get(tp, -1), delivery.position + 1)
+        if not offsets:
+            return
+        try:
+            await self._live().commit({tp: OffsetAndMetadata(offset, "") for tp, offset in offsets.items()})
+        except CommitFailedError as exc:
+            # The partitions moved to another member during a rebalance: it will get these records again,
+            # which is the at-least-once contract; nothing is lost.
+            log.warning("commit skipped after rebalance", extra={"group": self.group, "error": repr(exc)})
+        except KafkaError as exc:
+            raise BusError(f"Kafka commit failed for group {self.group!r}: {exc!r}") from exc

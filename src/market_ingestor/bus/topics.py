@@ -1,0 +1,29 @@
+"""What each topic is for and how long it keeps data; both bus adapters create their topics from this."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from market_ingestor.model import Topics
+
+DAY_S = 24 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    name: str
+    retention_s: int = 7 * DAY_S
+    # Compacted: only the latest record per key is kept (Kafka cleanup.policy=compact, NATS one per subject).
+    compacted: bool = False
+    partitions: int | None = None  # None: the bus default
+
+
+PIPELINE_TOPICS: tuple[TopicSpec, ...] = (
+    TopicSpec(Topics.TRADES),
+    TopicSpec(Topics.QUOTES),
+    TopicSpec(Topics.BOOK),
+    TopicSpec(Topics.KLINES, retention_s=30 * DAY_S),
+    TopicSpec(Topics.INDICATORS, retention_s=30 * DAY_S),
+    TopicSpec(Topics.CONTROL, compacted=True, partitions=1),
+    TopicSpec(Topics.DEADLETTER, retention_s=14 * DAY_S, partitions=3),
+)

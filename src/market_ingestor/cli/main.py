@@ -1,0 +1,53 @@
+"""The ``market-ingestor`` command: one click group, one module per command group."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from market_ingestor import __version__
+from market_ingestor.cli.context import CliContext
+from market_ingestor.cli.control import exchanges, symbols
+from market_ingestor.cli.dev import dev
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="market-ingestor")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="TOML config file [default: $MARKET_INGESTOR_CONFIG, else ./market-ingestor.toml if present].",
+)
+@click.pass_context
+def cli(ctx: click.Context, config_path: Path | None) -> None:
+    """Exchange market data -> Kafka/NATS -> Faust streams -> TimescaleDB, with live WebSocket push."""
+    ctx.obj = CliContext(config_path)
+
+
+def _not_yet(name: str, summary: str, issue: int) -> click.Command:
+    @click.command(name, help=f"{summary} (not yet available).", context_settings={"ignore_unknown_options": True})
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def command(args: tuple[str, ...]) -> None:
+        raise click.ClickException(f"'{name}' is not yet available in this version (planned, issue {issue}).")
+
+    return command
+
+
+cli.add_command(dev)
+cli.add_command(exchanges)
+cli.add_command(symbols)
+for _name, _summary, _issue in (
+    ("up", "Run the whole pipeline: ingest, worker, sinks, push and API", 6),
+    ("ingest", "Run the exchange connectors and publish normalized events to the bus", 3),
+    ("simulate", "Serve a local simulator of the five exchanges' WebSocket and REST APIs", 3),
+    ("parse", "Normalize a recorded exchange session to JSON lines", 3),
+    ("worker", "Run the Faust stream worker: klines and indicators", 4),
+    ("klines", "Aggregate normalized trades (JSON lines) into klines", 4),
+    ("db", "Manage the database: migrate, load, rebuild-klines", 5),
+    ("apikeys", "Create, list and revoke API keys", 5),
+    ("push", "Run the WebSocket push gateway", 6),
+):
+    cli.add_command(_not_yet(_name, _summary, _issue))

@@ -1,0 +1,200 @@
+"""Configuration: one TOML file plus environment overrides, decoded and validated once at start, frozen.
+
+Where the values come from, later ones winning:
+
+1. the defaults below;
+2. the TOML file: ``--config PATH``, else ``$MARKET_INGESTOR_CONFIG``, else ``./market-ingestor.toml`` if present;
+3. the well-known variables ``KAFKA_BOOTSTRAP``, ``NATS_URL``, ``DATABASE_URL`` (what container platforms set);
+4. ``MARKET_INGESTOR__SECTION__FIELD=value`` for any field, ``__`` separating the path, e.g.
+   ``MARKET_INGESTOR__BUS__KIND=nats`` or ``MARKET_INGESTOR__EXCHANGES__BINANCE__SYMBOLS='["BTCUSDT"]'``
+   (values starting with ``[`` or ``{`` are read as JSON).
+
+A wrong value fails at start with a :class:`ConfigError` naming the field path and what was expected;
+unknown fields are errors too, so a typo never silently becomes a default.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
+
+import msgspec
+
+from market_ingestor.errors import ConfigError
+
+ENV_PREFIX = "MARKET_INGESTOR__"
+CONFIG_PATH_ENV = "MARKET_INGESTOR_CONFIG"
+DEFAULT_CONFIG_FILE = "market-ingestor.toml"
+
+PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
+PositiveSeconds = Annotated[float, msgspec.Meta(gt=0)]
+ExchangeName = Literal["binance", "okx", "bybit", "coinbase", "kraken"]
+
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class LogConfig(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "kv"] = "json"
+
+
+class KafkaConfig(_Section):
+    bootstrap: str = "127.0.0.1:19092"
+    client_id: str = "market-ingestor"
+    # acks=all with idempotence: a broker failover neither loses nor duplicates a produced batch.
+    acks: Literal["all", "1"] = "all"
+    linger_ms: NonNegativeInt = 5
+    batch_size_bytes: PositiveInt = 512 * 1024
+    max_request_size_bytes: PositiveInt = 4 * 1024 * 1024
+    compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
+    request_timeout_ms: PositiveInt = 30_000
+    partitions: PositiveInt = 12
+    replication_factor: PositiveInt = 1
+
+
+class NatsConfig(_Section):
+    url: str = "nats://127.0.0.1:14222"
+    connect_timeout_s: PositiveSeconds = 10.0
+    storage: Literal["file", "memory"] = "file"
+    replicas: PositiveInt = 1
+    max_age_s: PositiveInt = 7 * 24 * 3600
+    # JetStream drops a publish whose Nats-Msg-Id it has seen within this window.
+    duplicate_window_s: PositiveInt = 120
+    # An unacknowledged message is redelivered after this long.
+    ack_wait_s: PositiveSeconds = 30.0
+    max_pending_publishes: PositiveInt = 8192
+
+
+class BusConfig(_Section):
+    kind: Literal["kafka", "nats"] = "kafka"
+    kafka: KafkaConfig = msgspec.field(default_factory=KafkaConfig)
+    nats: NatsConfig = msgspec.field(default_factory=NatsConfig)
+
+
+class DatabaseConfig(_Section):
+    url: str = "postgresql://market_ingestor@127.0.0.1:15432/market_ingestor"
+
+
+class ExchangeConfig(_Section):
+    enabled: bool = True
+    symbols: list[str] = msgspec.field(default_factory=list)
+    ws_url: str | None = None  # None: the exchange's public endpoint
+    rest_url: str | None = None
+
+
+class Config(_Section):
+    log: LogConfig = msgspec.field(default_factory=LogConfig)
+    bus: BusConfig = msgspec.field(default_factory=BusConfig)
+    database: DatabaseConfig = msgspec.field(default_factory=DatabaseConfig)
+    exchanges: dict[ExchangeName, ExchangeConfig] = msgspec.field(default_factory=dict)
+
+
+# Well-known variables and where they land in the config tree.
+_WELL_KNOWN_ENV: dict[str, tuple[str, ...]] = {
+    "KAFKA_BOOTSTRAP": ("bus", "kafka", "bootstrap"),
+    "NATS_URL": ("bus", "nats", "url"),
+    "DATABASE_URL": ("database", "url"),
+}
+
+
+def _set_path(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"cannot set {'.'.join(path)}: {part} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def _env_value(raw: str) -> Any:
+    if raw[:1] in "[{":
+        try:
+            return msgspec.json.decode(raw)
+        except msgspec.DecodeError as exc:
+            raise ConfigError(f"environment value {raw!r} looks like JSON but is not: {exc}") from exc
+    return raw
+
+
+def apply_env(tree: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    for name, path in _WELL_KNOWN_ENV.items():
+        if environ.get(name):
+            _set_path(tree, path, environ[name])
+    for name, raw in sorted(environ.items()):
+        if name.startswith(ENV_PREFIX):
+            path = tuple(part.lower() for part in name[len(ENV_PREFIX) :].split("__"))
+            if not all(path):
+                raise ConfigError(f"malformed override {name}: empty path segment")
+            _set_path(tree, path, _env_value(raw))
+    return tree
+
+
+def config_path(explicit: str | Path | None, environ: Mapping[str, str]) -> Path | None:
+    """The file to read; ``None`` when no file is named and the default one is absent."""
+    if explicit is not None:
+        return Path(explicit)
+    if environ.get(CONFIG_PATH_ENV):
+        return Path(environ[CONFIG_PATH_ENV])
+    default = Path(DEFAULT_CONFIG_FILE)
+    return default if default.exists() else None
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+
+
+def _field_type(path: str) -> Any:
+    """The annotated type at a msgspec error path such as ``$.bus.kind`` (None when not found)."""
+    node: Any = Config
+    for part in path.removeprefix("$.").split("."):
+        hints = get_type_hints(node, include_extras=True) if isinstance(node, type) else {}
+        if part in hints:
+            node = hints[part]
+        elif get_origin(node) is dict:
+            node = get_args(node)[1]
+        else:
+            return None
+    return node
+
+
+def _explain(error: msgspec.ValidationError) -> str:
+    """msgspec says "Invalid enum value 'x'" for a Literal; add the values that are allowed."""
+    message = str(error)
+    match = re.search(r"- at (`key` in )?`(\$[^`]*)`", message)
+    if match and message.startswith("Invalid enum value"):
+        field_type = _field_type(match.group(2))
+        if match.group(1) and get_origin(field_type) is dict:
+            field_type = get_args(field_type)[0]
+        allowed = get_args(field_type)
+        if allowed:
+            message += f" (expected one of: {', '.join(map(repr, allowed))})"
+    return message
+
+
+def from_mapping(tree: Mapping[str, Any], source: str = "config") -> Config:
+    try:
+        # strict=False: environment values are strings, and "5" must still fill an int field.
+        return msgspec.convert(tree, Config, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid {source}: {_explain(exc)}") from exc
+
+
+def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    environ = os.environ if environ is None else environ
+    file = config_path(path, environ)
+    tree = read_toml(file) if file is not None else {}
+    source = f"config ({file})" if file is not None else "config"
+    return from_mapping(apply_env(tree, environ), source)

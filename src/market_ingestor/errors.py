@@ -1,0 +1,41 @@
+"""The error tree. Every error the package raises on purpose derives from one root.
+
+    MarketIngestorError
+    ├── ConfigError            bad config file, field or environment override
+    ├── SymbolError            a symbol that no instrument registry knows, or a malformed one
+    ├── ParseError             an exchange frame that cannot be normalized (goes to the dead-letter topic)
+    ├── BusError               the transport failed (Kafka, NATS); wraps the client library's error
+    │   └── BusClosedError     used after stop() or before start()
+    └── DevStackError          a local development server failed to start or stop
+
+Library errors are wrapped at the boundary with ``raise ... from exc`` so the cause stays visible, and every
+message says what the operator can do about it.
+"""
+
+
+class MarketIngestorError(Exception):
+    """Root of all market-ingestor errors."""
+
+
+class ConfigError(MarketIngestorError):
+    """The configuration is invalid; the message names the field path and what was expected."""
+
+
+class SymbolError(MarketIngestorError):
+    """A symbol could not be normalized or is unknown to the instrument registry."""
+
+
+class ParseError(MarketIngestorError):
+    """An exchange frame could not be normalized; carries the reason for the dead-letter record."""
+
+
+class BusError(MarketIngestorError):
+    """The message bus failed; the cause is chained."""
+
+
+class BusClosedError(BusError):
+    """The bus client was used before start() or after stop()."""
+
+
+class DevStackError(MarketIngestorError):
+    """A development server (Kafka, PostgreSQL, NATS) could not be started or stopped."""

@@ -1,0 +1,227 @@
+"""The normalized event model shared by every layer: ingest, bus, streams, sinks, push.
+
+Prices and quantities are ``Decimal`` from the wire to the database; on every wire (Kafka, NATS, WebSocket,
+JSON lines) they travel as JSON strings, exactly as the exchange sent them, so a consumer in any language can
+read them without float rounding. Timestamps are integers in nanoseconds since the Unix epoch (UTC).
+
+Every event is a frozen msgspec Struct tagged with a ``type`` field, so a mixed stream (``parse`` output, the
+dead-letter topic) decodes into the right class. The topic schemas are documented in ``docs/topics.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Literal, TypeVar
+
+import msgspec
+
+Side = Literal["buy", "sell"]
+# One price level of an L2 book: (price, quantity). A quantity of 0 in a delta removes the level.
+Level = tuple[Decimal, Decimal]
+
+
+class Trade(msgspec.Struct, frozen=True, tag="trade", tag_field="type"):
+    exchange: str
+    symbol: str
+    trade_id: str
+    price: Decimal
+    qty: Decimal
+    side: Side  # the aggressor (taker) side
+    ts: int  # exchange time, ns
+    recv_ts: int  # local receipt time, ns
+
+
+class Quote(msgspec.Struct, frozen=True, tag="quote", tag_field="type"):
+    """Best bid and ask (L1) with their sizes."""
+
+    exchange: str
+    symbol: str
+    bid_price: Decimal
+    bid_qty: Decimal
+    ask_price: Decimal
+    ask_qty: Decimal
+    ts: int
+    recv_ts: int
+    seq: int | None = None  # the exchange's update id, where it sends one
+
+
+class BookSnapshot(msgspec.Struct, frozen=True, tag="book_snapshot", tag_field="type"):
+    """A full L2 book; ``seq`` is the exchange's sequence number the deltas that follow continue from."""
+
+    exchange: str
+    symbol: str
+    bids: tuple[Level, ...]  # best (highest) first
+    asks: tuple[Level, ...]  # best (lowest) first
+    seq: int | None
+    ts: int
+    recv_ts: int
+
+
+class BookDelta(msgspec.Struct, frozen=True, tag="book_delta", tag_field="type"):
+    """Changed L2 levels. ``first_seq``..``last_seq`` is the range of exchange update ids it covers and
+    ``prev_seq`` the id it follows, where the exchange states one (OKX ``prevSeqId``)."""
+
+    exchange: str
+    symbol: str
+    bids: tuple[Level, ...]
+    asks: tuple[Level, ...]
+    first_seq: int | None
+    last_seq: int | None
+    ts: int
+    recv_ts: int
+    prev_seq: int | None = None
+
+
+class Kline(msgspec.Struct, frozen=True, tag="kline", tag_field="type"):
+    """An OHLCV candle with the same meaning as an exchange's own klines.
+
+    ``open_time`` is inclusive and ``close_time`` is the last nanosecond of the window (exchange style:
+    open_time + interval - 1). ``revision`` grows when a late trade corrects an already emitted closed kline;
+    consumers upsert by (exchange, symbol, interval, open_time) keeping the highest revision.
+    """
+
+    exchange: str
+    symbol: str
+    interval: str
+    open_time: int
+    close_time: int
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    close: Decimal
+    volume: Decimal
+    quote_volume: Decimal
+    trade_count: int
+    taker_buy_volume: Decimal
+    taker_buy_quote_volume: Decimal
+    first_trade_id: str | None
+    last_trade_id: str | None
+    vwap: Decimal
+    closed: bool
+    revision: int = 0
+
+
+class IndicatorValue(msgspec.Struct, frozen=True, tag="indicator", tag_field="type"):
+    """One indicator's value(s) for a closed kline; multi-output indicators (MACD, Bollinger) fill several
+    named values, e.g. ``{"macd": ..., "signal": ..., "hist": ...}``."""
+
+    exchange: str
+    symbol: str
+    interval: str
+    name: str  # e.g. "rsi_14", "macd_12_26_9"
+    open_time: int
+    values: dict[str, Decimal]
+    revision: int = 0
+
+
+class DeadLetter(msgspec.Struct, frozen=True, tag="deadletter", tag_field="type"):
+    """Input that could not be normalized, kept with the reason so nothing is silently lost."""
+
+    exchange: str
+    raw: str
+    reason: str
+    recv_ts: int
+
+
+class ControlCommand(msgspec.Struct, frozen=True, tag="control", tag_field="type"):
+    """A runtime change to what the ingestors subscribe to, carried on the compacted control topic.
+
+    The latest command per (target, exchange, symbol) is the state: compaction keeps exactly that.
+    """
+
+    action: Literal["add", "remove"]
+    target: Literal["exchange", "symbol"]
+    exchange: str
+    symbol: str | None = None
+    ts: int = 0
+
+
+MarketEvent = Trade | Quote | BookSnapshot | BookDelta | Kline | IndicatorValue
+AnyEvent = MarketEvent | DeadLetter | ControlCommand
+
+
+class Topics:
+    """Logical topic names. Kafka uses them as topic names; NATS as subject prefixes and stream names."""
+
+    TRADES = "market.trades"
+    QUOTES = "market.quotes"
+    BOOK = "market.book"
+    KLINES = "market.klines"
+    INDICATORS = "market.indicators"
+    CONTROL = "market.control"
+    DEADLETTER = "market.deadletter"
+
+    ALL: tuple[str, ...] = (TRADES, QUOTES, BOOK, KLINES, INDICATORS, CONTROL, DEADLETTER)
+
+
+TOPIC_OF: dict[type, str] = {
+    Trade: Topics.TRADES,
+    Quote: Topics.QUOTES,
+    BookSnapshot: Topics.BOOK,
+    BookDelta: Topics.BOOK,
+    Kline: Topics.KLINES,
+    IndicatorValue: Topics.INDICATORS,
+    DeadLetter: Topics.DEADLETTER,
+    ControlCommand: Topics.CONTROL,
+}
+
+
+def bus_key(event: AnyEvent) -> str:
+    """Partition key: one instrument stays ordered on one partition (and one NATS subject)."""
+    if isinstance(event, ControlCommand):
+        return f"{event.target}.{event.exchange}" + (f".{event.symbol}" if event.symbol else "")
+    if isinstance(event, DeadLetter):
+        return event.exchange
+    return f"{event.exchange}.{event.symbol}"
+
+
+def _book_seq(event: BookSnapshot | BookDelta) -> str:
+    seq = event.seq if isinstance(event, BookSnapshot) else event.last_seq
+    return f"{seq}" if seq is not None else f"{event.ts}.{event.recv_ts}"
+
+
+# The identity of an event: a re-send of the same event gets the same id (bus-level deduplication), two
+# different events never share one. In-progress klines carry their trade count so successive updates differ.
+_EVENT_ID: dict[type, Callable[..., str]] = {
+    Trade: lambda e: f"t.{e.exchange}.{e.symbol}.{e.trade_id}",
+    Quote: lambda e: f"q.{e.exchange}.{e.symbol}.{e.ts}.{e.recv_ts}",
+    BookSnapshot: lambda e: f"bs.{e.exchange}.{e.symbol}.{_book_seq(e)}",
+    BookDelta: lambda e: f"bd.{e.exchange}.{e.symbol}.{_book_seq(e)}",
+    Kline: lambda e: (
+        f"k.{e.exchange}.{e.symbol}.{e.interval}.{e.open_time}.{e.revision}.{int(e.closed)}.{e.trade_count}"
+    ),
+    IndicatorValue: lambda e: f"i.{e.exchange}.{e.symbol}.{e.interval}.{e.name}.{e.open_time}.{e.revision}",
+    DeadLetter: lambda e: f"d.{e.exchange}.{e.recv_ts}",
+    ControlCommand: lambda e: f"c.{e.target}.{e.exchange}.{e.symbol}.{e.action}.{e.ts}",
+}
+
+
+def event_id(event: AnyEvent) -> str:
+    return _EVENT_ID[type(event)](event)
+
+
+def topic_of(event: AnyEvent) -> str:
+    return TOPIC_OF[type(event)]
+
+
+# Encoders/decoders are built once: msgspec's speed comes from reusing them.
+_encoder = msgspec.json.Encoder(decimal_format="string")
+_any_decoder = msgspec.json.Decoder(AnyEvent)  # type: ignore[arg-type]
+
+
+def encode(event: AnyEvent) -> bytes:
+    return _encoder.encode(event)
+
+
+def decode(data: bytes | str) -> AnyEvent:
+    """Decode any tagged event; raises ``msgspec.ValidationError``/``DecodeError`` naming the bad field."""
+    return _any_decoder.decode(data)
+
+
+T = TypeVar("T")
+
+
+def decoder_for(cls: type[T]) -> msgspec.json.Decoder[T]:
+    """A fast decoder for one event type, for consumers that read a single topic."""
+    return msgspec.json.Decoder(cls)

@@ -95,11 +95,16 @@ def latency_consumer(
         ready.set()
         latencies: list[int] = []
         while len(latencies) < count:
-            batch = await subscriber.fetch(max_records=5000, timeout_s=15.0)
+            # Generous until the first record (group join), then 3 s of silence means the publisher is done.
+            batch = await subscriber.fetch(max_records=5000, timeout_s=3.0 if latencies else 30.0)
             if not batch:
                 break
             now = time.time_ns()
-            latencies.extend(now - trade_decoder.decode(d.value).recv_ts for d in batch)
+            for delivery in batch:
+                trade = trade_decoder.decode(delivery.value)
+                # Warm-up trades (group join, first fetch) are delivered but not counted.
+                if not trade.trade_id.startswith("w"):
+                    latencies.append(now - trade.recv_ts)
             await subscriber.commit(batch)
         await subscriber.stop()
         return latencies
@@ -107,23 +112,26 @@ def latency_consumer(
     out.put(asyncio.run(run()))
 
 
-async def paced_publish(bus: Bus, topic: str, rate: int, seconds: float) -> int:
+async def paced_publish(bus: Bus, topic: str, rate: int, seconds: float, warmup_s: float = 2.0) -> int:
+    """Publishes at ``rate`` for ``warmup_s`` (trade ids "w…", not measured) and then ``seconds``."""
     publisher = bus.publisher()
     await publisher.start()
-    sent = 0
+    sent = measured = 0
     started = time.perf_counter()
-    tick_s = 0.001
-    while (elapsed := time.perf_counter() - started) < seconds:
+    while (elapsed := time.perf_counter() - started) < warmup_s + seconds:
         due = int(elapsed * rate)
         while sent < due:
             symbol = SYMBOLS[sent % len(SYMBOLS)]
             now = time.time_ns()
-            trade = Trade("binance", symbol, str(sent), Decimal("1.5"), Decimal("2"), "sell", now, now)
+            warm = elapsed < warmup_s
+            trade_id = f"w{sent}" if warm else str(sent)
+            trade = Trade("binance", symbol, trade_id, Decimal("1.5"), Decimal("2"), "sell", now, now)
             await publisher.publish(topic, bus_key(trade), encode(trade), event_id(trade))
             sent += 1
-        await asyncio.sleep(tick_s)
+            measured += not warm
+        await asyncio.sleep(0.001)
     await publisher.stop()
-    return sent
+    return measured
 
 
 def percentile(values: list[int], fraction: float) -> float:

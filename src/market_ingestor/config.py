@@ -69,7 +69,10 @@ class NatsConfig(_Section):
     duplicate_window_s: PositiveInt = 120
     # An unacknowledged message is redelivered after this long.
     ack_wait_s: PositiveSeconds = 30.0
-    max_pending_publishes: PositiveInt = 8192
+    # Publishes without an ack of their own, kept for a re-send until an ack confirms them.
+    max_pending_publishes: PositiveInt = 16_384
+    ack_every: PositiveInt = 512  # every n-th publish of a topic asks JetStream for an ack
+    ack_timeout_s: PositiveSeconds = 10.0
 
 
 class BusConfig(_Section):

@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import nats
 from nats.aio.client import Client as NatsClient
@@ -31,6 +33,7 @@ from market_ingestor.errors import BusClosedError, BusError
 
 log = logging.getLogger(__name__)
 
+_SUBJECT_CACHE_MAX = 100_000
 _SUBJECT_TOKEN_RE = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
 
 
@@ -45,12 +48,13 @@ def subject_for(topic: str, key: str) -> str:
     return f"{topic}.{key}"
 
 
-async def _connect(config: NatsConfig) -> NatsClient:
+async def _connect(config: NatsConfig, reconnected: Callable[[], Awaitable[None]] | None = None) -> NatsClient:
     # Once connected, reconnect forever; but a server that is not there at start is an error, reported within
     # connect_timeout_s (nats-py would otherwise retry the first connect as long as it retries reconnects).
+    options: dict[str, Any] = {"reconnected_cb": reconnected} if reconnected else {}
     try:
         return await asyncio.wait_for(
-            nats.connect(config.url, connect_timeout=config.connect_timeout_s, max_reconnect_attempts=-1),
+            nats.connect(config.url, connect_timeout=config.connect_timeout_s, max_reconnect_attempts=-1, **options),
             timeout=config.connect_timeout_s,
         )
     except (TimeoutError, NatsError, OSError) as exc:
@@ -138,16 +142,62 @@ class NatsBus:
         return NatsSubscriber(self.config, topics, group)
 
 
+class _Window:
+    """One topic's published-but-unconfirmed messages, oldest first, kept for a re-send.
+
+    ``sent``/``confirmed`` count messages since start, so a checkpoint's position needs no search."""
+
+    __slots__ = ("checkpoints", "confirmed", "pending", "sent")
+
+    def __init__(self) -> None:
+        self.pending: deque[tuple[str, bytes, dict[str, str]]] = deque()
+        self.checkpoints: deque[tuple[int, asyncio.Future[object]]] = deque()
+        self.sent = 0
+        self.confirmed = 0
+
+    def confirm(self, upto: int) -> None:
+        while self.confirmed < upto:
+            self.pending.popleft()
+            self.confirmed += 1
+
+
 class NatsPublisher:
+    """Publishes with JetStream acknowledgements at checkpoints instead of on every message.
+
+    A JetStream ack per message costs more client CPU than the publish itself (an inbox message to parse, a
+    future to resolve). The server stores one connection's messages to a stream in order, so an ack for the
+    n-th message confirms the ones before it. Every ``ack_every``-th message of a topic therefore asks for an
+    ack; the others are sent without one and kept in a bounded window until a later ack confirms them. On
+    flush the last message is sent once more with an ack request: its ``Nats-Msg-Id`` makes the server store
+    it once and still answer, after all the others. If an ack fails or does not come, the whole window is sent
+    again, each message with its own ack: msg ids make the re-send harmless. Messages without a msg id cannot
+    be re-sent safely and are each published with an ack.
+    """
+
     def __init__(self, config: NatsConfig) -> None:
         self.config = config
         self._client: NatsClient | None = None
         self._js: JetStreamContext | None = None
-        self._failure: BaseException | None = None
+        self._windows: dict[str, _Window] = {}
+        self._subjects: dict[tuple[str, str], str] = {}
+        self._unwindowed: set[asyncio.Future[object]] = set()  # publishes without a msg id, each acked
+        self._reconnected = False
 
     async def start(self) -> None:
-        self._client = await _connect(self.config)
+        self._client = await _connect(self.config, self._on_reconnect)
         self._js = self._client.jetstream(publish_async_max_pending=self.config.max_pending_publishes)
+
+    async def _on_reconnect(self) -> None:
+        # What was written to the old connection after its last answered ack may never have arrived, and an
+        # ack on the new connection says nothing about it: the windows are re-sent before anything new.
+        self._reconnected = True
+
+    async def _resend_after_reconnect(self) -> None:
+        self._reconnected = False
+        for window in self._windows.values():
+            if window.pending:
+                log.warning("NATS reconnected; re-sending unconfirmed publishes", extra={"count": len(window.pending)})
+                await self._resend(window)
 
     async def stop(self) -> None:
         if self._client is None:
@@ -158,31 +208,96 @@ class NatsPublisher:
             await self._client.close()
             self._client = self._js = None
 
-    async def publish(self, topic: str, key: str, value: bytes, msg_id: str | None = None) -> None:
-        if self._js is None:
+    def _live(self) -> tuple[NatsClient, JetStreamContext]:
+        if self._client is None or self._js is None:
             raise BusClosedError("NATS publisher is not started")
-        self._raise_failure()
-        headers = {"Nats-Msg-Id": msg_id} if msg_id else None
+        return self._client, self._js
+
+    def _subject(self, topic: str, key: str) -> str:
+        subject = self._subjects.get((topic, key))
+        if subject is None:
+            if len(self._subjects) >= _SUBJECT_CACHE_MAX:
+                self._subjects.clear()
+            subject = self._subjects[(topic, key)] = subject_for(topic, key)
+        return subject
+
+    async def publish(self, topic: str, key: str, value: bytes, msg_id: str | None = None) -> None:
+        client, js = self._live()
+        if self._reconnected:
+            await self._resend_after_reconnect()
+        subject = self._subject(topic, key)
         try:
-            # Waits while max_pending_publishes are unacknowledged: the backpressure point.
-            future = await self._js.publish_async(subject_for(topic, key), value, headers=headers)
+            if msg_id is None:
+                future = await js.publish_async(subject, value)
+                self._unwindowed.add(future)
+                future.add_done_callback(self._unwindowed.discard)
+                return
+            headers = {"Nats-Msg-Id": msg_id}
+            window = self._windows.get(topic) or self._windows.setdefault(topic, _Window())
+            window.pending.append((subject, value, headers))
+            window.sent += 1
+            if window.sent % self.config.ack_every == 0:
+                window.checkpoints.append((window.sent, await js.publish_async(subject, value, headers=headers)))
+                self._reap(window)
+            else:
+                await client.publish(subject, value, headers=headers)
+            if len(window.pending) >= self.config.max_pending_publishes:
+                await self._await_oldest_checkpoint(window)  # the backpressure point
         except NatsError as exc:
             raise BusError(f"NATS publish to {topic} failed: {exc!r}") from exc
-        future.add_done_callback(self._acked)
 
-    def _acked(self, future: asyncio.Future[object]) -> None:
-        if not future.cancelled() and future.exception() is not None and self._failure is None:
-            self._failure = future.exception()
+    def _reap(self, window: _Window) -> None:
+        """Confirms the window up to the newest successful checkpoint that has answered."""
+        while window.checkpoints and window.checkpoints[0][1].done():
+            upto, future = window.checkpoints.popleft()
+            if future.cancelled() or future.exception() is not None:
+                raise BusError(f"JetStream did not store a publish: {future.exception()!r}")
+            window.confirm(upto)
 
-    def _raise_failure(self) -> None:
-        if self._failure is not None:
-            raise BusError(f"JetStream rejected a publish: {self._failure!r}") from self._failure
+    async def _await_oldest_checkpoint(self, window: _Window) -> None:
+        if not window.checkpoints:
+            await self._checkpoint(window)
+        future = window.checkpoints[0][1]
+        try:
+            await asyncio.wait_for(asyncio.shield(future), self.config.ack_timeout_s)
+            self._reap(window)
+        except (TimeoutError, NatsError, BusError) as exc:
+            log.warning("JetStream ack failed; re-sending the unconfirmed window", extra={"error": repr(exc)})
+            await self._resend(window)
+
+    async def _checkpoint(self, window: _Window) -> None:
+        """Ask for an ack after the newest message of the window by sending it again (deduplicated)."""
+        _, js = self._live()
+        subject, value, headers = window.pending[-1]
+        window.checkpoints.append((window.sent, await js.publish_async(subject, value, headers=headers)))
+
+    async def _resend(self, window: _Window) -> None:
+        _, js = self._live()
+        # Acks that may never come hold a slot of nats-py's bounded pending set until cancelled.
+        for _, future in window.checkpoints:
+            future.cancel()
+        window.checkpoints.clear()
+        futures = [await js.publish_async(subject, data, headers=headers) for subject, data, headers in window.pending]
+        try:
+            await asyncio.wait_for(asyncio.gather(*futures), self.config.ack_timeout_s)
+        except (TimeoutError, NatsError) as exc:
+            raise BusError(f"JetStream did not confirm {len(futures)} re-sent messages: {exc!r}") from exc
+        window.confirm(window.sent)
 
     async def flush(self) -> None:
-        if self._js is None:
-            raise BusClosedError("NATS publisher is not started")
-        await self._js.publish_async_completed()
-        self._raise_failure()
+        self._live()
+        if self._reconnected:
+            await self._resend_after_reconnect()
+        for window in self._windows.values():
+            if window.pending and (not window.checkpoints or window.checkpoints[-1][0] < window.sent):
+                await self._checkpoint(window)
+            while window.checkpoints:
+                await self._await_oldest_checkpoint(window)
+        if self._unwindowed:
+            try:
+                await asyncio.wait_for(asyncio.gather(*self._unwindowed), self.config.ack_timeout_s)
+            except (TimeoutError, NatsError) as exc:
+                raise BusError(f"JetStream did not store every publish without a msg id: {exc!r}") from exc
 
 
 def _durable_name(group: str, topic: str) -> str:

@@ -30,6 +30,7 @@ test-unit: install
 lint: install
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
 
 # Until the ingest service lands (issue 3) the demo brings up the stack and shows the control plane working.
 demo: install system-deps

@@ -40,12 +40,12 @@ class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     pass
 
 
-class LogConfig(_Section):
+class LogConfig(_Section, frozen=True):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "kv"] = "json"
 
 
-class KafkaConfig(_Section):
+class KafkaConfig(_Section, frozen=True):
     bootstrap: str = "127.0.0.1:19092"
     client_id: str = "market-ingestor"
     # acks=all with idempotence: a broker failover neither loses nor duplicates a produced batch.
@@ -55,11 +55,13 @@ class KafkaConfig(_Section):
     max_request_size_bytes: PositiveInt = 4 * 1024 * 1024
     compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
     request_timeout_ms: PositiveInt = 30_000
+    # A consumer that stops heartbeating for this long is dropped from its group and its partitions move.
+    session_timeout_ms: PositiveInt = 10_000
     partitions: PositiveInt = 12
     replication_factor: PositiveInt = 1
 
 
-class NatsConfig(_Section):
+class NatsConfig(_Section, frozen=True):
     url: str = "nats://127.0.0.1:14222"
     connect_timeout_s: PositiveSeconds = 10.0
     storage: Literal["file", "memory"] = "file"
@@ -75,24 +77,24 @@ class NatsConfig(_Section):
     ack_timeout_s: PositiveSeconds = 10.0
 
 
-class BusConfig(_Section):
+class BusConfig(_Section, frozen=True):
     kind: Literal["kafka", "nats"] = "kafka"
     kafka: KafkaConfig = msgspec.field(default_factory=KafkaConfig)
     nats: NatsConfig = msgspec.field(default_factory=NatsConfig)
 
 
-class DatabaseConfig(_Section):
+class DatabaseConfig(_Section, frozen=True):
     url: str = "postgresql://market_ingestor@127.0.0.1:15432/market_ingestor"
 
 
-class ExchangeConfig(_Section):
+class ExchangeConfig(_Section, frozen=True):
     enabled: bool = True
     symbols: list[str] = msgspec.field(default_factory=list)
     ws_url: str | None = None  # None: the exchange's public endpoint
     rest_url: str | None = None
 
 
-class Config(_Section):
+class Config(_Section, frozen=True):
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     bus: BusConfig = msgspec.field(default_factory=BusConfig)
     database: DatabaseConfig = msgspec.field(default_factory=DatabaseConfig)

@@ -3,10 +3,15 @@ the dev stack, so callers can swap the bus by configuration alone."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import sys
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 
+import msgspec
 import pytest
 
 from market_ingestor.bus import Bus, Delivery, Subscriber, TopicSpec, open_bus
@@ -19,14 +24,19 @@ KEYS = [f"ex{n % 3}.SYM{n}" for n in range(8)]
 
 
 @pytest.fixture(params=["kafka", "nats"])
-def bus(request: pytest.FixtureRequest, dev_stack) -> Bus:  # type: ignore[no-untyped-def]
-    config = BusConfig(
+def bus_config(request: pytest.FixtureRequest, dev_stack) -> BusConfig:  # type: ignore[no-untyped-def]
+    return BusConfig(
         kind=request.param,
-        kafka=KafkaConfig(bootstrap=dev_stack.kafka_bootstrap, partitions=4, linger_ms=2),
+        # The broker's minimum session timeout: a killed consumer's partitions move after 6 s, not 10.
+        kafka=KafkaConfig(bootstrap=dev_stack.kafka_bootstrap, partitions=4, linger_ms=2, session_timeout_ms=6000),
         # A short ack wait so a redelivery test does not wait half a minute.
         nats=NatsConfig(url=dev_stack.nats_url, ack_wait_s=1.0, storage="memory"),
     )
-    return open_bus(config)
+
+
+@pytest.fixture
+def bus(bus_config: BusConfig) -> Bus:
+    return open_bus(bus_config)
 
 
 @pytest.fixture
@@ -121,6 +131,36 @@ async def test_uncommitted_records_are_redelivered_after_a_consumer_dies(bus, to
     expected = {(d.key, d.value) for d in received} - {(d.key, d.value) for d in processed}
     redelivered = await drain(second, len(expected))
     assert {(d.key, d.value) for d in redelivered} == expected
+
+
+async def test_a_killed_consumer_process_leaves_its_uncommitted_records_to_the_group(
+    bus, bus_config, topic, subscriber_factory
+):
+    """kill -9 of a consumer process: no clean leave, no last commit. The group gets the rest."""
+    sent = await publish_sequence(bus, topic, per_key=25)
+    script = Path(__file__).parent / "crashing_consumer.py"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(script),
+        msgspec.json.encode(bus_config).decode(),
+        topic,
+        "g-kill",
+        str(len(sent)),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        report = json.loads(await asyncio.wait_for(process.stdout.readline(), 60))
+    finally:
+        process.kill()
+        await process.wait()
+    assert len(report["received"]) == len(sent)
+    expected = {tuple(p) for p in report["received"]} - {tuple(p) for p in report["committed"]}
+    assert expected, "the crashing consumer must leave something uncommitted"
+
+    survivor = await subscriber_factory([topic], "g-kill")
+    redelivered = await drain(survivor, len(expected), idle_timeout_s=30.0)
+    assert {(d.key, d.value.decode()) for d in redelivered} == expected
 
 
 async def test_committed_records_are_not_delivered_again_to_the_same_group(bus, topic, subscriber_factory):

@@ -178,7 +178,7 @@ class KafkaPublisher:
         if batch.append(timestamp=None, key=key_bytes, value=value) is None:  # type: ignore[attr-defined]
             await self._submit(slot)
             batch = self._open_batches[slot] = producer.create_batch()
-            batch.append(timestamp=None, key=key_bytes, value=value)  # type: ignore[attr-defined]
+            batch.append(timestamp=None, key=key_bytes, value=value)
 
     async def flush(self) -> None:
         for slot in list(self._open_batches):
@@ -257,6 +257,8 @@ class KafkaSubscriber:
             bootstrap_servers=self.config.bootstrap,
             client_id=self.config.client_id,
             group_id=self.group,
+            session_timeout_ms=self.config.session_timeout_ms,
+            heartbeat_interval_ms=max(self.config.session_timeout_ms // 5, 100),
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             # Never hand out records of aborted or open transactions (exactly-once producers upstream).

@@ -23,7 +23,7 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
 from market_ingestor.bus.base import Delivery
@@ -151,7 +151,7 @@ class _Window:
 
     def __init__(self) -> None:
         self.pending: deque[tuple[str, bytes, dict[str, str]]] = deque()
-        self.checkpoints: deque[tuple[int, asyncio.Future[object]]] = deque()
+        self.checkpoints: deque[tuple[int, asyncio.Future[PubAck]]] = deque()
         self.sent = 0
         self.confirmed = 0
 
@@ -180,7 +180,7 @@ class NatsPublisher:
         self._js: JetStreamContext | None = None
         self._windows: dict[str, _Window] = {}
         self._subjects: dict[tuple[str, str], str] = {}
-        self._unwindowed: set[asyncio.Future[object]] = set()  # publishes without a msg id, each acked
+        self._unwindowed: set[asyncio.Future[PubAck]] = set()  # publishes without a msg id, each acked
         self._reconnected = False
 
     async def start(self) -> None:

@@ -362,8 +362,13 @@ class NatsSubscriber:
         return []
 
     async def commit(self, deliveries: Sequence[Delivery]) -> None:
+        if self._client is None:
+            raise BusClosedError("NATS subscriber is not started")
         try:
             for delivery in deliveries:
                 await delivery.handle.ack()
+            # ack() only queues the ack in the client's buffer; a process that dies right after commit() would
+            # lose it. The PING/PONG round trip returns once the server has read everything sent before it.
+            await self._client.flush(timeout=self.config.ack_timeout_s)
         except NatsError as exc:
             raise BusError(f"NATS ack failed for group {self.group!r}: {exc!r}") from exc

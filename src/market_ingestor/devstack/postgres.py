@@ -40,7 +40,7 @@ class PostgresServer(LocalServer):
     name = "postgres"
     external_env = "DATABASE_URL"
     program = "postgres"
-    stop_grace = 30.0
+    stop_grace_s = 30.0
 
     @property
     def port(self) -> int:
@@ -153,7 +153,7 @@ class PostgresServer(LocalServer):
             logger.warning("postgres: %s; signalling pid %d directly", exc, pid)
         # pg_ctl returns when the pidfile is gone; make sure the postmaster and its children really are.
         if pid_alive(pid) and not wait_for_exit(pid, 5.0):
-            terminate(pid, grace=self.stop_grace)
+            terminate(pid, grace_s=self.stop_grace_s)
 
 
 def _bin_dir() -> Path:
@@ -173,12 +173,13 @@ def _bin_dir() -> Path:
     )
 
 
-def _major_version(bin_path: str) -> float:
+def _major_version(bin_path: str) -> tuple[int, ...]:
+    """``/usr/lib/postgresql/15/bin`` -> (15,); unparsable names sort first."""
     version = Path(bin_path).parent.name
     try:
-        return float(version)
+        return tuple(int(part) for part in version.split("."))
     except ValueError:
-        return 0.0
+        return ()
 
 
 def _timescaledb_available(bin_dir: Path) -> bool:

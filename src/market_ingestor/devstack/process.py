@@ -150,9 +150,9 @@ def wait_for_exit(pid: int, timeout: float) -> bool:
     return True
 
 
-def terminate(pid: int, *, grace: float = 15.0) -> None:
-    """SIGTERM ``pid``'s process group, then SIGKILL it if it is still alive after ``grace`` seconds."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+def terminate(pid: int, *, grace_s: float = 15.0) -> None:
+    """SIGTERM ``pid``'s process group, then SIGKILL it if it is still alive after ``grace_s`` seconds."""
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
         if not pid_alive(pid):
             break
         logger.debug("sending %s to pid %d", sig.name, pid)

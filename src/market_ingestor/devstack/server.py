@@ -32,7 +32,7 @@ class LocalServer(ABC):
     #: Part of the server executable's file name: tells our pid from an unrelated process that reuses it.
     program: ClassVar[str]
     #: Seconds a SIGTERMed server gets to shut down cleanly before SIGKILL.
-    stop_grace: ClassVar[float] = 15.0
+    stop_grace_s: ClassVar[float] = 15.0
 
     def __init__(self, config: StackConfig) -> None:
         self.config = config
@@ -126,7 +126,7 @@ class LocalServer(ABC):
         return True
 
     def _shutdown(self, pid: int) -> None:
-        terminate(pid, grace=self.stop_grace)
+        terminate(pid, grace_s=self.stop_grace_s)
 
     def status(self) -> Status:
         """Connection string, kind and liveness, as shown by ``dev status``."""

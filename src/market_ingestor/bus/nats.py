@@ -369,6 +369,6 @@ class NatsSubscriber:
                 await delivery.handle.ack()
             # ack() only queues the ack in the client's buffer; a process that dies right after commit() would
             # lose it. The PING/PONG round trip returns once the server has read everything sent before it.
-            await self._client.flush(timeout=self.config.ack_timeout_s)
+            await self._client.flush(timeout=max(1, round(self.config.ack_timeout_s)))
         except NatsError as exc:
             raise BusError(f"NATS ack failed for group {self.group!r}: {exc!r}") from exc

@@ -119,7 +119,7 @@ def test_terminate_kills_a_process_that_ignores_sigterm(tmp_path: Path) -> None:
     pid = spawn_detached([sys.executable, "-c", stubborn], pidfile=tmp_path / "stubborn.pid", logfile=log)
     wait_until(lambda: "up" in log.read_text(), what="stubborn", timeout=10, pid=pid)
 
-    terminate(pid, grace=0.5)
+    terminate(pid, grace_s=0.5)
 
     assert not pid_alive(pid)
 

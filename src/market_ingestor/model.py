@@ -56,6 +56,7 @@ class BookSnapshot(msgspec.Struct, frozen=True, tag="book_snapshot", tag_field="
     seq: int | None
     ts: int
     recv_ts: int
+    checksum: int | None = None  # the exchange's checksum of the resulting book, where it sends one
 
 
 class BookDelta(msgspec.Struct, frozen=True, tag="book_delta", tag_field="type"):
@@ -71,6 +72,7 @@ class BookDelta(msgspec.Struct, frozen=True, tag="book_delta", tag_field="type")
     ts: int
     recv_ts: int
     prev_seq: int | None = None
+    checksum: int | None = None  # the exchange's checksum of the book after this delta, where it sends one
 
 
 class Kline(msgspec.Struct, frozen=True, tag="kline", tag_field="type"):

@@ -1,0 +1,106 @@
+"""Recorded sessions: the line format of ``../shared/exchange-samples`` (and of our own capture files), read and
+written in one place.
+
+    <url> <-> <ts>              a WebSocket connection was opened
+    <url> <- <ts>: <json>       a frame the client sent (subscriptions)
+    <ts>: <json>                a frame received from the exchange
+    <url> -> <ts>: <json>       a REST response
+    configuration: <json>       what the recorder was asked to subscribe
+
+``<ts>`` is the recorder's clock in seconds (float). Plain JSON lines (one raw received frame per line, no
+timestamp) are read too.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Literal
+
+RecordKind = Literal["open", "sent", "received", "rest", "configuration"]
+
+_OPEN = re.compile(r"^(\S+) <-> (\d+(?:\.\d+)?)$")
+_SENT = re.compile(r"^(\S+) <- (\d+(?:\.\d+)?): (.*)$")
+_REST = re.compile(r"^(\S+) -> (\d+(?:\.\d+)?): (.*)$")
+_RECEIVED = re.compile(r"^(\d+(?:\.\d+)?): (.*)$")
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    kind: RecordKind
+    payload: str  # the frame or body as recorded; "" for "open"
+    ts: float | None  # recorder clock, seconds; None for plain JSON lines
+    url: str | None = None
+    line_no: int = 0
+
+    @property
+    def recv_ts_ns(self) -> int:
+        return int(round((self.ts or 0.0) * 1e9))
+
+
+def parse_line(line: str, line_no: int = 0) -> SessionRecord | None:
+    """One line -> a record; None for blank lines. Unrecognized lines are taken as plain received frames."""
+    line = line.rstrip("\r\n")
+    if not line.strip():
+        return None
+    if line.startswith("configuration: "):
+        return SessionRecord("configuration", line[len("configuration: ") :], None, None, line_no)
+    if match := _RECEIVED.match(line):
+        return SessionRecord("received", match.group(2), float(match.group(1)), None, line_no)
+    if match := _SENT.match(line):
+        return SessionRecord("sent", match.group(3), float(match.group(2)), match.group(1), line_no)
+    if match := _REST.match(line):
+        return SessionRecord("rest", match.group(3), float(match.group(2)), match.group(1), line_no)
+    if match := _OPEN.match(line):
+        return SessionRecord("open", "", float(match.group(2)), match.group(1), line_no)
+    return SessionRecord("received", line, None, None, line_no)
+
+
+def read_session(source: str | Path | Iterable[str]) -> Iterator[SessionRecord]:
+    lines: Iterable[str]
+    if isinstance(source, str | Path):
+        with Path(source).open(encoding="utf-8") as handle:
+            yield from read_session(handle)
+        return
+    lines = source
+    for line_no, line in enumerate(lines, 1):
+        record = parse_line(line, line_no)
+        if record is not None:
+            yield record
+
+
+def received_frames(source: str | Path | Iterable[str]) -> Iterator[SessionRecord]:
+    return (record for record in read_session(source) if record.kind == "received")
+
+
+def rest_bodies(source: str | Path | Iterable[str]) -> Iterator[SessionRecord]:
+    return (record for record in read_session(source) if record.kind == "rest")
+
+
+def format_received(payload: str, ts_s: float) -> str:
+    return f"{ts_s:.6f}: {payload}\n"
+
+
+def format_open(url: str, ts_s: float) -> str:
+    return f"{url} <-> {ts_s:.6f}\n"
+
+
+def format_sent(url: str, payload: str, ts_s: float) -> str:
+    return f"{url} <- {ts_s:.6f}: {payload}\n"
+
+
+def write_record(handle: IO[str], record: SessionRecord) -> None:
+    """Writes a record back in the recorded-session format (what ``read_session`` reads)."""
+    ts = record.ts or 0.0
+    if record.kind == "received":
+        handle.write(format_received(record.payload, ts))
+    elif record.kind == "sent":
+        handle.write(format_sent(record.url or "", record.payload, ts))
+    elif record.kind == "open":
+        handle.write(format_open(record.url or "", ts))
+    elif record.kind == "rest":
+        handle.write(f"{record.url} -> {ts:.6f}: {record.payload}\n")
+    else:
+        handle.write(f"configuration: {record.payload}\n")

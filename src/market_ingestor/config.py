@@ -94,10 +94,26 @@ class ExchangeConfig(_Section, frozen=True):
     rest_url: str | None = None
 
 
+class IngestConfig(_Section, frozen=True):
+    channels: list[Literal["trades", "quotes", "book"]] = msgspec.field(
+        default_factory=lambda: ["trades", "quotes", "book"]
+    )
+    # No frame for this long (exchanges send heartbeats or data far more often): the connection is stalled.
+    read_timeout_s: PositiveSeconds = 60.0
+    backoff_initial_s: PositiveSeconds = 1.0
+    backoff_max_s: PositiveSeconds = 60.0
+    healthy_after_s: PositiveSeconds = 30.0  # a connection up this long resets the backoff
+    queue_size: PositiveInt = 20_000  # events between the connectors and the publisher (backpressure beyond)
+    book_buffer_size: PositiveInt = 5_000  # deltas held while a REST book snapshot is fetched
+    rest_timeout_s: PositiveSeconds = 10.0
+    capture_path: str | None = None  # write every raw frame here, in the recorded-session format
+
+
 class Config(_Section, frozen=True):
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     bus: BusConfig = msgspec.field(default_factory=BusConfig)
     database: DatabaseConfig = msgspec.field(default_factory=DatabaseConfig)
+    ingest: IngestConfig = msgspec.field(default_factory=IngestConfig)
     exchanges: dict[ExchangeName, ExchangeConfig] = msgspec.field(default_factory=dict)
 
 

@@ -4,6 +4,7 @@
     ├── ConfigError            bad config file, field or environment override
     ├── SymbolError            a symbol that no instrument registry knows, or a malformed one
     ├── ParseError             an exchange frame that cannot be normalized (goes to the dead-letter topic)
+    ├── ExchangeError          an exchange endpoint failed (REST status, timeout, refused connection)
     ├── BusError               the transport failed (Kafka, NATS); wraps the client library's error
     │   └── BusClosedError     used after stop() or before start()
     └── DevStackError          a local development server failed to start or stop
@@ -27,6 +28,10 @@ class SymbolError(MarketIngestorError):
 
 class ParseError(MarketIngestorError):
     """An exchange frame could not be normalized; carries the reason for the dead-letter record."""
+
+
+class ExchangeError(MarketIngestorError):
+    """An exchange's REST or WebSocket endpoint failed; the message names the URL."""
 
 
 class BusError(MarketIngestorError):

@@ -210,3 +210,22 @@ async def test_an_unreachable_broker_is_a_bus_error_naming_the_address():
         publisher = open_bus(config).publisher()
         with pytest.raises(BusError, match=r"127\.0\.0\.1:1\b"):
             await publisher.start()
+
+
+async def test_followers_each_read_everything_from_the_beginning_and_then_new_records(bus, topic, subscriber_factory):
+    sent = await publish_sequence(bus, topic, per_key=3)
+    first, second = bus.follower([topic]), bus.follower([topic])
+    for follower in (first, second):
+        await follower.start()
+    try:
+        for follower in (first, second):
+            assert sorted((d.key, d.value) for d in await drain(follower, len(sent))) == sorted(sent)
+        publisher = bus.publisher()
+        await publisher.start()
+        await publisher.publish(topic, "ex.NEW", b"later", msg_id="later")
+        await publisher.stop()
+        for follower in (first, second):
+            assert [(d.key, d.value) for d in await drain(follower, 1)] == [("ex.NEW", b"later")]
+    finally:
+        await first.stop()
+        await second.stop()

@@ -70,3 +70,7 @@ class Bus(Protocol):
 
     def subscriber(self, topics: Sequence[str], group: str) -> Subscriber:
         """A consumer in ``group``: members of one group share the work; a new group starts at the beginning."""
+
+    def follower(self, topics: Sequence[str]) -> Subscriber:
+        """Reads every record of ``topics`` from the beginning and then new ones, for this process alone: no
+        group, nothing stored on the server, ``commit`` does nothing (for the control topic)."""

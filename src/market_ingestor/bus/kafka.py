@@ -119,6 +119,9 @@ class KafkaBus:
     def subscriber(self, topics: Sequence[str], group: str) -> KafkaSubscriber:
         return KafkaSubscriber(self.config, topics, group)
 
+    def follower(self, topics: Sequence[str]) -> KafkaSubscriber:
+        return KafkaSubscriber(self.config, topics, None)
+
 
 class KafkaPublisher:
     def __init__(self, config: KafkaConfig) -> None:
@@ -245,7 +248,7 @@ class KafkaPublisher:
 
 
 class KafkaSubscriber:
-    def __init__(self, config: KafkaConfig, topics: Sequence[str], group: str) -> None:
+    def __init__(self, config: KafkaConfig, topics: Sequence[str], group: str | None) -> None:
         self.config = config
         self.topics = tuple(topics)
         self.group = group
@@ -288,6 +291,8 @@ class KafkaSubscriber:
         return [_delivery(record) for records in batches.values() for record in records]
 
     async def commit(self, deliveries: Sequence[Delivery]) -> None:
+        if self.group is None:
+            return  # a follower keeps no position on the server
         offsets: dict[TopicPartition, int] = {}
         for delivery in deliveries:
             tp = TopicPartition(delivery.topic, delivery.partition)

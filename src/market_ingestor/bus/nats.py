@@ -141,6 +141,9 @@ class NatsBus:
     def subscriber(self, topics: Sequence[str], group: str) -> NatsSubscriber:
         return NatsSubscriber(self.config, topics, group)
 
+    def follower(self, topics: Sequence[str]) -> NatsSubscriber:
+        return NatsSubscriber(self.config, topics, None)
+
 
 class _Window:
     """One topic's published-but-unconfirmed messages, oldest first, kept for a re-send.
@@ -305,7 +308,7 @@ def _durable_name(group: str, topic: str) -> str:
 
 
 class NatsSubscriber:
-    def __init__(self, config: NatsConfig, topics: Sequence[str], group: str) -> None:
+    def __init__(self, config: NatsConfig, topics: Sequence[str], group: str | None) -> None:
         self.config = config
         self.topics = tuple(topics)
         self.group = group
@@ -318,13 +321,19 @@ class NatsSubscriber:
         js = self._client.jetstream()
         try:
             for topic in self.topics:
-                consumer = ConsumerConfig(
-                    durable_name=_durable_name(self.group, topic),
-                    ack_policy=AckPolicy.EXPLICIT,
-                    ack_wait=self.config.ack_wait_s,
-                    deliver_policy=DeliverPolicy.ALL,
-                    max_ack_pending=65_536,
-                )
+                if self.group is None:
+                    # A follower: an ephemeral consumer the server forgets once this process is gone.
+                    consumer = ConsumerConfig(
+                        ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL, inactive_threshold=30.0
+                    )
+                else:
+                    consumer = ConsumerConfig(
+                        durable_name=_durable_name(self.group, topic),
+                        ack_policy=AckPolicy.EXPLICIT,
+                        ack_wait=self.config.ack_wait_s,
+                        deliver_policy=DeliverPolicy.ALL,
+                        max_ack_pending=65_536,
+                    )
                 subscription = await js.pull_subscribe(
                     f"{topic}.>",
                     durable=consumer.durable_name,
@@ -364,6 +373,8 @@ class NatsSubscriber:
     async def commit(self, deliveries: Sequence[Delivery]) -> None:
         if self._client is None:
             raise BusClosedError("NATS subscriber is not started")
+        if self.group is None:
+            return  # a follower's consumer acks nothing
         try:
             for delivery in deliveries:
                 await delivery.handle.ack()

@@ -8,7 +8,6 @@ the exchange sent. Pure logic: no I/O, no clocks.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
 
@@ -85,15 +84,13 @@ class BookVerdict(StrEnum):
     CHECKSUM = "checksum"  # the book disagrees with the exchange's checksum: resync
 
 
-@dataclass(slots=True)
 class BookSync:
     """Applies one instrument's book updates and checks them against the exchange's rules."""
 
-    sequence: SequenceRule | None
-    checksum: ChecksumFn | None
-    checksum_depth: int = 0
-
-    def __post_init__(self) -> None:
+    def __init__(self, sequence: SequenceRule | None, checksum: ChecksumFn | None, checksum_depth: int = 0) -> None:
+        self.sequence = sequence
+        self.checksum = checksum
+        self.checksum_depth = checksum_depth
         self.book = OrderBook()
         self.last_seq: int | None = None
         self.synced = False

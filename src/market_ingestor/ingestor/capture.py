@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import IO, Literal
 
@@ -35,9 +36,12 @@ class SessionRecord:
     url: str | None = None
     line_no: int = 0
 
+    ts_text: str = ""  # the timestamp as recorded, for an exact conversion
+
     @property
     def recv_ts_ns(self) -> int:
-        return int(round((self.ts or 0.0) * 1e9))
+        """The recorder's timestamp in integer nanoseconds, from its digits (no float rounding)."""
+        return int(Decimal(self.ts_text or "0").scaleb(9).to_integral_value()) if self.ts_text else 0
 
 
 def parse_line(line: str, line_no: int = 0) -> SessionRecord | None:
@@ -48,13 +52,13 @@ def parse_line(line: str, line_no: int = 0) -> SessionRecord | None:
     if line.startswith("configuration: "):
         return SessionRecord("configuration", line[len("configuration: ") :], None, None, line_no)
     if match := _RECEIVED.match(line):
-        return SessionRecord("received", match.group(2), float(match.group(1)), None, line_no)
+        return SessionRecord("received", match.group(2), float(match.group(1)), None, line_no, match.group(1))
     if match := _SENT.match(line):
-        return SessionRecord("sent", match.group(3), float(match.group(2)), match.group(1), line_no)
+        return SessionRecord("sent", match.group(3), float(match.group(2)), match.group(1), line_no, match.group(2))
     if match := _REST.match(line):
-        return SessionRecord("rest", match.group(3), float(match.group(2)), match.group(1), line_no)
+        return SessionRecord("rest", match.group(3), float(match.group(2)), match.group(1), line_no, match.group(2))
     if match := _OPEN.match(line):
-        return SessionRecord("open", "", float(match.group(2)), match.group(1), line_no)
+        return SessionRecord("open", "", float(match.group(2)), match.group(1), line_no, match.group(2))
     return SessionRecord("received", line, None, None, line_no)
 
 
@@ -81,6 +85,34 @@ def rest_bodies(source: str | Path | Iterable[str]) -> Iterator[SessionRecord]:
 
 def format_received(payload: str, ts_s: float) -> str:
     return f"{ts_s:.6f}: {payload}\n"
+
+
+def ns_text(ts_ns: int) -> str:
+    """Integer nanoseconds as the recorder's seconds text, exactly (``1633998512.063356900``)."""
+    return f"{ts_ns // 1_000_000_000}.{ts_ns % 1_000_000_000:09d}"
+
+
+class CaptureWriter:
+    """Appends raw frames to a capture file in the recorded-session format, so any incident can be replayed.
+
+    Writes go through a buffered file (the OS absorbs bursts); ``close`` flushes."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle: IO[str] = self.path.open("a", encoding="utf-8", buffering=1 << 20)
+        self._opened: set[str] = set()
+
+    def write(self, url: str, frame: str | bytes, recv_ts: int) -> None:
+        text = frame if isinstance(frame, str) else frame.decode("utf-8", "backslashreplace")
+        if url not in self._opened:
+            self._opened.add(url)
+            self._handle.write(f"{url} <-> {ns_text(recv_ts)}\n")
+        # A frame is one line in this format; a raw newline inside one (legal JSON whitespace) is escaped.
+        self._handle.write(f"{ns_text(recv_ts)}: {text.replace(chr(10), ' ')}\n")
+
+    def close(self) -> None:
+        self._handle.close()
 
 
 def format_open(url: str, ts_s: float) -> str:

@@ -1,0 +1,181 @@
+"""The one WebSocket connection loop every exchange shares.
+
+A :class:`Connection` carries a set of (channel, native symbol) subscriptions to one endpoint and keeps it
+alive until stopped: connect, subscribe, keep-alive frames where the exchange wants them, a read deadline
+that treats silence as a stall, reconnect with exponential backoff and full jitter (reset after a healthy
+period), resubscribe everything on reconnect. What a frame means is the caller's business (``on_frame``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import WebSocketException
+
+from market_ingestor.ingestor import metrics
+from market_ingestor.ingestor.backoff import Backoff
+from market_ingestor.ingestor.exchanges.base import Channel, ExchangeSpec
+
+log = logging.getLogger(__name__)
+
+FrameHandler = Callable[[str | bytes, int], Awaitable[None]]
+Subscription = tuple[Channel, str]  # (channel, native symbol)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionSettings:
+    read_timeout_s: float = 60.0
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 60.0
+    healthy_after_s: float = 30.0
+    open_timeout_s: float = 10.0
+    max_frame_bytes: int = 16 * 1024 * 1024  # a deep book snapshot is large; beyond this a frame is refused
+    max_queued_frames: int = 64  # frames the library buffers before it stops reading the socket
+
+
+class StalledError(Exception):
+    """No frame within the read deadline."""
+
+
+def subscription_frames(spec: ExchangeSpec, subscriptions: Iterable[Subscription], subscribe: bool) -> list[str]:
+    """The exchange's frames for these subscriptions, one request per distinct set of channels."""
+    channels_of: dict[str, set[Channel]] = {}
+    for channel, native in subscriptions:
+        channels_of.setdefault(native, set()).add(channel)
+    natives_of: dict[tuple[Channel, ...], list[str]] = {}
+    for native, channels in channels_of.items():
+        natives_of.setdefault(tuple(sorted(channels)), []).append(native)
+    build = spec.subscribe if subscribe else spec.unsubscribe
+    return [frame for channels, natives in natives_of.items() for frame in build(sorted(natives), channels)]
+
+
+class Connection:
+    def __init__(
+        self,
+        spec: ExchangeSpec,
+        url: str,
+        on_frame: FrameHandler,
+        settings: ConnectionSettings,
+        subscriptions: Iterable[Subscription] = (),
+        on_open: Callable[[Connection], Awaitable[None]] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.url = url
+        self.settings = settings
+        self.subscriptions: set[Subscription] = set(subscriptions)
+        self.connected = asyncio.Event()
+        self.opened_count = 0
+        self._on_frame = on_frame
+        self._on_open = on_open
+        self._backoff = Backoff(settings.backoff_initial_s, settings.backoff_max_s)
+        self._ws: ClientConnection | None = None
+        self._stopping = asyncio.Event()
+
+    async def run(self) -> None:
+        """Connects and reconnects until :meth:`stop`."""
+        while not self._stopping.is_set():
+            opened_at = None
+            try:
+                async with connect(
+                    self.url,
+                    open_timeout=self.settings.open_timeout_s,
+                    max_size=self.settings.max_frame_bytes,
+                    max_queue=self.settings.max_queued_frames,
+                    ping_interval=20,
+                    ping_timeout=20,
+                ) as ws:
+                    opened_at = time.monotonic()
+                    await self._serve(ws)
+            except (OSError, WebSocketException, StalledError, TimeoutError) as exc:
+                if not self._stopping.is_set():
+                    log.warning(
+                        "connection lost", extra={"exchange": self.spec.name, "url": self.url, "error": repr(exc)}
+                    )
+            if self._stopping.is_set():
+                break
+            if opened_at is not None and time.monotonic() - opened_at >= self.settings.healthy_after_s:
+                self._backoff.reset()
+            metrics.RECONNECTS.labels(self.spec.name).inc()
+            delay_s = self._backoff.next_delay_s()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay_s)
+
+    async def _serve(self, ws: ClientConnection) -> None:
+        self._ws = ws
+        self.opened_count += 1
+        metrics.CONNECTED.labels(self.spec.name).inc()
+        try:
+            for frame in subscription_frames(self.spec, self.subscriptions, subscribe=True):
+                await ws.send(frame)
+            if self._on_open is not None:
+                await self._on_open(self)
+            self.connected.set()
+            # Owned here and cancelled with the read loop (a TaskGroup would wrap the read loop's
+            # disconnect errors in an ExceptionGroup).
+            keepalive = asyncio.create_task(self._keepalive(ws)) if self.spec.keepalive_frame else None
+            try:
+                await self._read(ws)
+            finally:
+                if keepalive is not None:
+                    keepalive.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, WebSocketException):
+                        await keepalive
+        finally:
+            self.connected.clear()
+            self._ws = None
+            metrics.CONNECTED.labels(self.spec.name).dec()
+
+    async def _read(self, ws: ClientConnection) -> None:
+        timeout_s = self.settings.read_timeout_s
+        on_frame = self._on_frame
+        while True:
+            try:
+                frame = await asyncio.wait_for(ws.recv(), timeout_s)
+            except TimeoutError:
+                raise StalledError(f"no frame from {self.url} for {timeout_s}s") from None
+            await on_frame(frame, time.time_ns())
+
+    async def _keepalive(self, ws: ClientConnection) -> None:
+        assert self.spec.keepalive_frame is not None
+        while True:
+            await asyncio.sleep(self.spec.keepalive_interval_s)
+            await ws.send(self.spec.keepalive_frame)
+
+    async def subscribe(self, subscriptions: Iterable[Subscription]) -> None:
+        new = set(subscriptions) - self.subscriptions
+        self.subscriptions |= new
+        await self._send(subscription_frames(self.spec, new, subscribe=True))
+
+    async def unsubscribe(self, subscriptions: Iterable[Subscription]) -> None:
+        gone = set(subscriptions) & self.subscriptions
+        self.subscriptions -= gone
+        await self._send(subscription_frames(self.spec, gone, subscribe=False))
+
+    async def resubscribe(self, subscriptions: Iterable[Subscription]) -> None:
+        """Unsubscribe and subscribe again: the exchange then sends a fresh snapshot (book resync)."""
+        subs = set(subscriptions) & self.subscriptions
+        await self._send(subscription_frames(self.spec, subs, subscribe=False))
+        await self._send(subscription_frames(self.spec, subs, subscribe=True))
+
+    async def _send(self, frames: list[str]) -> None:
+        ws = self._ws
+        if ws is None:
+            return  # not connected: the subscription set is sent on (re)connect
+        try:
+            for frame in frames:
+                await ws.send(frame)
+        except WebSocketException as exc:
+            # The read loop sees the same failure and reconnects, resubscribing from the set.
+            log.warning("send failed", extra={"exchange": self.spec.name, "error": repr(exc)})
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        ws = self._ws
+        if ws is not None:
+            await ws.close()

@@ -1,0 +1,227 @@
+"""The ingest service: configured connectors -> one bounded queue -> the bus, steered by the control topic.
+
+Shutdown order (SIGINT/SIGTERM set ``stop``): connectors close their sockets (no new intake), the queue is
+drained into the publisher, the publisher flushes (every event acknowledged by the broker), the capture file
+is closed. The queue is bounded: when the bus is slower than the exchanges, connectors wait on ``put`` and
+stop reading their sockets, which pushes back to TCP instead of growing memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import msgspec
+
+from market_ingestor.bus import Bus, Publisher, open_bus
+from market_ingestor.config import Config, ExchangeConfig
+from market_ingestor.errors import MarketIngestorError
+from market_ingestor.ingestor import metrics
+from market_ingestor.ingestor.capture import CaptureWriter
+from market_ingestor.ingestor.connection import ConnectionSettings
+from market_ingestor.ingestor.connector import ConnectorSettings, ExchangeConnector
+from market_ingestor.ingestor.control import ControlState, fold, initial_state
+from market_ingestor.ingestor.exchanges import Channel, get_spec
+from market_ingestor.ingestor.exchanges.base import ExchangeSpec
+from market_ingestor.ingestor.rest import RestClient
+from market_ingestor.instruments import InstrumentRegistry
+from market_ingestor.model import (
+    BookDelta,
+    BookSnapshot,
+    ControlCommand,
+    DeadLetter,
+    MarketEvent,
+    Quote,
+    Topics,
+    Trade,
+    bus_key,
+    decode,
+    encode,
+    event_id,
+    topic_of,
+)
+
+log = logging.getLogger(__name__)
+
+Event = MarketEvent | DeadLetter
+_TIMED = (Trade, Quote, BookSnapshot, BookDelta)  # events that carry the exchange's own time
+_LATENCY_SAMPLE_EVERY = 8  # observing every event would cost more than the publish itself at 100k/s
+
+
+class IngestService:
+    def __init__(self, config: Config, bus: Bus | None = None) -> None:
+        self.config = config
+        self.bus = bus or open_bus(config.bus)
+        self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=config.ingest.queue_size)
+        self.connectors: dict[str, ExchangeConnector] = {}
+        self.state: ControlState = initial_state(config)
+        self.ready = asyncio.Event()  # connectors started (for tests and the demo)
+        self._connector_tasks: dict[str, asyncio.Task[None]] = {}
+        self._wanted_symbols: dict[str, set[str]] = {}
+        self._capture: CaptureWriter | None = None
+        self._rest: RestClient | None = None
+        self._group: asyncio.TaskGroup | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.bus.ensure_topics()
+        publisher = self.bus.publisher()
+        await publisher.start()
+        if self.config.ingest.capture_path:
+            self._capture = CaptureWriter(self.config.ingest.capture_path)
+        try:
+            async with RestClient(self.config.ingest.rest_timeout_s) as rest, asyncio.TaskGroup() as group:
+                self._rest, self._group = rest, group
+                publishing = group.create_task(self._publish_loop(publisher), name="ingest-publisher")
+                following = group.create_task(self._follow_control(), name="ingest-control")
+                await self._apply(self.state)
+                self.ready.set()
+                await stop.wait()
+                log.info("stopping: closing exchange connections")
+                following.cancel()
+                await self._stop_connectors(list(self._connector_tasks))
+                await self.queue.join()  # everything taken in is handed to the publisher
+                publishing.cancel()
+        finally:
+            self._group = None
+            await publisher.stop()  # flush: every event acknowledged by the broker, or an error
+            if self._capture is not None:
+                self._capture.close()
+        log.info("stopped")
+
+    # --- publishing ------------------------------------------------------------------------------------------
+
+    async def put(self, event: Event) -> None:
+        await self.queue.put(event)
+
+    async def _publish_loop(self, publisher: Publisher) -> None:
+        queue = self.queue
+        published = {topic: metrics.PUBLISHED.labels(topic) for topic in Topics.ALL}
+        count = 0
+        while True:
+            event = await queue.get()
+            try:
+                topic = topic_of(event)
+                await publisher.publish(topic, bus_key(event), encode(event), event_id(event))
+                published[topic].inc()
+                count += 1
+                if count % _LATENCY_SAMPLE_EVERY == 0 and isinstance(event, _TIMED):
+                    latency_s = (time.time_ns() - event.ts) / 1e9  # float-ok: a latency metric, not data
+                    metrics.INGEST_LATENCY.labels(event.exchange).observe(latency_s)
+            finally:
+                queue.task_done()
+            if count % 1024 == 0:
+                metrics.QUEUE_DEPTH.set(queue.qsize())
+
+    # --- control ---------------------------------------------------------------------------------------------
+
+    async def _follow_control(self) -> None:
+        follower = self.bus.follower([Topics.CONTROL])
+        await follower.start()
+        try:
+            while True:
+                deliveries = await follower.fetch(max_records=500, timeout_s=5.0)
+                commands = []
+                for delivery in deliveries:
+                    try:
+                        event = decode(delivery.value)
+                    except msgspec.MsgspecError as exc:
+                        log.warning("skipped a bad control record", extra={"error": str(exc)})
+                        continue
+                    if isinstance(event, ControlCommand):
+                        commands.append(event)
+                if commands:
+                    await self._apply(fold(self.state, commands))
+        finally:
+            await follower.stop()
+
+    async def _apply(self, state: ControlState) -> None:
+        """Brings the running connectors in line with ``state``."""
+        self.state = state
+        wanted = state.subscriptions()
+        gone = [name for name in self._connector_tasks if name not in wanted]
+        await self._stop_connectors(gone)
+        for name, symbols in wanted.items():
+            self._wanted_symbols[name] = set(symbols)
+            if name in self.connectors:
+                await self.connectors[name].set_symbols(set(symbols))
+            elif name not in self._connector_tasks:
+                assert self._group is not None
+                self._connector_tasks[name] = self._group.create_task(self._run_connector(name), name=f"ingest-{name}")
+
+    async def _run_connector(self, name: str) -> None:
+        """Loads the exchange's listing (retrying while it is unreachable), then runs its connector."""
+        assert self._rest is not None
+        try:
+            spec = get_spec(name)
+        except MarketIngestorError as exc:
+            log.error("exchange refused", extra={"exchange": name, "error": str(exc)})
+            return
+        settings = self._settings(spec, self.config.exchanges.get(name, ExchangeConfig()))  # type: ignore[call-overload]
+        registry = await self._registry(spec, settings.rest_url)
+        tap = self._capture.write if self._capture is not None else None
+        connector = ExchangeConnector(spec, settings, registry, self._rest, self.put, tap)
+        self.connectors[name] = connector
+        symbols = self._wanted_symbols.get(name, set())
+        log.info("connector started", extra={"exchange": name, "symbols": sorted(symbols)})
+        await connector.run(symbols)
+
+    async def _stop_connectors(self, names: list[str]) -> None:
+        for name in names:
+            connector = self.connectors.pop(name, None)
+            task = self._connector_tasks.pop(name)
+            if connector is None:
+                task.cancel()  # still waiting for its instrument listing
+            else:
+                await connector.stop()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            log.info("connector stopped", extra={"exchange": name})
+
+    def _settings(self, spec: ExchangeSpec, exchange: ExchangeConfig) -> ConnectorSettings:
+        ingest = self.config.ingest
+        return ConnectorSettings(
+            ws_url=exchange.ws_url or spec.ws_url,
+            rest_url=(exchange.rest_url or spec.rest_url).rstrip("/"),
+            channels=tuple(Channel(channel) for channel in ingest.channels if Channel(channel) in spec.channels),
+            connection=ConnectionSettings(
+                read_timeout_s=ingest.read_timeout_s,
+                backoff_initial_s=ingest.backoff_initial_s,
+                backoff_max_s=ingest.backoff_max_s,
+                healthy_after_s=ingest.healthy_after_s,
+            ),
+            book_buffer_size=ingest.book_buffer_size,
+        )
+
+    async def _registry(self, spec: ExchangeSpec, rest_url: str) -> InstrumentRegistry:
+        """The exchange's instrument listing; retried with backoff, since symbols cannot be resolved without it."""
+        assert self._rest is not None
+        url = rest_url + spec.instruments_path
+        for attempt in range(1, 1_000_000):
+            try:
+                body, _ = await self._rest.get(url)
+                return InstrumentRegistry(spec.parse_instruments(body))
+            except MarketIngestorError as exc:
+                delay_s = min(60.0, 2.0**attempt)
+                log.warning(
+                    "instrument listing failed; retrying",
+                    extra={"exchange": spec.name, "url": url, "error": str(exc), "retry_in_s": delay_s},
+                )
+                await asyncio.sleep(delay_s)
+        raise AssertionError("unreachable")
+
+
+async def run_until_signalled(config: Config) -> None:
+    """``market-ingestor ingest``: run until SIGINT or SIGTERM, then shut down gracefully."""
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await IngestService(config).run(stop)
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)

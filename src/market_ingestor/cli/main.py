@@ -10,6 +10,7 @@ from market_ingestor import __version__
 from market_ingestor.cli.context import CliContext
 from market_ingestor.cli.control import exchanges, symbols
 from market_ingestor.cli.dev import dev
+from market_ingestor.cli.ingest import ingest, parse
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -39,11 +40,11 @@ def _not_yet(name: str, summary: str, issue: int) -> click.Command:
 cli.add_command(dev)
 cli.add_command(exchanges)
 cli.add_command(symbols)
+cli.add_command(parse)
+cli.add_command(ingest)
 for _name, _summary, _issue in (
     ("up", "Run the whole pipeline: ingest, worker, sinks, push and API", 6),
-    ("ingest", "Run the exchange connectors and publish normalized events to the bus", 3),
     ("simulate", "Serve a local simulator of the five exchanges' WebSocket and REST APIs", 3),
-    ("parse", "Normalize a recorded exchange session to JSON lines", 3),
     ("worker", "Run the Faust stream worker: klines and indicators", 4),
     ("klines", "Aggregate normalized trades (JSON lines) into klines", 4),
     ("db", "Manage the database: migrate, load, rebuild-klines", 5),

@@ -50,13 +50,16 @@ _NO_DATA = msgspec.Raw()
 
 # --- wire formats -------------------------------------------------------------------------------------------
 
+# Wire structs hold only strings, numbers and tuples/lists of them: they cannot form reference cycles, so they
+# are not tracked by the garbage collector (gc=False), which makes the many short-lived ones cheaper.
 
-class _ErrorBody(msgspec.Struct, frozen=True):
+
+class _ErrorBody(msgspec.Struct, frozen=True, gc=False):
     code: int | None = None
     msg: str = ""
 
 
-class _Envelope(msgspec.Struct, frozen=True):
+class _Envelope(msgspec.Struct, frozen=True, gc=False):
     """A combined-stream event, or a reply to a request (``result``/``error`` with the request ``id``)."""
 
     stream: str | None = None
@@ -65,7 +68,7 @@ class _Envelope(msgspec.Struct, frozen=True):
     error: _ErrorBody | None = None
 
 
-class BinanceTrade(msgspec.Struct, frozen=True):
+class BinanceTrade(msgspec.Struct, frozen=True, gc=False):
     """``<symbol>@trade``: one trade; ``m`` = the buyer is the maker."""
 
     s: str
@@ -81,7 +84,7 @@ class BinanceTrade(msgspec.Struct, frozen=True):
         return Trade(EXCHANGE, symbol, str(self.t), self.p, self.q, side, self.T * 1_000_000, recv_ts)
 
 
-class BinanceAggTrade(msgspec.Struct, frozen=True):
+class BinanceAggTrade(msgspec.Struct, frozen=True, gc=False):
     """``<symbol>@aggTrade``: trades of one taker order at one price, aggregated under id ``a``."""
 
     s: str
@@ -97,7 +100,7 @@ class BinanceAggTrade(msgspec.Struct, frozen=True):
         return Trade(EXCHANGE, symbol, str(self.a), self.p, self.q, side, self.T * 1_000_000, recv_ts)
 
 
-class BinanceBookTicker(msgspec.Struct, frozen=True):
+class BinanceBookTicker(msgspec.Struct, frozen=True, gc=False):
     """``<symbol>@bookTicker``: best bid/ask; ``u`` is the order book update id."""
 
     u: int
@@ -115,7 +118,7 @@ class BinanceBookTicker(msgspec.Struct, frozen=True):
         return Quote(EXCHANGE, symbol, self.b, self.B, self.a, self.A, ts, recv_ts, self.u)
 
 
-class BinanceDepthUpdate(msgspec.Struct, frozen=True):
+class BinanceDepthUpdate(msgspec.Struct, frozen=True, gc=False):
     """``<symbol>@depth@100ms``: changed levels for update ids ``U``..``u`` (quantity 0 removes a level)."""
 
     E: int
@@ -133,7 +136,7 @@ class BinanceDepthUpdate(msgspec.Struct, frozen=True):
         return BookDelta(EXCHANGE, symbol, self.b, self.a, self.U, self.u, self.E * 1_000_000, recv_ts)
 
 
-class BinanceDepthSnapshot(msgspec.Struct, frozen=True):
+class BinanceDepthSnapshot(msgspec.Struct, frozen=True, gc=False):
     """REST ``GET /api/v3/depth``: the book as of update id ``lastUpdateId``."""
 
     lastUpdateId: int
@@ -141,14 +144,14 @@ class BinanceDepthSnapshot(msgspec.Struct, frozen=True):
     asks: Levels
 
 
-class _SymbolInfo(msgspec.Struct, frozen=True):
+class _SymbolInfo(msgspec.Struct, frozen=True, gc=False):
     symbol: str
     baseAsset: str
     quoteAsset: str
     status: str = ""
 
 
-class _ExchangeInfo(msgspec.Struct, frozen=True):
+class _ExchangeInfo(msgspec.Struct, frozen=True, gc=False):
     symbols: list[_SymbolInfo]
 
 
@@ -257,7 +260,10 @@ def parse(frame: str | bytes, ctx: ParseContext) -> list[MarketEvent]:
         stream = envelope.stream
         if stream is None:
             return _reply(envelope)
-        handler = _HANDLERS.get(stream[stream.find("@") + 1 :])
+        at = stream.find("@")
+        if at < 0:
+            raise ParseError(f"binance: stream name {stream!r} has no '@<channel>' part")
+        handler = _HANDLERS.get(stream[at + 1 :])
         if handler is None:
             return []  # klines and other streams we do not normalize
         if envelope.data is _NO_DATA:

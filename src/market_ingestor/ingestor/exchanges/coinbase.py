@@ -1,0 +1,359 @@
+"""Coinbase Exchange WebSocket feed (``wss://ws-feed.exchange.coinbase.com``) and the REST ``/products`` listing.
+
+Every frame is one JSON object tagged by ``type``; the exact type picks the handler:
+
+- ``match`` -> :class:`Trade`. Coinbase's ``side`` is the side of the resting (maker) order, so the taker, whose
+  side we report, is the opposite: ``side: "sell"`` means a buyer lifted a resting sell order -> ``"buy"``.
+  ``trade_id`` counts up by one per product, so a jump is a gap. ``time`` is ISO-8601 UTC with microseconds and
+  converts to nanoseconds exactly.
+- ``last_match`` replays the product's latest trade once, right after subscribing: it is not a new trade and
+  parses to ``[]``. Its ``trade_id`` is where the next ``match`` continues from; a gap detector that wants to
+  check the first live trade (or a reconnect) against it reads it from the raw frame.
+- ``ticker`` -> :class:`Quote` from ``best_bid``/``best_bid_size``/``best_ask``/``best_ask_size`` with
+  ``seq=sequence``. Tickers recorded before Coinbase added the sizes (2021) carry prices only: they give no
+  quote, since a Quote without sizes would have to invent them (a size of 0 would read as an empty level).
+- ``snapshot`` -> :class:`BookSnapshot` (the whole book; it carries no time, so ``ts`` is the receipt time) and
+  ``l2update`` (``changes``: ``[side, price, size]``, size 0 removes) -> :class:`BookDelta`. ``level2_batch``
+  (the unauthenticated channel we subscribe to) sends the same messages as ``level2``. There are no sequence
+  numbers and no checksum: a lost update goes unnoticed until the next resubscription.
+- ``subscriptions``, ``heartbeat``, ``status`` and the ``full`` channel's order messages parse to ``[]``;
+  ``error`` raises :class:`ParseError` with Coinbase's message and reason. Any other type is a ParseError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date
+from decimal import Decimal
+from typing import Annotated, Literal
+
+import msgspec
+
+from market_ingestor.errors import ParseError, SymbolError
+from market_ingestor.ingestor.exchanges.base import Channel, ExchangeSpec, ParseContext
+from market_ingestor.instruments import Instrument, InstrumentRegistry, make_symbol, normalize_asset, split_delimited
+from market_ingestor.model import BookDelta, BookSnapshot, Level, MarketEvent, Quote, Side, Trade
+
+EXCHANGE = "coinbase"
+WS_URL = "wss://ws-feed.exchange.coinbase.com"
+REST_URL = "https://api.exchange.coinbase.com"
+INSTRUMENTS_PATH = "/products"
+
+# Our channels -> Coinbase channel names. Plain "level2" needs an authenticated connection; level2_batch does not.
+CHANNELS: dict[Channel, str] = {
+    Channel.TRADES: "matches",
+    Channel.QUOTES: "ticker",
+    Channel.BOOK: "level2_batch",
+}
+# Message types that carry nothing we normalize.
+IGNORED_TYPES = frozenset(
+    {"subscriptions", "heartbeat", "status", "last_match", "received", "open", "done", "change", "activate"}
+)
+
+Levels = tuple[Level, ...]
+_TAKER: dict[str, Side] = {"buy": "sell", "sell": "buy"}  # maker side -> taker side
+_Id = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+
+
+# --- wire formats -------------------------------------------------------------------------------------------
+
+
+class CoinbaseMatch(msgspec.Struct, frozen=True, tag="match", tag_field="type"):
+    """``matches``: one trade; ``side`` is the maker order's side."""
+
+    trade_id: _Id
+    side: Literal["buy", "sell"]
+    size: Decimal
+    price: Decimal
+    product_id: str
+    time: str
+
+    def events(self, ctx: ParseContext) -> list[MarketEvent]:
+        price, size = self.price, self.size
+        if not (price.is_finite() and size.is_finite() and price > 0 and size > 0):
+            raise ParseError(f"coinbase match: price {price} and size {size} must be positive numbers")
+        symbol = _symbols.get(ctx.registry, self.product_id)
+        return [
+            Trade(EXCHANGE, symbol, str(self.trade_id), price, size, _TAKER[self.side], iso_ns(self.time), ctx.recv_ts)
+        ]
+
+
+class CoinbaseTicker(msgspec.Struct, frozen=True, tag="ticker", tag_field="type"):
+    """``ticker``: sent on every match (cascades batched), with the best bid/ask after it."""
+
+    product_id: str
+    best_bid: Decimal | None = None
+    best_ask: Decimal | None = None
+    best_bid_size: Decimal | None = None
+    best_ask_size: Decimal | None = None
+    sequence: _Id | None = None
+    time: str | None = None
+
+    def events(self, ctx: ParseContext) -> list[MarketEvent]:
+        bid, ask, bid_size, ask_size = self.best_bid, self.best_ask, self.best_bid_size, self.best_ask_size
+        if bid is None or ask is None or bid_size is None or ask_size is None:
+            return []  # no sizes (tickers before 2022) or no book: nothing to report without inventing numbers
+        if not all(value.is_finite() and value >= 0 for value in (bid, ask, bid_size, ask_size)):
+            raise ParseError(f"coinbase ticker {self.product_id}: prices and sizes must be finite and not negative")
+        symbol, recv_ts = _symbols.get(ctx.registry, self.product_id), ctx.recv_ts
+        ts = recv_ts if self.time is None else iso_ns(self.time)
+        return [Quote(EXCHANGE, symbol, bid, bid_size, ask, ask_size, ts, recv_ts, self.sequence)]
+
+
+class CoinbaseSnapshot(msgspec.Struct, frozen=True, tag="snapshot", tag_field="type"):
+    """``level2``/``level2_batch``: the whole book, sent once on subscription."""
+
+    product_id: str
+    bids: Levels
+    asks: Levels
+    time: str | None = None
+
+    def events(self, ctx: ParseContext) -> list[MarketEvent]:
+        _check_levels(self.bids, self.product_id)
+        _check_levels(self.asks, self.product_id)
+        symbol, recv_ts = _symbols.get(ctx.registry, self.product_id), ctx.recv_ts
+        ts = recv_ts if self.time is None else iso_ns(self.time)
+        return [BookSnapshot(EXCHANGE, symbol, self.bids, self.asks, None, ts, recv_ts)]
+
+
+class CoinbaseL2Update(msgspec.Struct, frozen=True, tag="l2update", tag_field="type"):
+    """``level2``/``level2_batch``: changed levels as ``[side, price, new size]``."""
+
+    product_id: str
+    changes: list[tuple[Literal["buy", "sell"], Decimal, Decimal]]
+    time: str
+
+    def events(self, ctx: ParseContext) -> list[MarketEvent]:
+        bids: list[Level] = []
+        asks: list[Level] = []
+        for side, price, size in self.changes:
+            if not (price.is_finite() and size.is_finite() and price > 0 and size >= 0):
+                raise ParseError(f"coinbase l2update {self.product_id}: level [{price}, {size}] is not a book level")
+            (bids if side == "buy" else asks).append((price, size))
+        symbol = _symbols.get(ctx.registry, self.product_id)
+        return [BookDelta(EXCHANGE, symbol, tuple(bids), tuple(asks), None, None, iso_ns(self.time), ctx.recv_ts)]
+
+
+class CoinbaseError(msgspec.Struct, frozen=True, tag="error", tag_field="type"):
+    """A refused request (bad product or channel, malformed JSON): it goes to the dead-letter topic."""
+
+    message: str = ""
+    reason: str = ""
+
+    def events(self, ctx: ParseContext) -> list[MarketEvent]:
+        raise ParseError(f"coinbase error: {self.message}: {self.reason}")
+
+
+class _Head(msgspec.Struct, frozen=True):
+    type: str | None = None
+
+
+class _Product(msgspec.Struct, frozen=True):
+    id: str
+    base_currency: str
+    quote_currency: str
+    status: str = "online"
+
+
+_Message = CoinbaseMatch | CoinbaseTicker | CoinbaseSnapshot | CoinbaseL2Update | CoinbaseError
+_TAGS = frozenset({"match", "ticker", "snapshot", "l2update", "error"})
+_decoder = msgspec.json.Decoder(_Message)
+_head_decoder = msgspec.json.Decoder(_Head)
+_products_decoder = msgspec.json.Decoder(list[_Product])
+_encoder = msgspec.json.Encoder()
+
+
+# --- checks, time -------------------------------------------------------------------------------------------
+
+
+def _check_levels(levels: Levels, product: str) -> None:
+    for price, size in levels:
+        if not (price.is_finite() and size.is_finite() and price > 0 and size >= 0):
+            raise ParseError(f"coinbase snapshot {product}: level [{price}, {size}] is not a book level")
+
+
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+_MINUTES: dict[str, int] = {}  # "YYYY-MM-DDTHH:MM" -> seconds since the epoch (UTC)
+_BAD_TIME = "coinbase: time {!r} is not ISO-8601 UTC (YYYY-MM-DDTHH:MM:SS.ffffffZ)"
+
+
+def _minute_s(text: str) -> int:
+    """The ``YYYY-MM-DDTHH:MM`` of a time -> seconds since the epoch, validated once and remembered (bounded)."""
+    prefix = text[:16]
+    seconds = _MINUTES.get(prefix)
+    if seconds is None:
+        digits = prefix[:4] + prefix[5:7] + prefix[8:10] + prefix[11:13] + prefix[14:16]
+        if not (
+            len(prefix) == 16
+            and prefix[4] == prefix[7] == "-"
+            and prefix[10] == "T"
+            and prefix[13] == ":"
+            and digits.isascii()
+            and digits.isdigit()
+        ):
+            raise ParseError(_BAD_TIME.format(text))
+        hour, minute = int(prefix[11:13]), int(prefix[14:16])
+        try:
+            day = date.fromisoformat(prefix[:10]).toordinal() - _EPOCH_ORDINAL
+        except ValueError:
+            raise ParseError(f"coinbase: time {text!r} has no valid date") from None
+        if hour > 23 or minute > 59:
+            raise ParseError(f"coinbase: time {text!r} is out of range")
+        seconds = day * 86_400 + hour * 3_600 + minute * 60
+        if len(_MINUTES) >= 4096:
+            _MINUTES.clear()
+        _MINUTES[prefix] = seconds
+    return seconds
+
+
+def iso_ns(text: str) -> int:
+    """``2021-04-17T16:43:37.089723Z`` -> integer nanoseconds since the epoch, exactly (integer arithmetic).
+
+    The fraction may have 0-9 digits; the zone is ``Z``, ``+00:00`` or absent (Coinbase times are UTC)."""
+    minute_ns = _minute_s(text) * 1_000_000_000
+    if len(text) == 27 and text[16] == ":" and text[19] == "." and text[26] == "Z":  # Coinbase's own form
+        micros = text[17:19] + text[20:26]  # seconds and microseconds as one number
+        if micros.isascii() and micros.isdigit() and micros < "6":
+            return minute_ns + int(micros) * 1_000
+        raise ParseError(_BAD_TIME.format(text))
+    end = len(text)
+    if text.endswith("Z"):
+        end -= 1
+    elif text.endswith("+00:00"):
+        end -= 6
+    if end < 19 or text[16] != ":" or (end > 19 and text[19] != "."):
+        raise ParseError(_BAD_TIME.format(text))
+    fraction = text[20:end]
+    digits = text[17:19] + fraction
+    if not (digits.isascii() and digits.isdigit()) or len(fraction) > 9 or (end > 19 and not fraction):
+        raise ParseError(_BAD_TIME.format(text))
+    second = int(text[17:19])
+    if second > 59:
+        raise ParseError(f"coinbase: time {text!r} is out of range")
+    return minute_ns + second * 1_000_000_000 + (int(fraction.ljust(9, "0")) if fraction else 0)
+
+
+# --- symbols ------------------------------------------------------------------------------------------------
+
+
+class _SymbolCache:
+    """native name -> normalized symbol, remembered per registry (bounded: the input is untrusted)."""
+
+    __slots__ = ("_names", "_registry", "_size")
+    LIMIT = 4096
+
+    def __init__(self) -> None:
+        self._names: dict[str, str] = {}
+        self._registry: InstrumentRegistry | None = None
+        self._size = -1
+
+    def get(self, registry: InstrumentRegistry, native: str) -> str:
+        if registry is not self._registry or len(registry) != self._size:
+            self._names.clear()
+            self._registry, self._size = registry, len(registry)
+        symbol = self._names.get(native)
+        if symbol is None:
+            symbol = _normalize(registry, native)
+            if len(self._names) >= self.LIMIT:
+                self._names.clear()
+            self._names[native] = symbol
+        return symbol
+
+
+def _normalize(registry: InstrumentRegistry, native: str) -> str:
+    """The registry's symbol when it lists the product; else ``BASE-QUOTE`` -> ``BASEQUOTE``."""
+    try:
+        return registry.by_native(EXCHANGE, native).symbol
+    except SymbolError:
+        pass
+    try:
+        return make_symbol(*split_delimited(native))
+    except SymbolError as exc:
+        raise ParseError(f"coinbase: product {native!r}: {exc}") from None
+
+
+_symbols = _SymbolCache()
+
+
+# --- parse --------------------------------------------------------------------------------------------------
+
+
+def parse(frame: str | bytes, ctx: ParseContext) -> list[MarketEvent]:
+    """msgspec's tagged union picks the message class by the exact ``type``; the class normalizes itself."""
+    try:
+        message = _decoder.decode(frame)
+    except msgspec.MsgspecError as exc:
+        return _not_normalized(frame, exc)
+    return message.events(ctx)
+
+
+def _not_normalized(frame: str | bytes, exc: msgspec.MsgspecError) -> list[MarketEvent]:
+    """A frame the tagged decoder refused: a type we do not normalize (``[]``) or a malformed one."""
+    try:
+        head = _head_decoder.decode(frame)
+    except msgspec.MsgspecError:
+        raise ParseError(f"coinbase: malformed frame: {exc}") from exc
+    if head.type in IGNORED_TYPES:
+        return []
+    if head.type in _TAGS:
+        raise ParseError(f"coinbase {head.type}: {exc}") from exc
+    raise ParseError(f"coinbase: unknown message type {head.type!r}") from exc
+
+
+# --- subscriptions, instruments -----------------------------------------------------------------------------
+
+
+def _request(kind: str, natives: Sequence[str], channels: Sequence[Channel]) -> list[str]:
+    if not natives or not channels:
+        return []
+    names = [CHANNELS[channel] for channel in channels]
+    return [_encoder.encode({"type": kind, "product_ids": list(natives), "channels": names}).decode()]
+
+
+def subscribe(natives: Sequence[str], channels: Sequence[Channel]) -> list[str]:
+    return _request("subscribe", natives, channels)
+
+
+def unsubscribe(natives: Sequence[str], channels: Sequence[Channel]) -> list[str]:
+    return _request("unsubscribe", natives, channels)
+
+
+def parse_instruments(body: bytes) -> list[Instrument]:
+    """``GET /products`` -> every product not ``delisted``. A product whose currency codes are not plain
+    letters/digits cannot be named and is left out."""
+    try:
+        products = _products_decoder.decode(body)
+    except msgspec.MsgspecError as exc:
+        raise ParseError(f"coinbase products: {exc}") from exc
+    instruments = []
+    for product in products:
+        if product.status == "delisted":
+            continue
+        try:
+            base, quote = normalize_asset(product.base_currency), normalize_asset(product.quote_currency)
+        except SymbolError:
+            continue
+        instruments.append(Instrument(EXCHANGE, product.id, base, quote))
+    return instruments
+
+
+def native_symbol(symbol: str, registry: InstrumentRegistry) -> str:
+    """Coinbase names need the listing: ``BTCUSD`` cannot be split into ``BTC-USD`` without it."""
+    return registry.by_symbol(EXCHANGE, symbol).native
+
+
+SPEC = ExchangeSpec(
+    name=EXCHANGE,
+    ws_url=WS_URL,
+    rest_url=REST_URL,
+    subscribe=subscribe,
+    unsubscribe=unsubscribe,
+    parse=parse,
+    instruments_path=INSTRUMENTS_PATH,
+    parse_instruments=parse_instruments,
+    native_symbol=native_symbol,
+    book_sequence=None,
+    book_checksum=None,
+    book_resync="resubscribe",
+    contiguous_trade_ids=True,
+)

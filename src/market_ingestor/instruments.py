@@ -72,6 +72,8 @@ class InstrumentRegistry:
     def __init__(self, instruments: Iterable[Instrument] = ()) -> None:
         self._by_native: dict[tuple[str, str], Instrument] = {}
         self._by_symbol: dict[tuple[str, str], Instrument] = {}
+        # Goes up with every add: a cache of lookups compares one int per frame to know it is still current.
+        self.version = 0
         for instrument in instruments:
             self.add(instrument)
 
@@ -79,6 +81,7 @@ class InstrumentRegistry:
         # Native names are matched case-insensitively: Binance streams use lower case, REST upper case.
         self._by_native[(instrument.exchange, instrument.native.upper())] = instrument
         self._by_symbol[(instrument.exchange, instrument.symbol)] = instrument
+        self.version += 1
 
     def __len__(self) -> int:
         return len(self._by_native)

@@ -26,9 +26,24 @@ from decimal import Decimal
 
 import msgspec
 
-from market_ingestor.errors import ParseError, SymbolError
+from market_ingestor.errors import ParseError
 from market_ingestor.ingestor.exchanges.base import Channel, ExchangeSpec, ParseContext
-from market_ingestor.instruments import Instrument, InstrumentRegistry, normalize_asset
+from market_ingestor.ingestor.exchanges.wire import (
+    DECODE_ERRORS,
+    NO_DATA,
+    EpochMs,
+    SymbolCache,
+    batches,
+    check_trade,
+    decode,
+    levels_ok,
+    listed_instrument,
+    listed_or,
+    plain_name,
+    plain_native_symbol,
+    quote_ok,
+)
+from market_ingestor.instruments import Instrument, InstrumentRegistry
 from market_ingestor.model import BookDelta, BookSnapshot, Level, MarketEvent, Quote, Side, Trade
 
 EXCHANGE = "binance"
@@ -45,7 +60,6 @@ STREAMS: dict[Channel, str] = {
 }
 
 Levels = tuple[Level, ...]
-_NO_DATA = msgspec.Raw()
 
 
 # --- wire formats -------------------------------------------------------------------------------------------
@@ -63,7 +77,7 @@ class _Envelope(msgspec.Struct, frozen=True, gc=False):
     """A combined-stream event, or a reply to a request (``result``/``error`` with the request ``id``)."""
 
     stream: str | None = None
-    data: msgspec.Raw = _NO_DATA
+    data: msgspec.Raw = NO_DATA
     id: int | str | None = None
     error: _ErrorBody | None = None
 
@@ -75,29 +89,19 @@ class BinanceTrade(msgspec.Struct, frozen=True, gc=False):
     t: int
     p: Decimal
     q: Decimal
-    T: int
+    T: EpochMs
     m: bool
 
     def to_trade(self, symbol: str, recv_ts: int) -> Trade:
-        _check_trade(self.p, self.q)
+        check_trade("binance trade", self.p, self.q)
         side: Side = "sell" if self.m else "buy"
         return Trade(EXCHANGE, symbol, str(self.t), self.p, self.q, side, self.T * 1_000_000, recv_ts)
 
 
-class BinanceAggTrade(msgspec.Struct, frozen=True, gc=False):
-    """``<symbol>@aggTrade``: trades of one taker order at one price, aggregated under id ``a``."""
+class BinanceAggTrade(BinanceTrade, frozen=True, gc=False):
+    """``<symbol>@aggTrade``: trades of one taker order at one price, aggregated under id ``a`` (read into ``t``)."""
 
-    s: str
-    a: int
-    p: Decimal
-    q: Decimal
-    T: int
-    m: bool
-
-    def to_trade(self, symbol: str, recv_ts: int) -> Trade:
-        _check_trade(self.p, self.q)
-        side: Side = "sell" if self.m else "buy"
-        return Trade(EXCHANGE, symbol, str(self.a), self.p, self.q, side, self.T * 1_000_000, recv_ts)
+    t: int = msgspec.field(name="a")
 
 
 class BinanceBookTicker(msgspec.Struct, frozen=True, gc=False):
@@ -109,10 +113,10 @@ class BinanceBookTicker(msgspec.Struct, frozen=True, gc=False):
     B: Decimal
     a: Decimal
     A: Decimal
-    E: int | None = None  # spot sends none; futures do
+    E: EpochMs | None = None  # spot sends none; futures do
 
     def to_quote(self, symbol: str, recv_ts: int) -> Quote:
-        if not _quote_numbers_ok(self.b, self.B, self.a, self.A):
+        if not quote_ok(self.b, self.B, self.a, self.A):
             raise ParseError("binance bookTicker: prices and sizes must be finite and not negative")
         ts = recv_ts if self.E is None else self.E * 1_000_000
         return Quote(EXCHANGE, symbol, self.b, self.B, self.a, self.A, ts, recv_ts, self.u)
@@ -121,7 +125,7 @@ class BinanceBookTicker(msgspec.Struct, frozen=True, gc=False):
 class BinanceDepthUpdate(msgspec.Struct, frozen=True, gc=False):
     """``<symbol>@depth@100ms``: changed levels for update ids ``U``..``u`` (quantity 0 removes a level)."""
 
-    E: int
+    E: EpochMs
     s: str
     U: int
     u: int
@@ -131,7 +135,7 @@ class BinanceDepthUpdate(msgspec.Struct, frozen=True, gc=False):
     def to_delta(self, symbol: str, recv_ts: int) -> BookDelta:
         if self.u < self.U:
             raise ParseError(f"binance depthUpdate: first update id U={self.U} is after last u={self.u}")
-        if not (_levels_ok(self.b) and _levels_ok(self.a)):
+        if not (levels_ok(self.b) and levels_ok(self.a)):
             raise ParseError("binance depthUpdate: a level has a non-positive price or a negative/non-finite size")
         return BookDelta(EXCHANGE, symbol, self.b, self.a, self.U, self.u, self.E * 1_000_000, recv_ts)
 
@@ -164,62 +168,8 @@ _snapshot_decoder = msgspec.json.Decoder(BinanceDepthSnapshot)
 _exchange_info_decoder = msgspec.json.Decoder(_ExchangeInfo)
 _encoder = msgspec.json.Encoder()
 
-
-# --- checks -------------------------------------------------------------------------------------------------
-
-
-def _check_trade(price: Decimal, qty: Decimal) -> None:
-    if not (price.is_finite() and qty.is_finite() and price > 0 and qty > 0):
-        raise ParseError(f"binance trade: price {price} and quantity {qty} must be positive numbers")
-
-
-def _quote_numbers_ok(*values: Decimal) -> bool:
-    return all(value.is_finite() and value >= 0 for value in values)
-
-
-def _levels_ok(levels: Levels) -> bool:
-    return all(p.is_finite() and q.is_finite() and p > 0 and q >= 0 for p, q in levels)
-
-
-# --- symbols ------------------------------------------------------------------------------------------------
-
-
-class _SymbolCache:
-    """native name -> normalized symbol, remembered per registry (bounded: the input is untrusted)."""
-
-    __slots__ = ("_names", "_registry", "_size")
-    LIMIT = 4096
-
-    def __init__(self) -> None:
-        self._names: dict[str, str] = {}
-        self._registry: InstrumentRegistry | None = None
-        self._size = -1
-
-    def get(self, registry: InstrumentRegistry, native: str) -> str:
-        if registry is not self._registry or len(registry) != self._size:
-            self._names.clear()
-            self._registry, self._size = registry, len(registry)
-        symbol = self._names.get(native)
-        if symbol is None:
-            symbol = _normalize(registry, native)
-            if len(self._names) >= self.LIMIT:
-                self._names.clear()
-            self._names[native] = symbol
-        return symbol
-
-
-def _normalize(registry: InstrumentRegistry, native: str) -> str:
-    """The registry's symbol when it lists the name; else the name itself: Binance spot names are BASEQUOTE."""
-    try:
-        return registry.by_native(EXCHANGE, native).symbol
-    except SymbolError:
-        pass
-    if not (native.isascii() and native.isalnum() and len(native) <= 40):
-        raise ParseError(f"binance: {native!r} is not a symbol name")
-    return native.upper()
-
-
-_symbols = _SymbolCache()
+# The registry's symbol when it lists the name; else the name itself: Binance spot names are BASEQUOTE.
+_symbols = SymbolCache(listed_or(EXCHANGE, plain_name(EXCHANGE)))
 
 
 # --- parse --------------------------------------------------------------------------------------------------
@@ -266,10 +216,10 @@ def parse(frame: str | bytes, ctx: ParseContext) -> list[MarketEvent]:
         handler = _HANDLERS.get(stream[at + 1 :])
         if handler is None:
             return []  # klines and other streams we do not normalize
-        if envelope.data is _NO_DATA:
+        if envelope.data is NO_DATA:
             raise ParseError(f"binance: stream {stream!r} frame without data")
         return handler(envelope.data, ctx)
-    except msgspec.MsgspecError as exc:
+    except DECODE_ERRORS as exc:
         raise ParseError(f"binance: malformed frame: {exc}") from exc
 
 
@@ -284,11 +234,8 @@ def _reply(envelope: _Envelope) -> list[MarketEvent]:
 
 def parse_book_snapshot(body: bytes, symbol: str, recv_ts: int) -> BookSnapshot:
     """The REST depth snapshot; it carries no time, so ``ts`` is the receipt time."""
-    try:
-        snapshot = _snapshot_decoder.decode(body)
-    except msgspec.MsgspecError as exc:
-        raise ParseError(f"binance depth snapshot: {exc}") from exc
-    if not (_levels_ok(snapshot.bids) and _levels_ok(snapshot.asks)):
+    snapshot = decode(_snapshot_decoder, body, "binance depth snapshot")
+    if not (levels_ok(snapshot.bids) and levels_ok(snapshot.asks)):
         raise ParseError("binance depth snapshot: a level has a non-positive price or a negative size")
     return BookSnapshot(EXCHANGE, symbol, snapshot.bids, snapshot.asks, snapshot.lastUpdateId, recv_ts, recv_ts)
 
@@ -309,8 +256,8 @@ def book_sequence(last_seq: int, delta: BookDelta) -> bool:
 def _requests(method: str, natives: Sequence[str], channels: Sequence[Channel]) -> list[str]:
     params = [f"{native.lower()}@{STREAMS[channel]}" for native in natives for channel in channels]
     return [
-        _encoder.encode({"method": method, "params": params[i : i + MAX_STREAMS_PER_CONNECTION], "id": n}).decode()
-        for n, i in enumerate(range(0, len(params), MAX_STREAMS_PER_CONNECTION), 1)
+        _encoder.encode({"method": method, "params": batch, "id": n}).decode()
+        for n, batch in batches(params, MAX_STREAMS_PER_CONNECTION)
     ]
 
 
@@ -325,28 +272,14 @@ def unsubscribe(natives: Sequence[str], channels: Sequence[Channel]) -> list[str
 def parse_instruments(body: bytes) -> list[Instrument]:
     """``GET /api/v3/exchangeInfo`` -> every listed symbol, whatever its status (frames of halted symbols still
     need a name). A symbol whose asset codes are not plain letters/digits cannot be named and is left out."""
-    try:
-        info = _exchange_info_decoder.decode(body)
-    except msgspec.MsgspecError as exc:
-        raise ParseError(f"binance exchangeInfo: {exc}") from exc
-    instruments = []
-    for item in info.symbols:
-        try:
-            base, quote = normalize_asset(item.baseAsset), normalize_asset(item.quoteAsset)
-        except SymbolError:
-            continue
-        instruments.append(Instrument(EXCHANGE, item.symbol, base, quote))
-    return instruments
+    info = decode(_exchange_info_decoder, body, "binance exchangeInfo")
+    listed = (listed_instrument(EXCHANGE, item.symbol, item.baseAsset, item.quoteAsset) for item in info.symbols)
+    return [instrument for instrument in listed if instrument is not None]
 
 
 def native_symbol(symbol: str, registry: InstrumentRegistry) -> str:
     """Binance's spot name is the normalized symbol itself (upper case in REST, lower case in stream names)."""
-    try:
-        return registry.by_symbol(EXCHANGE, symbol).native
-    except SymbolError:
-        if symbol.isascii() and symbol.isalnum():
-            return symbol.upper()
-        raise
+    return plain_native_symbol(EXCHANGE, symbol, registry)
 
 
 SPEC = ExchangeSpec(

@@ -33,9 +33,23 @@ from typing import Literal
 
 import msgspec
 
-from market_ingestor.errors import ParseError, SymbolError
+from market_ingestor.errors import ParseError
 from market_ingestor.ingestor.exchanges.base import Channel, ExchangeSpec, ParseContext, ParseFn
-from market_ingestor.instruments import Instrument, InstrumentKind, InstrumentRegistry, normalize_asset
+from market_ingestor.ingestor.exchanges.wire import (
+    DECODE_ERRORS,
+    NO_DATA,
+    EpochMs,
+    SymbolCache,
+    batches,
+    check_trade,
+    decode,
+    levels_ok,
+    listed_instrument,
+    listed_or,
+    plain_name,
+    plain_native_symbol,
+)
+from market_ingestor.instruments import Instrument, InstrumentKind, InstrumentRegistry
 from market_ingestor.model import BookDelta, BookSnapshot, Level, MarketEvent, Quote, Side, Trade
 
 EXCHANGE = "bybit"
@@ -59,7 +73,6 @@ TOPICS: dict[Channel, str] = {
 }
 
 Levels = tuple[Level, ...]
-_NO_DATA = msgspec.Raw()
 _SIDES: dict[str, Side] = {"Buy": "buy", "Sell": "sell"}
 
 
@@ -74,9 +87,9 @@ class _Envelope(msgspec.Struct, frozen=True, gc=False):
 
     topic: str | None = None
     type: str = ""
-    ts: int | None = None
-    data: msgspec.Raw = _NO_DATA
-    cts: int | None = None
+    ts: EpochMs | None = None
+    data: msgspec.Raw = NO_DATA
+    cts: EpochMs | None = None
     success: bool | None = None
     ret_msg: str = ""
     op: str = ""
@@ -85,7 +98,7 @@ class _Envelope(msgspec.Struct, frozen=True, gc=False):
 class BybitTrade(msgspec.Struct, frozen=True, gc=False):
     """One element of a ``publicTrade`` push; ``S`` is the taker's side."""
 
-    T: int
+    T: EpochMs
     s: str
     S: str
     v: Decimal
@@ -97,8 +110,7 @@ class BybitTrade(msgspec.Struct, frozen=True, gc=False):
         side = _SIDES.get(self.S)
         if side is None:
             raise ParseError(f"bybit publicTrade: taker side {self.S!r} is neither Buy nor Sell")
-        if not (self.p.is_finite() and self.v.is_finite() and self.p > 0 and self.v > 0):
-            raise ParseError(f"bybit publicTrade: price {self.p} and size {self.v} must be positive numbers")
+        check_trade("bybit publicTrade", self.p, self.v)
         return Trade(EXCHANGE, symbol, self.i, self.p, self.v, side, self.T * 1_000_000, recv_ts)
 
 
@@ -139,18 +151,7 @@ _instruments_decoder = msgspec.json.Decoder(_InstrumentsBody)
 _encoder = msgspec.json.Encoder()
 
 
-def _levels_ok(levels: Levels) -> bool:
-    return all(p.is_finite() and q.is_finite() and p > 0 and q >= 0 for p, q in levels)
-
-
 # --- symbols ------------------------------------------------------------------------------------------------
-
-
-def _spot_name(native: str) -> str:
-    """Without the listing: spot names are BASEQUOTE already."""
-    if not (native.isascii() and native.isalnum() and len(native) <= 40):
-        raise ParseError(f"bybit: {native!r} is not a spot symbol name")
-    return native.upper()
 
 
 def _listed_only(native: str) -> str:
@@ -158,40 +159,16 @@ def _listed_only(native: str) -> str:
     raise ParseError(f"bybit: {native!r} is not in the linear instrument listing; load the listing first")
 
 
-_FALLBACKS: dict[Category, Callable[[str], str]] = {"spot": _spot_name, "linear": _listed_only}
-
-
-class _SymbolCache:
-    """native name -> normalized symbol, remembered per registry (bounded: the input is untrusted)."""
-
-    __slots__ = ("_fallback", "_names", "_registry", "_size")
-    LIMIT = 4096
-
-    def __init__(self, fallback: Callable[[str], str]) -> None:
-        self._fallback = fallback
-        self._names: dict[str, str] = {}
-        self._registry: InstrumentRegistry | None = None
-        self._size = -1
-
-    def get(self, registry: InstrumentRegistry, native: str) -> str:
-        if registry is not self._registry or len(registry) != self._size:
-            self._names.clear()
-            self._registry, self._size = registry, len(registry)
-        symbol = self._names.get(native)
-        if symbol is None:
-            try:
-                symbol = registry.by_native(EXCHANGE, native).symbol
-            except SymbolError:
-                symbol = self._fallback(native)
-            if len(self._names) >= self.LIMIT:
-                self._names.clear()
-            self._names[native] = symbol
-        return symbol
+# Names missing from the listing: spot names are BASEQUOTE already; linear ones cannot be named without it.
+_FALLBACKS: dict[Category, Callable[[str], str]] = {
+    "spot": plain_name(EXCHANGE, "spot symbol name"),
+    "linear": _listed_only,
+}
 
 
 # --- parse --------------------------------------------------------------------------------------------------
 
-Handler = Callable[[_Envelope, _SymbolCache, ParseContext], list[MarketEvent]]
+Handler = Callable[[_Envelope, SymbolCache, ParseContext], list[MarketEvent]]
 
 
 def _exchange_ts(envelope: _Envelope) -> int:
@@ -201,27 +178,27 @@ def _exchange_ts(envelope: _Envelope) -> int:
     return ms * 1_000_000
 
 
-def _on_trades(envelope: _Envelope, symbols: _SymbolCache, ctx: ParseContext) -> list[MarketEvent]:
+def _on_trades(envelope: _Envelope, symbols: SymbolCache, ctx: ParseContext) -> list[MarketEvent]:
     registry, recv_ts = ctx.registry, ctx.recv_ts
     return [trade.to_trade(symbols.get(registry, trade.s), recv_ts) for trade in _trades_decoder.decode(envelope.data)]
 
 
-def _on_top_of_book(envelope: _Envelope, symbols: _SymbolCache, ctx: ParseContext) -> list[MarketEvent]:
+def _on_top_of_book(envelope: _Envelope, symbols: SymbolCache, ctx: ParseContext) -> list[MarketEvent]:
     book = _book_decoder.decode(envelope.data)
     if len(book.b) != 1 or len(book.a) != 1:
         raise ParseError(
             f"bybit orderbook.1: {len(book.b)} bid and {len(book.a)} ask levels, a quote needs exactly one of each"
         )
     (bid, bid_qty), (ask, ask_qty) = book.b[0], book.a[0]
-    if not (_levels_ok(book.b) and _levels_ok(book.a)):
+    if not (levels_ok(book.b) and levels_ok(book.a)):
         raise ParseError("bybit orderbook.1: a level has a non-positive price or a negative size")
     symbol = symbols.get(ctx.registry, book.s)
     return [Quote(EXCHANGE, symbol, bid, bid_qty, ask, ask_qty, _exchange_ts(envelope), ctx.recv_ts, book.u)]
 
 
-def _on_book(envelope: _Envelope, symbols: _SymbolCache, ctx: ParseContext) -> list[MarketEvent]:
+def _on_book(envelope: _Envelope, symbols: SymbolCache, ctx: ParseContext) -> list[MarketEvent]:
     book = _book_decoder.decode(envelope.data)
-    if not (_levels_ok(book.b) and _levels_ok(book.a)):
+    if not (levels_ok(book.b) and levels_ok(book.a)):
         raise ParseError(f"bybit {envelope.topic}: a level has a non-positive price or a negative size")
     symbol, ts = symbols.get(ctx.registry, book.s), _exchange_ts(envelope)
     if envelope.type == "delta":
@@ -250,7 +227,7 @@ def _reply(envelope: _Envelope) -> list[MarketEvent]:
 
 def make_parse(category: Category) -> ParseFn:
     """The frame parser; categories differ only in how names missing from the listing are treated."""
-    symbols = _SymbolCache(_FALLBACKS[category])
+    symbols = SymbolCache(listed_or(EXCHANGE, _FALLBACKS[category]))
 
     def parse(frame: str | bytes, ctx: ParseContext) -> list[MarketEvent]:
         try:
@@ -261,10 +238,10 @@ def make_parse(category: Category) -> ParseFn:
             handler = _HANDLERS.get(topic.rpartition(".")[0])
             if handler is None:
                 return []  # tickers, klines and other topics we do not normalize
-            if envelope.data is _NO_DATA:
+            if envelope.data is NO_DATA:
                 raise ParseError(f"bybit: {topic} push without data")
             return handler(envelope, symbols, ctx)
-        except msgspec.MsgspecError as exc:
+        except DECODE_ERRORS as exc:
             raise ParseError(f"bybit: malformed frame: {exc}") from exc
 
     return parse
@@ -284,8 +261,8 @@ def book_sequence(last_seq: int, delta: BookDelta) -> bool:
 def _requests(op: str, natives: Sequence[str], channels: Sequence[Channel]) -> list[str]:
     args = [f"{TOPICS[channel]}.{native.upper()}" for native in natives for channel in channels]
     return [
-        _encoder.encode({"op": op, "args": args[i : i + MAX_ARGS_PER_REQUEST], "req_id": f"{op}-{n}"}).decode()
-        for n, i in enumerate(range(0, len(args), MAX_ARGS_PER_REQUEST), 1)
+        _encoder.encode({"op": op, "args": batch, "req_id": f"{op}-{n}"}).decode()
+        for n, batch in batches(args, MAX_ARGS_PER_REQUEST)
     ]
 
 
@@ -320,10 +297,7 @@ def parse_instruments(body: bytes) -> list[Instrument]:
     """``GET /v5/market/instruments-info?category=...`` -> instruments (spot; linear perpetuals get the suffix
     ``PERP``, dated futures their delivery date). Instruments of an unknown contract type or whose coin codes are
     not plain letters/digits are left out."""
-    try:
-        response = _instruments_decoder.decode(body)
-    except msgspec.MsgspecError as exc:
-        raise ParseError(f"bybit instruments-info: {exc}") from exc
+    response = decode(_instruments_decoder, body, "bybit instruments-info")
     if response.retCode != 0:
         raise ParseError(f"bybit instruments-info: retCode {response.retCode}: {response.retMsg}")
     instruments = []
@@ -333,22 +307,15 @@ def parse_instruments(body: bytes) -> list[Instrument]:
             continue
         kind, dated = kind_dated
         suffix = _expiry(item.deliveryTime) if dated else ("PERP" if kind == "perpetual" else "")
-        try:
-            base, quote = normalize_asset(item.baseCoin), normalize_asset(item.quoteCoin)
-        except SymbolError:
-            continue
-        instruments.append(Instrument(EXCHANGE, item.symbol, base, quote, kind, suffix))
+        instrument = listed_instrument(EXCHANGE, item.symbol, item.baseCoin, item.quoteCoin, kind, suffix)
+        if instrument is not None:
+            instruments.append(instrument)
     return instruments
 
 
 def native_symbol(symbol: str, registry: InstrumentRegistry) -> str:
     """From the listing; without it a spot symbol is its own native name."""
-    try:
-        return registry.by_symbol(EXCHANGE, symbol).native
-    except SymbolError:
-        if symbol.isascii() and symbol.isalnum():
-            return symbol.upper()
-        raise
+    return plain_native_symbol(EXCHANGE, symbol, registry)
 
 
 def spec_for(category: Category) -> ExchangeSpec:

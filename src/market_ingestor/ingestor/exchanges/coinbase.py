@@ -23,15 +23,26 @@ Every frame is one JSON object tagged by ``type``; the exact type picks the hand
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date
 from decimal import Decimal
 from typing import Annotated, Literal
 
 import msgspec
 
-from market_ingestor.errors import ParseError, SymbolError
+from market_ingestor.errors import ParseError
 from market_ingestor.ingestor.exchanges.base import Channel, ExchangeSpec, ParseContext
-from market_ingestor.instruments import Instrument, InstrumentRegistry, make_symbol, normalize_asset, split_delimited
+from market_ingestor.ingestor.exchanges.wire import (
+    DECODE_ERRORS,
+    SymbolCache,
+    check_trade,
+    decode,
+    delimited_name,
+    level_ok,
+    listed_instrument,
+    listed_or,
+    quote_ok,
+    utc_time_parser,
+)
+from market_ingestor.instruments import Instrument, InstrumentRegistry
 from market_ingestor.model import BookDelta, BookSnapshot, Level, MarketEvent, Quote, Side, Trade
 
 EXCHANGE = "coinbase"
@@ -70,8 +81,7 @@ class CoinbaseMatch(msgspec.Struct, frozen=True, tag="match", tag_field="type"):
 
     def events(self, ctx: ParseContext) -> list[MarketEvent]:
         price, size = self.price, self.size
-        if not (price.is_finite() and size.is_finite() and price > 0 and size > 0):
-            raise ParseError(f"coinbase match: price {price} and size {size} must be positive numbers")
+        check_trade("coinbase match", price, size)
         symbol = _symbols.get(ctx.registry, self.product_id)
         return [
             Trade(EXCHANGE, symbol, str(self.trade_id), price, size, _TAKER[self.side], iso_ns(self.time), ctx.recv_ts)
@@ -93,7 +103,7 @@ class CoinbaseTicker(msgspec.Struct, frozen=True, tag="ticker", tag_field="type"
         bid, ask, bid_size, ask_size = self.best_bid, self.best_ask, self.best_bid_size, self.best_ask_size
         if bid is None or ask is None or bid_size is None or ask_size is None:
             return []  # no sizes (tickers before 2022) or no book: nothing to report without inventing numbers
-        if not all(value.is_finite() and value >= 0 for value in (bid, ask, bid_size, ask_size)):
+        if not quote_ok(bid, bid_size, ask, ask_size):
             raise ParseError(f"coinbase ticker {self.product_id}: prices and sizes must be finite and not negative")
         symbol, recv_ts = _symbols.get(ctx.registry, self.product_id), ctx.recv_ts
         ts = recv_ts if self.time is None else iso_ns(self.time)
@@ -109,8 +119,9 @@ class CoinbaseSnapshot(msgspec.Struct, frozen=True, tag="snapshot", tag_field="t
     time: str | None = None
 
     def events(self, ctx: ParseContext) -> list[MarketEvent]:
-        _check_levels(self.bids, self.product_id)
-        _check_levels(self.asks, self.product_id)
+        for price, size in (*self.bids, *self.asks):
+            if not level_ok(price, size):
+                raise ParseError(f"coinbase snapshot {self.product_id}: level [{price}, {size}] is not a book level")
         symbol, recv_ts = _symbols.get(ctx.registry, self.product_id), ctx.recv_ts
         ts = recv_ts if self.time is None else iso_ns(self.time)
         return [BookSnapshot(EXCHANGE, symbol, self.bids, self.asks, None, ts, recv_ts)]
@@ -127,7 +138,7 @@ class CoinbaseL2Update(msgspec.Struct, frozen=True, tag="l2update", tag_field="t
         bids: list[Level] = []
         asks: list[Level] = []
         for side, price, size in self.changes:
-            if not (price.is_finite() and size.is_finite() and price > 0 and size >= 0):
+            if not level_ok(price, size):
                 raise ParseError(f"coinbase l2update {self.product_id}: level [{price}, {size}] is not a book level")
             (bids if side == "buy" else asks).append((price, size))
         symbol = _symbols.get(ctx.registry, self.product_id)
@@ -163,116 +174,14 @@ _products_decoder = msgspec.json.Decoder(list[_Product])
 _encoder = msgspec.json.Encoder()
 
 
-# --- checks, time -------------------------------------------------------------------------------------------
+# --- time, symbols ------------------------------------------------------------------------------------------
 
+# ``2021-04-17T16:43:37.089723Z`` -> integer nanoseconds since the epoch, exactly (integer arithmetic). The
+# fraction may have 0-9 digits; the zone is ``Z``, ``+00:00`` or absent (Coinbase times are UTC).
+iso_ns = utc_time_parser(EXCHANGE, zones=("+00:00", ""))
 
-def _check_levels(levels: Levels, product: str) -> None:
-    for price, size in levels:
-        if not (price.is_finite() and size.is_finite() and price > 0 and size >= 0):
-            raise ParseError(f"coinbase snapshot {product}: level [{price}, {size}] is not a book level")
-
-
-_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
-_MINUTES: dict[str, int] = {}  # "YYYY-MM-DDTHH:MM" -> seconds since the epoch (UTC)
-_BAD_TIME = "coinbase: time {!r} is not ISO-8601 UTC (YYYY-MM-DDTHH:MM:SS.ffffffZ)"
-
-
-def _minute_s(text: str) -> int:
-    """The ``YYYY-MM-DDTHH:MM`` of a time -> seconds since the epoch, validated once and remembered (bounded)."""
-    prefix = text[:16]
-    seconds = _MINUTES.get(prefix)
-    if seconds is None:
-        digits = prefix[:4] + prefix[5:7] + prefix[8:10] + prefix[11:13] + prefix[14:16]
-        if not (
-            len(prefix) == 16
-            and prefix[4] == prefix[7] == "-"
-            and prefix[10] == "T"
-            and prefix[13] == ":"
-            and digits.isascii()
-            and digits.isdigit()
-        ):
-            raise ParseError(_BAD_TIME.format(text))
-        hour, minute = int(prefix[11:13]), int(prefix[14:16])
-        try:
-            day = date.fromisoformat(prefix[:10]).toordinal() - _EPOCH_ORDINAL
-        except ValueError:
-            raise ParseError(f"coinbase: time {text!r} has no valid date") from None
-        if hour > 23 or minute > 59:
-            raise ParseError(f"coinbase: time {text!r} is out of range")
-        seconds = day * 86_400 + hour * 3_600 + minute * 60
-        if len(_MINUTES) >= 4096:
-            _MINUTES.clear()
-        _MINUTES[prefix] = seconds
-    return seconds
-
-
-def iso_ns(text: str) -> int:
-    """``2021-04-17T16:43:37.089723Z`` -> integer nanoseconds since the epoch, exactly (integer arithmetic).
-
-    The fraction may have 0-9 digits; the zone is ``Z``, ``+00:00`` or absent (Coinbase times are UTC)."""
-    minute_ns = _minute_s(text) * 1_000_000_000
-    if len(text) == 27 and text[16] == ":" and text[19] == "." and text[26] == "Z":  # Coinbase's own form
-        micros = text[17:19] + text[20:26]  # seconds and microseconds as one number
-        if micros.isascii() and micros.isdigit() and micros < "6":
-            return minute_ns + int(micros) * 1_000
-        raise ParseError(_BAD_TIME.format(text))
-    end = len(text)
-    if text.endswith("Z"):
-        end -= 1
-    elif text.endswith("+00:00"):
-        end -= 6
-    if end < 19 or text[16] != ":" or (end > 19 and text[19] != "."):
-        raise ParseError(_BAD_TIME.format(text))
-    fraction = text[20:end]
-    digits = text[17:19] + fraction
-    if not (digits.isascii() and digits.isdigit()) or len(fraction) > 9 or (end > 19 and not fraction):
-        raise ParseError(_BAD_TIME.format(text))
-    second = int(text[17:19])
-    if second > 59:
-        raise ParseError(f"coinbase: time {text!r} is out of range")
-    return minute_ns + second * 1_000_000_000 + (int(fraction.ljust(9, "0")) if fraction else 0)
-
-
-# --- symbols ------------------------------------------------------------------------------------------------
-
-
-class _SymbolCache:
-    """native name -> normalized symbol, remembered per registry (bounded: the input is untrusted)."""
-
-    __slots__ = ("_names", "_registry", "_size")
-    LIMIT = 4096
-
-    def __init__(self) -> None:
-        self._names: dict[str, str] = {}
-        self._registry: InstrumentRegistry | None = None
-        self._size = -1
-
-    def get(self, registry: InstrumentRegistry, native: str) -> str:
-        if registry is not self._registry or len(registry) != self._size:
-            self._names.clear()
-            self._registry, self._size = registry, len(registry)
-        symbol = self._names.get(native)
-        if symbol is None:
-            symbol = _normalize(registry, native)
-            if len(self._names) >= self.LIMIT:
-                self._names.clear()
-            self._names[native] = symbol
-        return symbol
-
-
-def _normalize(registry: InstrumentRegistry, native: str) -> str:
-    """The registry's symbol when it lists the product; else ``BASE-QUOTE`` -> ``BASEQUOTE``."""
-    try:
-        return registry.by_native(EXCHANGE, native).symbol
-    except SymbolError:
-        pass
-    try:
-        return make_symbol(*split_delimited(native))
-    except SymbolError as exc:
-        raise ParseError(f"coinbase: product {native!r}: {exc}") from None
-
-
-_symbols = _SymbolCache()
+# The registry's symbol when it lists the product; else ``BASE-QUOTE`` -> ``BASEQUOTE``.
+_symbols = SymbolCache(listed_or(EXCHANGE, delimited_name(EXCHANGE)))
 
 
 # --- parse --------------------------------------------------------------------------------------------------
@@ -282,16 +191,16 @@ def parse(frame: str | bytes, ctx: ParseContext) -> list[MarketEvent]:
     """msgspec's tagged union picks the message class by the exact ``type``; the class normalizes itself."""
     try:
         message = _decoder.decode(frame)
-    except msgspec.MsgspecError as exc:
+    except DECODE_ERRORS as exc:
         return _not_normalized(frame, exc)
     return message.events(ctx)
 
 
-def _not_normalized(frame: str | bytes, exc: msgspec.MsgspecError) -> list[MarketEvent]:
+def _not_normalized(frame: str | bytes, exc: Exception) -> list[MarketEvent]:
     """A frame the tagged decoder refused: a type we do not normalize (``[]``) or a malformed one."""
     try:
         head = _head_decoder.decode(frame)
-    except msgspec.MsgspecError:
+    except DECODE_ERRORS:
         raise ParseError(f"coinbase: malformed frame: {exc}") from exc
     if head.type in IGNORED_TYPES:
         return []
@@ -321,20 +230,13 @@ def unsubscribe(natives: Sequence[str], channels: Sequence[Channel]) -> list[str
 def parse_instruments(body: bytes) -> list[Instrument]:
     """``GET /products`` -> every product not ``delisted``. A product whose currency codes are not plain
     letters/digits cannot be named and is left out."""
-    try:
-        products = _products_decoder.decode(body)
-    except msgspec.MsgspecError as exc:
-        raise ParseError(f"coinbase products: {exc}") from exc
-    instruments = []
-    for product in products:
-        if product.status == "delisted":
-            continue
-        try:
-            base, quote = normalize_asset(product.base_currency), normalize_asset(product.quote_currency)
-        except SymbolError:
-            continue
-        instruments.append(Instrument(EXCHANGE, product.id, base, quote))
-    return instruments
+    products = decode(_products_decoder, body, "coinbase products")
+    listed = (
+        listed_instrument(EXCHANGE, product.id, product.base_currency, product.quote_currency)
+        for product in products
+        if product.status != "delisted"
+    )
+    return [instrument for instrument in listed if instrument is not None]
 
 
 def native_symbol(symbol: str, registry: InstrumentRegistry) -> str:

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -53,6 +52,19 @@ import msgspec
 
 from market_ingestor.errors import ParseError, SymbolError
 from market_ingestor.ingestor.exchanges.base import Channel, ExchangeSpec, ParseContext
+from market_ingestor.ingestor.exchanges.wire import (
+    DECODE_ERRORS,
+    SymbolCache,
+    ascii_digits,
+    check_trade,
+    decode,
+    delimited_name,
+    level_ok,
+    levels_ok,
+    listed_or,
+    quote_ok,
+    utc_time_parser,
+)
 from market_ingestor.instruments import Instrument, InstrumentRegistry, split_delimited
 from market_ingestor.model import BookDelta, BookSnapshot, Level, MarketEvent, Quote, Side, Trade
 
@@ -91,7 +103,7 @@ class KrakenTrade(msgspec.Struct, frozen=True):
     ord_type: str = ""
 
     def to_trade(self, symbol: str, recv_ts: int) -> Trade:
-        _check_trade(self.price, self.qty)
+        check_trade("kraken trade", self.price, self.qty)
         return Trade(
             EXCHANGE, symbol, str(self.trade_id), self.price, self.qty, self.side, rfc3339_ns(self.timestamp), recv_ts
         )
@@ -106,7 +118,7 @@ class KrakenTicker(msgspec.Struct, frozen=True):
     timestamp: str | None = None
 
     def to_quote(self, symbol: str, recv_ts: int) -> Quote:
-        if not _numbers_ok(self.bid, self.bid_qty, self.ask, self.ask_qty):
+        if not quote_ok(self.bid, self.bid_qty, self.ask, self.ask_qty):
             raise ParseError("kraken ticker: prices and sizes must be finite and not negative")
         ts = recv_ts if self.timestamp is None else rfc3339_ns(self.timestamp)
         return Quote(EXCHANGE, symbol, self.bid, self.bid_qty, self.ask, self.ask_qty, ts, recv_ts)
@@ -218,141 +230,32 @@ _v1_book_decoder = msgspec.json.Decoder(_V1BookPart)
 _asset_pairs_decoder = msgspec.json.Decoder(_AssetPairs)
 _encoder = msgspec.json.Encoder()
 
-# msgspec raises RecursionError for very deeply nested input, UnicodeError for undecodable or unencodable text.
-_DECODE_ERRORS = (msgspec.MsgspecError, UnicodeError, RecursionError)
 
-
-# --- checks and times ---------------------------------------------------------------------------------------
-
-
-# Magnitudes beyond these are no market's (and a "1E-999999999" would print as a gigabyte of zeros downstream).
-_MIN_ADJUSTED_EXPONENT, _MAX_ADJUSTED_EXPONENT = -30, 30
-_ZERO = Decimal(0)
-
-
-def _non_negative(value: Decimal) -> bool:
-    return value.is_finite() and value >= _ZERO and _MIN_ADJUSTED_EXPONENT <= value.adjusted() <= _MAX_ADJUSTED_EXPONENT
-
-
-def _positive(value: Decimal) -> bool:
-    return value.is_finite() and value > _ZERO and _MIN_ADJUSTED_EXPONENT <= value.adjusted() <= _MAX_ADJUSTED_EXPONENT
-
-
-def _check_trade(price: Decimal, qty: Decimal) -> None:
-    if not (_positive(price) and _positive(qty)):
-        raise ParseError(f"kraken trade: price {price} and quantity {qty} must be positive numbers")
-
-
-def _numbers_ok(*values: Decimal) -> bool:
-    return all(_non_negative(value) for value in values)
-
-
-def _level_ok(price: Decimal, qty: Decimal) -> bool:
-    return _positive(price) and _non_negative(qty)
+# --- checks, times, symbols ---------------------------------------------------------------------------------
 
 
 def _v2_levels(levels: list[KrakenLevel]) -> Levels:
     out = tuple([(level.price, level.qty) for level in levels])
-    if not all(_level_ok(p, q) for p, q in out):
+    if not levels_ok(out):
         raise ParseError("kraken book: a level has a non-positive price or a negative/non-finite quantity")
     return out
 
 
-def _digits(text: str) -> bool:
-    return text.isascii() and text.isdigit()
-
-
-_CACHE_LIMIT = 4096  # entries per cache: the input is untrusted, so caches are bounded
-_EPOCH_ORDINAL = datetime(1970, 1, 1).toordinal()
-_second_ns: dict[str, int] = {}  # "YYYY-MM-DDTHH:MM:SS" -> ns since the epoch
-
-
-def _second_of(head: str) -> int:
-    if not (
-        len(head) == 19
-        and head[4] == "-"
-        and head[7] == "-"
-        and head[10] == "T"
-        and head[13] == ":"
-        and head[16] == ":"
-        and _digits(head[:4] + head[5:7] + head[8:10] + head[11:13] + head[14:16] + head[17:19])
-        and head[17:19] <= "60"
-    ):
-        raise ParseError(f"kraken: timestamp does not start like YYYY-MM-DDTHH:MM:SS: {head!r}")
-    try:
-        minute = datetime(int(head[:4]), int(head[5:7]), int(head[8:10]), int(head[11:13]), int(head[14:16]))
-    except ValueError as exc:
-        raise ParseError(f"kraken: impossible timestamp {head!r}: {exc}") from None
-    days = minute.toordinal() - _EPOCH_ORDINAL
-    ns = (days * 86_400 + minute.hour * 3_600 + minute.minute * 60 + int(head[17:19])) * 1_000_000_000
-    if len(_second_ns) >= _CACHE_LIMIT:
-        _second_ns.clear()
-    _second_ns[head] = ns
-    return ns
-
-
-def rfc3339_ns(text: str) -> int:
-    """``2023-09-25T09:04:31.742648Z`` -> integer nanoseconds since the epoch (UTC, 0-9 fraction digits)."""
-    head = text[:19]
-    ns = _second_ns.get(head)
-    if ns is None:
-        ns = _second_of(head)
-    if len(text) == 27 and text[19] == "." and text[26] == "Z":  # microseconds, as Kraken sends them
-        digits = text[20:26]
-        if digits.isdigit() and digits.isascii():
-            return ns + int(digits) * 1_000
-    fraction = text[19:]
-    if fraction == "Z":
-        return ns
-    digits = fraction[1:-1]
-    if fraction[:1] != "." or fraction[-1:] != "Z" or not 1 <= len(digits) <= 9 or not _digits(digits):
-        raise ParseError(f"kraken: not an RFC 3339 UTC timestamp: {text!r}")
-    return ns + int(digits) * 10 ** (9 - len(digits))
+# ``2023-09-25T09:04:31.742648Z`` -> integer nanoseconds since the epoch (UTC, 0-9 fraction digits, zone ``Z``).
+rfc3339_ns = utc_time_parser(EXCHANGE, leap_second=True)
 
 
 def epoch_text_ns(text: str) -> int:
     """v1 ``"1618678142.557535"`` (seconds, optional fraction) -> integer nanoseconds, from the digits."""
     whole, dot, fraction = text.partition(".")
-    if not (_digits(whole) and len(whole) <= 12) or (dot and not (_digits(fraction) and len(fraction) <= 9)):
+    if not (ascii_digits(whole) and len(whole) <= 12) or (dot and not (ascii_digits(fraction) and len(fraction) <= 9)):
         raise ParseError(f"kraken: not a seconds timestamp: {text!r}")
     ns = int(whole) * 1_000_000_000
     return ns + int(fraction) * 10 ** (9 - len(fraction)) if fraction else ns
 
 
-# --- symbols ------------------------------------------------------------------------------------------------
-
-
-class _SymbolCache:
-    """native name -> normalized symbol, remembered per registry and bounded.
-
-    Kraken's names carry their delimiter, so the registry's answer and the fallback split agree: an entry cannot
-    go stale when the registry learns more instruments; only a different registry object clears the cache."""
-
-    __slots__ = ("names", "registry")
-
-    def __init__(self) -> None:
-        self.names: dict[str, str] = {}
-        self.registry: InstrumentRegistry | None = None
-
-    def get(self, registry: InstrumentRegistry, native: str) -> str:
-        if registry is self.registry:
-            symbol = self.names.get(native)
-            if symbol is not None:
-                return symbol
-        else:
-            self.names.clear()
-            self.registry = registry
-        try:
-            symbol = registry.normalize(EXCHANGE, native)
-        except SymbolError as exc:
-            raise ParseError(f"kraken: {exc}") from None
-        if len(self.names) >= _CACHE_LIMIT:
-            self.names.clear()
-        self.names[native] = symbol
-        return symbol
-
-
-_symbols = _SymbolCache()
+# Kraken's names carry their delimiter, so a name missing from the listing is split: XBT/USD -> BTCUSD.
+_symbols = SymbolCache(listed_or(EXCHANGE, delimited_name(EXCHANGE)))
 
 
 # --- checksum -----------------------------------------------------------------------------------------------
@@ -411,7 +314,7 @@ def _on_v1_trades(parts: list[msgspec.Raw], pair: str, ctx: ParseContext) -> lis
     symbol = _symbols.get(ctx.registry, pair)
     events: list[MarketEvent] = []
     for index, trade in enumerate(_v1_trades_decoder.decode(parts[1])):
-        _check_trade(trade.price, trade.volume)
+        check_trade("kraken trade", trade.price, trade.volume)
         trade_id = f"{trade.time}-{index}"
         ts = epoch_text_ns(trade.time)
         events.append(Trade(EXCHANGE, symbol, trade_id, trade.price, trade.volume, _SIDES[trade.side], ts, ctx.recv_ts))
@@ -423,7 +326,7 @@ def _v1_levels(levels: list[KrakenV1Level] | None, times: list[int]) -> Levels:
         return ()
     out = []
     for level in levels:
-        if not _level_ok(level.price, level.volume):
+        if not level_ok(level.price, level.volume):
             raise ParseError("kraken v1 book: a level has a non-positive price or a negative/non-finite volume")
         times.append(epoch_text_ns(level.time))
         out.append((level.price, level.volume))
@@ -446,7 +349,7 @@ def _on_v1_book(parts: list[msgspec.Raw], pair: str, ctx: ParseContext) -> list[
     asks = tuple(level for book in books for level in _v1_levels(book.a, times))
     bids = tuple(level for book in books for level in _v1_levels(book.b, times))
     checksum_text = books[-1].c
-    if checksum_text is None or not (_digits(checksum_text) and len(checksum_text) <= 10):
+    if checksum_text is None or not (ascii_digits(checksum_text) and len(checksum_text) <= 10):
         raise ParseError(f"kraken v1 book update: checksum 'c' missing or not a number: {checksum_text!r}")
     ts = max(times, default=ctx.recv_ts)
     return [BookDelta(EXCHANGE, symbol, bids, asks, None, None, ts, ctx.recv_ts, None, int(checksum_text))]
@@ -494,7 +397,7 @@ def parse(frame: str | bytes, ctx: ParseContext) -> list[MarketEvent]:
                 return _parse_other(frame, ctx, exc)
             return _V2_HANDLERS[type(message)](message, ctx)
         return _parse_other(frame, ctx, None)
-    except _DECODE_ERRORS as exc:
+    except DECODE_ERRORS as exc:
         raise ParseError(f"kraken: malformed frame: {exc}") from exc
 
 
@@ -537,10 +440,7 @@ def parse_instruments(body: bytes) -> list[Instrument]:
 
     Pairs without a ``wsname`` (dark pools, ``XXBTZUSD.d``) and pairs whose asset codes the pipeline cannot
     name (``ETH2.S/ETH``) are left out."""
-    try:
-        listing = _asset_pairs_decoder.decode(body)
-    except _DECODE_ERRORS as exc:
-        raise ParseError(f"kraken AssetPairs: {exc}") from exc
+    listing = decode(_asset_pairs_decoder, body, "kraken AssetPairs")
     if listing.error:
         raise ParseError(f"kraken AssetPairs error: {'; '.join(listing.error)}")
     instruments = []

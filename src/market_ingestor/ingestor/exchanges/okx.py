@@ -41,7 +41,19 @@ import msgspec
 
 from market_ingestor.errors import ParseError, SymbolError
 from market_ingestor.ingestor.exchanges.base import Channel, ExchangeSpec, ParseContext
-from market_ingestor.instruments import Instrument, InstrumentKind, InstrumentRegistry, make_symbol, normalize_asset
+from market_ingestor.ingestor.exchanges.wire import (
+    DECODE_ERRORS,
+    NO_DATA,
+    EpochMs,
+    SymbolCache,
+    check_trade,
+    decode,
+    level_ok,
+    listed_instrument,
+    listed_or,
+    quote_ok,
+)
+from market_ingestor.instruments import Instrument, InstrumentKind, InstrumentRegistry, make_symbol
 from market_ingestor.model import BookDelta, BookSnapshot, Level, MarketEvent, Quote, Trade
 
 EXCHANGE = "okx"
@@ -60,12 +72,10 @@ CHANNELS: dict[Channel, str] = {
 }
 
 Levels = tuple[Level, ...]
-# Exchange milliseconds that still fit int64 nanoseconds; sequence ids (prevSeqId is -1 on a snapshot).
-_Ms = Annotated[int, msgspec.Meta(ge=0, le=(2**63 - 1) // 1_000_000)]
+# Sequence ids (prevSeqId is -1 on a snapshot).
 _Seq = Annotated[int, msgspec.Meta(ge=-1, le=2**63 - 1)]
 # A book level: [price, size, "0" (deprecated liquidated orders), order count]; only the first two are used.
 _WireLevel = tuple[Decimal, ...]
-_NO_DATA = msgspec.Raw()
 
 
 # --- wire formats -------------------------------------------------------------------------------------------
@@ -80,7 +90,7 @@ class _Envelope(msgspec.Struct, frozen=True):
     """A push (``arg`` + ``data``, books add ``action``) or an event (``event``, errors add ``code``/``msg``)."""
 
     arg: _Arg | None = None
-    data: msgspec.Raw = _NO_DATA
+    data: msgspec.Raw = NO_DATA
     action: str | None = None
     event: str | None = None
     code: str | int = ""
@@ -95,13 +105,11 @@ class OkxTrade(msgspec.Struct, frozen=True):
     px: Decimal
     sz: Decimal
     side: Literal["buy", "sell"]
-    ts: _Ms
+    ts: EpochMs
 
     def to_trade(self, symbol: str, recv_ts: int) -> Trade:
-        px, sz = self.px, self.sz
-        if not (px.is_finite() and sz.is_finite() and px > 0 and sz > 0):
-            raise ParseError(f"okx trade: price {px} and size {sz} must be positive numbers")
-        return Trade(EXCHANGE, symbol, self.tradeId, px, sz, self.side, self.ts * 1_000_000, recv_ts)
+        check_trade("okx trade", self.px, self.sz)
+        return Trade(EXCHANGE, symbol, self.tradeId, self.px, self.sz, self.side, self.ts * 1_000_000, recv_ts)
 
 
 class OkxTicker(msgspec.Struct, frozen=True):
@@ -112,7 +120,7 @@ class OkxTicker(msgspec.Struct, frozen=True):
     bidSz: str
     askPx: str
     askSz: str
-    ts: _Ms
+    ts: EpochMs
 
     def to_quotes(self, symbol: str, recv_ts: int) -> list[MarketEvent]:
         if not (self.bidPx and self.bidSz and self.askPx and self.askSz):
@@ -122,7 +130,7 @@ class OkxTicker(msgspec.Struct, frozen=True):
             ask_px, ask_sz = Decimal(self.askPx), Decimal(self.askSz)
         except InvalidOperation:
             raise ParseError(f"okx tickers {self.instId}: bid/ask fields are not decimal numbers") from None
-        if not _quote_ok(bid_px, bid_sz, ask_px, ask_sz):
+        if not quote_ok(bid_px, bid_sz, ask_px, ask_sz):
             raise ParseError(f"okx tickers {self.instId}: prices and sizes must be finite and not negative")
         return [Quote(EXCHANGE, symbol, bid_px, bid_sz, ask_px, ask_sz, self.ts * 1_000_000, recv_ts)]
 
@@ -132,7 +140,7 @@ class OkxBbo(msgspec.Struct, frozen=True):
 
     asks: list[_WireLevel]
     bids: list[_WireLevel]
-    ts: _Ms
+    ts: EpochMs
     seqId: _Seq | None = None
 
     def to_quotes(self, symbol: str, recv_ts: int) -> list[MarketEvent]:
@@ -148,7 +156,7 @@ class OkxBook(msgspec.Struct, frozen=True):
 
     asks: list[_WireLevel]
     bids: list[_WireLevel]
-    ts: _Ms
+    ts: EpochMs
     checksum: Annotated[int, msgspec.Meta(ge=-(2**31), lt=2**31)] | None = None
     seqId: _Seq | None = None
     prevSeqId: _Seq | None = None
@@ -191,17 +199,13 @@ _encoder = msgspec.json.Encoder()
 # --- checks -------------------------------------------------------------------------------------------------
 
 
-def _quote_ok(*values: Decimal) -> bool:
-    return all(value.is_finite() and value >= 0 for value in values)
-
-
 def _levels(wire: list[_WireLevel], channel: str) -> Levels:
     levels = []
     for level in wire:
         if len(level) < 2:
             raise ParseError(f"okx {channel}: a level needs at least [price, size], got {len(level)} fields")
         price, qty = level[0], level[1]
-        if not (price.is_finite() and qty.is_finite() and price > 0 and qty >= 0):
+        if not level_ok(price, qty):
             raise ParseError(f"okx {channel}: level [{price}, {qty}] needs a positive price and a size >= 0")
         levels.append((price, qty))
     return tuple(levels)
@@ -247,42 +251,14 @@ def symbol_of(native: str) -> str:
     raise SymbolError(f"okx: {native!r} is not a spot, swap or futures instrument name")
 
 
-class _SymbolCache:
-    """native name -> normalized symbol, remembered per registry (bounded: the input is untrusted)."""
-
-    __slots__ = ("_names", "_registry", "_size")
-    LIMIT = 4096
-
-    def __init__(self) -> None:
-        self._names: dict[str, str] = {}
-        self._registry: InstrumentRegistry | None = None
-        self._size = -1
-
-    def get(self, registry: InstrumentRegistry, native: str) -> str:
-        if registry is not self._registry or len(registry) != self._size:
-            self._names.clear()
-            self._registry, self._size = registry, len(registry)
-        symbol = self._names.get(native)
-        if symbol is None:
-            symbol = _normalize(registry, native)
-            if len(self._names) >= self.LIMIT:
-                self._names.clear()
-            self._names[native] = symbol
-        return symbol
-
-
-def _normalize(registry: InstrumentRegistry, native: str) -> str:
-    try:
-        return registry.by_native(EXCHANGE, native).symbol
-    except SymbolError:
-        pass
+def _unlisted(native: str) -> str:
     try:
         return symbol_of(native)
     except SymbolError as exc:
         raise ParseError(str(exc)) from None
 
 
-_symbols = _SymbolCache()
+_symbols = SymbolCache(listed_or(EXCHANGE, _unlisted))
 
 
 # --- parse --------------------------------------------------------------------------------------------------
@@ -347,10 +323,10 @@ def parse(frame: str | bytes, ctx: ParseContext) -> list[MarketEvent]:
         handler = _HANDLERS.get(arg.channel)
         if handler is None:
             return []  # candles and other channels we do not normalize
-        if envelope.data is _NO_DATA:
+        if envelope.data is NO_DATA:
             raise ParseError(f"okx {arg.channel}: push without data")
         return handler(arg, envelope.data, envelope.action, ctx)
-    except msgspec.MsgspecError as exc:
+    except DECODE_ERRORS as exc:
         raise ParseError(f"okx: malformed frame: {exc}") from exc
 
 
@@ -392,10 +368,7 @@ def _instrument(item: _Listed) -> Instrument | None:
         suffix = "PERP" if kind == "perpetual" else item.instId.rpartition("-")[2]
         if kind == "future" and not (len(suffix) == 6 and suffix.isascii() and suffix.isdigit()):
             return None
-    try:
-        return Instrument(EXCHANGE, item.instId, normalize_asset(base), normalize_asset(quote), kind, suffix)
-    except SymbolError:
-        return None
+    return listed_instrument(EXCHANGE, item.instId, base, quote, kind, suffix)
 
 
 def parse_instruments(body: bytes) -> list[Instrument]:
@@ -404,10 +377,7 @@ def parse_instruments(body: bytes) -> list[Instrument]:
     Spot names come from ``baseCcy``/``quoteCcy``; swaps and futures from the underlying ``uly`` (``BTC-USD``,
     ``instFamily`` on newer listings), with ``PERP`` or the ``YYMMDD`` expiry of the instrument id as suffix.
     An instrument whose asset codes are not plain letters/digits cannot be named and is left out."""
-    try:
-        listing = _listing_decoder.decode(body)
-    except msgspec.MsgspecError as exc:
-        raise ParseError(f"okx instruments: {exc}") from exc
+    listing = decode(_listing_decoder, body, "okx instruments")
     if str(listing.code) != "0":
         raise ParseError(f"okx instruments: error {listing.code}: {listing.msg}")
     return [instrument for item in listing.data if (instrument := _instrument(item)) is not None]

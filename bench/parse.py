@@ -16,9 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from market_ingestor.ingestor.exchanges import REGISTRY, ParseContext, get_spec  # noqa: E402
-from market_ingestor.ingestor.simulator.dialect import SimInstrument, SimTrade  # noqa: E402
-from market_ingestor.instruments import InstrumentRegistry  # noqa: E402
+from market_ingestor.ingestor.exchanges import REGISTRY, ParseContext, get_spec
+from market_ingestor.ingestor.simulator.dialect import SimInstrument, SimTrade
+from market_ingestor.instruments import InstrumentRegistry
 
 GOALS = {"binance": 500_000}
 DEFAULT_GOAL = 300_000

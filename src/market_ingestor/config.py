@@ -79,6 +79,8 @@ class NatsConfig(_Section, frozen=True):
 
 class BusConfig(_Section, frozen=True):
     kind: Literal["kafka", "nats"] = "kafka"
+    # Prepended to every topic name ("staging." -> "staging.market.trades"): several pipelines on one cluster.
+    topic_prefix: Annotated[str, msgspec.Meta(pattern=r"^([a-z0-9_-]+\.)?$")] = ""
     kafka: KafkaConfig = msgspec.field(default_factory=KafkaConfig)
     nats: NatsConfig = msgspec.field(default_factory=NatsConfig)
 
@@ -103,7 +105,7 @@ class IngestConfig(_Section, frozen=True):
     backoff_initial_s: PositiveSeconds = 1.0
     backoff_max_s: PositiveSeconds = 60.0
     healthy_after_s: PositiveSeconds = 30.0  # a connection up this long resets the backoff
-    queue_size: PositiveInt = 20_000  # events between the connectors and the publisher (backpressure beyond)
+    queue_size: PositiveInt = 5_000  # frames' events between connectors and publisher (backpressure beyond)
     book_buffer_size: PositiveInt = 5_000  # deltas held while a REST book snapshot is fetched
     rest_timeout_s: PositiveSeconds = 10.0
     capture_path: str | None = None  # write every raw frame here, in the recorded-session format

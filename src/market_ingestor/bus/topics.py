@@ -27,3 +27,8 @@ PIPELINE_TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(Topics.CONTROL, compacted=True, partitions=1),
     TopicSpec(Topics.DEADLETTER, retention_s=14 * DAY_S, partitions=3),
 )
+
+
+def prefixed(specs: tuple[TopicSpec, ...], prefix: str) -> tuple[TopicSpec, ...]:
+    """The same topics under ``prefix`` (see ``BusConfig.topic_prefix``)."""
+    return tuple(TopicSpec(prefix + spec.name, spec.retention_s, spec.compacted, spec.partitions) for spec in specs)

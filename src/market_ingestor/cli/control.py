@@ -8,7 +8,8 @@ import logging
 import click
 import msgspec
 
-from market_ingestor.bus import open_bus
+from market_ingestor.bus import PIPELINE_TOPICS, open_bus
+from market_ingestor.bus.topics import prefixed
 from market_ingestor.cli.context import CliContext, pass_cli, run
 from market_ingestor.config import Config
 from market_ingestor.errors import MarketIngestorError
@@ -18,22 +19,26 @@ from market_ingestor.model import ControlCommand, Topics, bus_key, decode, encod
 log = logging.getLogger(__name__)
 
 
+def _control_topic(config: Config) -> str:
+    return config.bus.topic_prefix + Topics.CONTROL
+
+
 async def _publish(config: Config, cmd: ControlCommand) -> None:
     bus = open_bus(config.bus)
-    await bus.ensure_topics()
+    await bus.ensure_topics(prefixed(PIPELINE_TOPICS, config.bus.topic_prefix))
     publisher = bus.publisher()
     await publisher.start()
     try:
-        await publisher.publish(Topics.CONTROL, bus_key(cmd), encode(cmd), msg_id=event_id(cmd))
+        await publisher.publish(_control_topic(config), bus_key(cmd), encode(cmd), msg_id=event_id(cmd))
     finally:
         await publisher.stop()
 
 
 async def read_state(config: Config) -> ControlState:
     bus = open_bus(config.bus)
-    await bus.ensure_topics()
+    await bus.ensure_topics(prefixed(PIPELINE_TOPICS, config.bus.topic_prefix))
     commands = []
-    for delivery in await bus.read_topic(Topics.CONTROL):
+    for delivery in await bus.read_topic(_control_topic(config)):
         try:
             event = decode(delivery.value)
         except msgspec.MsgspecError as exc:

@@ -11,6 +11,7 @@ from market_ingestor.cli.context import CliContext
 from market_ingestor.cli.control import exchanges, symbols
 from market_ingestor.cli.dev import dev
 from market_ingestor.cli.ingest import ingest, parse
+from market_ingestor.cli.simulate import simulate
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -42,9 +43,9 @@ cli.add_command(exchanges)
 cli.add_command(symbols)
 cli.add_command(parse)
 cli.add_command(ingest)
+cli.add_command(simulate)
 for _name, _summary, _issue in (
     ("up", "Run the whole pipeline: ingest, worker, sinks, push and API", 6),
-    ("simulate", "Serve a local simulator of the five exchanges' WebSocket and REST APIs", 3),
     ("worker", "Run the Faust stream worker: klines and indicators", 4),
     ("klines", "Aggregate normalized trades (JSON lines) into klines", 4),
     ("db", "Manage the database: migrate, load, rebuild-klines", 5),
@@ -52,3 +53,7 @@ for _name, _summary, _issue in (
     ("push", "Run the WebSocket push gateway", 6),
 ):
     cli.add_command(_not_yet(_name, _summary, _issue))
+
+
+if __name__ == "__main__":
+    cli()

@@ -15,6 +15,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from prometheus_client import Counter
+
 from market_ingestor.errors import MarketIngestorError, ParseError, SymbolError
 from market_ingestor.ingestor import metrics
 from market_ingestor.ingestor.book import BookSync, BookVerdict
@@ -26,7 +28,8 @@ from market_ingestor.model import BookDelta, BookSnapshot, DeadLetter, MarketEve
 
 log = logging.getLogger(__name__)
 
-Sink = Callable[[MarketEvent | DeadLetter], Awaitable[None]]
+# Receives the events of one frame at a time: one queue operation per frame, not per event.
+Sink = Callable[[list[MarketEvent | DeadLetter]], Awaitable[None]]
 RawTap = Callable[[str, str | bytes, int], None]  # (url, frame, recv_ts): the capture file
 
 
@@ -56,6 +59,8 @@ class ExchangeConnector:
         self.connections: list[Connection] = []
         self._rest = rest
         self._sink = sink
+        self._pending: list[MarketEvent | DeadLetter] = []
+        self._event_counters: dict[tuple[str, type], Counter] = {}
         self._raw_tap = raw_tap
         self._native_of: dict[str, str] = {}
         self._connection_of: dict[str, Connection] = {}
@@ -150,12 +155,12 @@ class ExchangeConnector:
         try:
             events = self.spec.parse(frame, ParseContext(self.registry, recv_ts))
         except ParseError as exc:
-            await self._dead_letter(frame, str(exc), recv_ts)
-            return
+            self._dead_letter(frame, str(exc), recv_ts)
+            events = []
         except Exception as exc:  # a parser bug must cost one frame, not the connection: keep it with the reason
             log.exception("parser failed", extra={"exchange": self.spec.name})
-            await self._dead_letter(frame, f"internal parser error: {exc!r}", recv_ts)
-            return
+            self._dead_letter(frame, f"internal parser error: {exc!r}", recv_ts)
+            events = []
         for event in events:
             if event.symbol not in self.symbols:
                 continue  # in flight after an unsubscribe, or not ours
@@ -166,16 +171,26 @@ class ExchangeConnector:
             else:
                 if isinstance(event, Trade) and self.spec.contiguous_trade_ids:
                     self._check_trade_id(event)
-                await self._emit(event)
+                self._emit(event)
+        await self._flush()
 
-    async def _emit(self, event: MarketEvent) -> None:
-        metrics.EVENTS.labels(self.spec.name, event.symbol, type(event).__name__).inc()
-        await self._sink(event)
+    def _emit(self, event: MarketEvent) -> None:
+        key = (event.symbol, type(event))
+        counter = self._event_counters.get(key)
+        if counter is None:  # bound once per (symbol, type): label lookups cost more than the increment
+            counter = self._event_counters[key] = metrics.EVENTS.labels(self.spec.name, *_label(key))
+        counter.inc()
+        self._pending.append(event)
 
-    async def _dead_letter(self, frame: str | bytes, reason: str, recv_ts: int) -> None:
+    async def _flush(self) -> None:
+        if self._pending:
+            events, self._pending = self._pending, []
+            await self._sink(events)
+
+    def _dead_letter(self, frame: str | bytes, reason: str, recv_ts: int) -> None:
         metrics.DEAD_LETTERS.labels(self.spec.name).inc()
         raw = frame if isinstance(frame, str) else frame.decode("utf-8", "backslashreplace")
-        await self._sink(DeadLetter(self.spec.name, raw, reason, recv_ts))
+        self._pending.append(DeadLetter(self.spec.name, raw, reason, recv_ts))
 
     def _check_trade_id(self, trade: Trade) -> None:
         try:
@@ -199,7 +214,7 @@ class ExchangeConnector:
         if sync.on_snapshot(snapshot) is BookVerdict.CHECKSUM:
             await self._resync(snapshot.symbol, "snapshot checksum mismatch")
             return
-        await self._emit(snapshot)
+        self._emit(snapshot)
         held = self._held.pop(snapshot.symbol, None)
         for delta in held or ():
             if not await self._apply(delta):
@@ -217,7 +232,7 @@ class ExchangeConnector:
     async def _apply(self, delta: BookDelta) -> bool:
         verdict = self._books[delta.symbol].on_delta(delta)
         if verdict is BookVerdict.OK:
-            await self._emit(delta)
+            self._emit(delta)
         elif verdict in (BookVerdict.GAP, BookVerdict.CHECKSUM):
             metrics.SEQUENCE_GAPS.labels(self.spec.name, delta.symbol, "book").inc()
             await self._resync(delta.symbol, f"book {verdict.value}")
@@ -262,6 +277,11 @@ class ExchangeConnector:
             return
         if symbol in self.symbols:
             await self._on_snapshot(snapshot)
+            await self._flush()
+
+
+def _label(key: tuple[str, type]) -> tuple[str, str]:
+    return key[0], key[1].__name__
 
 
 @contextlib.asynccontextmanager

@@ -15,7 +15,8 @@ import time
 
 import msgspec
 
-from market_ingestor.bus import Bus, Publisher, open_bus
+from market_ingestor.bus import PIPELINE_TOPICS, Bus, Publisher, open_bus
+from market_ingestor.bus.topics import prefixed
 from market_ingestor.config import Config, ExchangeConfig
 from market_ingestor.errors import MarketIngestorError
 from market_ingestor.ingestor import metrics
@@ -54,7 +55,9 @@ class IngestService:
     def __init__(self, config: Config, bus: Bus | None = None) -> None:
         self.config = config
         self.bus = bus or open_bus(config.bus)
-        self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=config.ingest.queue_size)
+        self.prefix = config.bus.topic_prefix
+        # Holds the events of one frame per item; bounded in frames (a frame holds a bounded number of events).
+        self.queue: asyncio.Queue[list[Event]] = asyncio.Queue(maxsize=config.ingest.queue_size)
         self.connectors: dict[str, ExchangeConnector] = {}
         self.state: ControlState = initial_state(config)
         self.ready = asyncio.Event()  # connectors started (for tests and the demo)
@@ -65,7 +68,7 @@ class IngestService:
         self._group: asyncio.TaskGroup | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
-        await self.bus.ensure_topics()
+        await self.bus.ensure_topics(prefixed(PIPELINE_TOPICS, self.prefix))
         publisher = self.bus.publisher()
         await publisher.start()
         if self.config.ingest.capture_path:
@@ -92,32 +95,33 @@ class IngestService:
 
     # --- publishing ------------------------------------------------------------------------------------------
 
-    async def put(self, event: Event) -> None:
-        await self.queue.put(event)
+    async def put(self, events: list[Event]) -> None:
+        await self.queue.put(events)
 
     async def _publish_loop(self, publisher: Publisher) -> None:
         queue = self.queue
+        physical = {topic: self.prefix + topic for topic in Topics.ALL}
         published = {topic: metrics.PUBLISHED.labels(topic) for topic in Topics.ALL}
         count = 0
         while True:
-            event = await queue.get()
+            events = await queue.get()
             try:
-                topic = topic_of(event)
-                await publisher.publish(topic, bus_key(event), encode(event), event_id(event))
-                published[topic].inc()
-                count += 1
-                if count % _LATENCY_SAMPLE_EVERY == 0 and isinstance(event, _TIMED):
-                    latency_s = (time.time_ns() - event.ts) / 1e9  # float-ok: a latency metric, not data
-                    metrics.INGEST_LATENCY.labels(event.exchange).observe(latency_s)
+                for event in events:
+                    topic = topic_of(event)
+                    await publisher.publish(physical[topic], bus_key(event), encode(event), event_id(event))
+                    published[topic].inc()
+                    count += 1
+                    if count % _LATENCY_SAMPLE_EVERY == 0 and isinstance(event, _TIMED):
+                        latency_s = (time.time_ns() - event.ts) / 1e9  # float-ok: a latency metric, not data
+                        metrics.INGEST_LATENCY.labels(event.exchange).observe(latency_s)
             finally:
                 queue.task_done()
-            if count % 1024 == 0:
-                metrics.QUEUE_DEPTH.set(queue.qsize())
+            metrics.QUEUE_DEPTH.set(queue.qsize())
 
     # --- control ---------------------------------------------------------------------------------------------
 
     async def _follow_control(self) -> None:
-        follower = self.bus.follower([Topics.CONTROL])
+        follower = self.bus.follower([self.prefix + Topics.CONTROL])
         await follower.start()
         try:
             while True:

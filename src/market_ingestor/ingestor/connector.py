@@ -15,8 +15,6 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from prometheus_client import Counter
-
 from market_ingestor.errors import MarketIngestorError, ParseError, SymbolError
 from market_ingestor.ingestor import metrics
 from market_ingestor.ingestor.book import BookSync, BookVerdict
@@ -60,7 +58,8 @@ class ExchangeConnector:
         self._rest = rest
         self._sink = sink
         self._pending: list[MarketEvent | DeadLetter] = []
-        self._event_counters: dict[tuple[str, type], Counter] = {}
+        self._exchange_label = (spec.name,)
+        self._event_labels: dict[tuple[str, type], tuple[str, str, str]] = {}
         self._raw_tap = raw_tap
         self._native_of: dict[str, str] = {}
         self._connection_of: dict[str, Connection] = {}
@@ -149,7 +148,7 @@ class ExchangeConnector:
     # --- frames ----------------------------------------------------------------------------------------------
 
     async def _on_frame(self, frame: str | bytes, recv_ts: int) -> None:
-        metrics.FRAMES.labels(self.spec.name).inc()
+        metrics.FRAMES.counts[self._exchange_label] += 1
         if self._raw_tap is not None:
             self._raw_tap(self.settings.ws_url, frame, recv_ts)
         try:
@@ -176,10 +175,10 @@ class ExchangeConnector:
 
     def _emit(self, event: MarketEvent) -> None:
         key = (event.symbol, type(event))
-        counter = self._event_counters.get(key)
-        if counter is None:  # bound once per (symbol, type): label lookups cost more than the increment
-            counter = self._event_counters[key] = metrics.EVENTS.labels(self.spec.name, *_label(key))
-        counter.inc()
+        labels = self._event_labels.get(key)
+        if labels is None:
+            labels = self._event_labels[key] = (self.spec.name, event.symbol, type(event).__name__)
+        metrics.EVENTS.counts[labels] += 1
         self._pending.append(event)
 
     async def _flush(self) -> None:
@@ -278,10 +277,6 @@ class ExchangeConnector:
         if symbol in self.symbols:
             await self._on_snapshot(snapshot)
             await self._flush()
-
-
-def _label(key: tuple[str, type]) -> tuple[str, str]:
-    return key[0], key[1].__name__
 
 
 @contextlib.asynccontextmanager

@@ -101,7 +101,8 @@ class IngestService:
     async def _publish_loop(self, publisher: Publisher) -> None:
         queue = self.queue
         physical = {topic: self.prefix + topic for topic in Topics.ALL}
-        published = {topic: metrics.PUBLISHED.labels(topic) for topic in Topics.ALL}
+        published = metrics.PUBLISHED.counts
+        topic_labels = {topic: (topic,) for topic in Topics.ALL}
         count = 0
         while True:
             events = await queue.get()
@@ -109,7 +110,7 @@ class IngestService:
                 for event in events:
                     topic = topic_of(event)
                     await publisher.publish(physical[topic], bus_key(event), encode(event), event_id(event))
-                    published[topic].inc()
+                    published[topic_labels[topic]] += 1
                     count += 1
                     if count % _LATENCY_SAMPLE_EVERY == 0 and isinstance(event, _TIMED):
                         latency_s = (time.time_ns() - event.ts) / 1e9  # float-ok: a latency metric, not data

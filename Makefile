@@ -32,12 +32,10 @@ lint: install
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
-# Until the ingest service lands (issue 3) the demo brings up the stack and shows the control plane working.
+# The pipeline on the local exchange simulator, until Ctrl-C; `make dev-down` stops the servers afterwards.
 demo: install system-deps
 	$(BIN)/market-ingestor dev up
-	$(BIN)/market-ingestor --config market-ingestor.example.toml symbols add binance SOLUSDT
-	$(BIN)/market-ingestor --config market-ingestor.example.toml exchanges list
-	@echo "dev stack running; 'make dev-down' stops it. The exchange simulator and ingest pipeline arrive next."
+	$(BIN)/market-ingestor --config market-ingestor.example.toml up --simulate
 
 dev-up: install
 	$(BIN)/market-ingestor dev up

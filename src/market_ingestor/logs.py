@@ -61,3 +61,6 @@ def configure_logging(level: str = "INFO", fmt: Literal["json", "kv"] = "json") 
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Client libraries narrate every rebalance and reconnect at INFO; ours already report what matters.
+    for name in ("aiokafka", "websockets", "nats"):
+        logging.getLogger(name).setLevel(level if level == "DEBUG" else "WARNING")

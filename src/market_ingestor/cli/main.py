@@ -12,6 +12,7 @@ from market_ingestor.cli.control import exchanges, symbols
 from market_ingestor.cli.dev import dev
 from market_ingestor.cli.ingest import ingest, parse
 from market_ingestor.cli.simulate import simulate
+from market_ingestor.cli.up import tail, up
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -44,8 +45,9 @@ cli.add_command(symbols)
 cli.add_command(parse)
 cli.add_command(ingest)
 cli.add_command(simulate)
+cli.add_command(up)
+cli.add_command(tail)
 for _name, _summary, _issue in (
-    ("up", "Run the whole pipeline: ingest, worker, sinks, push and API", 6),
     ("worker", "Run the Faust stream worker: klines and indicators", 4),
     ("klines", "Aggregate normalized trades (JSON lines) into klines", 4),
     ("db", "Manage the database: migrate, load, rebuild-klines", 5),

@@ -33,7 +33,6 @@ DEFAULT_CONFIG_FILE = "market-ingestor.toml"
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
 NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
 PositiveSeconds = Annotated[float, msgspec.Meta(gt=0)]
-ExchangeName = Literal["binance", "okx", "bybit", "coinbase", "kraken"]
 
 
 class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -116,7 +115,7 @@ class Config(_Section, frozen=True):
     bus: BusConfig = msgspec.field(default_factory=BusConfig)
     database: DatabaseConfig = msgspec.field(default_factory=DatabaseConfig)
     ingest: IngestConfig = msgspec.field(default_factory=IngestConfig)
-    exchanges: dict[ExchangeName, ExchangeConfig] = msgspec.field(default_factory=dict)
+    exchanges: dict[str, ExchangeConfig] = msgspec.field(default_factory=dict)  # names: the exchange registry
 
 
 # Well-known variables and where they land in the config tree.
@@ -210,9 +209,18 @@ def _explain(error: msgspec.ValidationError) -> str:
 def from_mapping(tree: Mapping[str, Any], source: str = "config") -> Config:
     try:
         # strict=False: environment values are strings, and "5" must still fill an int field.
-        return msgspec.convert(tree, Config, strict=False)
+        config = msgspec.convert(tree, Config, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"invalid {source}: {_explain(exc)}") from exc
+    from market_ingestor.ingestor.exchanges import REGISTRY  # the one list of exchanges
+
+    for name in config.exchanges:
+        if name not in REGISTRY:
+            expected = ", ".join(map(repr, REGISTRY))
+            raise ConfigError(
+                f"invalid {source}: unknown exchange {name!r} - at `key` in `$.exchanges` (expected one of: {expected})"
+            )
+    return config
 
 
 def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:

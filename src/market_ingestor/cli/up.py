@@ -27,7 +27,7 @@ def _pointed_at(config: Config, sim: Simulator) -> Config:
     """The config with every exchange's endpoints on the simulator (and its symbols when none are set)."""
     exchanges = {}
     for name in sim.exchanges:
-        current = config.exchanges.get(name, ExchangeConfig())  # type: ignore[call-overload]
+        current = config.exchanges.get(name, ExchangeConfig())
         exchanges[name] = msgspec.structs.replace(
             current,
             symbols=current.symbols or list(DEMO_SYMBOLS),

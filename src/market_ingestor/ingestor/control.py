@@ -6,15 +6,15 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterable
-from typing import get_args
 
 import msgspec
 
-from market_ingestor.config import Config, ExchangeName
+from market_ingestor.config import Config
 from market_ingestor.errors import SymbolError
+from market_ingestor.ingestor.exchanges import REGISTRY
 from market_ingestor.model import ControlCommand
 
-KNOWN_EXCHANGES: tuple[str, ...] = get_args(ExchangeName)
+KNOWN_EXCHANGES: tuple[str, ...] = tuple(REGISTRY)
 _SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,30}(-[A-Z0-9]{1,12})?$")
 
 Subscriptions = dict[str, frozenset[str]]

@@ -163,7 +163,7 @@ class IngestService:
         except MarketIngestorError as exc:
             log.error("exchange refused", extra={"exchange": name, "error": str(exc)})
             return
-        settings = self._settings(spec, self.config.exchanges.get(name, ExchangeConfig()))  # type: ignore[call-overload]
+        settings = self._settings(spec, self.config.exchanges.get(name, ExchangeConfig()))
         registry = await self._registry(spec, settings.rest_url)
         tap = self._capture.write if self._capture is not None else None
         connector = ExchangeConnector(spec, settings, registry, self._rest, self.put, tap)

@@ -192,3 +192,15 @@ async def test_malformed_frames_become_dead_letters_and_the_stream_goes_on(simul
     letters = sink.of(DeadLetter)
     assert all(letter.exchange == exchange and letter.reason and letter.raw for letter in letters)  # type: ignore[union-attr]
     assert simulator.stats(exchange).sessions_opened == 1  # no reconnect needed
+
+
+async def test_symbols_beyond_the_per_connection_limit_open_another_connection(simulator, rest):
+    import dataclasses
+
+    sink = Collector()
+    connector = await make_connector(simulator, "binance", rest, sink)
+    connector.spec = dataclasses.replace(connector.spec, max_symbols_per_connection=2)
+    async with running(connector, set(SYMBOLS)):
+        await simulator.wait_stats("binance", lambda s: s.sessions_current == 2)
+        await sink.wait_for(lambda _: all(sink.of(Trade, symbol) for symbol in SYMBOLS))
+        assert sorted(len({n for _, n in c.subscriptions}) for c in connector.connections) == [1, 2]

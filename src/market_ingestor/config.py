@@ -110,11 +110,39 @@ class IngestConfig(_Section, frozen=True):
     capture_path: str | None = None  # write every raw frame here, in the recorded-session format
 
 
+class StreamsConfig(_Section, frozen=True):
+    app_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]+$")] = "market-ingestor-worker"
+    intervals: list[str] = msgspec.field(default_factory=lambda: ["1m", "5m", "15m", "1h", "4h", "1d"])
+    grace_ms: NonNegativeInt = 2_000  # out-of-order trades this late still land in their window
+    max_lateness_ms: NonNegativeInt = 600_000  # later than this, a trade cannot correct its closed kline
+    update_interval_ms: PositiveInt = 250  # in-progress klines per instrument and interval, at most this often
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    standby_replicas: NonNegativeInt = 1
+    data_dir: str = ".devstack/worker-data"  # RocksDB tables live here, per worker
+    batch_size: PositiveInt = 2_000  # trades taken from the stream at once
+    batch_within_s: PositiveSeconds = 0.05
+    timer_interval_s: PositiveSeconds = 0.5  # wall-clock closing of quiet windows and in-progress updates
+    indicators: list[str] = msgspec.field(
+        default_factory=lambda: [
+            "sma_20",
+            "ema_20",
+            "wma_20",
+            "rsi_14",
+            "macd_12_26_9",
+            "bbands_20_2",
+            "atr_14",
+            "vwap",
+        ]
+    )
+    web_port: PositiveInt = 6066
+
+
 class Config(_Section, frozen=True):
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     bus: BusConfig = msgspec.field(default_factory=BusConfig)
     database: DatabaseConfig = msgspec.field(default_factory=DatabaseConfig)
     ingest: IngestConfig = msgspec.field(default_factory=IngestConfig)
+    streams: StreamsConfig = msgspec.field(default_factory=StreamsConfig)
     exchanges: dict[str, ExchangeConfig] = msgspec.field(default_factory=dict)  # names: the exchange registry
 
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 
-import msgspec
 import pytest
+from helpers import assert_reads_client_frame, json_strategy, mutate_field, parsed_or_refused
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -19,7 +19,7 @@ from market_ingestor.ingestor.exchanges.bybit import SPEC, book_sequence, parse,
 from market_ingestor.ingestor.simulator.bybit import DIALECT
 from market_ingestor.ingestor.simulator.dialect import SimBook, SimBookDelta, SimInstrument, SimQuote, SimTrade
 from market_ingestor.instruments import Instrument, InstrumentRegistry
-from market_ingestor.model import BookDelta, BookSnapshot, MarketEvent, Quote, Trade
+from market_ingestor.model import BookDelta, BookSnapshot, Quote, Trade
 
 D = Decimal
 MS = 1_000_000
@@ -375,36 +375,21 @@ def test_valid_topics_the_simulator_does_not_feed_are_accepted():
 # --- fuzzing ----------------------------------------------------------------------------------------------------
 
 FIELDS = ["topic", "type", "ts", "cts", "data", "success", "ret_msg", "op", "T", "s", "S", "v", "p", "i", "b", "a", "u"]
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=4), inner, max_size=5)
-    ),
-    max_leaves=15,
-)
+json_values = json_strategy(st.sampled_from(FIELDS) | st.text(max_size=4), text_size=8, dict_size=5, max_leaves=15)
 SAMPLE_FRAMES = [TRADES, BOOK_SNAPSHOT, _delta(5, bids='[["1","2"]]'), TOP_OF_BOOK]
-
-
-def _parses_or_refuses(frame: str | bytes) -> list[MarketEvent] | None:
-    try:
-        events = parse(frame, EMPTY)
-    except ParseError:
-        return None
-    assert isinstance(events, list)
-    return events
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=200))
 def test_arbitrary_bytes_never_raise_anything_but_parse_error(frame):
-    _parses_or_refuses(frame)
+    parsed_or_refused(parse, frame, EMPTY)
 
 
 @settings(max_examples=300, deadline=None)
 @given(json_values, st.sampled_from(["publicTrade.BTCUSDT", "orderbook.1.BTCUSDT", "orderbook.50.BTCUSDT"]))
 def test_arbitrary_json_never_raises_anything_but_parse_error(value, topic):
-    _parses_or_refuses(json.dumps(value))
-    _parses_or_refuses(json.dumps({"topic": topic, "type": "delta", "ts": 1, "data": value}))
+    parsed_or_refused(parse, json.dumps(value), EMPTY)
+    parsed_or_refused(parse, json.dumps({"topic": topic, "type": "delta", "ts": 1, "data": value}), EMPTY)
 
 
 def _containers(value: object) -> list[dict[str, object]]:
@@ -421,21 +406,14 @@ def _containers(value: object) -> list[dict[str, object]]:
 def test_mutated_real_frames_never_raise_anything_but_parse_error(frame, data):
     value = json.loads(frame)
     target = data.draw(st.sampled_from(_containers(value)))
-    key = data.draw(st.sampled_from(sorted(target)))
-    if data.draw(st.booleans()):
-        del target[key]
-    else:
-        target[key] = data.draw(json_values)
-    _parses_or_refuses(json.dumps(value))
+    mutate_field(target, data, json_values)
+    parsed_or_refused(parse, json.dumps(value), EMPTY)
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.text(max_size=80) | json_values.map(json.dumps))
 def test_the_simulator_reads_any_client_frame(frame):
-    request = DIALECT.parse_client_frame(frame)
-    assert request.action in ("subscribe", "unsubscribe", "ping", "invalid")
-    for reply in request.replies:
-        msgspec.json.decode(reply)
+    assert_reads_client_frame(DIALECT, frame, ("subscribe", "unsubscribe", "ping", "invalid"))
 
 
 @settings(max_examples=200, deadline=None)

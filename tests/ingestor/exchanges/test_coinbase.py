@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
-from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import assert_sane_outcome, json_strategy, mutate, received_json, recording
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -25,30 +24,15 @@ from market_ingestor.ingestor.simulator.dialect import SimBook, SimBookDelta, Si
 from market_ingestor.instruments import Instrument, InstrumentRegistry
 from market_ingestor.model import BookDelta, BookSnapshot, MarketEvent, Quote, Trade
 
-SAMPLES = Path(__file__).parents[3].parent / "shared" / "exchange-samples"
-WS_RECORDING = SAMPLES / "COINBASE.ws.28.0"
-REST_RECORDING = SAMPLES / "COINBASE.0"
+WS_RECORDING = "COINBASE.ws.28.0"
+REST_RECORDING = "COINBASE.0"
 CTX = ParseContext(InstrumentRegistry(), 7)
 TAKER = {"buy": "sell", "sell": "buy"}  # Coinbase reports the maker's side
 
 
-def _recording(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"recorded session {path.name} not found in {SAMPLES}")
-    return path
-
-
-def _received_json(path: Path) -> Iterator[Any]:
-    """An independent reading of the recording: stdlib json, received lines only."""
-    for line in path.read_text(encoding="utf-8").splitlines():
-        head, sep, payload = line.partition(": ")
-        if sep and head.replace(".", "", 1).isdigit():
-            yield json.loads(payload)
-
-
 @pytest.fixture(scope="module")
 def records() -> list[SessionRecord]:
-    return list(received_frames(_recording(WS_RECORDING)))
+    return list(received_frames(recording(WS_RECORDING)))
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +52,7 @@ def test_recorded_matches_are_taker_side_trades_matching_an_independent_reading(
             Decimal(m["size"]),
             TAKER[m["side"]],
         )
-        for m in _received_json(WS_RECORDING)
+        for m in received_json(WS_RECORDING)
         if m["type"] == "match"
     ]
     trades = [e for e in events if isinstance(e, Trade)]
@@ -95,7 +79,7 @@ def test_first_recorded_match_in_full(records: list[SessionRecord]) -> None:
 
 
 def test_trade_ids_are_contiguous_and_continue_from_last_match(events: list[MarketEvent]) -> None:
-    last_match = {m["product_id"].replace("-", ""): m["trade_id"] for m in _received_json(WS_RECORDING)
+    last_match = {m["product_id"].replace("-", ""): m["trade_id"] for m in received_json(WS_RECORDING)
                   if m["type"] == "last_match"}  # fmt: skip
     assert len(last_match) == 10
     assert SPEC.contiguous_trade_ids
@@ -140,7 +124,7 @@ def test_recorded_level2_builds_uncrossed_books_equal_to_an_independent_replay(e
     assert verdicts == {BookVerdict.OK: 9729}
 
     replay: dict[str, dict[str, dict[Decimal, Decimal]]] = {}
-    for m in _received_json(WS_RECORDING):
+    for m in received_json(WS_RECORDING):
         if m["type"] == "snapshot":
             replay[m["product_id"]] = {
                 "buy": {Decimal(p): Decimal(q) for p, q in m["bids"]},
@@ -201,7 +185,7 @@ def test_errors_and_unknown_types_are_parse_errors() -> None:
 
 
 def test_product_listing_and_symbols(records: list[SessionRecord], events: list[MarketEvent]) -> None:
-    (body,) = [r.payload.encode() for r in rest_bodies(_recording(REST_RECORDING))]
+    (body,) = [r.payload.encode() for r in rest_bodies(recording(REST_RECORDING))]
     assert len(json.loads(body)) == 162
     instruments = SPEC.parse_instruments(body)
     assert len(instruments) == 162 and all(i.kind == "spot" for i in instruments)
@@ -326,7 +310,7 @@ def test_simulated_listing_and_client_frames() -> None:
 
 
 def test_recorded_client_frames_are_understood_by_the_dialect() -> None:
-    sent = [r for r in read_session(_recording(WS_RECORDING)) if r.kind == "sent"]
+    sent = [r for r in read_session(recording(WS_RECORDING)) if r.kind == "sent"]
     requests = [DIALECT.parse_client_frame(r.payload) for r in sent]
     assert [r.action for r in requests] == ["subscribe"] * 3
     assert {channel for r in requests for channel, _ in r.subscriptions} == set(Channel)
@@ -335,11 +319,7 @@ def test_recorded_client_frames_are_understood_by_the_dialect() -> None:
 
 # --- hostile input ------------------------------------------------------------------------------------------
 
-_json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
-    max_leaves=16,
-)
+_json_values = json_strategy(st.text(max_size=8), text_size=12, dict_size=4, max_leaves=16)
 _FIELDS = ["product_id", "trade_id", "side", "size", "price", "time", "best_bid", "best_ask", "best_bid_size",
            "best_ask_size", "sequence", "bids", "asks", "changes", "message", "reason"]  # fmt: skip
 _shaped = st.builds(
@@ -347,55 +327,21 @@ _shaped = st.builds(
     st.sampled_from(["match", "ticker", "snapshot", "l2update", "error", "last_match", "heartbeat", "x"]),
     st.dictionaries(st.sampled_from(_FIELDS), _json_values, max_size=10),
 )
-
-
-def _outcome(frame: str | bytes) -> None:
-    try:
-        result = SPEC.parse(frame, CTX)
-    except ParseError:
-        return
-    assert isinstance(result, list)
-    for event in result:
-        assert isinstance(event, Trade | Quote | BookSnapshot | BookDelta)
-        if isinstance(event, Trade):
-            assert event.price.is_finite() and event.qty.is_finite() and event.price > 0 and event.qty > 0
-        elif isinstance(event, Quote):
-            assert all(
-                v.is_finite() and v >= 0 for v in (event.bid_price, event.bid_qty, event.ask_price, event.ask_qty)
-            )
-        else:
-            assert all(p.is_finite() and q.is_finite() and p > 0 and q >= 0 for p, q in (*event.bids, *event.asks))
+_MUTATIONS = _json_values | st.sampled_from(
+    ["", "NaN", "-1", "1e400", "Infinity", "0", "buy", "match", "2021-02-30T00:00:00Z"]
+)
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=200))
 def test_arbitrary_bytes_never_raise_anything_but_parse_error(frame: bytes) -> None:
-    _outcome(frame)
+    assert_sane_outcome(SPEC.parse, frame, CTX)
 
 
 @settings(max_examples=300, deadline=None)
 @given(_json_values | _shaped)
 def test_arbitrary_json_never_raises_anything_but_parse_error(value: Any) -> None:
-    _outcome(json.dumps(value))
-
-
-def _mutate(value: Any, data: st.DataObject) -> Any:
-    """Replace, retype or remove one node somewhere inside a decoded frame."""
-    if isinstance(value, dict) and value and data.draw(st.booleans()):
-        key = data.draw(st.sampled_from(sorted(value)))
-        mutated = dict(value)
-        if data.draw(st.booleans()):
-            del mutated[key]
-        else:
-            mutated[key] = _mutate(value[key], data)
-        return mutated
-    if isinstance(value, list) and value and data.draw(st.booleans()):
-        index = data.draw(st.integers(0, len(value) - 1))
-        return [*value[:index], _mutate(value[index], data), *value[index + 1 :]]
-    return data.draw(
-        _json_values
-        | st.sampled_from(["", "NaN", "-1", "1e400", "Infinity", "0", "buy", "match", "2021-02-30T00:00:00Z"])
-    )
+    assert_sane_outcome(SPEC.parse, json.dumps(value), CTX)
 
 
 @pytest.fixture(scope="module")
@@ -421,7 +367,7 @@ def test_mutated_real_frames_never_raise_anything_but_parse_error(
     sample_frames: list[Any], data: st.DataObject
 ) -> None:
     frame = data.draw(st.sampled_from(sample_frames))
-    _outcome(json.dumps(_mutate(frame, data)))
+    assert_sane_outcome(SPEC.parse, json.dumps(mutate(frame, data, _MUTATIONS)), CTX)
 
 
 def test_product_names_follow_the_registry_even_when_it_grows() -> None:

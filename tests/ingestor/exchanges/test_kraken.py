@@ -4,14 +4,13 @@ v2 dialect, and parse robustness."""
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import json_strategy, parsed_or_refused, received_json, recording
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -34,36 +33,20 @@ from market_ingestor.ingestor.simulator.kraken import DIALECT, rfc3339
 from market_ingestor.instruments import Instrument, InstrumentRegistry
 from market_ingestor.model import BookDelta, BookSnapshot, MarketEvent, Quote, Trade
 
-SAMPLES = Path(__file__).parents[3].parent / "shared" / "exchange-samples"
 EMPTY = ParseContext(InstrumentRegistry(), 7)
 D = Decimal
 
 
-def sample(name: str) -> Path:
-    path = SAMPLES / name
-    if not path.exists():
-        pytest.skip(f"recording {name} not found in {SAMPLES}")
-    return path
-
-
 @pytest.fixture(scope="module")
 def registry() -> InstrumentRegistry:
-    body = next(rest_bodies(sample("KRAKEN.0"))).payload.encode()
+    body = next(rest_bodies(recording("KRAKEN.0"))).payload.encode()
     return InstrumentRegistry(parse_instruments(body))
 
 
 def recorded(name: str) -> Iterator[tuple[str, int]]:
     """(frame, receipt time) of every frame the exchange sent in a recording."""
-    for record in received_frames(sample(name)):
+    for record in received_frames(recording(name)):
         yield record.payload, record.recv_ts_ns
-
-
-def independent_frames(name: str) -> Iterator[Any]:
-    """The received frames read with the stdlib only: the test's own view of the file."""
-    for line in sample(name).read_text().splitlines():
-        stamp, sep, body = line.partition(": ")
-        if sep and re.fullmatch(r"\d+(\.\d+)?", stamp):
-            yield json.loads(body)
 
 
 def kraken_symbol(pair: str) -> str:
@@ -76,14 +59,14 @@ def kraken_symbol(pair: str) -> str:
 
 
 def test_asset_pairs_listing_names_instruments_the_v2_way(registry: InstrumentRegistry) -> None:
-    body = json.loads(next(rest_bodies(sample("KRAKEN.0"))).payload)
+    body = json.loads(next(rest_bodies(recording("KRAKEN.0"))).payload)
     on_ws = [pair["wsname"] for pair in body["result"].values() if "wsname" in pair]
     nameable = [name for name in on_ws if all(part.isalnum() for part in name.split("/"))]
     assert (len(body["result"]), len(on_ws), len(nameable)) == (304, 293, 292)  # 11 dark pools, ETH2.S/ETH
     aliases = {"XBT": "BTC", "XDG": "DOGE"}
     expected = {"/".join(aliases.get(part, part) for part in name.split("/")) for name in nameable}
 
-    instruments = parse_instruments(next(rest_bodies(sample("KRAKEN.0"))).payload.encode())
+    instruments = parse_instruments(next(rest_bodies(recording("KRAKEN.0"))).payload.encode())
     assert {instrument.native for instrument in instruments} == expected
     assert len(instruments) == 292
     assert registry.by_native("kraken", "BTC/USD") == Instrument("kraken", "BTC/USD", "BTC", "USD")
@@ -131,7 +114,7 @@ def test_names_normalize_without_a_listing(native: str, symbol: str) -> None:
 def test_recorded_trades_counts_and_volumes_per_symbol(registry: InstrumentRegistry) -> None:
     counts: Counter[str] = Counter()
     volumes: defaultdict[str, Decimal] = defaultdict(Decimal)
-    for frame in independent_frames("KRAKEN.ws.48.0"):
+    for frame in received_json("KRAKEN.ws.48.0"):
         if isinstance(frame, list) and frame[-2] == "trade":
             for trade in frame[1]:
                 counts[kraken_symbol(frame[-1])] += 1
@@ -195,7 +178,7 @@ def feed(sync: BookSync, event: BookSnapshot | BookDelta) -> BookVerdict:
 
 
 def test_every_recorded_book_update_verifies_its_checksum(registry: InstrumentRegistry) -> None:
-    frames = [f for f in independent_frames("KRAKEN.ws.50.0") if isinstance(f, list)]
+    frames = [f for f in received_json("KRAKEN.ws.50.0") if isinstance(f, list)]
     snapshots = sum(1 for f in frames if "as" in f[1])
     updates = sum(1 for f in frames if "as" not in f[1])
     assert (snapshots, updates) == (10, 4269)
@@ -218,7 +201,7 @@ def test_recorded_book_snapshot_and_updates_spot_checked(registry: InstrumentReg
     assert ada.asks[0] == (D("0.000022900"), D("13355.87450757")) and str(ada.asks[0][0]) == "0.000022900"
     assert ada.asks[1] == (D("0.000022910"), D("15283.79025460"))
     assert ada.bids[0][0] < ada.asks[0][0]
-    snapshot_frame = next(f for f in independent_frames("KRAKEN.ws.50.0") if isinstance(f, list) and f[0] == 1360)
+    snapshot_frame = next(f for f in received_json("KRAKEN.ws.50.0") if isinstance(f, list) and f[0] == 1360)
     latest = max(Decimal(level[2]) for side in ("as", "bs") for level in snapshot_frame[1][side])
     assert ada.ts == int(latest * 1_000_000_000)
 
@@ -574,18 +557,12 @@ def test_the_simulator_answers_pings_errors_and_greets() -> None:
 
 
 def check(frame: str | bytes) -> None:
-    try:
-        events = parse(frame, EMPTY)
-    except ParseError:
-        return
-    assert isinstance(events, list)
-    assert all(isinstance(event, MarketEvent) for event in events)
+    events = parsed_or_refused(parse, frame, EMPTY)
+    assert all(isinstance(event, MarketEvent) for event in events or ())
 
 
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
-    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=8), children, max_size=5),
-    max_leaves=20,
+json_values = json_strategy(
+    st.text(max_size=8), text_size=None, list_size=5, dict_size=5, max_leaves=20, allow_infinity=False
 )
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -9,8 +9,6 @@ fetch ``/api/v3/depth`` (rendered here too). Numbers travel as plain decimal str
 from __future__ import annotations
 
 from collections.abc import Sequence
-from decimal import Decimal
-from typing import Literal
 
 import msgspec
 
@@ -18,7 +16,6 @@ from market_ingestor.ingestor.exchanges.base import Channel
 from market_ingestor.ingestor.exchanges.binance import DEPTH_SNAPSHOT_LIMIT
 from market_ingestor.ingestor.simulator.dialect import (
     ClientRequest,
-    Levels,
     SimBook,
     SimBookDelta,
     SimDialect,
@@ -26,6 +23,7 @@ from market_ingestor.ingestor.simulator.dialect import (
     SimQuote,
     SimTrade,
 )
+from market_ingestor.ingestor.simulator.render import TextLevel, encode, ms, refusal, subscription, text, text_levels
 
 # Binance stream names (after "<symbol>@") -> our channels. Partial-book streams (depth5, depth20) and klines are
 # valid subscriptions the simulator does not feed.
@@ -38,8 +36,6 @@ _CHANNELS: dict[str, Channel] = {
     "depth@1000ms": Channel.BOOK,
 }
 _METHODS = ("SUBSCRIBE", "UNSUBSCRIBE", "LIST_SUBSCRIPTIONS", "SET_PROPERTY", "GET_PROPERTY")
-
-TextLevel = tuple[str, str]
 
 
 # --- server frames ------------------------------------------------------------------------------------------
@@ -124,20 +120,7 @@ class _Request(msgspec.Struct, frozen=True, gc=False):
     id: int | str | None = None
 
 
-_encode = msgspec.json.Encoder().encode
 _request_decoder = msgspec.json.Decoder(_Request)
-
-
-def _text(value: Decimal) -> str:
-    return format(value, "f")
-
-
-def _text_levels(levels: Levels, limit: int | None = None) -> list[TextLevel]:
-    return [(format(p, "f"), format(q, "f")) for p, q in levels[:limit]]
-
-
-def _ms(ts_ns: int) -> int:
-    return ts_ns // 1_000_000
 
 
 def native(instrument: SimInstrument) -> str:
@@ -148,17 +131,17 @@ def render_trades(native_symbol: str, trades: Sequence[SimTrade]) -> list[str]:
     symbol = native_symbol.upper()
     stream = f"{native_symbol.lower()}@trade"
     return [
-        _encode(
+        encode(
             _TradeFrame(
                 stream,
                 _TradeData(
                     "trade",
-                    _ms(t.ts_ns),
+                    ms(t.ts_ns),
                     symbol,
                     t.trade_id,
                     format(t.price, "f"),
                     format(t.qty, "f"),
-                    _ms(t.ts_ns),
+                    ms(t.ts_ns),
                     t.side == "sell",  # the buyer was the maker: the taker sold
                     True,
                 ),
@@ -172,34 +155,34 @@ def render_quote(native_symbol: str, quote: SimQuote) -> str:
     data = _BookTickerData(
         quote.seq,
         native_symbol.upper(),
-        _text(quote.bid_price),
-        _text(quote.bid_qty),
-        _text(quote.ask_price),
-        _text(quote.ask_qty),
+        text(quote.bid_price),
+        text(quote.bid_qty),
+        text(quote.ask_price),
+        text(quote.ask_qty),
     )
-    return _encode(_BookTickerFrame(f"{native_symbol.lower()}@bookTicker", data)).decode()
+    return encode(_BookTickerFrame(f"{native_symbol.lower()}@bookTicker", data)).decode()
 
 
 def render_book_delta(native_symbol: str, delta: SimBookDelta) -> str:
     data = _DepthData(
         "depthUpdate",
-        _ms(delta.ts_ns),
+        ms(delta.ts_ns),
         native_symbol.upper(),
         delta.first_seq,
         delta.last_seq,
-        _text_levels(delta.bids),
-        _text_levels(delta.asks),
+        text_levels(delta.bids),
+        text_levels(delta.asks),
     )
-    return _encode(_DepthFrame(f"{native_symbol.lower()}@depth@100ms", data)).decode()
+    return encode(_DepthFrame(f"{native_symbol.lower()}@depth@100ms", data)).decode()
 
 
 def render_rest_book(native_symbol: str, book: SimBook) -> bytes:
     """``GET /api/v3/depth?symbol=X&limit=1000``: the top 1000 levels per side."""
-    return _encode(
+    return encode(
         _RestDepth(
             book.seq,
-            _text_levels(book.bids, DEPTH_SNAPSHOT_LIMIT),
-            _text_levels(book.asks, DEPTH_SNAPSHOT_LIMIT),
+            text_levels(book.bids, DEPTH_SNAPSHOT_LIMIT),
+            text_levels(book.asks, DEPTH_SNAPSHOT_LIMIT),
         )
     )
 
@@ -223,29 +206,33 @@ def render_instruments(instruments: Sequence[SimInstrument]) -> bytes:
             "filters": [
                 {
                     "filterType": "PRICE_FILTER",
-                    "minPrice": _text(item.tick),
+                    "minPrice": text(item.tick),
                     "maxPrice": "1000000.00000000",
-                    "tickSize": _text(item.tick),
+                    "tickSize": text(item.tick),
                 },
                 {
                     "filterType": "LOT_SIZE",
-                    "minQty": _text(item.lot),
+                    "minQty": text(item.lot),
                     "maxQty": "9000000.00000000",
-                    "stepSize": _text(item.lot),
+                    "stepSize": text(item.lot),
                 },
             ],
             "permissions": ["SPOT"],
         }
         for item in instruments
     ]
-    return _encode({"timezone": "UTC", "rateLimits": [], "exchangeFilters": [], "symbols": symbols})
+    return encode({"timezone": "UTC", "rateLimits": [], "exchangeFilters": [], "symbols": symbols})
 
 
 # --- client requests ----------------------------------------------------------------------------------------
 
 
 def _error(code: int, msg: str, request_id: int | str | None = None) -> ClientRequest:
-    return ClientRequest("invalid", replies=(_encode(_ErrorReply(_ErrorBody(code, msg), request_id)).decode(),))
+    return refusal(encode(_ErrorReply(_ErrorBody(code, msg), request_id)).decode())
+
+
+def _result(result: bool | list[str] | None, request_id: int | str | None) -> str:
+    return encode(_ResultReply(result, request_id)).decode()
 
 
 def _stream(stream: str) -> tuple[bool, tuple[Channel, str] | None]:
@@ -268,17 +255,16 @@ def parse_client_frame(frame: str) -> ClientRequest:
         expected = ", ".join(f"`{name}`" for name in _METHODS)
         return _error(2, f"Invalid request: unknown variant `{request.method}`, expected one of {expected}", request.id)
     if request.method == "LIST_SUBSCRIPTIONS":
-        return ClientRequest("ignore", replies=(_encode(_ResultReply([], request.id)).decode(),))
+        return ClientRequest("ignore", replies=(_result([], request.id),))
     if request.method == "SET_PROPERTY":
-        return ClientRequest("ignore", replies=(_encode(_ResultReply(None, request.id)).decode(),))
+        return ClientRequest("ignore", replies=(_result(None, request.id),))
     if request.method == "GET_PROPERTY":  # the only property is "combined": true on /stream
-        return ClientRequest("ignore", replies=(_encode(_ResultReply(True, request.id)).decode(),))
+        return ClientRequest("ignore", replies=(_result(True, request.id),))
     streams = [_stream(param) if isinstance(param, str) else (False, None) for param in request.params]
     if not all(valid for valid, _ in streams):
         return _error(2, "Invalid request: invalid stream name", request.id)
     subscriptions = tuple(sub for _, sub in streams if sub is not None)
-    action: Literal["subscribe", "unsubscribe"] = "subscribe" if request.method == "SUBSCRIBE" else "unsubscribe"
-    return ClientRequest(action, subscriptions, (_encode(_ResultReply(None, request.id)).decode(),))
+    return subscription(request.method == "SUBSCRIBE", subscriptions, (_result(None, request.id),))
 
 
 def subscriptions_from_query(query: dict[str, str]) -> tuple[tuple[Channel, str], ...]:

@@ -11,8 +11,6 @@ equal to ``u``. Bybit answers WebSocket requests itself, so every reply carries 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from decimal import Decimal
-from typing import Literal
 
 import msgspec
 
@@ -20,7 +18,6 @@ from market_ingestor.ingestor.exchanges.base import Channel
 from market_ingestor.ingestor.exchanges.bybit import BOOK_DEPTH, MAX_ARGS_PER_REQUEST
 from market_ingestor.ingestor.simulator.dialect import (
     ClientRequest,
-    Levels,
     SimBook,
     SimBookDelta,
     SimDialect,
@@ -28,6 +25,7 @@ from market_ingestor.ingestor.simulator.dialect import (
     SimQuote,
     SimTrade,
 )
+from market_ingestor.ingestor.simulator.render import TextLevel, encode, ms, refusal, subscription, text, text_levels
 
 CONN_ID = "d1f5a2c8-5b0e-4c1e-9f3a-7c2b6e8d4a10"
 MAX_TRADES_PER_PUSH = 1024
@@ -42,8 +40,6 @@ _CHANNELS: dict[str, Channel] = {
     "orderbook.1000": Channel.BOOK,
 }
 _UNFED = frozenset({"tickers", "kline"})
-
-TextLevel = tuple[str, str]
 
 
 # --- server frames ------------------------------------------------------------------------------------------
@@ -104,21 +100,8 @@ class _Request(msgspec.Struct, frozen=True, gc=False):
     req_id: str | None = None
 
 
-_encode = msgspec.json.Encoder().encode
 _request_decoder = msgspec.json.Decoder(_Request)
 _SIDES = {"buy": "Buy", "sell": "Sell"}
-
-
-def _ms(ts_ns: int) -> int:
-    return ts_ns // 1_000_000
-
-
-def _text_levels(levels: Levels, limit: int | None = None) -> list[TextLevel]:
-    return [(format(p, "f"), format(q, "f")) for p, q in levels[:limit]]
-
-
-def _text(value: Decimal) -> str:
-    return format(value, "f")
 
 
 def native(instrument: SimInstrument) -> str:
@@ -130,7 +113,7 @@ def render_trades(native_symbol: str, trades: Sequence[SimTrade]) -> list[str]:
     topic = f"publicTrade.{symbol}"
     rendered = [
         _Trade(
-            _ms(t.ts_ns),
+            ms(t.ts_ns),
             symbol,
             _SIDES[t.side],
             format(t.qty, "f"),
@@ -143,21 +126,21 @@ def render_trades(native_symbol: str, trades: Sequence[SimTrade]) -> list[str]:
         for t in trades
     ]
     return [
-        _encode(_TradePush(topic, batch[-1].T, "snapshot", batch)).decode()
+        encode(_TradePush(topic, batch[-1].T, "snapshot", batch)).decode()
         for batch in (rendered[i : i + MAX_TRADES_PER_PUSH] for i in range(0, len(rendered), MAX_TRADES_PER_PUSH))
     ]
 
 
 def _book_push(topic: str, kind: str, book: _Book, ts_ns: int) -> str:
-    return _encode(_BookPush(topic, kind, _ms(ts_ns), book, _ms(ts_ns))).decode()
+    return encode(_BookPush(topic, kind, ms(ts_ns), book, ms(ts_ns))).decode()
 
 
 def render_quote(native_symbol: str, quote: SimQuote) -> str:
     symbol = native_symbol.upper()
     book = _Book(
         symbol,
-        [(_text(quote.bid_price), _text(quote.bid_qty))],
-        [(_text(quote.ask_price), _text(quote.ask_qty))],
+        [(text(quote.bid_price), text(quote.bid_qty))],
+        [(text(quote.ask_price), text(quote.ask_qty))],
         quote.seq,
         quote.seq,
     )
@@ -166,13 +149,13 @@ def render_quote(native_symbol: str, quote: SimQuote) -> str:
 
 def render_book_snapshot(native_symbol: str, book: SimBook) -> str:
     symbol = native_symbol.upper()
-    data = _Book(symbol, _text_levels(book.bids, BOOK_DEPTH), _text_levels(book.asks, BOOK_DEPTH), book.seq, book.seq)
+    data = _Book(symbol, text_levels(book.bids, BOOK_DEPTH), text_levels(book.asks, BOOK_DEPTH), book.seq, book.seq)
     return _book_push(f"orderbook.{BOOK_DEPTH}.{symbol}", "snapshot", data, book.ts_ns)
 
 
 def render_book_delta(native_symbol: str, delta: SimBookDelta) -> str:
     symbol = native_symbol.upper()
-    data = _Book(symbol, _text_levels(delta.bids), _text_levels(delta.asks), delta.last_seq, delta.last_seq)
+    data = _Book(symbol, text_levels(delta.bids), text_levels(delta.asks), delta.last_seq, delta.last_seq)
     return _book_push(f"orderbook.{BOOK_DEPTH}.{symbol}", "delta", data, delta.ts_ns)
 
 
@@ -188,30 +171,30 @@ def render_instruments(instruments: Sequence[SimInstrument]) -> bytes:
             "marginTrading": "none",
             "stTag": "0",
             "lotSizeFilter": {
-                "basePrecision": _text(item.lot),
-                "quotePrecision": _text(item.tick),
-                "minOrderQty": _text(item.lot),
+                "basePrecision": text(item.lot),
+                "quotePrecision": text(item.tick),
+                "minOrderQty": text(item.lot),
                 "maxOrderQty": "10000000",
                 "minOrderAmt": "1",
                 "maxOrderAmt": "2000000",
             },
-            "priceFilter": {"tickSize": _text(item.tick)},
+            "priceFilter": {"tickSize": text(item.tick)},
             "riskParameters": {"priceLimitRatioX": "0.05", "priceLimitRatioY": "0.05"},
         }
         for item in instruments
     ]
-    return _encode({"retCode": 0, "retMsg": "OK", "result": {"category": "spot", "list": listed}, "retExtInfo": {}})
+    return encode({"retCode": 0, "retMsg": "OK", "result": {"category": "spot", "list": listed}, "retExtInfo": {}})
 
 
 # --- client requests ----------------------------------------------------------------------------------------
 
 
 def _reply(success: bool, ret_msg: str, op: str, req_id: str | None) -> str:
-    return _encode(_OpReply(success, ret_msg, CONN_ID, req_id, op)).decode()
+    return encode(_OpReply(success, ret_msg, CONN_ID, req_id, op)).decode()
 
 
 def _refuse(ret_msg: str, op: str = "", req_id: str | None = "") -> ClientRequest:
-    return ClientRequest("invalid", replies=(_reply(False, ret_msg, op, req_id),))
+    return refusal(_reply(False, ret_msg, op, req_id))
 
 
 def parse_client_frame(frame: str) -> ClientRequest:
@@ -236,8 +219,7 @@ def parse_client_frame(frame: str) -> ClientRequest:
             return _refuse(f"Invalid topic: [{topic}]", op, req_id or "")
         if channel is not None:
             subscriptions.append((channel, symbol.upper()))
-    action: Literal["subscribe", "unsubscribe"] = "subscribe" if op == "subscribe" else "unsubscribe"
-    return ClientRequest(action, tuple(subscriptions), (_reply(True, op, op, req_id or ""),))
+    return subscription(op == "subscribe", subscriptions, (_reply(True, op, op, req_id or ""),))
 
 
 DIALECT = SimDialect(

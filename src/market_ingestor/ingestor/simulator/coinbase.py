@@ -13,20 +13,28 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from decimal import Decimal
 
 import msgspec
 
 from market_ingestor.ingestor.exchanges.base import Channel
 from market_ingestor.ingestor.simulator.dialect import (
     ClientRequest,
-    Levels,
     SimBook,
     SimBookDelta,
     SimDialect,
     SimInstrument,
     SimQuote,
     SimTrade,
+)
+from market_ingestor.ingestor.simulator.render import (
+    SECOND_FORMAT,
+    SecondTexts,
+    TextLevel,
+    encode,
+    refusal,
+    subscription,
+    text,
+    text_levels,
 )
 
 # Coinbase channels -> ours. heartbeat/status/full exist but the simulator does not feed them.
@@ -37,8 +45,6 @@ _CHANNELS: dict[str, Channel] = {
     "level2_batch": Channel.BOOK,
 }
 _MAKER_SIDE = {"buy": "sell", "sell": "buy"}  # aggressor side -> the side Coinbase reports on a match
-
-TextLevel = tuple[str, str]
 
 
 # --- server frames ------------------------------------------------------------------------------------------
@@ -115,31 +121,14 @@ class _Request(msgspec.Struct, frozen=True):
     channels: list[str | _ChannelRequest] = []
 
 
-_encode = msgspec.json.Encoder().encode
 _request_decoder = msgspec.json.Decoder(_Request)
-
-
-def _text(value: Decimal) -> str:
-    return format(value, "f")
-
-
-def _text_levels(levels: Levels) -> list[TextLevel]:
-    return [(format(p, "f"), format(q, "f")) for p, q in levels]
-
-
-_SECONDS: dict[int, str] = {}  # epoch second -> "YYYY-MM-DDTHH:MM:SS"
+_seconds = SecondTexts(lambda second: datetime.fromtimestamp(second, UTC).strftime(SECOND_FORMAT))
 
 
 def iso_time(ts_ns: int) -> str:
     """Nanoseconds -> Coinbase's ``2021-04-17T16:43:37.089723Z`` (microseconds: Coinbase's precision)."""
     second, micros = divmod(ts_ns // 1_000, 1_000_000)
-    prefix = _SECONDS.get(second)
-    if prefix is None:
-        prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        if len(_SECONDS) >= 4096:
-            _SECONDS.clear()
-        _SECONDS[second] = prefix
-    return f"{prefix}.{micros:06d}Z"
+    return f"{_seconds[second]}.{micros:06d}Z"
 
 
 def _order_id(trade_id: int, role: int) -> str:
@@ -154,14 +143,14 @@ def native(instrument: SimInstrument) -> str:
 
 def render_trades(native_symbol: str, trades: Sequence[SimTrade]) -> list[str]:
     return [
-        _encode(
+        encode(
             _Match(
                 t.trade_id,
                 _order_id(t.trade_id, 1),
                 _order_id(t.trade_id, 2),
                 _MAKER_SIDE[t.side],
-                _text(t.qty),
-                _text(t.price),
+                text(t.qty),
+                text(t.price),
                 native_symbol,
                 t.trade_id,  # Coinbase's sequence is per product and counts all feed messages; trades suffice here
                 iso_time(t.ts_ns),
@@ -172,7 +161,7 @@ def render_trades(native_symbol: str, trades: Sequence[SimTrade]) -> list[str]:
 
 
 def render_quote(native_symbol: str, quote: SimQuote) -> str:
-    bid = _text(quote.bid_price)
+    bid = text(quote.bid_price)
     ticker = _Ticker(
         quote.seq,
         native_symbol,
@@ -183,25 +172,25 @@ def render_quote(native_symbol: str, quote: SimQuote) -> str:
         bid,
         "0",
         bid,
-        _text(quote.bid_qty),
-        _text(quote.ask_price),
-        _text(quote.ask_qty),
+        text(quote.bid_qty),
+        text(quote.ask_price),
+        text(quote.ask_qty),
         "sell",
         iso_time(quote.ts_ns),
         quote.seq,
         "0",
     )
-    return _encode(ticker).decode()
+    return encode(ticker).decode()
 
 
 def render_book_snapshot(native_symbol: str, book: SimBook) -> str:
-    return _encode(_Snapshot(native_symbol, _text_levels(book.asks), _text_levels(book.bids))).decode()
+    return encode(_Snapshot(native_symbol, text_levels(book.asks), text_levels(book.bids))).decode()
 
 
 def render_book_delta(native_symbol: str, delta: SimBookDelta) -> str:
     changes = [("buy", format(p, "f"), format(q, "f")) for p, q in delta.bids]
     changes.extend(("sell", format(p, "f"), format(q, "f")) for p, q in delta.asks)
-    return _encode(_L2Update(native_symbol, changes, iso_time(delta.ts_ns))).decode()
+    return encode(_L2Update(native_symbol, changes, iso_time(delta.ts_ns))).decode()
 
 
 def render_instruments(instruments: Sequence[SimInstrument]) -> bytes:
@@ -211,8 +200,8 @@ def render_instruments(instruments: Sequence[SimInstrument]) -> bytes:
             "id": native(item),
             "base_currency": item.base,
             "quote_currency": item.quote,
-            "quote_increment": _text(item.tick),
-            "base_increment": _text(item.lot),
+            "quote_increment": text(item.tick),
+            "base_increment": text(item.lot),
             "display_name": f"{item.base}/{item.quote}",
             "min_market_funds": "1",
             "margin_enabled": False,
@@ -229,14 +218,14 @@ def render_instruments(instruments: Sequence[SimInstrument]) -> bytes:
         }
         for item in instruments
     ]
-    return _encode(products)
+    return encode(products)
 
 
 # --- client requests ----------------------------------------------------------------------------------------
 
 
 def _error(message: str, reason: str) -> ClientRequest:
-    return ClientRequest("invalid", replies=(_encode(_Error(message, reason)).decode(),))
+    return refusal(encode(_Error(message, reason)).decode())
 
 
 def parse_client_frame(frame: str) -> ClientRequest:
@@ -257,10 +246,9 @@ def parse_client_frame(frame: str) -> ClientRequest:
     if not wanted or not any(products for _, products in wanted):
         return _error("Failed to subscribe", "No channels or product ids provided")
     subscriptions = tuple((_CHANNELS[name], product) for name, products in wanted for product in products)
-    if request.type == "subscribe":
-        reply = _Subscriptions([_SubscribedChannel(name, products) for name, products in wanted])
-        return ClientRequest("subscribe", subscriptions, (_encode(reply).decode(),))
-    return ClientRequest("unsubscribe", subscriptions, (_encode(_Subscriptions([])).decode(),))
+    subscribe = request.type == "subscribe"
+    listed = [_SubscribedChannel(name, products) for name, products in wanted] if subscribe else []
+    return subscription(subscribe, subscriptions, (encode(_Subscriptions(listed)).decode(),))
 
 
 DIALECT = SimDialect(

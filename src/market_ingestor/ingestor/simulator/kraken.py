@@ -20,12 +20,12 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 
 from market_ingestor.ingestor.exchanges.base import Channel
-from market_ingestor.ingestor.exchanges.kraken import CHANNELS, INSTRUMENTS_PATH, book_checksum
+from market_ingestor.ingestor.exchanges.kraken import CHANNELS, CHECKSUM_DEPTH, INSTRUMENTS_PATH, book_checksum
 from market_ingestor.ingestor.simulator.dialect import (
     ClientRequest,
     Levels,
@@ -36,6 +36,7 @@ from market_ingestor.ingestor.simulator.dialect import (
     SimQuote,
     SimTrade,
 )
+from market_ingestor.ingestor.simulator.render import SecondTexts, encode, refusal, subscription, text, top_checksum
 
 BOOK_DEPTHS = (10, 25, 100, 500, 1000)
 EVENT_TRIGGERS = ("bbo", "trades")
@@ -145,7 +146,6 @@ class _Request(msgspec.Struct, frozen=True):
     req_id: int | None = None
 
 
-_encode = msgspec.json.Encoder().encode
 _request_decoder = msgspec.json.Decoder(_Request)
 _ZERO = msgspec.Raw(b"0.0")
 
@@ -154,32 +154,13 @@ def _number(value: Decimal) -> msgspec.Raw:
     return msgspec.Raw(format(value, "f"))
 
 
-class _SecondCache:
-    """Whole seconds -> ``YYYY-MM-DDTHH:MM:SS`` (bounded)."""
-
-    __slots__ = ("_texts",)
-    LIMIT = 4096
-
-    def __init__(self) -> None:
-        self._texts: dict[int, str] = {}
-
-    def get(self, seconds: int) -> str:
-        text = self._texts.get(seconds)
-        if text is None:
-            text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-            if len(self._texts) >= self.LIMIT:
-                self._texts.clear()
-            self._texts[seconds] = text
-        return text
-
-
-_seconds = _SecondCache()
+_seconds = SecondTexts()
 
 
 def rfc3339(ts_ns: int) -> str:
     """Kraken's timestamp text: microseconds (``2023-09-25T09:04:31.742648Z``), nanoseconds when they are set."""
     seconds, ns = divmod(ts_ns, 1_000_000_000)
-    head = _seconds.get(seconds)
+    head = _seconds[seconds]
     return f"{head}.{ns // 1000:06d}Z" if ns % 1000 == 0 else f"{head}.{ns:09d}Z"
 
 
@@ -188,9 +169,7 @@ def _levels(levels: Levels) -> list[_Level]:
 
 
 def _checksum(book: SimBook) -> int:
-    bids = [(format(p, "f"), format(q, "f")) for p, q in book.bids[:10]]
-    asks = [(format(p, "f"), format(q, "f")) for p, q in book.asks[:10]]
-    return book_checksum(bids, asks)
+    return top_checksum(book, CHECKSUM_DEPTH, book_checksum)
 
 
 def native(instrument: SimInstrument) -> str:
@@ -205,7 +184,7 @@ def render_trades(native_symbol: str, trades: Sequence[SimTrade]) -> list[str]:
         _Trade(native_symbol, t.side, _number(t.price), _number(t.qty), "limit", t.trade_id, rfc3339(t.ts_ns))
         for t in trades
     ]
-    return [_encode(_TradeFrame("trade", "update", data)).decode()]
+    return [encode(_TradeFrame("trade", "update", data)).decode()]
 
 
 def render_quote(native_symbol: str, quote: SimQuote) -> str:
@@ -225,17 +204,17 @@ def render_quote(native_symbol: str, quote: SimQuote) -> str:
         _ZERO,
         rfc3339(quote.ts_ns),
     )
-    return _encode(_TickerFrame("ticker", "update", [ticker])).decode()
+    return encode(_TickerFrame("ticker", "update", [ticker])).decode()
 
 
 def render_book_snapshot(native_symbol: str, book: SimBook) -> str:
     data = _Book(native_symbol, _levels(book.bids), _levels(book.asks), _checksum(book), rfc3339(book.ts_ns))
-    return _encode(_BookFrame("book", "snapshot", [data])).decode()
+    return encode(_BookFrame("book", "snapshot", [data])).decode()
 
 
 def render_book_delta(native_symbol: str, delta: SimBookDelta) -> str:
     data = _Book(native_symbol, _levels(delta.bids), _levels(delta.asks), _checksum(delta.book), rfc3339(delta.ts_ns))
-    return _encode(_BookFrame("book", "update", [data])).decode()
+    return encode(_BookFrame("book", "update", [data])).decode()
 
 
 def _decimals(step: Decimal) -> int:
@@ -269,16 +248,16 @@ def _asset_pair(item: SimInstrument) -> tuple[str, dict[str, Any]]:
         "fee_volume_currency": "ZUSD",
         "margin_call": 80,
         "margin_stop": 40,
-        "ordermin": format(item.lot, "f"),
+        "ordermin": text(item.lot),
         "costmin": "0.5",
-        "tick_size": format(item.tick, "f"),
+        "tick_size": text(item.tick),
         "status": "online",
     }
 
 
 def render_instruments(instruments: Sequence[SimInstrument]) -> bytes:
     """``GET /0/public/AssetPairs``."""
-    return _encode({"error": [], "result": dict(_asset_pair(item) for item in instruments)})
+    return encode({"error": [], "result": dict(_asset_pair(item) for item in instruments)})
 
 
 # --- client requests ----------------------------------------------------------------------------------------
@@ -295,7 +274,7 @@ def _reply(method: str | None, req_id: int | None, body: dict[str, Any]) -> str:
     reply.update(time_in=now, time_out=now)
     if req_id is not None:
         reply["req_id"] = req_id
-    return _encode(reply).decode()
+    return encode(reply).decode()
 
 
 def _error(method: str | None, req_id: int | None, message: str, symbol: str | None = None) -> str:
@@ -306,7 +285,7 @@ def _error(method: str | None, req_id: int | None, message: str, symbol: str | N
 
 
 def _invalid(method: str | None, req_id: int | None, message: str) -> ClientRequest:
-    return ClientRequest("invalid", replies=(_error(method, req_id, message),))
+    return refusal(_error(method, req_id, message))
 
 
 def _pair_ok(symbol: str) -> bool:
@@ -363,9 +342,8 @@ def _subscription(request: _Request) -> ClientRequest:
         if channel is not None:
             subscriptions.append((channel, symbol))
     if not accepted:
-        return ClientRequest("invalid", replies=tuple(replies))
-    action: Literal["subscribe", "unsubscribe"] = "subscribe" if method == "subscribe" else "unsubscribe"
-    return ClientRequest(action, tuple(subscriptions), tuple(replies))
+        return refusal(*replies)
+    return subscription(method == "subscribe", subscriptions, replies)
 
 
 def parse_client_frame(frame: str) -> ClientRequest:

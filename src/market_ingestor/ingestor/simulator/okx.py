@@ -10,7 +10,6 @@ Subscriptions to ``tickers`` are served with ``bbo-tbt`` frames: the dialect ren
 from __future__ import annotations
 
 from collections.abc import Sequence
-from decimal import Decimal
 
 import msgspec
 
@@ -26,6 +25,7 @@ from market_ingestor.ingestor.simulator.dialect import (
     SimQuote,
     SimTrade,
 )
+from market_ingestor.ingestor.simulator.render import encode, refusal, subscription, text, top_checksum
 
 BOOK_DEPTH = 400  # levels per side in a "books" snapshot
 CONN_ID = "a4d3ae55"  # OKX names each connection with 8 hex digits; the dialect is stateless, so one fixed id
@@ -118,12 +118,7 @@ class _Request(msgspec.Struct, frozen=True):
     args: list[_RequestArg] = []
 
 
-_encode = msgspec.json.Encoder().encode
 _request_decoder = msgspec.json.Decoder(_Request)
-
-
-def _text(value: Decimal) -> str:
-    return format(value, "f")
 
 
 def _wire_levels(levels: Levels, limit: int | None = None) -> list[WireLevel]:
@@ -136,9 +131,7 @@ def _ms(ts_ns: int) -> str:
 
 def checksum_of(book: SimBook) -> int:
     """OKX's checksum of a book, from the same text the frames carry."""
-    bids = [(format(p, "f"), format(q, "f")) for p, q in book.bids[:CHECKSUM_DEPTH]]
-    asks = [(format(p, "f"), format(q, "f")) for p, q in book.asks[:CHECKSUM_DEPTH]]
-    return book_checksum(bids, asks)
+    return top_checksum(book, CHECKSUM_DEPTH, book_checksum)
 
 
 def native(instrument: SimInstrument) -> str:
@@ -148,10 +141,10 @@ def native(instrument: SimInstrument) -> str:
 def render_trades(native_symbol: str, trades: Sequence[SimTrade]) -> list[str]:
     arg = _Arg("trades", native_symbol)
     return [
-        _encode(
+        encode(
             _TradeFrame(
                 arg,
-                (_TradeData(native_symbol, str(t.trade_id), _text(t.price), _text(t.qty), t.side, _ms(t.ts_ns), "1"),),
+                (_TradeData(native_symbol, str(t.trade_id), text(t.price), text(t.qty), t.side, _ms(t.ts_ns), "1"),),
             )
         ).decode()
         for t in trades
@@ -160,12 +153,12 @@ def render_trades(native_symbol: str, trades: Sequence[SimTrade]) -> list[str]:
 
 def render_quote(native_symbol: str, quote: SimQuote) -> str:
     data = _BboData(
-        [(_text(quote.ask_price), _text(quote.ask_qty), "0", "1")],
-        [(_text(quote.bid_price), _text(quote.bid_qty), "0", "1")],
+        [(text(quote.ask_price), text(quote.ask_qty), "0", "1")],
+        [(text(quote.bid_price), text(quote.bid_qty), "0", "1")],
         _ms(quote.ts_ns),
         quote.seq,
     )
-    return _encode(_BboFrame(_Arg("bbo-tbt", native_symbol), (data,))).decode()
+    return encode(_BboFrame(_Arg("bbo-tbt", native_symbol), (data,))).decode()
 
 
 def render_book_snapshot(native_symbol: str, book: SimBook) -> str:
@@ -177,7 +170,7 @@ def render_book_snapshot(native_symbol: str, book: SimBook) -> str:
         -1,
         book.seq,
     )
-    return _encode(_BookFrame(_Arg("books", native_symbol), "snapshot", (data,))).decode()
+    return encode(_BookFrame(_Arg("books", native_symbol), "snapshot", (data,))).decode()
 
 
 def render_book_delta(native_symbol: str, delta: SimBookDelta) -> str:
@@ -189,7 +182,7 @@ def render_book_delta(native_symbol: str, delta: SimBookDelta) -> str:
         delta.prev_seq,
         delta.last_seq,
     )
-    return _encode(_BookFrame(_Arg("books", native_symbol), "update", (data,))).decode()
+    return encode(_BookFrame(_Arg("books", native_symbol), "update", (data,))).decode()
 
 
 def render_instruments(instruments: Sequence[SimInstrument]) -> bytes:
@@ -209,28 +202,28 @@ def render_instruments(instruments: Sequence[SimInstrument]) -> bytes:
             "instType": "SPOT",
             "lever": "10",
             "listTime": "1548133413000",
-            "lotSz": _text(item.lot),
+            "lotSz": text(item.lot),
             "maxLmtSz": "9999999999",
             "maxMktSz": "1000000",
-            "minSz": _text(item.lot),
+            "minSz": text(item.lot),
             "optType": "",
             "quoteCcy": item.quote,
             "settleCcy": "",
             "state": "live",
             "stk": "",
-            "tickSz": _text(item.tick),
+            "tickSz": text(item.tick),
             "uly": "",
         }
         for item in instruments
     ]
-    return _encode({"code": "0", "msg": "", "data": data})
+    return encode({"code": "0", "msg": "", "data": data})
 
 
 # --- client requests ----------------------------------------------------------------------------------------
 
 
 def _error(code: str, msg: str) -> str:
-    return _encode(_Error("error", code, msg, CONN_ID)).decode()
+    return encode(_Error("error", code, msg, CONN_ID)).decode()
 
 
 def parse_client_frame(frame: str) -> ClientRequest:
@@ -239,9 +232,9 @@ def parse_client_frame(frame: str) -> ClientRequest:
     try:
         request = _request_decoder.decode(frame)
     except msgspec.MsgspecError:
-        return ClientRequest("invalid", replies=(_error("60012", f"Invalid request: {frame[:_ECHO_LIMIT]}"),))
+        return refusal(_error("60012", f"Invalid request: {frame[:_ECHO_LIMIT]}"))
     if request.op not in ("subscribe", "unsubscribe") or not request.args:
-        return ClientRequest("invalid", replies=(_error("60012", f"Invalid request: {frame[:_ECHO_LIMIT]}"),))
+        return refusal(_error("60012", f"Invalid request: {frame[:_ECHO_LIMIT]}"))
     subscriptions: list[tuple[Channel, str]] = []
     replies: list[str] = []
     for arg in request.args:
@@ -250,12 +243,10 @@ def parse_client_frame(frame: str) -> ClientRequest:
             replies.append(_error("60018", f"Wrong URL or channel:{arg.channel},instId:{arg.instId} doesn't exist."))
             continue
         subscriptions.append((channel, arg.instId))
-        replies.append(_encode(_Ack(request.op, _Arg(arg.channel, arg.instId), CONN_ID)).decode())
+        replies.append(encode(_Ack(request.op, _Arg(arg.channel, arg.instId), CONN_ID)).decode())
     if not subscriptions:
-        return ClientRequest("invalid", replies=tuple(replies))
-    if request.op == "subscribe":
-        return ClientRequest("subscribe", tuple(subscriptions), tuple(replies))
-    return ClientRequest("unsubscribe", tuple(subscriptions), tuple(replies))
+        return refusal(*replies)
+    return subscription(request.op == "subscribe", subscriptions, replies)
 
 
 DIALECT = SimDialect(

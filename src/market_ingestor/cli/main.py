@@ -11,8 +11,10 @@ from market_ingestor.cli.context import CliContext
 from market_ingestor.cli.control import exchanges, symbols
 from market_ingestor.cli.dev import dev
 from market_ingestor.cli.ingest import ingest, parse
+from market_ingestor.cli.klines import klines
 from market_ingestor.cli.simulate import simulate
 from market_ingestor.cli.up import tail, up
+from market_ingestor.cli.worker import worker
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -47,9 +49,9 @@ cli.add_command(ingest)
 cli.add_command(simulate)
 cli.add_command(up)
 cli.add_command(tail)
+cli.add_command(worker)
+cli.add_command(klines)
 for _name, _summary, _issue in (
-    ("worker", "Run the Faust stream worker: klines and indicators", 4),
-    ("klines", "Aggregate normalized trades (JSON lines) into klines", 4),
     ("db", "Manage the database: migrate, load, rebuild-klines", 5),
     ("apikeys", "Create, list and revoke API keys", 5),
     ("push", "Run the WebSocket push gateway", 6),

@@ -1,0 +1,692 @@
+"""Kline aggregation: a pure, serializable state machine per instrument, shared by the stream worker, the offline
+``klines`` command and the tests (the initialize / agg / result triad: ``new`` / ``apply`` / the emitted klines).
+
+API::
+
+    settings = KlineSettings(intervals=("1m", "5m", "15m", "1h", "4h", "1d"), grace_ms=2000,
+                             max_lateness_ms=600_000, update_interval_ms=250)
+    state = InstrumentKlines.new("binance", "BTCUSDT", settings)
+    state.apply(trade, position=None, wall_ns=None) -> Applied   # closed/flat/corrected klines the trade caused
+    state.on_time(now_wall_ns) -> list[Kline]                    # closes windows of quiet instruments
+    state.in_progress(now_wall_ns) -> list[Kline]                # throttled closed=False updates
+    state.flush() -> list[Kline]                                 # end of input: close everything
+    state.to_bytes() / InstrumentKlines.from_bytes(data, settings)
+    aggregate(trades, settings) -> Iterator[Kline]               # the whole thing for a finite input
+
+Every call returns klines per interval in ascending ``open_time`` (intervals shortest first); callers emit the
+closed ones (``apply``/``on_time``) before the in-progress ones.
+
+Semantics
+- Windows: see :mod:`market_ingestor.streams.windows` (UTC-aligned, weeks start on Monday).
+- Event time: the *watermark* is the largest trade ``ts`` seen for the instrument. A window closes when the
+  watermark passes ``close_time + grace``. ``on_time`` extrapolates the watermark of a quiet instrument by the wall
+  time elapsed since its last trade (anchored by ``apply(..., wall_ns=)`` or, failing that, by the first
+  ``on_time`` call after the trade), so a closed kline comes out about one tick after ``end + grace``. The anchor
+  is not persisted: after ``from_bytes`` it re-anchors, so a restart never closes a window early.
+- Out-of-order trades land in their window while it is open. A trade for a closed window is *late*: it corrects
+  that window and the kline is emitted again with ``revision + 1`` (flat klines that carried its close forward are
+  corrected too). A trade older than the correction horizon (the bucket holding it, see Speed, ended more
+  than ``max_lateness_ms`` before the watermark) is *too late*: ``Applied.too_late`` with a ``reason``, applied to no
+  interval at all -- a trade is in every interval's klines or in none, so 1m volumes always add up to 1h volumes.
+  A trade before the instrument's first trade but within the horizon extends the series backwards (revision 0).
+- Gaps: a window without trades, once over and after the instrument's first trade, yields a flat kline: the
+  previous close as open/high/low/close/vwap, zero volumes, ``trade_count`` 0, trade ids ``None``.
+- ``open``/``close`` and ``first_trade_id``/``last_trade_id`` are the earliest and latest trades by ``ts``; among
+  trades with the same ``ts`` the one applied first opens and the one applied last closes (a stable sort of the
+  input by ``ts``). Binance orders by trade id instead; ids are not comparable across exchanges, timestamps are.
+- Exact decimals: sums and ``price * qty`` use a context with the maximum precision (nothing is ever rounded;
+  a trap makes any rounding an error). ``vwap = quote_volume / volume`` computed in ``Context(prec=34,
+  rounding=ROUND_HALF_EVEN)``: the quotient rounded half-even to 34 significant digits; an exact quotient keeps
+  Python's ideal exponent (``10 / 4 = 2.5``). To match in SQL, round the numeric quotient to 34 significant digits
+  half-even (or compare numerically). Zero volume: ``vwap = close``.
+- Input: ``apply`` expects a valid trade (``trade_problem(trade) is None``: finite prices > 0, quantities >= 0).
+  The exchange parsers guarantee more than that; a consumer of a topic anyone can write checks it first.
+- Idempotence: ``apply(trade, position)`` with the trade's Kafka offset ignores positions at or below the last
+  one applied (``Applied.duplicate``); too-late trades advance the position too (they are answered once).
+- Speed: a trade is added to its bucket only (the gcd of the intervals, one minute for the defaults); longer
+  windows are folded from closed buckets, and Klines are built only when emitted. Run batches of ``apply`` inside
+  ``with exact_context():`` (not across a ``yield``); outside it each call switches the decimal context itself.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
+from decimal import (
+    MAX_EMAX,
+    MAX_PREC,
+    MIN_EMIN,
+    ROUND_HALF_EVEN,
+    Context,
+    Decimal,
+    DivisionByZero,
+    Inexact,
+    InvalidOperation,
+    Overflow,
+    getcontext,
+    localcontext,
+    setcontext,
+)
+from itertools import islice
+from typing import Annotated, ParamSpec, TypeVar
+
+import msgspec
+
+from market_ingestor.errors import ConfigError, MarketIngestorError
+from market_ingestor.model import Kline, Trade
+from market_ingestor.streams.windows import Interval, bucket_ns, format_ns, parse_intervals
+
+__all__ = ["Applied", "InstrumentKlines", "KlineSettings", "aggregate", "exact_context", "trade_problem"]
+
+# Add and multiply are exact at maximum precision; the traps turn any surprise into an error, never a rounding.
+_EXACT = Context(
+    prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN, traps=[InvalidOperation, DivisionByZero, Overflow, Inexact]
+)
+_VWAP = Context(prec=34, rounding=ROUND_HALF_EVEN, traps=[InvalidOperation, DivisionByZero, Overflow])
+_ZERO = Decimal(0)
+_NO_TS = -(2**63)  # "no trade yet": below any int64 nanosecond timestamp
+_NEVER = 2**63
+_END_OF_TIME = 2**62  # the watermark after flush(): every later trade is too late
+_FORMAT = 1  # version of the to_bytes layout
+
+DEFAULT_INTERVALS = ("1m", "5m", "15m", "1h", "4h", "1d")
+NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
+
+
+def exact_context() -> AbstractContextManager[Context]:
+    """The decimal context the aggregation runs in; entering it once per batch saves a switch per trade.
+
+    Only add, multiply and compare in it: at maximum precision an inexact division would not terminate.
+    """
+    return localcontext(_EXACT)
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _exact(method: Callable[P, R]) -> Callable[P, R]:
+    """Runs ``method`` in the exact context unless the caller already entered one."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        saved = getcontext()
+        if saved.prec >= MAX_PREC:
+            return method(*args, **kwargs)
+        setcontext(_EXACT)  # cheaper than localcontext(), which copies the context
+        try:
+            return method(*args, **kwargs)
+        finally:
+            setcontext(saved)
+
+    return wrapper
+
+
+class KlineSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """What to aggregate and how long to wait; a config section as it stands (validated on construction)."""
+
+    intervals: tuple[str, ...] = DEFAULT_INTERVALS
+    grace_ms: NonNegativeInt = 2000  # a window closes when the watermark passes its end + grace
+    max_lateness_ms: NonNegativeInt = 600_000  # closed windows stay correctable this long after their end
+    update_interval_ms: NonNegativeInt = 250  # at most one in-progress update per interval this often
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.intervals, tuple):  # a list from Python code: keep the settings hashable
+            msgspec.structs.force_setattr(self, "intervals", tuple(self.intervals))
+        _plan(self)  # raises ConfigError naming the bad value
+
+    def parsed_intervals(self) -> tuple[Interval, ...]:
+        """The intervals parsed, shortest first."""
+        return _plan(self).intervals
+
+
+class _Plan(msgspec.Struct, frozen=True):
+    intervals: tuple[Interval, ...]
+    bucket_ns: int
+    grace_ns: int
+    lateness_ns: int
+    update_ns: int
+
+
+@functools.lru_cache(maxsize=64)
+def _plan(settings: KlineSettings) -> _Plan:
+    for name in ("grace_ms", "max_lateness_ms", "update_interval_ms"):
+        if getattr(settings, name) < 0:
+            raise ConfigError(f"kline setting {name} must be >= 0, got {getattr(settings, name)}")
+    intervals = parse_intervals(settings.intervals)
+    ms = 1_000_000
+    return _Plan(
+        intervals, bucket_ns(intervals), settings.grace_ms * ms, settings.max_lateness_ms * ms,
+        settings.update_interval_ms * ms,
+    )  # fmt: skip
+
+
+def _names(plan: _Plan) -> tuple[str, ...]:
+    return tuple(interval.name for interval in plan.intervals)
+
+
+class Applied(msgspec.Struct, frozen=True):
+    """What one trade did: the klines to emit now (closed, flat or corrected) and how it was classified."""
+
+    klines: tuple[Kline, ...] = ()
+    late: bool = False  # it corrected at least one already closed kline (emitted here with revision + 1)
+    too_late: bool = False  # beyond the correction horizon: applied nowhere, dead-letter it with ``reason``
+    duplicate: bool = False  # its position was already applied
+    reason: str | None = None
+
+
+_ACCEPTED = Applied()
+_DUPLICATE = Applied(duplicate=True)
+
+
+# --- persisted state -------------------------------------------------------------------------------------------
+
+
+class _Agg(msgspec.Struct, array_like=True, gc=False):
+    """The running aggregate of one window or bucket (its open_time is the key it is stored under)."""
+
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    close: Decimal
+    volume: Decimal
+    quote_volume: Decimal
+    buy_volume: Decimal
+    buy_quote_volume: Decimal
+    count: int
+    first_ts: int  # ts of the trade that set open / first_id
+    last_ts: int  # ts of the trade that set close / last_id
+    first_id: str | None
+    last_id: str | None
+    revision: int = 0
+
+
+class _Level(msgspec.Struct, array_like=True):
+    """One interval's windows. Every window before ``next_open`` (and after the first trade) is closed."""
+
+    next_open: int | None = None  # the earliest window not yet closed; None before the first trade
+    open: dict[int, _Agg] = msgspec.field(default_factory=dict)  # closed buckets folded in, plus late trades
+    closed: dict[int, _Agg] = msgspec.field(default_factory=dict)  # correctable ones, and always the last one
+
+
+class _State(msgspec.Struct, array_like=True):
+    format: int
+    exchange: str
+    symbol: str
+    intervals: tuple[str, ...]  # names, shortest first (the config's order does not matter)
+    levels: list[_Level]  # one per interval, in the same order
+    buckets: dict[int, _Agg] = msgspec.field(default_factory=dict)  # open buckets: trades land here
+    position: int | None = None  # the last applied position (Kafka offset)
+    start: int | None = None  # the earliest bucket that ever held a trade
+    max_ts: int = _NO_TS  # the largest trade ts
+    watermark: int = _NO_TS  # max_ts, or more by wall-clock extrapolation or flush()
+
+
+_encoder = msgspec.msgpack.Encoder()  # Decimal as its exact string
+_decoder = msgspec.msgpack.Decoder(_State)
+
+
+def _agg_of(trade: Trade, pq: Decimal) -> _Agg:
+    price, qty, ts, tid = trade.price, trade.qty, trade.ts, trade.trade_id
+    buy = trade.side == "buy"
+    return _Agg(price, price, price, price, qty, pq, qty if buy else _ZERO, pq if buy else _ZERO, 1, ts, ts, tid, tid)
+
+
+def _flat(price: Decimal) -> _Agg:
+    return _Agg(price, price, price, price, _ZERO, _ZERO, _ZERO, _ZERO, 0, 0, 0, None, None)
+
+
+def _add(agg: _Agg, trade: Trade, pq: Decimal) -> None:
+    """Adds one trade (the slow paths' version of the loop in ``apply``); a flat window becomes a real one."""
+    if agg.count == 0:
+        fresh = _agg_of(trade, pq)
+        for field in _Agg.__struct_fields__:
+            if field != "revision":
+                setattr(agg, field, getattr(fresh, field))
+        return
+    price, ts = trade.price, trade.ts
+    if ts >= agg.last_ts:
+        agg.close, agg.last_ts, agg.last_id = price, ts, trade.trade_id
+    elif ts < agg.first_ts:
+        agg.open, agg.first_ts, agg.first_id = price, ts, trade.trade_id
+    if price > agg.high:
+        agg.high = price
+    elif price < agg.low:
+        agg.low = price
+    agg.volume += trade.qty
+    agg.quote_volume += pq
+    agg.count += 1
+    if trade.side == "buy":
+        agg.buy_volume += trade.qty
+        agg.buy_quote_volume += pq
+
+
+def _merge(into: _Agg, other: _Agg) -> None:
+    """Folds ``other`` (a bucket) into ``into``; both hold trades."""
+    if other.first_ts < into.first_ts:
+        into.open, into.first_ts, into.first_id = other.open, other.first_ts, other.first_id
+    if other.last_ts >= into.last_ts:
+        into.close, into.last_ts, into.last_id = other.close, other.last_ts, other.last_id
+    if other.high > into.high:
+        into.high = other.high
+    if other.low < into.low:
+        into.low = other.low
+    into.volume += other.volume
+    into.quote_volume += other.quote_volume
+    into.buy_volume += other.buy_volume
+    into.buy_quote_volume += other.buy_quote_volume
+    into.count += other.count
+
+
+# --- the state machine -----------------------------------------------------------------------------------------
+
+
+class InstrumentKlines:
+    """All intervals of one (exchange, symbol). Not thread-safe; one instance per instrument."""
+
+    def __init__(self, state: _State, settings: KlineSettings) -> None:
+        plan = _plan(settings)
+        names = _names(plan)
+        if state.intervals != names:
+            raise ConfigError(
+                f"the kline state of {state.exchange} {state.symbol} was built for intervals "
+                f"{', '.join(state.intervals)} but the settings have {', '.join(names)}: "
+                "restore it with the same intervals, or start this instrument afresh with InstrumentKlines.new"
+            )
+        self._s = state
+        self._levels = tuple(zip(plan.intervals, state.levels, strict=True))
+        self._bucket_ns = plan.bucket_ns
+        self._grace_ns = plan.grace_ns
+        self._lateness_ns = plan.lateness_ns
+        self._update_ns = plan.update_ns
+        # Not persisted: the cached current bucket, the next closing deadline, the wall-clock anchor and the
+        # in-progress throttle, all rebuilt or re-anchored after a restore.
+        self._cur: _Agg = _flat(_ZERO)
+        self._cur_open: int | None = None
+        self._deadline = self._next_deadline()
+        self._anchor_ts = _NO_TS
+        self._anchor_wall: int | None = None
+        self._changes = 0  # trades applied by this instance; a cheap "anything new?" for in_progress
+        self._sent_changes = [-1] * len(self._levels)
+        self._sent_wall: list[int | None] = [None] * len(self._levels)
+        self._sent_counts: list[dict[int, int]] = [{} for _ in self._levels]
+
+    @classmethod
+    def new(cls, exchange: str, symbol: str, settings: KlineSettings) -> InstrumentKlines:
+        names = _names(_plan(settings))
+        return cls(_State(_FORMAT, exchange, symbol, names, [_Level() for _ in names]), settings)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, settings: KlineSettings) -> InstrumentKlines:
+        try:
+            state = _decoder.decode(data)
+        except msgspec.MsgspecError as exc:
+            raise MarketIngestorError(f"stored kline state cannot be decoded ({exc}); it is corrupt") from exc
+        if state.format != _FORMAT:
+            raise MarketIngestorError(f"stored kline state has format {state.format}, this version reads {_FORMAT}")
+        return cls(state, settings)
+
+    def to_bytes(self) -> bytes:
+        return _encoder.encode(self._s)
+
+    @property
+    def exchange(self) -> str:
+        return self._s.exchange
+
+    @property
+    def symbol(self) -> str:
+        return self._s.symbol
+
+    @property
+    def watermark(self) -> int | None:
+        return None if self._s.watermark == _NO_TS else self._s.watermark
+
+    @property
+    def position(self) -> int | None:
+        return self._s.position
+
+    # --- trades ----------------------------------------------------------------------------------------------
+
+    def apply(self, trade: Trade, position: int | None = None, wall_ns: int | None = None) -> Applied:
+        """Adds a trade; returns the klines it closed (and flat or corrected ones) and its classification.
+
+        ``position``: the trade's monotonically increasing offset, for at-least-once redelivery.
+        ``wall_ns``: the wall clock now, to anchor ``on_time``'s extrapolation exactly at this trade.
+        """
+        saved = getcontext()
+        if saved.prec < MAX_PREC:
+            setcontext(_EXACT)
+            try:
+                return self.apply(trade, position, wall_ns)
+            finally:
+                setcontext(saved)
+        s = self._s
+        if position is not None:
+            if s.position is not None and position <= s.position:
+                return _DUPLICATE
+            s.position = position
+        ts = trade.ts
+        opened = ts - ts % self._bucket_ns
+        if opened == self._cur_open:
+            b = self._cur
+        else:
+            found = s.buckets.get(opened)
+            if found is None:
+                return self._apply_outside(trade, opened, wall_ns)
+            b = self._cur = found
+            self._cur_open = opened
+        # The hot path: the same as _add(), inlined, on a bucket that already holds trades.
+        price = trade.price
+        qty = trade.qty
+        pq = price * qty
+        if ts >= b.last_ts:
+            b.close = price
+            b.last_ts = ts
+            b.last_id = trade.trade_id
+        elif ts < b.first_ts:
+            b.open = price
+            b.first_ts = ts
+            b.first_id = trade.trade_id
+        if price > b.high:
+            b.high = price
+        elif price < b.low:
+            b.low = price
+        b.volume += qty
+        b.quote_volume += pq
+        b.count += 1
+        if trade.side == "buy":
+            b.buy_volume += qty
+            b.buy_quote_volume += pq
+        self._changes += 1
+        if ts > s.max_ts:
+            return self._advance(ts, wall_ns)
+        return _ACCEPTED
+
+    def _advance(self, ts: int, wall_ns: int | None) -> Applied:
+        """A trade with a new largest ts: move the watermark, close what it passed."""
+        s = self._s
+        s.max_ts = ts
+        if wall_ns is not None:
+            self._anchor_ts, self._anchor_wall = ts, wall_ns
+        if ts > s.watermark:
+            s.watermark = ts
+            if ts > self._deadline:
+                return Applied(tuple(self._close_due()))
+        return _ACCEPTED
+
+    def _apply_outside(self, trade: Trade, opened: int, wall_ns: int | None) -> Applied:
+        """A trade for a bucket that holds no trades yet: a new bucket, or a late trade if the bucket is closed."""
+        s = self._s
+        if opened + self._bucket_ns - 1 + self._grace_ns < s.watermark:
+            return self._apply_late(trade, opened)
+        bucket = _agg_of(trade, trade.price * trade.qty)
+        s.buckets[opened] = self._cur = bucket
+        self._cur_open = opened
+        self._deadline = min(self._deadline, opened + self._bucket_ns - 1 + self._grace_ns)
+        for interval, level in self._levels:
+            self._reopen(interval, level, interval.open_time(opened))
+        if s.start is None or opened < s.start:
+            s.start = opened
+        self._changes += 1
+        return self._advance(trade.ts, wall_ns) if trade.ts > s.max_ts else _ACCEPTED
+
+    def _reopen(self, interval: Interval, level: _Level, window: int) -> None:
+        """``window`` (not closed) has trades: the level's closing starts there if it is the earliest."""
+        if level.next_open is None or window < level.next_open:
+            level.next_open = window
+            self._deadline = min(self._deadline, window + interval.ns - 1 + self._grace_ns)
+
+    def _apply_late(self, trade: Trade, opened: int) -> Applied:
+        s = self._s
+        assert s.start is not None  # a closed bucket means a trade came before
+        if opened + self._bucket_ns - 1 + self._lateness_ns < s.watermark:
+            return Applied(too_late=True, reason=self._too_late_reason(trade, opened))
+        pq = trade.price * trade.qty
+        out: list[Kline] = []
+        late = False
+        for interval, level in self._levels:
+            window = interval.open_time(trade.ts)
+            if window + interval.ns - 1 + self._grace_ns >= s.watermark:  # still open at this interval
+                agg = level.open.get(window)
+                if agg is None:
+                    level.open[window] = _agg_of(trade, pq)
+                else:
+                    _add(agg, trade, pq)
+                self._reopen(interval, level, window)
+            elif window < interval.open_time(s.start):
+                late = True
+                out += self._prepend(interval, level, window, interval.open_time(s.start), _agg_of(trade, pq))
+            else:
+                late = True
+                out += self._correct(interval, level, window, trade, pq)
+        s.start = min(s.start, opened)
+        self._changes += 1
+        return Applied(tuple(out), late=late)
+
+    def _prepend(self, interval: Interval, level: _Level, window: int, first: int, agg: _Agg) -> list[Kline]:
+        """A closed window before the series' first one: it and the closed gap up to the first are new klines."""
+        level.closed[window] = agg
+        out = [self._kline(interval, window, agg, True)]
+        for gap in range(window + interval.ns, first, interval.ns):
+            if gap + interval.ns - 1 + self._grace_ns >= self._s.watermark:
+                self._reopen(interval, level, gap)  # not over yet: closes in order later, as a flat kline
+                break
+            level.closed[gap] = flat = _flat(agg.close)
+            out.append(self._kline(interval, gap, flat, True))
+        return out
+
+    def _correct(self, interval: Interval, level: _Level, window: int, trade: Trade, pq: Decimal) -> list[Kline]:
+        """A late trade for an emitted kline: re-emit it, and the flat klines that carried its close forward."""
+        agg = level.closed[window]  # present: the horizon check keeps every window a correctable trade can hit
+        old_close = agg.close
+        _add(agg, trade, pq)
+        agg.revision += 1
+        out = [self._kline(interval, window, agg, True)]
+        if agg.close.compare_total(old_close) != 0:
+            assert level.next_open is not None
+            gap = window + interval.ns
+            while gap < level.next_open and (flat := level.closed.get(gap)) is not None and flat.count == 0:
+                flat.open = flat.high = flat.low = flat.close = agg.close
+                flat.revision += 1
+                out.append(self._kline(interval, gap, flat, True))
+                gap += interval.ns
+        return out
+
+    def _too_late_reason(self, trade: Trade, opened: int) -> str:
+        if self._s.watermark == _END_OF_TIME:
+            return f"trade {trade.trade_id} came after the end of input (flush)"
+        return (
+            f"trade {trade.trade_id} at {format_ns(trade.ts)} is too late to correct its klines: its window ended "
+            f"at {format_ns(opened + self._bucket_ns)}, more than max_lateness_ms={self._lateness_ns // 1_000_000} "
+            f"before the watermark {format_ns(self._s.watermark)}"
+        )
+
+    # --- closing ---------------------------------------------------------------------------------------------
+
+    def _close_due(self, last_trade_window: bool = False) -> list[Kline]:
+        """Closes every bucket and window the watermark passed, in time order; flat-fills the gaps.
+
+        ``last_trade_window``: stop at the window holding the last trade (flush(), whose watermark is infinite).
+        """
+        s = self._s
+        watermark, grace = s.watermark, self._grace_ns
+        due = sorted(opened for opened in s.buckets if opened + self._bucket_ns - 1 + grace < watermark)
+        for opened in due:
+            bucket = s.buckets.pop(opened)
+            for interval, level in self._levels:
+                window = interval.open_time(opened)
+                partial = level.open.get(window)
+                if partial is None:
+                    level.open[window] = copy.copy(bucket)
+                else:
+                    _merge(partial, bucket)
+        if due:
+            self._cur_open = None
+        out: list[Kline] = []
+        for interval, level in self._levels:
+            if level.next_open is None:
+                continue
+            window = level.next_open
+            last = interval.open_time(s.max_ts) if last_trade_window else _NEVER
+            while window + interval.ns - 1 + grace < watermark and window <= last:
+                agg = level.open.pop(window, None)
+                if agg is None:  # no trade: carry the previous close forward (it is always kept)
+                    agg = _flat(level.closed[window - interval.ns].close)
+                level.closed[window] = agg
+                out.append(self._kline(interval, window, agg, True))
+                window += interval.ns
+            level.next_open = window
+            self._expire(interval, level)
+        self._deadline = self._next_deadline()
+        return out
+
+    def _expire(self, interval: Interval, level: _Level) -> None:
+        """Forget closed windows no trade can correct any more (keeping the last one, for flat fills)."""
+        assert level.next_open is not None
+        oldest_kept = self._s.watermark - self._lateness_ns - interval.ns + 1
+        last = level.next_open - interval.ns
+        for window in [w for w in level.closed if w < oldest_kept and w != last]:
+            del level.closed[window]
+
+    def _next_deadline(self) -> int:
+        """The watermark beyond which the next bucket or window closes."""
+        s, grace = self._s, self._grace_ns
+        deadline = min((opened + self._bucket_ns - 1 + grace for opened in s.buckets), default=_NEVER)
+        for interval, level in self._levels:
+            if level.next_open is not None:
+                deadline = min(deadline, level.next_open + interval.ns - 1 + grace)
+        return deadline
+
+    @_exact
+    def on_time(self, now_wall_ns: int) -> list[Kline]:
+        """Advances the watermark of a quiet instrument by wall time since its last trade; returns what closed."""
+        s = self._s
+        if s.start is None:
+            return []
+        if self._anchor_wall is None or self._anchor_ts != s.max_ts:
+            self._anchor_ts, self._anchor_wall = s.max_ts, now_wall_ns
+            return []
+        watermark = s.max_ts + (now_wall_ns - self._anchor_wall)
+        if watermark <= s.watermark:
+            return []
+        s.watermark = watermark
+        return self._close_due() if watermark > self._deadline else []
+
+    @_exact
+    def flush(self) -> list[Kline]:
+        """End of input: closes every window as if the watermark were infinite, up to the last trade's window.
+
+        Later trades are all too late; the state is final.
+        """
+        if self._s.start is None:
+            return []
+        self._s.watermark = _END_OF_TIME
+        return self._close_due(last_trade_window=True)
+
+    # --- output ----------------------------------------------------------------------------------------------
+
+    @_exact
+    def in_progress(self, now_wall_ns: int) -> list[Kline]:
+        """The open klines (``closed=False``) that changed since their interval's last update, at most one update
+        per interval every ``update_interval_ms``."""
+        out: list[Kline] = []
+        for index, (interval, level) in enumerate(self._levels):
+            sent_wall = self._sent_wall[index]
+            if self._sent_changes[index] == self._changes or (
+                sent_wall is not None and now_wall_ns - sent_wall < self._update_ns
+            ):
+                continue
+            sent = self._sent_counts[index]
+            views = self._open_views(interval, level)
+            emitted = False
+            for window in sorted(views):
+                view = views[window]
+                if sent.get(window) != view.count:
+                    out.append(self._kline(interval, window, view, False))
+                    emitted = True
+            self._sent_counts[index] = {window: view.count for window, view in views.items()}
+            self._sent_changes[index] = self._changes
+            if emitted:
+                self._sent_wall[index] = now_wall_ns
+        return out
+
+    def _open_views(self, interval: Interval, level: _Level) -> dict[int, _Agg]:
+        """Each open window's aggregate so far: its folded part plus its open buckets (copies)."""
+        views = {window: copy.copy(agg) for window, agg in level.open.items()}
+        for opened in sorted(self._s.buckets):
+            bucket = self._s.buckets[opened]
+            window = interval.open_time(opened)
+            view = views.get(window)
+            if view is None:
+                views[window] = copy.copy(bucket)
+            else:
+                _merge(view, bucket)
+        return views
+
+    def _kline(self, interval: Interval, window: int, agg: _Agg, closed: bool) -> Kline:
+        volume = agg.volume
+        return Kline(
+            exchange=self._s.exchange,
+            symbol=self._s.symbol,
+            interval=interval.name,
+            open_time=window,
+            close_time=window + interval.ns - 1,
+            open=agg.open,
+            high=agg.high,
+            low=agg.low,
+            close=agg.close,
+            volume=volume,
+            quote_volume=agg.quote_volume,
+            trade_count=agg.count,
+            taker_buy_volume=agg.buy_volume,
+            taker_buy_quote_volume=agg.buy_quote_volume,
+            first_trade_id=agg.first_id,
+            last_trade_id=agg.last_id,
+            vwap=_VWAP.divide(agg.quote_volume, volume) if volume else agg.close,
+            closed=closed,
+            revision=agg.revision,
+        )
+
+
+def trade_problem(trade: Trade) -> str | None:
+    """Why a trade cannot be aggregated, or None: prices must be finite and positive, quantities finite, >= 0."""
+    if not (trade.price.is_finite() and trade.price > 0):
+        return f"trade {trade.trade_id}: price {trade.price} is not a positive number"
+    if not (trade.qty.is_finite() and trade.qty >= 0):
+        return f"trade {trade.trade_id}: quantity {trade.qty} is not a non-negative number"
+    return None
+
+
+def _raise_too_late(trade: Trade, reason: str) -> None:
+    raise ValueError(f"{reason}; pass on_too_late to aggregate() to route such trades instead")
+
+
+def aggregate(
+    trades: Iterable[Trade],
+    settings: KlineSettings | None = None,
+    *,
+    on_too_late: Callable[[Trade, str], object] = _raise_too_late,
+) -> Iterator[Kline]:
+    """Klines of a finite sequence of trades (any instruments, in arrival order): the closed, flat and corrected
+    ones as they happen, then those the end of input closes. Per instrument and interval in time order."""
+    settings = settings or KlineSettings()
+    states: dict[tuple[str, str], InstrumentKlines] = {}
+    source = iter(trades)
+    # The exact context is entered per chunk and left before yielding: it must not leak into the caller.
+    while chunk := list(islice(source, 4096)):
+        out: list[Kline] = []
+        with exact_context():
+            for trade in chunk:
+                key = (trade.exchange, trade.symbol)
+                state = states.get(key)
+                if state is None:
+                    state = states[key] = InstrumentKlines.new(trade.exchange, trade.symbol, settings)
+                applied = state.apply(trade)
+                if applied.too_late:
+                    on_too_late(trade, applied.reason or "too late")
+                out += applied.klines
+        yield from out
+    for state in states.values():
+        yield from state.flush()

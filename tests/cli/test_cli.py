@@ -28,7 +28,7 @@ def test_a_bad_config_value_fails_with_the_field_path_and_no_traceback(tmp_path)
 
 
 def test_a_command_of_a_later_release_says_so():
-    result = CliRunner().invoke(cli, ["worker", "--anything"])
+    result = CliRunner().invoke(cli, ["push", "--anything"])
     assert result.exit_code == 1
     assert "not yet available" in result.output
 

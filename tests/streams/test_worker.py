@@ -37,7 +37,7 @@ def make_trades(count: int, seed: int) -> list[Trade]:
     trades = []
     for n in range(count):
         ts = start + n * step - rng.randrange(0, 1_000_000_000)  # up to 1 s early: out of order
-        price = Decimal(100 + rng.randrange(-500, 500)) / 100
+        price = Decimal(10_000 + rng.randrange(-500, 500)) / 100
         qty = Decimal(rng.randrange(1, 10_000)) / 1000
         trades.append(Trade("binance", SYMBOLS[n % 3], str(n), price, qty, rng.choice(["buy", "sell"]), ts, ts))
     return trades

@@ -49,18 +49,18 @@ def simulate(
     port: int,
     symbols: str,
     exchanges: str,
-    rate: float,
+    rate: float,  # float-ok: a rate or a delay, not market data
     seed: int,
     depth: int,
     replay_files: tuple[Path, ...],
     replay_exchange: str | None,
-    speed: float | None,
+    speed: float | None,  # float-ok: a rate or a delay, not market data
     drop_every_s: float | None,
     stall_every_s: float | None,
     stall_s: float,
     malformed_every: int | None,
     gap_every: int | None,
-    slow_send_ms: float,
+    slow_send_ms: float,  # float-ok: a rate or a delay, not market data
     log_level: str,
 ) -> None:
     """Serve a local simulator of the exchanges' WebSocket and REST APIs, on one port.

@@ -37,7 +37,7 @@ def _pointed_at(config: Config, sim: Simulator) -> Config:
     return msgspec.structs.replace(config, exchanges=exchanges)
 
 
-async def _up(config: Config, simulate: bool, rate: float, port: int) -> None:
+async def _up(config: Config, simulate: bool, rate: float, port: int) -> None:  # float-ok: trades/s
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -70,7 +70,7 @@ async def _up(config: Config, simulate: bool, rate: float, port: int) -> None:
 @click.option("--rate", type=float, default=200.0, show_default=True, help="Simulated trades per second in total.")
 @click.option("--port", type=int, default=9100, show_default=True, help="The simulator's port.")
 @pass_cli
-def up(cli_ctx: CliContext, simulate: bool, rate: float, port: int) -> None:
+def up(cli_ctx: CliContext, simulate: bool, rate: float, port: int) -> None:  # float-ok: trades/s
     """Run the whole pipeline until SIGINT/SIGTERM (ingest today; worker, sinks and push as they land)."""
     config = cli_ctx.config
     if not simulate and not any(ex.enabled for ex in config.exchanges.values()):

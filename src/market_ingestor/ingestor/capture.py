@@ -44,6 +44,10 @@ class SessionRecord:
         return int(Decimal(self.ts_text or "0").scaleb(9).to_integral_value()) if self.ts_text else 0
 
 
+def _clock(text: str) -> float:  # float-ok: pacing clock, see SessionRecord.ts_text for exact times
+    return float(text)  # float-ok
+
+
 def parse_line(line: str, line_no: int = 0) -> SessionRecord | None:
     """One line -> a record; None for blank lines. Unrecognized lines are taken as plain received frames."""
     line = line.rstrip("\r\n")
@@ -51,14 +55,15 @@ def parse_line(line: str, line_no: int = 0) -> SessionRecord | None:
         return None
     if line.startswith("configuration: "):
         return SessionRecord("configuration", line[len("configuration: ") :], None, None, line_no)
+    # ``ts`` as float is the recorder's clock for pacing a replay; exact times come from ``ts_text``.
     if match := _RECEIVED.match(line):
-        return SessionRecord("received", match.group(2), float(match.group(1)), None, line_no, match.group(1))
+        return SessionRecord("received", match.group(2), _clock(match.group(1)), None, line_no, match.group(1))
     if match := _SENT.match(line):
-        return SessionRecord("sent", match.group(3), float(match.group(2)), match.group(1), line_no, match.group(2))
+        return SessionRecord("sent", match.group(3), _clock(match.group(2)), match.group(1), line_no, match.group(2))
     if match := _REST.match(line):
-        return SessionRecord("rest", match.group(3), float(match.group(2)), match.group(1), line_no, match.group(2))
+        return SessionRecord("rest", match.group(3), _clock(match.group(2)), match.group(1), line_no, match.group(2))
     if match := _OPEN.match(line):
-        return SessionRecord("open", "", float(match.group(2)), match.group(1), line_no, match.group(2))
+        return SessionRecord("open", "", _clock(match.group(2)), match.group(1), line_no, match.group(2))
     return SessionRecord("received", line, None, None, line_no)
 
 
@@ -88,7 +93,7 @@ def format_received(payload: str, ts_s: float) -> str:
 
 
 def ns_text(ts_ns: int) -> str:
-    """Integer nanoseconds as the recorder's seconds text, exactly (``1633998512.063356900``)."""
+    """Integer nanoseconds as the recorder's seconds text, exactly (``1700000000.063356900``)."""
     return f"{ts_ns // 1_000_000_000}.{ts_ns % 1_000_000_000:09d}"
 
 

@@ -22,7 +22,7 @@ v1 (recordings):
 
 - ``[channelID, [[price, volume, time, side, orderType, misc], ...], "trade", pair]``: ``side`` ``b``/``s`` is
   the taker's side. v1 trades carry no id: the id is made from the trade's time string and its index in the
-  frame, ``"1618677817.020616-0"``, the same on every replay of the frame (not an integer: the connector's
+  frame, ``"1700000000.000123-0"``, the same on every replay of the frame (not an integer: the connector's
   trade-id gap check skips it).
 - ``[channelID, {"as": [...], "bs": [...]}, "book-N", pair]`` is a snapshot (no checksum);
   ``[channelID, {"a": [...]}, {"b": [...], "c": "crc"}, "book-N", pair]`` an update of one or two dicts with

@@ -34,7 +34,7 @@ class FaultConfig:
     stall_s: float = 30.0
     malformed_every: int | None = None  # data frames
     gap_every: int | None = None  # book updates per instrument
-    slow_send_ms: float = 0.0
+    slow_send_ms: float = 0.0  # float-ok: a delay
 
     def __post_init__(self) -> None:
         for name in ("drop_every_s", "stall_every_s", "malformed_every", "gap_every"):
@@ -114,7 +114,7 @@ def _wrong_types(value: Any) -> Any:
 
 def _is_number(text: str) -> bool:
     try:
-        float(text)
+        float(text)  # float-ok: only asks whether the text is a number
     except ValueError:
         return False
     return True

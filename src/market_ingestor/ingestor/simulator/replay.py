@@ -23,7 +23,8 @@ from market_ingestor.ingestor.simulator.session import FrameQueue, OutFrame
 class ReplayConfig:
     exchange: str
     files: tuple[Path, ...]  # read in order; their received frames are sent one file after the other
-    speed: float | None = None  # None: as fast as the client reads; 1.0: the recorded pace; 2.0: twice as fast
+    # None: as fast as the client reads; 1.0: the recorded pace; 2.0: twice as fast
+    speed: float | None = None  # float-ok: a pace factor
 
     def __post_init__(self) -> None:
         if not self.files:
@@ -60,11 +61,11 @@ class Recording:
         return self.rest.get(f"{path}?{query}" if query else path) or self.rest.get(path)
 
 
-async def feed(queue: FrameQueue, recording: Recording, speed: float | None) -> None:
+async def feed(queue: FrameQueue, recording: Recording, speed: float | None) -> None:  # float-ok: pace
     """Puts the recording's frames in a session's outbox, waiting for room: a replay never loses frames."""
     loop = asyncio.get_running_loop()
     started = loop.time()
-    first_ts: float | None = None
+    first_ts: float | None = None  # float-ok: recorder clock seconds, for pacing only
     for ts, text in recording.frames:
         if speed is not None and ts is not None:
             if first_ts is None:

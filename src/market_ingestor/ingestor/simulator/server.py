@@ -56,7 +56,7 @@ class SimulatorConfig:
     faults: FaultConfig = field(default_factory=FaultConfig)
     replay: ReplayConfig | None = None  # that exchange serves the recording instead of the market
     session_queue_frames: int = 100_000  # a session with more frames waiting is closed as a slow consumer
-    slice_ms: float = 10.0
+    slice_ms: float = 10.0  # float-ok: a time slice
     book_interval_ms: float = 100.0
 
     def __post_init__(self) -> None:
@@ -245,7 +245,7 @@ class Simulator:
         for name in (symbol,) if symbol is not None else market.symbols:
             market.inject_gap(name, updates)
 
-    def slow_sends(self, exchange: str, ms: float) -> None:
+    def slow_sends(self, exchange: str, ms: float) -> None:  # float-ok: a delay
         """Sleeps ``ms`` before every frame sent to ``exchange``'s sessions; 0 turns it off."""
         self._venue(exchange).faults.slow_send_ms = ms
 

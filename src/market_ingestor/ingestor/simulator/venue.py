@@ -71,7 +71,7 @@ class Venue:
         source: Market | Recording,
         faults: FaultConfig,
         queue_limit: int,
-        replay_speed: float | None = None,
+        replay_speed: float | None = None,  # float-ok: a pace factor
     ) -> None:
         self.name = name
         self.dialect = dialect
@@ -191,7 +191,7 @@ class Venue:
         self._overflowed[session] = asyncio.get_running_loop().time() + _CLOSE_SLOW_CONSUMER_S
         self.notify()
 
-    def reap_slow_consumers(self, now: float) -> None:
+    def reap_slow_consumers(self, now: float) -> None:  # float-ok: loop clock
         """Aborts slow consumers still open long after they were told to close: a client that reads nothing
         never lets the close frame (nor a keep-alive ping) out of our send buffer."""
         for session, deadline in list(self._overflowed.items()):

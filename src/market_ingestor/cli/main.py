@@ -12,6 +12,7 @@ from market_ingestor.cli.control import exchanges, symbols
 from market_ingestor.cli.dev import dev
 from market_ingestor.cli.ingest import ingest, parse
 from market_ingestor.cli.klines import klines
+from market_ingestor.cli.push import push
 from market_ingestor.cli.simulate import simulate
 from market_ingestor.cli.up import tail, up
 from market_ingestor.cli.worker import worker
@@ -51,10 +52,10 @@ cli.add_command(up)
 cli.add_command(tail)
 cli.add_command(worker)
 cli.add_command(klines)
+cli.add_command(push)
 for _name, _summary, _issue in (
     ("db", "Manage the database: migrate, load, rebuild-klines", 5),
     ("apikeys", "Create, list and revoke API keys", 5),
-    ("push", "Run the WebSocket push gateway", 6),
 ):
     cli.add_command(_not_yet(_name, _summary, _issue))
 

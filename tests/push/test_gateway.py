@@ -206,7 +206,7 @@ async def test_a_new_gateway_knows_the_state_from_the_topics_but_replays_no_trad
         await publish(publisher, prefix, trade(symbol, 1), quote(symbol, 1), kline(symbol, "5m"), indicator(symbol))
         async with Gateway(config) as gateway:
             pairs = [("quote", name), ("kline.5m", name), ("indicator.rsi_14", name)]
-            await wait_for(lambda: all(gateway.state.frames(pair) for pair in pairs), what="the state read back")
+            await wait_for(lambda: all(gateway.state.messages(pair) for pair in pairs), what="the state read back")
             async with open_client(gateway.port) as ws:
                 channels = ["trade", "quote", "kline.5m", "indicator.rsi_14"]
                 assert (await request(ws, action="subscribe", channels=channels, symbols=[name]))["subscriptions"] == 4
@@ -350,3 +350,16 @@ async def test_quotes_are_conflated_for_a_client_that_falls_behind_and_the_newes
         assert dropped > count  # most quotes were replaced by newer ones while queued
         for name in names:
             assert received[name] == sorted(received[name]) and received[name][-1] == count - 1
+
+
+async def test_a_bus_reader_that_dies_is_reported_rather_than_leaving_a_silent_feed(dev_stack, monkeypatch):
+    config = make_config(dev_stack)
+    async with Gateway(config) as gateway, publisher_for(config) as publisher:
+
+        def broken(topic: str, value: bytes) -> None:
+            raise RuntimeError("a bug in dispatch")
+
+        monkeypatch.setattr(gateway, "dispatch", broken)
+        await publish(publisher, config.bus.topic_prefix, trade(unique_symbol(), 1))
+        await asyncio.wait_for(gateway.failed.wait(), 15)
+        assert isinstance(gateway.failure, RuntimeError)

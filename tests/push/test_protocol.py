@@ -7,6 +7,10 @@ import json
 import msgspec
 import pytest
 from push_helpers import trade
+from websockets.client import ClientProtocol
+from websockets.frames import Opcode
+from websockets.protocol import State
+from websockets.uri import parse_uri
 
 from market_ingestor.model import encode
 from market_ingestor.push.protocol import (
@@ -15,13 +19,13 @@ from market_ingestor.push.protocol import (
     Subscribe,
     Subscribed,
     Unsubscribe,
-    dropped_frame,
+    dropped_notice,
     encode_reply,
-    error_frame,
+    error_reply,
     known_channels,
     parse_request,
-    pong_frame,
-    update_frame,
+    pong_reply,
+    update_message,
 )
 
 CHANNELS = known_channels(["1m", "5m"], ["rsi_14"])
@@ -106,26 +110,31 @@ def test_an_oversize_message_is_refused_before_it_is_parsed():
 def test_an_error_keeps_the_request_id_when_there_is_one():
     with pytest.raises(RequestError) as caught:
         parse({"action": "subscribe", "channels": ["nope"], "symbols": ["binance.BTCUSDT"], "id": "req-1"})
-    reply = json.loads(error_frame(caught.value))
+    reply = json.loads(error_reply(caught.value).payload)
     assert reply == {"type": "error", "code": "unknown_channel", "reason": caught.value.reason, "id": "req-1"}
 
 
 def test_replies_are_json_with_a_type():
-    assert json.loads(encode_reply(Subscribed(["trade"], ["binance.BTCUSDT"], 1))) == {
+    assert json.loads(encode_reply(Subscribed(["trade"], ["binance.BTCUSDT"], 1)).payload) == {
         "type": "subscribed",
         "channels": ["trade"],
         "symbols": ["binance.BTCUSDT"],
         "subscriptions": 1,
     }
-    assert json.loads(dropped_frame(12)) == {"type": "dropped", "count": 12}
-    pong = json.loads(pong_frame(Ping(action="ping", id=3)))
+    assert json.loads(dropped_notice(12).payload) == {"type": "dropped", "count": 12}
+    pong = json.loads(pong_reply(Ping(action="ping", id=3)).payload)
     assert pong["type"] == "pong" and pong["id"] == 3 and isinstance(pong["ts"], int)
 
 
-def test_an_update_frame_embeds_the_record_as_it_is():
+def test_an_update_embeds_the_record_as_it_is_in_one_websocket_frame_for_everyone():
     record = encode(trade("BTCUSDT", 1))
-    frame = update_frame("trade", "binance.BTCUSDT", record)
-    decoded = msgspec.json.decode(frame)
+    message = update_message("trade", "binance.BTCUSDT", record)
+    decoded = msgspec.json.decode(message.payload)
     assert decoded["type"] == "update" and decoded["channel"] == "trade" and decoded["symbol"] == "binance.BTCUSDT"
-    assert frame.endswith(b',"data":' + record + b"}")
+    assert message.payload.endswith(b',"data":' + record + b"}")
     assert decoded["data"]["price"] == "101.5"  # Decimal as a string, never a float
+    # The frame a client's websockets would parse: FIN + text opcode, unmasked, the payload after the length.
+    parser = ClientProtocol(parse_uri("ws://localhost/"), state=State.OPEN)
+    parser.receive_data(message.wire)
+    (frame,) = parser.events_received()
+    assert (frame.opcode, frame.fin, bytes(frame.data)) == (Opcode.TEXT, True, message.payload)

@@ -33,7 +33,7 @@ def test_each_topic_maps_to_its_channel_and_symbol_and_conflation(event, pair, c
 def test_the_frame_carries_the_record_unchanged():
     event = kline("ETHUSDT", closed=True)
     update = update_of(event)
-    assert update.frame.endswith(b',"data":' + encode(event) + b"}")
+    assert update.message.payload.endswith(b',"data":' + encode(event) + b"}")
 
 
 @pytest.mark.parametrize(
@@ -50,12 +50,12 @@ def test_state_keeps_the_newest_kline_and_ignores_a_late_correction_of_an_older_
     pair = ("kline.1m", "binance.BTCUSDT")
     state.offer(update_of(kline("BTCUSDT", minute=0, trades=1)))
     state.offer(update_of(kline("BTCUSDT", minute=0, trades=2)))
-    assert state.frames(pair) == [(update_of(kline("BTCUSDT", minute=0, trades=2)).frame, True)]
+    assert state.messages(pair) == [(update_of(kline("BTCUSDT", minute=0, trades=2)).message, True)]
     state.offer(update_of(kline("BTCUSDT", minute=0, closed=True)))
     state.offer(update_of(kline("BTCUSDT", minute=1, trades=1)))
     late = msgspec.structs.replace(kline("BTCUSDT", minute=0, closed=True), revision=1)
     state.offer(update_of(late))
-    assert state.frames(pair) == [(update_of(kline("BTCUSDT", minute=1, trades=1)).frame, True)]
+    assert state.messages(pair) == [(update_of(kline("BTCUSDT", minute=1, trades=1)).message, True)]
 
 
 def test_state_keeps_one_indicator_value_per_interval_and_no_trades():
@@ -64,11 +64,11 @@ def test_state_keeps_one_indicator_value_per_interval_and_no_trades():
     five_minutes = msgspec.structs.replace(indicator("BTCUSDT"), interval="5m")
     for event in (indicator("BTCUSDT", minute=2), one_minute, five_minutes, trade("BTCUSDT", 1)):
         state.offer(update_of(event))
-    assert state.frames(("indicator.rsi_14", "binance.BTCUSDT")) == [
-        (update_of(one_minute).frame, False),
-        (update_of(five_minutes).frame, False),
+    assert state.messages(("indicator.rsi_14", "binance.BTCUSDT")) == [
+        (update_of(one_minute).message, False),
+        (update_of(five_minutes).message, False),
     ]
-    assert state.frames(("trade", "binance.BTCUSDT")) == []
+    assert state.messages(("trade", "binance.BTCUSDT")) == []
 
 
 def test_state_is_bounded_forgetting_the_least_recently_updated_pair():
@@ -78,5 +78,5 @@ def test_state_is_bounded_forgetting_the_least_recently_updated_pair():
     state.offer(update_of(quote("AUSDT", 2)))  # A is now the most recent
     state.offer(update_of(quote("CUSDT", 1)))
     assert len(state) == 2
-    assert state.frames(("quote", "binance.BUSDT")) == []
-    assert state.frames(("quote", "binance.AUSDT")) == [(update_of(quote("AUSDT", 2)).frame, True)]
+    assert state.messages(("quote", "binance.BUSDT")) == []
+    assert state.messages(("quote", "binance.AUSDT")) == [(update_of(quote("AUSDT", 2)).message, True)]

@@ -10,6 +10,7 @@ import msgspec
 
 from market_ingestor.cli.context import CliContext, pass_cli, run
 from market_ingestor.config import Config
+from market_ingestor.errors import MarketIngestorError
 
 
 async def _serve(config: Config) -> None:
@@ -25,7 +26,12 @@ async def _serve(config: Config) -> None:
             f"push gateway listening on ws://{config.push.host}:{gateway.port}/ "
             f"(bus: {config.bus.kind}, topics {prefix}market.trades/quotes/klines/indicators); see docs/push.md",
         )
-        await stop.wait()
+        stopped, failed = asyncio.ensure_future(stop.wait()), asyncio.ensure_future(gateway.failed.wait())
+        await asyncio.wait([stopped, failed], return_when=asyncio.FIRST_COMPLETED)
+        for waiter in (stopped, failed):
+            waiter.cancel()
+    if gateway.failure is not None:
+        raise MarketIngestorError(f"push gateway stopped: {gateway.failure!r}") from gateway.failure
 
 
 @click.command()

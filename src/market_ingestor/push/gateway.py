@@ -5,7 +5,7 @@ any number run side by side behind a load balancer. At start it reads back the l
 records of each partition of the quotes, klines and indicators topics to know the current state; trades are
 followed from the end only.
 
-One event loop does everything. The bus readers decode each record once, build its frame once and hand it to
+One event loop does everything. The bus readers decode each record once, build its message once and hand it to
 every subscriber with the synchronous :meth:`Client.deliver`, which never waits for a socket. The handshake
 checks (capacity, Origin, API key) run in ``process_request`` before the WebSocket upgrade; a sweeper closes
 clients that stay behind or idle; shutdown stops accepting, closes every client with 1001, then stops the
@@ -44,10 +44,10 @@ from market_ingestor.push.protocol import (
     Unsubscribe,
     Unsubscribed,
     encode_reply,
-    error_frame,
+    error_reply,
     known_channels,
     parse_request,
-    pong_frame,
+    pong_reply,
 )
 from market_ingestor.push.updates import LatestState, to_update
 
@@ -59,6 +59,8 @@ Verifier = Callable[[str], Awaitable[bool]]
 # A message this many times over push.max_message_bytes is not even read: the connection closes with 1009.
 FRAME_LIMIT_FACTOR = 16
 _BUS_RETRY_S = 1.0
+# asyncio's default of 100 pending connections drops SYNs when thousands of clients reconnect at once.
+_LISTEN_BACKLOG = 4096
 
 
 def api_key_of(request: Request) -> str | None:
@@ -89,6 +91,8 @@ class Gateway:
         self._closers: set[asyncio.Task[None]] = set()  # clients being closed
         self._server: Server | None = None
         self._stopping = False
+        self.failed = asyncio.Event()  # set when a background task died; ``failure`` says why
+        self.failure: BaseException | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
@@ -132,6 +136,7 @@ class Gateway:
                 ping_interval=settings.ping_interval_s,
                 ping_timeout=settings.ping_timeout_s,
                 close_timeout=settings.close_timeout_s,
+                backlog=_LISTEN_BACKLOG,
             )
         except BaseException:
             await self.stop()
@@ -163,7 +168,16 @@ class Gateway:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
         task.set_name(name)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # A reader that died would leave clients connected to a feed that no longer moves: say so loudly
+            # and let the owner (the push command) stop the gateway, so a supervisor restarts it.
+            log.error("push: %s failed", task.get_name(), exc_info=task.exception())
+            self.failure = task.exception()
+            self.failed.set()
 
     # --- the bus side ------------------------------------------------------------------------------------
 
@@ -198,7 +212,7 @@ class Gateway:
         subscribers = self._subscribers.get(update.pair)
         if subscribers:
             for client in subscribers:
-                client.deliver(update.frame, update.pair, update.conflate)
+                client.deliver(update.message, update.pair, update.conflate)
 
     # --- the client side ---------------------------------------------------------------------------------
 
@@ -270,14 +284,14 @@ class Gateway:
         try:
             request = parse_request(message, self.settings.max_message_bytes, self._channels)
             if isinstance(request, Ping):
-                client.deliver(pong_frame(request))
+                client.deliver(pong_reply(request))
             elif isinstance(request, Subscribe):
                 self._subscribe(client, request)
             elif isinstance(request, Unsubscribe):
                 self._unsubscribe(client, request)
         except RequestError as error:
             self.metrics.request_errors_total[error.code] += 1
-            client.deliver(error_frame(error))
+            client.deliver(error_reply(error))
 
     def _subscribe(self, client: Client, request: Subscribe) -> None:
         pairs = request.pairs()
@@ -297,8 +311,8 @@ class Gateway:
         client.deliver(encode_reply(reply))
         # No await since the pairs were added: the state goes out before any update that follows it.
         for pair in pairs:
-            for frame, conflate in self.state.frames(pair):
-                client.deliver(frame, pair, conflate)
+            for message, conflate in self.state.messages(pair):
+                client.deliver(message, pair, conflate)
 
     def _unsubscribe(self, client: Client, request: Unsubscribe) -> None:
         for pair in request.pairs():

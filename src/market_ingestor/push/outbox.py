@@ -17,25 +17,28 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Hashable
+from typing import Generic, TypeVar
+
+M = TypeVar("M")  # a message; the gateway's are encoded once and shared by every client's outbox
 
 
-class _Item:
+class _Item(Generic[M]):
     __slots__ = ("frame", "key")
 
-    def __init__(self, key: Hashable | None, frame: bytes) -> None:
+    def __init__(self, key: Hashable | None, frame: M) -> None:
         self.key = key
         self.frame = frame
 
 
-class Outbox:
+class Outbox(Generic[M]):
     __slots__ = ("_items", "_pending", "behind_since", "lost", "size")
 
     def __init__(self, size: int) -> None:
         if size < 1:
             raise ValueError(f"queue size must be at least 1, got {size}")
         self.size = size
-        self._items: deque[_Item] = deque()
-        self._pending: dict[Hashable, _Item] = {}  # conflatable items still in the queue, by (channel, symbol)
+        self._items: deque[_Item[M]] = deque()
+        self._pending: dict[Hashable, _Item[M]] = {}  # conflatable items still in the queue, by (channel, symbol)
         self.lost = 0  # since the last take_lost()
         self.behind_since: float | None = None  # float-ok: a monotonic clock reading
 
@@ -45,7 +48,7 @@ class Outbox:
     def __bool__(self) -> bool:
         return bool(self._items)
 
-    def put(self, frame: bytes, key: Hashable | None, conflate: bool, now: float) -> int:  # float-ok: clock
+    def put(self, frame: M, key: Hashable | None, conflate: bool, now: float) -> int:  # float-ok: clock
         """Queue ``frame``; returns how many frames this cost (0 or 1)."""
         if conflate and key is not None:
             item = self._pending.get(key)
@@ -70,7 +73,7 @@ class Outbox:
             self._pending[key] = item
         return lost
 
-    def pop(self) -> bytes | None:
+    def pop(self) -> M | None:
         """The oldest frame, or None when empty (and then the client is no longer behind)."""
         if not self._items:
             self.behind_since = None

@@ -1,8 +1,9 @@
 """The push gateway's client protocol (documented for clients in docs/push.md): requests, replies, update frames.
 
 Everything here is pure: a request is bytes in, a validated request (or a :class:`RequestError` naming what is
-wrong) out, and every reply and update is encoded to bytes once. Updates embed the bus record as it is (already
-JSON, Decimal prices as strings), so a record is never re-encoded, neither per client nor at all.
+wrong) out, and every reply and update is encoded once, to an :class:`Outgoing` (its JSON and its WebSocket
+frame). Updates embed the bus record as it is (already JSON, Decimal prices as strings), so a record is never
+re-encoded, neither per client nor at all.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterable
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import msgspec
+from websockets.frames import Frame, Opcode
 
 Pair = tuple[str, str]  # (channel, symbol): the unit of subscription
 
@@ -157,28 +159,42 @@ class Dropped(_Reply, frozen=True, tag="dropped"):
     count: int  # updates this client lost since the previous notice
 
 
+class Outgoing(NamedTuple):
+    """A message for clients, encoded once: its JSON and the whole WebSocket frame that carries it.
+
+    Server frames are not masked, and the gateway negotiates no extension (no compression), so the frame is
+    the same bytes for every client and is built once, by websockets' own serializer."""
+
+    payload: bytes
+    wire: bytes
+
+
+def outgoing(payload: bytes) -> Outgoing:
+    return Outgoing(payload, Frame(Opcode.TEXT, payload).serialize(mask=False))
+
+
 _encoder = msgspec.json.Encoder()
 
 
-def encode_reply(reply: _Reply) -> bytes:
-    return _encoder.encode(reply)
+def encode_reply(reply: _Reply) -> Outgoing:
+    return outgoing(_encoder.encode(reply))
 
 
-def error_frame(error: RequestError) -> bytes:
+def error_reply(error: RequestError) -> Outgoing:
     return encode_reply(ErrorReply(code=error.code, reason=error.reason, id=error.request_id))
 
 
-def pong_frame(request: Ping) -> bytes:
+def pong_reply(request: Ping) -> Outgoing:
     return encode_reply(Pong(ts=time.time_ns(), id=request.id))
 
 
-def dropped_frame(count: int) -> bytes:
+def dropped_notice(count: int) -> Outgoing:
     return encode_reply(Dropped(count=count))
 
 
-def update_frame(channel: str, symbol: str, record: bytes) -> bytes:
+def update_message(channel: str, symbol: str, record: bytes) -> Outgoing:
     """``{"type":"update","channel":...,"symbol":...,"data":<the bus record>}``, built once per update."""
-    return b"".join(
+    payload = b"".join(
         (
             b'{"type":"update","channel":',
             _encoder.encode(channel),
@@ -189,3 +205,4 @@ def update_frame(channel: str, symbol: str, record: bytes) -> bytes:
             b"}",
         )
     )
+    return outgoing(payload)

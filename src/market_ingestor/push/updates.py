@@ -15,12 +15,12 @@ from typing import Any, NamedTuple
 import msgspec
 
 from market_ingestor.model import IndicatorValue, Kline, Quote, Topics, Trade, decoder_for
-from market_ingestor.push.protocol import INDICATOR_PREFIX, KLINE_PREFIX, QUOTE, TRADE, Pair, update_frame
+from market_ingestor.push.protocol import INDICATOR_PREFIX, KLINE_PREFIX, QUOTE, TRADE, Outgoing, Pair, update_message
 
 
 class Update(NamedTuple):
     pair: Pair  # (channel, symbol)
-    frame: bytes
+    message: Outgoing
     conflate: bool  # a newer update of the same pair makes this one worthless (quotes, in-progress klines)
     # Where the latest state keeps it: None for trades; "" for quotes and klines; the interval for indicators.
     slot: str | None
@@ -29,25 +29,25 @@ class Update(NamedTuple):
 
 def _trade(event: Trade, value: bytes) -> Update:
     symbol = f"{event.exchange}.{event.symbol}"
-    return Update((TRADE, symbol), update_frame(TRADE, symbol, value), False, None, (0, 0))
+    return Update((TRADE, symbol), update_message(TRADE, symbol, value), False, None, (0, 0))
 
 
 def _quote(event: Quote, value: bytes) -> Update:
     symbol = f"{event.exchange}.{event.symbol}"
-    return Update((QUOTE, symbol), update_frame(QUOTE, symbol, value), True, "", (0, 0))
+    return Update((QUOTE, symbol), update_message(QUOTE, symbol, value), True, "", (0, 0))
 
 
 def _kline(event: Kline, value: bytes) -> Update:
     symbol, channel = f"{event.exchange}.{event.symbol}", KLINE_PREFIX + event.interval
     # A closed kline ranks above the in-progress updates of its window; a revision above both.
     order = (event.open_time, 2 * event.revision + int(event.closed))
-    return Update((channel, symbol), update_frame(channel, symbol, value), not event.closed, "", order)
+    return Update((channel, symbol), update_message(channel, symbol, value), not event.closed, "", order)
 
 
 def _indicator(event: IndicatorValue, value: bytes) -> Update:
     symbol, channel = f"{event.exchange}.{event.symbol}", INDICATOR_PREFIX + event.name
     order = (event.open_time, event.revision)
-    return Update((channel, symbol), update_frame(channel, symbol, value), False, event.interval, order)
+    return Update((channel, symbol), update_message(channel, symbol, value), False, event.interval, order)
 
 
 _Handler = tuple[msgspec.json.Decoder[Any], Callable[[Any, bytes], Update]]
@@ -70,12 +70,12 @@ def to_update(topic: str, value: bytes) -> Update:
 
 class _Held(NamedTuple):
     order: tuple[int, int]
-    frame: bytes
+    message: Outgoing
     conflate: bool
 
 
 class LatestState:
-    """The newest frames per (channel, symbol) and slot, at most ``max_pairs`` pairs (least recently updated
+    """The newest messages per (channel, symbol) and slot, at most ``max_pairs`` pairs (least recently updated
     forgotten first)."""
 
     def __init__(self, max_pairs: int) -> None:
@@ -98,11 +98,11 @@ class LatestState:
         held = slots.get(update.slot)
         # Records of one instrument arrive in order; only a late correction of an older window can be older.
         if held is None or update.order >= held.order:
-            slots[update.slot] = _Held(update.order, update.frame, update.conflate)
+            slots[update.slot] = _Held(update.order, update.message, update.conflate)
 
-    def frames(self, pair: Pair) -> list[tuple[bytes, bool]]:
-        """The held frames of ``pair`` with their conflate flag (one per slot, slots in name order)."""
+    def messages(self, pair: Pair) -> list[tuple[Outgoing, bool]]:
+        """The held messages of ``pair`` with their conflate flag (one per slot, slots in name order)."""
         slots = self._pairs.get(pair)
         if not slots:
             return []
-        return [(held.frame, held.conflate) for _, held in sorted(slots.items())]
+        return [(held.message, held.conflate) for _, held in sorted(slots.items())]

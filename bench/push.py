@@ -1,21 +1,22 @@
 """Push gateway under load: many WebSocket clients, a steady update rate through Kafka, delivery latency.
 
     .venv/bin/python bench/push.py [--clients 10000] [--slow-share 0.05] [--symbols 100] [--rate 1000]
-                                   [--seconds 30] [--warmup 5] [--bus kafka|nats] [--py-spy DIR]
+                                   [--seconds 30] [--warmup 5] [--gateways 2] [--bus kafka|nats] [--py-spy DIR]
 
-Three processes besides the broker, on the same machine: the gateway (``Gateway`` in a process of its own, as
-``market-ingestor push`` runs it), the load generator (``push_load.py``: every client, fast and slow, in one
-process) and this one, which publishes ``--rate`` trades/s spread evenly over ``--symbols`` symbols through the
-bus, each trade's ``recv_ts`` set to the publish time. Fast clients subscribe to one symbol each (clients spread
-evenly), so every update goes to clients/symbols of them; slow clients subscribe to five symbols and stop
-reading, and come back when the gateway closes them. Measured over ``--seconds`` after ``--warmup``:
+Processes besides the broker, all on this machine: ``--gateways`` gateways (``Gateway`` in processes of their own
+sharing one port with ``push.reuse_port``, as ``market-ingestor push`` runs them; one per core by default), the
+load generator (``push_load.py``: every client, fast and slow, in one process), and this one, which publishes
+``--rate`` trades/s spread evenly over ``--symbols`` symbols through the bus, each trade's ``recv_ts`` set to the
+publish time. Fast clients subscribe to one symbol each (spread evenly), so every update goes to
+clients/symbols of them; slow clients subscribe to five symbols and stop reading, and come back when the
+gateway closes them. Measured over ``--seconds`` after ``--warmup``:
 
 - delivery latency publish -> fast client (ms histogram of every update, p50/p99/p99.9/max);
 - completeness: updates fast clients received / updates they should have received;
 - drops (gateway counters), lag disconnects, fast clients that lost anything;
-- CPU seconds per process in the window, the machine's busy share and load average (others may be running).
+- CPU (cores) per process in the window, the machine's busy share and load average (others may be running).
 
-With ``--py-spy DIR`` the gateway is sampled by py-spy during the window and the hottest functions are listed.
+With ``--py-spy DIR`` the first gateway is sampled by py-spy during the window and its hottest functions listed.
 """
 
 from __future__ import annotations
@@ -147,6 +148,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)  # float-ok: seconds
     parser.add_argument("--warmup", type=float, default=5.0)  # float-ok: seconds
     parser.add_argument("--bus", choices=["kafka", "nats"], default="kafka")
+    parser.add_argument(
+        "--gateways", type=int, default=os.cpu_count() or 1, help="gateway processes sharing the port [one per core]"
+    )
     parser.add_argument("--py-spy", type=Path, default=None, help="record the gateway with py-spy into this dir")
     args = parser.parse_args()
 
@@ -168,16 +172,24 @@ def main() -> None:
         push=PushConfig(
             host="127.0.0.1",
             port=0,
+            reuse_port=True,
             max_clients=args.clients + 1_000,
             socket_send_buffer_bytes=8 * 1024,
             write_limit_bytes=16 * 1024,
         ),
     )
     spawn = multiprocessing.get_context("spawn")
-    gateway_pipe, child = spawn.Pipe()
-    gateway = spawn.Process(target=run_gateway, args=(msgspec.json.encode(config), child), name="push-gateway")
-    gateway.start()
-    port = gateway_pipe.recv()
+    gateways: list[tuple[multiprocessing.process.BaseProcess, Connection]] = []
+    port = 0
+    for n in range(args.gateways):
+        gateway_config = msgspec.structs.replace(config, push=msgspec.structs.replace(config.push, port=port))
+        gateway_pipe, child = spawn.Pipe()
+        process = spawn.Process(
+            target=run_gateway, args=(msgspec.json.encode(gateway_config), child), name=f"push-gateway-{n}"
+        )
+        process.start()
+        port = gateway_pipe.recv()
+        gateways.append((process, gateway_pipe))
     load_pipe, child = spawn.Pipe()
     load = spawn.Process(target=run_clients, args=("127.0.0.1", port, fast, slow, 5, symbols, child), name="push-load")
     load.start()
@@ -189,7 +201,8 @@ def main() -> None:
 
     start_ns = time.time_ns() + int(args.warmup * 1e9)
     load_pipe.send({"window_ns": (start_ns, start_ns + int(args.seconds * 1e9))})
-    pids = {"gateway": gateway.pid, "load generator": load.pid, "publisher (this)": os.getpid()}
+    pids = {f"gateway {n}": process.pid for n, (process, _) in enumerate(gateways)}
+    pids |= {"load generator": load.pid, "publisher (this)": os.getpid()}
     spy = None
 
     async def run() -> Counter[str]:
@@ -200,17 +213,9 @@ def main() -> None:
         busy_before = machine_busy()
         if args.py_spy:
             args.py_spy.mkdir(parents=True, exist_ok=True)
+            py_spy = str(Path(sys.executable).parent / "py-spy")
             spy = await asyncio.create_subprocess_exec(
-                *(
-                    str(Path(sys.executable).parent / "py-spy"),
-                    "record",
-                    "-p",
-                    str(gateway.pid),
-                    "-d",
-                    str(int(args.seconds)),
-                    "-r",
-                    "200",
-                ),
+                *(py_spy, "record", "-p", str(gateways[0][0].pid), "-d", str(int(args.seconds)), "-r", "200"),
                 *("--format", "raw", "-o", str(args.py_spy / "gateway.txt")),
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.DEVNULL,
@@ -226,41 +231,48 @@ def main() -> None:
 
     cpu: dict[str, float] = {}  # float-ok: CPU shares
     uptime_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    counts = asyncio.run(run())
+    counts_in_window = asyncio.run(run())
     uptime_after = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     time.sleep(2.0)  # deliveries in flight
     load_pipe.send("report")
     stats = load_pipe.recv()
-    gateway_pipe.send("stop")
-    metrics = gateway_pipe.recv()
-    gateway.join(60)
+    metrics: Counter[str] = Counter()
+    for process, pipe in gateways:
+        pipe.send("stop")
+        metrics.update({k: v for k, v in pipe.recv().items() if isinstance(v, int)})
+        process.join(60)
     load.join(60)
 
     per_symbol_fast = Counter(symbols[i % len(symbols)] for i in range(fast))
-    expected = sum(counts[s] * per_symbol_fast[s] for s in symbols)
+    expected = sum(counts_in_window[s] * per_symbol_fast[s] for s in symbols)
     histogram = stats["histogram"]
     worst = max((ms for ms, n in enumerate(histogram) if n), default=0)
+    counts = stats["counts"]
     report = {
         "clients (fast + slow)": f"{fast} + {slow}; connected at the end: {stats['clients']}",
-        "published": f"{sum(counts.values())} trades in {args.seconds:g} s over {len(symbols)} symbols ({args.bus})",
-        "fast clients: delivered / expected": f"{stats['fast_updates']} / {expected}",
+        "published": (
+            f"{sum(counts_in_window.values())} trades in {args.seconds:g} s over {len(symbols)} symbols ({args.bus})"
+        ),
+        "fast clients: delivered / expected": f"{sum(histogram)} / {expected}",
         "latency p50 / p99 / p99.9 / max": " / ".join(
             [*(percentile(histogram, q) for q in (0.5, 0.99, 0.999)), f"{worst} ms"]
         ),
-        "fast clients that lost updates": f"{stats['fast_clients_with_drops']} (updates lost: {stats['fast_dropped']})",
-        "fast connections lost": stats["fast_lost"],
-        "slow clients: updates read / closes received / reconnects": (
-            f"{stats['slow_updates']} / {stats['closes']} / {stats['slow_reconnects']}"
+        "fast clients that lost updates": (
+            f"{stats['fast_clients_with_drops']} (updates lost: {counts.get('fast updates lost (notices)', 0)}); "
+            f"fast connections lost: {counts.get('fast connections lost', 0)}"
         ),
+        "slow clients: closed by the gateway and reconnected": counts.get("slow reconnects", 0),
+        "gateways: processes / connections accepted": f"{len(gateways)} / {metrics['connections_total']}",
         "gateway: updates dropped / lag disconnects": (
             f"{metrics['updates_dropped_total']} / {metrics['lag_disconnects_total']}"
         ),
-        "gateway: messages sent / updates in": (
+        "gateways: messages sent / updates in (all processes)": (
             f"{metrics['messages_sent_total']} / {metrics['updates_received_total']}"
         ),
         "CPU (cores) in the window": ", ".join(f"{name} {share:.2f}" for name, share in cpu.items()),
         "load before": uptime_before,
         "load after": uptime_after,
+        "load generator failures": stats["failures"] or "none",
     }
     for name, value in report.items():
         print(f"{name:58} {value}")

@@ -142,6 +142,9 @@ class PushConfig(_Section, frozen=True):
 
     host: str = "0.0.0.0"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8765  # 0: any free port (tests)
+    # Several gateway processes on one host share the port (SO_REUSEPORT, the kernel spreads the connections):
+    # one process uses one core, so run one per core.
+    reuse_port: bool = False
     max_clients: PositiveInt = 10_000  # beyond this, handshakes are refused with HTTP 503
     max_subscriptions: PositiveInt = 100  # (channel, symbol) pairs per client
     max_message_bytes: PositiveInt = 4096  # a larger client message gets an error reply

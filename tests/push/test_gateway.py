@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import msgspec
 import pytest
 from push_helpers import (
     T0,
@@ -363,3 +364,26 @@ async def test_a_bus_reader_that_dies_is_reported_rather_than_leaving_a_silent_f
         await publish(publisher, config.bus.topic_prefix, trade(unique_symbol(), 1))
         await asyncio.wait_for(gateway.failed.wait(), 15)
         assert isinstance(gateway.failure, RuntimeError)
+
+
+async def test_gateways_with_reuse_port_share_one_port_and_each_serves_its_clients(dev_stack):
+    first_config = make_config(dev_stack, reuse_port=True)
+    symbol = unique_symbol()
+    name = f"binance.{symbol}"
+    async with Gateway(first_config) as first:
+        second_config = msgspec.structs.replace(
+            first_config, push=msgspec.structs.replace(first_config.push, port=first.port)
+        )
+        async with Gateway(second_config) as second, publisher_for(first_config) as publisher:
+            clients = [await open_client(first.port) for _ in range(20)]
+            try:
+                for ws in clients:
+                    await request(ws, action="subscribe", channels=["trade"], symbols=[name])
+                assert first.metrics.clients > 0 and second.metrics.clients > 0
+                assert first.metrics.clients + second.metrics.clients == 20
+                await publish(publisher, first_config.bus.topic_prefix, trade(symbol, 1))
+                for ws in clients:
+                    assert event_of(await recv_json(ws)) == trade(symbol, 1)
+            finally:
+                for ws in clients:
+                    await ws.close()

@@ -137,6 +137,7 @@ class Gateway:
                 ping_timeout=settings.ping_timeout_s,
                 close_timeout=settings.close_timeout_s,
                 backlog=_LISTEN_BACKLOG,
+                reuse_port=settings.reuse_port or None,
             )
         except BaseException:
             await self.stop()

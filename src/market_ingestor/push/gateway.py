@@ -151,7 +151,8 @@ class Gateway:
         if self._server is not None:
             self._server.close(close_connections=False)
             for client in list(self._clients):
-                self._close(client, 1001, "server shutting down")
+                if not client.closing:  # one being closed for lag or idleness keeps its reason
+                    self._close(client, 1001, "server shutting down")
             if self._closers:
                 await asyncio.wait(list(self._closers))
             await self._server.wait_closed()

@@ -157,7 +157,6 @@ class SinkConfig(_Section, frozen=True):
 
     batch_size: PositiveInt = 1_000  # rows per database transaction, at most
     flush_interval_s: PositiveSeconds = 1.0  # a partial batch is written once its oldest row is this old
-    quotes: bool = False  # also store market.quotes (high volume)
     retry_initial_s: PositiveSeconds = 0.1  # database write retries: exponential backoff from here...
     retry_max_s: PositiveSeconds = 10.0  # ...to here, forever (the batch is held, intake stops meanwhile)
     shutdown_timeout_s: PositiveSeconds = 30.0  # on SIGTERM, wait this long for the last batch to be written

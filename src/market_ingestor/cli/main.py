@@ -13,6 +13,7 @@ from market_ingestor.cli.dev import dev
 from market_ingestor.cli.ingest import ingest, parse
 from market_ingestor.cli.klines import klines
 from market_ingestor.cli.simulate import simulate
+from market_ingestor.cli.sink import sink
 from market_ingestor.cli.up import tail, up
 from market_ingestor.cli.worker import worker
 
@@ -51,6 +52,7 @@ cli.add_command(up)
 cli.add_command(tail)
 cli.add_command(worker)
 cli.add_command(klines)
+cli.add_command(sink)
 for _name, _summary, _issue in (
     ("db", "Manage the database: migrate, load, rebuild-klines", 5),
     ("apikeys", "Create, list and revoke API keys", 5),

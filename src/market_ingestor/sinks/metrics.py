@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Histogram
 
 ROWS = Counter("sink_rows_total", "Rows written to the database (re-deliveries included)", ["topic"])
-DEAD_LETTERS = Counter("sink_dead_letters_total", "Records the sink could not store, sent to market.deadletter", ["topic"])
+DEAD_LETTERS = Counter("sink_dead_letters_total", "Records sent to market.deadletter instead of stored", ["topic"])
 RETRIES = Counter("sink_write_retries_total", "Failed database writes that were retried", ["topic"])
 WRITE_SECONDS = Histogram(
     "sink_write_seconds",

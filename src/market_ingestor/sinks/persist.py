@@ -27,8 +27,11 @@ from typing import Any, Protocol
 import asyncpg
 import msgspec
 
-from market_ingestor.model import DeadLetter, IndicatorValue, Kline, Quote, Trade, decoder_for, encode
+from market_ingestor.config import Config, StorageConfig
+from market_ingestor.errors import StorageUnavailable
+from market_ingestor.model import DeadLetter, IndicatorValue, Kline, Quote, Topics, Trade, decoder_for, encode
 from market_ingestor.sinks import metrics
+from market_ingestor.sinks.schema import SchemaMode, migrate
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,18 @@ class Writer(Protocol):
 
     async def write(self, events: Sequence[Row]) -> object:
         """All of ``events`` in one transaction, idempotently."""
+
+
+def sink_topics(config: Config) -> dict[str, type[Row]]:
+    """Logical topic -> row type of what the sink stores; quotes only with ``storage.store_quotes``."""
+    topics: dict[str, type[Row]] = {Topics.TRADES: Trade, Topics.KLINES: Kline, Topics.INDICATORS: IndicatorValue}
+    if config.storage.store_quotes:
+        topics[Topics.QUOTES] = Quote
+    return topics
+
+
+def sink_group(config: Config) -> str:
+    return f"{config.streams.app_id}-sink"
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,3 +204,15 @@ class Persister:
             if not self._started:
                 await self.writer.start()
                 self._started = True
+
+
+async def migrate_when_available(database_url: str, settings: StorageConfig, backoff: Backoff) -> SchemaMode:
+    """Applies pending migrations, waiting (with backoff) for a database that is not reachable yet."""
+    delays = backoff.delays()
+    while True:
+        try:
+            return await migrate(database_url, settings)
+        except StorageUnavailable as exc:
+            delay = next(delays)
+            log.warning("cannot migrate yet, retrying", extra={"retry_in_s": delay, "error": str(exc)})
+            await asyncio.sleep(delay)

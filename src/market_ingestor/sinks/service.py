@@ -28,7 +28,7 @@ the agent commits ``offset + 1`` of the batch's last record per partition throug
 (``Consumer._commit``, the call Faust's own commits end in; it drops partitions no longer assigned). A batch
 is flushed on SIGTERM from the ``on_before_shutdown`` signal, which Faust sends after it stopped fetching and
 before it stops the agents and the consumer. The consumer is built ``read_committed`` (see
-:class:`ReadCommittedTransport`).
+:class:`SinkTransport`).
 """
 
 from __future__ import annotations
@@ -44,25 +44,14 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
 from market_ingestor.config import Config
-from market_ingestor.model import DeadLetter, IndicatorValue, Kline, Quote, Topics, Trade, encode
+from market_ingestor.model import DeadLetter, Topics, encode
 from market_ingestor.sinks.batching import Batcher
-from market_ingestor.sinks.persist import Backoff, Persister, RowDecoder, Row, Writer
+from market_ingestor.sinks.persist import Backoff, Persister, Row, RowDecoder, Writer, sink_group, sink_topics
 
 log = logging.getLogger(__name__)
 
 _CLOSE_TIMEOUT_S = 10.0  # float-ok: a duration
-
-
-def sink_topics(config: Config) -> dict[str, type[Row]]:
-    """Logical topic -> row type of what the sink stores; quotes only when configured (they are many)."""
-    topics: dict[str, type[Row]] = {Topics.TRADES: Trade, Topics.KLINES: Kline, Topics.INDICATORS: IndicatorValue}
-    if config.sink.quotes:
-        topics[Topics.QUOTES] = Quote
-    return topics
-
-
-def sink_group(config: Config) -> str:
-    return f"{config.streams.app_id}-sink"
+_FETCH_MAX_WAIT_MS = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,27 +61,31 @@ class Record:
     value: bytes | None
 
 
-class _ReadCommittedThread(faust_aiokafka.AIOKafkaConsumerThread):
+class _SinkConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> Any:
         # Faust picks the isolation level from this flag alone (read_committed only under exactly_once); the
         # sink has no transactions of its own but must never store records of aborted ones.
         consumer: Any = self.consumer
         saved, consumer.in_transaction = consumer.in_transaction, True
         try:
-            return super()._create_worker_consumer(transport)
+            client = super()._create_worker_consumer(transport)
         finally:
             consumer.in_transaction = saved
+        # aiokafka sends one fetch per broker at a time: a long poll for idle partitions (Faust asks for 1.5 s)
+        # holds back the refetch of the busy ones, which stalls the sink for that long after every fetched batch.
+        client._fetch_max_wait_ms = _FETCH_MAX_WAIT_MS
+        return client
 
 
-class _ReadCommittedConsumer(faust_aiokafka.Consumer):
+class _SinkConsumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
-        return _ReadCommittedThread(self, loop=self.loop, beacon=self.beacon)
+        return _SinkConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
 
-class ReadCommittedTransport(faust_aiokafka.Transport):
-    """Faust's aiokafka transport with a ``read_committed`` consumer."""
+class SinkTransport(faust_aiokafka.Transport):
+    """Faust's aiokafka transport with a ``read_committed`` consumer that long-polls briefly."""
 
-    Consumer = _ReadCommittedConsumer
+    Consumer = _SinkConsumer
 
 
 class SinkApp:
@@ -113,7 +106,7 @@ class SinkApp:
             broker_session_timeout=session_s,
             broker_heartbeat_interval=session_s / 5,
         )
-        self.app.transport = ReadCommittedTransport(self.app.conf.broker_consumer, self.app)
+        self.app.transport = SinkTransport(self.app.conf.broker_consumer, self.app)
         self.settings = sink
         self.persister = Persister(writer, self.send_dead_letters, Backoff(sink.retry_initial_s, sink.retry_max_s))
         prefix = config.bus.topic_prefix
@@ -137,7 +130,7 @@ class SinkApp:
     async def drain(self) -> None:
         await asyncio.gather(*(agent.batcher.flush() for agent in self.agents))
 
-    async def on_shutdown(self, app: faust.App, **_: Any) -> None:
+    async def on_shutdown(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         try:
             await asyncio.wait_for(self.drain(), self.settings.shutdown_timeout_s)
             log.info("sink flushed", extra={"topics": [agent.topic_name for agent in self.agents]})
@@ -167,11 +160,11 @@ class TopicSink:
 
     async def consume(self, stream: Any) -> None:
         async with asyncio.TaskGroup() as group:
-            timer = group.create_task(self.batcher.run_timer(), name=f"{self.topic_name}-flush-timer")
+            flusher = group.create_task(self.batcher.run(), name=f"{self.topic_name}-flusher")
             async for event in stream.events():
                 message = event.message
                 await self.batcher.add(Record(message.tp, message.offset, event.value))
-            timer.cancel()
+            flusher.cancel()
 
     async def flush(self, records: list[Record]) -> None:
         await self.sink.persister.persist(self.decoder, self.topic_name, [record.value for record in records])

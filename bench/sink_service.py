@@ -92,6 +92,15 @@ async def run(stack: StackInfo, kind: str, count: int, batch_size: int, work: Pa
         per_row_us = cpu_s * 1e6 / count
         print(f"{kind:5} {count} trades, batch {batch_size}: {rate:,.0f} rows/s; sink CPU {per_row_us:.0f} us/row")
     finally:
+        if kind == "nats":  # memory streams: do not leave them on the dev server
+            import nats
+
+            from market_ingestor.bus.nats import stream_name
+
+            client = await nats.connect(stack.nats_url)
+            for spec in PIPELINE_TOPICS:
+                await client.jetstream().delete_stream(stream_name(prefix + spec.name))
+            await client.close()
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
 

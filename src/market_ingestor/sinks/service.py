@@ -14,11 +14,11 @@ How Faust acks and commits (faust-streaming 0.15.3, read in ``streams.py``, ``tr
   below the first unacked one.
 - Events the stream *skips* are acked without being processed: while flow control is suspended (during a
   rebalance and from the start of the shutdown) and when they were fetched in an older consumer generation. On
-  shutdown, a message whose ``put`` into a full stream buffer was pending is delivered after the buffers are
-  cleared, skipped and acked; if the record before it in its partition was already acked, the final commit
-  covers it although it was never written. Faust's gap check (``Consumer._new_offset``) does not stop this: it
-  only looks before the lowest acked offset, only when a committed offset is known and non-zero, and lets a gap
-  of one through.
+  shutdown, a message whose ``put`` into a full stream buffer was pending can still be delivered after the
+  buffers are cleared; it is skipped and acked, and if the record before it in its partition was acked, the
+  final commit covers it although it was never processed. Faust's gap check (``Consumer._new_offset``) does not
+  stop this: it only looks before the lowest acked offset, only when a committed offset is known and non-zero,
+  and lets a gap of one through.
 - Faust's at-least-once consumer reads ``read_uncommitted``: records of aborted transactions (an exactly-once
   kline worker that crashed) would be stored.
 

@@ -85,7 +85,17 @@ class _Table(msgspec.Struct, frozen=True):
     upsert: str
 
     def create_stage(self) -> str:
-        return f"CREATE TEMPORARY TABLE IF NOT EXISTS {self.stage} ({self.columns}) ON COMMIT DELETE ROWS"
+        # NUMERIC columns are staged as text: asyncpg's binary Decimal encoder costs ~1.6 us per value in this
+        # process, str(Decimal) ~0.2 us, and the server's numeric parse is exact and cheap.
+        columns = self.columns.replace(" numeric", " text")
+        return f"CREATE TEMPORARY TABLE IF NOT EXISTS {self.stage} ({columns}) ON COMMIT DELETE ROWS"
+
+    @property
+    def select_list(self) -> str:
+        return ", ".join(
+            f"{column.split()[0]}::numeric" if column.split()[1] == "numeric" else column.split()[0]
+            for column in self.columns.split(",")
+        )
 
     @property
     def column_names(self) -> list[str]:
@@ -96,14 +106,14 @@ _json = msgspec.json.Encoder(decimal_format="string")
 
 
 def _trade(e: Trade) -> tuple[Any, ...]:
-    return (e.exchange, e.symbol, e.trade_id, e.ts, e.ts, e.price, e.qty, e.side)
+    return (e.exchange, e.symbol, e.trade_id, e.ts, e.ts, str(e.price), str(e.qty), e.side)
 
 
 def _kline(k: Kline) -> tuple[Any, ...]:
     return (
-        k.exchange, k.symbol, k.interval, k.open_time, k.close_time, k.open, k.high, k.low, k.close, k.volume,
-        k.quote_volume, k.trade_count, k.taker_buy_volume, k.taker_buy_quote_volume, k.first_trade_id,
-        k.last_trade_id, k.vwap, k.closed, k.revision,
+        k.exchange, k.symbol, k.interval, k.open_time, k.close_time, str(k.open), str(k.high), str(k.low),
+        str(k.close), str(k.volume), str(k.quote_volume), k.trade_count, str(k.taker_buy_volume),
+        str(k.taker_buy_quote_volume), k.first_trade_id, k.last_trade_id, str(k.vwap), k.closed, k.revision,
     )  # fmt: skip
 
 
@@ -112,11 +122,14 @@ def _indicator(i: IndicatorValue) -> tuple[Any, ...]:
 
 
 def _quote(q: Quote) -> tuple[Any, ...]:
-    return (q.exchange, q.symbol, q.ts, q.ts, q.recv_ts, q.bid_price, q.bid_qty, q.ask_price, q.ask_qty, q.seq)
+    return (
+        q.exchange, q.symbol, q.ts, q.ts, q.recv_ts, str(q.bid_price), str(q.bid_qty), str(q.ask_price),
+        str(q.ask_qty), q.seq,
+    )  # fmt: skip
 
 
-def _cols(table: _Table, prefix: str = "") -> str:
-    return ", ".join(prefix + name for name in table.column_names)
+def _cols(table: _Table) -> str:
+    return ", ".join(table.column_names)
 
 
 _KLINE_VALUES = (
@@ -130,7 +143,7 @@ TRADES = _Table(
     ("exchange text, symbol text, trade_id text, ts timestamptz, ts_ns bigint, price numeric, qty numeric, side text"),
     _trade,
     lambda e: e.ts,
-    "INSERT INTO market_trades ({cols}) SELECT {cols} FROM stage_trades"
+    "INSERT INTO market_trades ({cols}) SELECT {select} FROM stage_trades"
     " ON CONFLICT (exchange, symbol, ts, trade_id) DO NOTHING",
 )
 KLINES = _Table(
@@ -145,7 +158,7 @@ KLINES = _Table(
     _kline,
     lambda k: k.open_time,
     "INSERT INTO market_klines AS k ({cols})"
-    " SELECT DISTINCT ON (exchange, symbol, interval, open_time) {cols} FROM stage_klines"
+    " SELECT DISTINCT ON (exchange, symbol, interval, open_time) {select} FROM stage_klines"
     " ORDER BY exchange, symbol, interval, open_time, revision DESC, closed DESC, trade_count DESC"
     " ON CONFLICT (exchange, symbol, interval, open_time) DO UPDATE SET "
     + ", ".join(f"{c} = EXCLUDED.{c}" for c in _KLINE_VALUES)
@@ -159,7 +172,7 @@ INDICATORS = _Table(
     _indicator,
     lambda i: i.open_time,
     "INSERT INTO indicator_values AS i ({cols})"
-    " SELECT DISTINCT ON (exchange, symbol, interval, name, open_time) {cols} FROM stage_indicators"
+    " SELECT DISTINCT ON (exchange, symbol, interval, name, open_time) {select} FROM stage_indicators"
     " ORDER BY exchange, symbol, interval, name, open_time, revision DESC"
     " ON CONFLICT (exchange, symbol, interval, name, open_time) DO UPDATE"
     " SET outputs = EXCLUDED.outputs, revision = EXCLUDED.revision WHERE EXCLUDED.revision > i.revision",
@@ -173,11 +186,12 @@ QUOTES = _Table(
     ),
     _quote,
     lambda q: q.ts,
-    "INSERT INTO market_quotes ({cols}) SELECT {cols} FROM stage_quotes"
+    "INSERT INTO market_quotes ({cols}) SELECT {select} FROM stage_quotes"
     " ON CONFLICT (exchange, symbol, ts, ts_ns, recv_ts_ns) DO NOTHING",
 )
 TABLES: dict[type, _Table] = {Trade: TRADES, Kline: KLINES, IndicatorValue: INDICATORS, Quote: QUOTES}
-_SQL = {table.name: table.upsert.format(cols=_cols(table)) for table in TABLES.values()}
+_SQL = {table.name: table.upsert.format(cols=_cols(table), select=table.select_list) for table in TABLES.values()}
+_PLAIN = {table.name: _SQL[table.name].split(" ON CONFLICT")[0] for table in (TRADES, QUOTES)}
 _RESULT_FIELD = {"market_trades": "trades", "market_klines": "klines", "indicator_values": "indicators",
                  "market_quotes": "quotes"}  # fmt: skip
 
@@ -270,9 +284,23 @@ class RowWriter:
             for table in tables:
                 records = [table.record(event) for event in groups[table.name]]
                 await conn.copy_records_to_table(table.stage, records=records, columns=table.column_names)
-                status = await conn.execute(_SQL[table.name])
+                status = await self._insert(conn, table)
                 counts[table.name] = int(status.rsplit(" ", 1)[1])
         return counts
+
+    @staticmethod
+    async def _insert(conn: asyncpg.Connection, table: _Table) -> str:
+        plain = _PLAIN.get(table.name)
+        if plain is None:
+            return str(await conn.execute(_SQL[table.name]))
+        # Insert-only tables: a batch is almost always all new, and a plain INSERT costs about 60% of
+        # INSERT ... ON CONFLICT (which checks the index before each row and confirms the speculative insert
+        # after it). A duplicate makes it fail at once, inside a savepoint: then the idempotent statement runs.
+        try:
+            async with conn.transaction():
+                return str(await conn.execute(plain))
+        except asyncpg.UniqueViolationError:
+            return str(await conn.execute(_SQL[table.name]))
 
     async def _ensure_partitions(
         self, conn: asyncpg.Connection, tables: list[_Table], groups: dict[str, list[Any]]

@@ -20,8 +20,10 @@ _TRANSIENT_CLASSES = ("08", "53", "57", "40")
 
 
 def is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError):
+    if isinstance(exc, OSError | TimeoutError):
         return True
+    if isinstance(exc, asyncpg.InterfaceError) and not isinstance(exc, ValueError):  # ValueError: DataError
+        return "closed" in str(exc)  # "connection is closed", "... was closed in the middle of operation"
     sqlstate = getattr(exc, "sqlstate", None)
     return isinstance(sqlstate, str) and sqlstate[:2] in _TRANSIENT_CLASSES
 
@@ -33,7 +35,8 @@ def storage_errors(doing: str) -> Iterator[None]:
         yield
     except StorageError:
         raise
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    # ValueError / OverflowError: a value the client cannot encode for its column (COPY raises them unwrapped).
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError, OverflowError) as exc:
         reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         if is_transient(exc):
             raise StorageUnavailable(f"{doing}: the database is unavailable ({reason}); retry later") from exc

@@ -5,6 +5,7 @@ API::
     writer = RowWriter(database_url, settings)   # no I/O
     await writer.start()                          # the pool; fails with StorageError if not migrated
     result = await writer.write(events)           # Trade | Kline | IndicatorValue | Quote, any mix
+    await writer.maintain()                       # partitions ahead, retention (plain PostgreSQL); periodically
     await writer.close()
 
 Per batch and table: binary COPY into a per-connection temporary staging table, then one
@@ -21,6 +22,10 @@ is stored entirely or not at all and writing it again changes nothing:
 
 Several rows for one key inside a batch are reduced to the winner first (``DISTINCT ON``), as one
 ``INSERT ... ON CONFLICT DO UPDATE`` may not touch a row twice.
+
+Errors: :class:`StorageUnavailable` when a retry may succeed (server down or restarting, connection lost,
+serialization conflict) -- the batch may or may not have been committed when the connection broke, and writing
+it again is harmless; :class:`StorageError` when the batch itself is refused (e.g. a value out of range).
 
 Values: Decimal -> NUMERIC exactly; nanosecond times -> timestamptz truncated to the microsecond (by an integer
 codec on the writer's connections, no datetime objects), and the exact ns in ``ts_ns`` where a value can
@@ -42,7 +47,7 @@ from market_ingestor.errors import StorageError
 from market_ingestor.model import IndicatorValue, Kline, Quote, Trade
 from market_ingestor.sinks.connect import storage_errors
 from market_ingestor.sinks.partitions import bucket_of, ensure_days
-from market_ingestor.sinks.schema import SchemaMode, read_mode
+from market_ingestor.sinks.schema import SchemaMode, maintain, read_mode
 
 logger = logging.getLogger(__name__)
 
@@ -235,6 +240,14 @@ class RowWriter:
             await pool.close()
             raise StorageError("the database has no market-ingestor schema: run `market-ingestor db migrate` first")
         self._pool, self._mode = pool, mode
+
+    async def maintain(self) -> None:
+        """Partitions ahead and retention (see :func:`.schema.maintain`); run it periodically, e.g. hourly."""
+        if self._pool is None:
+            raise StorageError("RowWriter.maintain() before start() or after close()")
+        with storage_errors("maintaining partitions"):
+            async with self._pool.acquire() as conn:
+                await maintain(conn, self._settings)
 
     async def close(self) -> None:
         if self._pool is not None:

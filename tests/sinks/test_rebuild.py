@@ -9,7 +9,6 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
-import asyncpg
 import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
@@ -17,6 +16,7 @@ from hypothesis import strategies as st
 
 from market_ingestor.cli.klines import klines as klines_command
 from market_ingestor.model import Kline, Trade, encode
+from market_ingestor.sinks.connect import connect
 from market_ingestor.sinks.rebuild import rebuild_klines
 from market_ingestor.sinks.schema import migrate
 from market_ingestor.sinks.writer import RowWriter
@@ -70,7 +70,7 @@ async def sql_klines(database_url: str, trades: list[Trade]) -> list[dict[str, A
     finally:
         await writer.close()
     first, last = min(t.ts for t in trades), max(t.ts for t in trades)
-    conn = await asyncpg.connect(database_url)
+    conn = await connect(database_url)
     try:
         out = []
         for name in INTERVALS:

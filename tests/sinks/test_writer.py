@@ -13,6 +13,7 @@ import pytest
 from market_ingestor.config import StorageConfig
 from market_ingestor.errors import StorageError, StorageUnavailable
 from market_ingestor.model import IndicatorValue, Kline, Quote, Trade
+from market_ingestor.sinks.connect import connect
 from market_ingestor.sinks.partitions import drop_before
 from market_ingestor.sinks.schema import migrate
 from market_ingestor.sinks.writer import RowWriter, WriteResult
@@ -35,7 +36,7 @@ async def writer(database_url: str) -> AsyncIterator[RowWriter]:
 
 @pytest.fixture
 async def conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(database_url)
+    conn = await connect(database_url)  # NUMERIC read as PostgreSQL prints it
     yield conn
     await conn.close()
 
@@ -70,7 +71,9 @@ async def test_writing_trades_twice_stores_them_once(writer: RowWriter, conn: as
 
 
 async def test_decimals_and_nanoseconds_round_trip_exactly(writer: RowWriter, conn: asyncpg.Connection) -> None:
-    values = ["0.00000001", "123456789.123456789", "100.10", "1E-18", "98765432109876543210.000000000000000001"]
+    values = [
+        "0.00000001", "123456789.123456789", "100.10", "1E-18", "98765432109876543210.000000000000000001", "3906250000",
+    ]  # fmt: skip
     ts = T0 + 123_456_789  # nanoseconds below the microsecond
     await writer.write([trade(f"x{i}", ts + i, price=v, qty=v, symbol="DECUSDT") for i, v in enumerate(values)])
     got = await rows(conn, "SELECT price, qty, ts_ns, ts FROM market_trades WHERE symbol = 'DECUSDT' ORDER BY trade_id")

@@ -76,7 +76,7 @@ async def server_pids(conn: asyncpg.Connection, database: str) -> list[int]:
     return [row["pid"] for row in rows]
 
 
-async def write_all(writer: RowWriter, batches: list[list[Trade]], concurrency: int) -> float:
+async def write_all(writer: RowWriter, batches: list[list[Trade]], concurrency: int) -> float:  # float-ok: s
     queue = iter(batches)
 
     async def worker() -> None:

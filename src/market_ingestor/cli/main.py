@@ -9,6 +9,7 @@ import click
 from market_ingestor import __version__
 from market_ingestor.cli.context import CliContext
 from market_ingestor.cli.control import exchanges, symbols
+from market_ingestor.cli.db import db
 from market_ingestor.cli.dev import dev
 from market_ingestor.cli.ingest import ingest, parse
 from market_ingestor.cli.klines import klines
@@ -52,9 +53,9 @@ cli.add_command(up)
 cli.add_command(tail)
 cli.add_command(worker)
 cli.add_command(klines)
+cli.add_command(db)
 cli.add_command(sink)
 for _name, _summary, _issue in (
-    ("db", "Manage the database: migrate, load, rebuild-klines", 5),
     ("apikeys", "Create, list and revoke API keys", 5),
     ("push", "Run the WebSocket push gateway", 6),
 ):

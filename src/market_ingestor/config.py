@@ -160,6 +160,7 @@ class SinkConfig(_Section, frozen=True):
     retry_initial_s: PositiveSeconds = 0.1  # database write retries: exponential backoff from here...
     retry_max_s: PositiveSeconds = 10.0  # ...to here, forever (the batch is held, intake stops meanwhile)
     shutdown_timeout_s: PositiveSeconds = 30.0  # on SIGTERM, wait this long for the last batch to be written
+    maintain_interval_s: PositiveSeconds = 3600.0  # partitions ahead and retention (RowWriter.maintain), this often
     data_dir: str = ".devstack/sink-data"  # Faust's data directory (the sink keeps no tables)
 
 

@@ -3,6 +3,8 @@ splitting the batch. (The same code against the real PostgreSQL: test_sink_servi
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Sequence
 from decimal import Decimal
 
@@ -35,6 +37,9 @@ class MemoryWriter:
         self.starts += 1
 
     async def close(self) -> None:
+        pass
+
+    async def maintain(self) -> None:
         pass
 
     async def write(self, events: Sequence[Row]) -> None:
@@ -129,3 +134,24 @@ def test_errors_that_are_not_about_the_data_are_retried(code):
 @pytest.mark.parametrize("code", ["22003", "22021", "23505", "23514", "21000"])
 def test_data_errors_are_recognized_through_the_wrapper(code):
     assert is_data_error(wrapped_error(code))
+
+
+async def test_maintenance_runs_at_once_then_periodically_and_survives_failures():
+    class Maintained(MemoryWriter):
+        def __init__(self) -> None:
+            super().__init__()
+            self.maintained = 0
+
+        async def maintain(self) -> None:
+            self.maintained += 1
+            if self.maintained == 2:
+                raise StorageUnavailable("the database is unavailable; retry later")
+
+    writer = Maintained()
+    task = asyncio.create_task(Persister(writer, Letters(), FAST).maintain_every(0.01))
+    deadline = time.monotonic() + 5
+    while writer.maintained < 4:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.005)
+    assert not task.done()  # the failed second run did not end it
+    task.cancel()

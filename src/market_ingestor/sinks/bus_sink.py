@@ -57,7 +57,9 @@ class BusSink:
 
     async def run(self, stop: asyncio.Event) -> None:
         async with asyncio.TaskGroup() as group:
-            flushers = [group.create_task(batcher.run()) for batcher in self.batchers.values()]
+            background = [group.create_task(batcher.run()) for batcher in self.batchers.values()]
+            maintenance = self.persister.maintain_every(self.config.sink.maintain_interval_s)
+            background.append(group.create_task(maintenance))
             intake = group.create_task(self._intake(stop), name="sink-intake")
             await stop.wait()
             try:
@@ -70,8 +72,8 @@ class BusSink:
                     "be delivered again",
                     extra={"buffered": sum(len(batcher) for batcher in self.batchers.values())},
                 )
-            for flusher in flushers:
-                flusher.cancel()
+            for task in background:
+                task.cancel()
 
     async def _intake(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

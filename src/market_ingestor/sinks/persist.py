@@ -52,6 +52,9 @@ class Writer(Protocol):
     async def write(self, events: Sequence[Row]) -> object:
         """All of ``events`` in one transaction, idempotently."""
 
+    async def maintain(self) -> None:
+        """Partitions ahead, retention."""
+
 
 def sink_topics(config: Config) -> dict[str, type[Row]]:
     """Logical topic -> row type of what the sink stores; quotes only with ``storage.store_quotes``."""
@@ -145,6 +148,18 @@ class Persister:
         if self._started:
             self._started = False
             await self.writer.close()
+
+    async def maintain_every(self, interval_s: float) -> None:  # float-ok: a duration
+        """Runs the writer's maintenance now and then every ``interval_s``, until cancelled. A failure is logged
+        and tried again next time: partitions for the rows being written are made on demand anyway."""
+        while True:
+            try:
+                await self._ensure_started()
+                await self.writer.maintain()
+            except Exception as exc:  # best effort: logged with its reason, never fatal to the sink
+                reason = f"{type(exc).__name__}: {exc}"
+                log.warning("database maintenance failed", extra={"error": reason, "retry_in_s": interval_s})
+            await asyncio.sleep(interval_s)
 
     async def persist(self, decoder: RowDecoder, topic: str, values: Sequence[bytes | None]) -> None:
         """Returns once each record is either stored or dead-lettered (see the module docstring)."""

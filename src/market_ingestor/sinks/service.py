@@ -88,11 +88,16 @@ class SinkTransport(faust_aiokafka.Transport):
     Consumer = _SinkConsumer
 
 
+class _SinkFaustApp(faust.App):
+    def _new_transport(self) -> Any:
+        return SinkTransport(self.conf.broker_consumer, self)
+
+
 class SinkApp:
     def __init__(self, config: Config, writer: Writer, data_dir: str | Path | None = None) -> None:
         kafka, sink = config.bus.kafka, config.sink
         session_s = kafka.session_timeout_ms / 1000  # float-ok: a duration
-        self.app = faust.App(
+        self.app = _SinkFaustApp(
             sink_group(config),
             broker=f"kafka://{kafka.bootstrap}",
             datadir=str(data_dir or sink.data_dir),
@@ -106,13 +111,16 @@ class SinkApp:
             broker_session_timeout=session_s,
             broker_heartbeat_interval=session_s / 5,
         )
-        self.app.transport = SinkTransport(self.app.conf.broker_consumer, self.app)
         self.settings = sink
         self.persister = Persister(writer, self.send_dead_letters, Backoff(sink.retry_initial_s, sink.retry_max_s))
         prefix = config.bus.topic_prefix
         self.deadletter = self.app.topic(prefix + Topics.DEADLETTER, key_type=bytes, value_type=bytes)
         self.agents = [TopicSink(self, prefix + name, row_type) for name, row_type in sink_topics(config).items()]
         self.app.on_before_shutdown.connect(self.on_shutdown)
+        self.app.task(self.maintain)
+
+    async def maintain(self) -> None:
+        await self.persister.maintain_every(self.settings.maintain_interval_s)
 
     async def send_dead_letters(self, letters: list[DeadLetter] | Any) -> None:
         for letter in letters:

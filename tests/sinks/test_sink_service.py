@@ -10,6 +10,7 @@ import signal
 import time
 from decimal import Decimal
 
+import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 from sink_helpers import (
@@ -120,6 +121,51 @@ async def test_sigterm_writes_and_commits_the_partial_batch_then_exits_0(dev_sta
     await until(lambda: at_least(db, len(trades)), sink, "all trades after the restart")
     assert await sink.stop() == 0
     await assert_trades_stored_once(db, trades)
+
+
+async def test_a_database_that_stays_down_holds_the_stream_and_sigterm_still_exits_0(
+    dev_stack, database, tmp_path, sinks
+):
+    trades = make_trades(20_000, seed=19)
+    stack = Stack(dev_stack, database, tmp_path)
+    stack.configure(shutdown_timeout_s=2.0, retry_max_s=0.2)
+    await stack.ensure_topics()
+    await stack.publish(trades)
+    name = database_name(database)
+    admin = await asyncpg.connect(dev_stack.database_url)
+    try:
+        sink = await start_sink(stack, sinks)
+        conn = await asyncpg.connect(database)
+        await until(lambda: at_least(conn, 5_000), sink, "5,000 trades")
+        await conn.close()
+        # The database goes away and stays away: no connection is accepted.
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        await admin.execute(TERMINATE, name)
+
+        async def retrying() -> bool:
+            return sink.log().count('"database write failed, retrying"') >= 3
+
+        await until(retrying, sink, "write retries")
+        started = time.monotonic()
+        assert await sink.stop(signal.SIGTERM) == 0, sink.log()[-3000:]
+        assert time.monotonic() - started < 20  # the shutdown timeout, not the outage, bounds the exit
+        assert '"shutdown: buffered records could not be written in time' in sink.log()
+    finally:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await admin.close()
+
+    db = await asyncpg.connect(database)
+    try:
+        stored = {row[0] for row in await db.fetch("SELECT trade_id FROM market_trades")}
+        assert len(stored) < len(trades)
+        assert await stack.committed_trade_ids() <= stored  # what was held was not committed
+        stack.configure()
+        sink = await start_sink(stack, sinks)
+        await until(lambda: at_least(db, len(trades)), sink, "all trades once the database is back")
+        assert await sink.stop() == 0
+        await assert_trades_stored_once(db, trades)
+    finally:
+        await db.close()
 
 
 async def test_bad_records_go_to_the_dead_letter_topic_and_aborted_transactions_are_never_stored(

@@ -136,6 +136,13 @@ def test_data_errors_are_recognized_through_the_wrapper(code):
     assert is_data_error(wrapped_error(code))
 
 
+@pytest.mark.parametrize("cause", [OverflowError("int too big to convert"), asyncpg.DataError("invalid input")])
+def test_values_the_client_cannot_encode_are_data_errors(cause):
+    error = StorageError("writing a batch")
+    error.__cause__ = cause
+    assert is_data_error(error)
+
+
 async def test_maintenance_runs_at_once_then_periodically_and_survives_failures():
     class Maintained(MemoryWriter):
         def __init__(self) -> None:

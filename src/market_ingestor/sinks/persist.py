@@ -7,8 +7,8 @@ its reason; only then may the caller commit the batch's offsets.
 - A record that does not decode into its topic's type, or holds a non-finite number, goes to the dead-letter
   topic; the rest of the batch is written.
 - A batch the database refuses because of its data (SQLSTATE classes 21, 22, 23: a value out of range, a
-  constraint) is split in halves until the offending rows are found; those are dead-lettered, the others
-  written. One bad row never blocks the stream.
+  constraint; or a value the client cannot encode) is split in halves until the offending rows are found;
+  those are dead-lettered, the others written. One bad row never blocks the stream.
 - Any other failure (connection refused or terminated, server shutting down, timeout, missing table) is retried
   with exponential backoff, forever: the batch is held and no record behind it is committed, so the sink stops
   consuming until the database is back. Every retry is logged and counted.
@@ -116,20 +116,18 @@ class RowDecoder:
         return rows, dead
 
 
-def sqlstate(exc: BaseException) -> str | None:
-    """The PostgreSQL error code behind ``exc`` (the writer may wrap asyncpg's error), or None."""
+def is_data_error(exc: BaseException) -> bool:
+    """Whether ``exc`` (or its cause: the writer wraps asyncpg's errors) says the *rows* are unacceptable: a
+    PostgreSQL error of SQLSTATE class 21, 22 or 23, or a value the client could not encode for its column."""
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, asyncpg.PostgresError):
             code: Any = getattr(seen, "sqlstate", None)
-            return str(code) if code else None
+            return isinstance(code, str) and code[:2] in _DATA_ERROR_CLASSES
+        if isinstance(seen, ValueError | OverflowError):  # incl. asyncpg.DataError: invalid input for a column
+            return True
         seen = seen.__cause__ or seen.__context__
-    return None
-
-
-def is_data_error(exc: BaseException) -> bool:
-    code = sqlstate(exc)
-    return code is not None and code[:2] in _DATA_ERROR_CLASSES
+    return False
 
 
 class _Rejected(Exception):

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from market_ingestor.bus import PIPELINE_TOPICS, Delivery, Publisher, Subscriber, open_bus
 from market_ingestor.bus.topics import prefixed
 from market_ingestor.config import Config
+from market_ingestor.errors import MarketIngestorError
 from market_ingestor.model import DeadLetter, Topics, encode, event_id
 from market_ingestor.sinks.batching import Batcher
 from market_ingestor.sinks.persist import Backoff, Persister, RowDecoder, Writer, sink_group, sink_topics
@@ -87,7 +88,8 @@ class BusSink:
 
 
 async def run_bus_sink(config: Config, stop: asyncio.Event | None = None) -> None:
-    """``market-ingestor sink`` on NATS: until SIGINT/SIGTERM (or ``stop``), then flush and acknowledge."""
+    """``market-ingestor sink`` through the bus adapter (for NATS): until SIGINT/SIGTERM (or ``stop``), then flush
+    and acknowledge."""
     from market_ingestor.sinks.writer import RowWriter
 
     loop = asyncio.get_running_loop()
@@ -105,6 +107,11 @@ async def run_bus_sink(config: Config, stop: asyncio.Event | None = None) -> Non
         await publisher.start()
         await subscriber.start()
         await sink.run(stop)
+    except ExceptionGroup as group:  # from the task group: report our error (e.g. the bus went away) plainly
+        ours = [error for error in group.exceptions if isinstance(error, MarketIngestorError)]
+        if ours:
+            raise ours[0] from group
+        raise
     finally:
         await subscriber.stop()
         await publisher.stop()

@@ -28,7 +28,7 @@ import asyncpg
 import msgspec
 
 from market_ingestor.config import Config, StorageConfig
-from market_ingestor.errors import StorageUnavailable
+from market_ingestor.errors import StorageError, StorageUnavailable
 from market_ingestor.model import DeadLetter, IndicatorValue, Kline, Quote, Topics, Trade, decoder_for, encode
 from market_ingestor.sinks import metrics
 from market_ingestor.sinks.schema import SchemaMode, migrate
@@ -140,9 +140,12 @@ class Persister:
         self.dead_letters = dead_letters
         self.backoff = backoff
         self._started = False
+        self._closed = False
         self._start_lock = asyncio.Lock()
 
     async def close(self) -> None:
+        """Closes the writer for good: a write after this waits (retrying) until it is cancelled."""
+        self._closed = True
         if self._started:
             self._started = False
             await self.writer.close()
@@ -164,8 +167,9 @@ class Persister:
         now = time.time_ns()
         rows, dead = decoder.decode(values, now)
         if rows:
-            dead.extend(await self._write_splitting(rows, topic, now))
-            metrics.ROWS.labels(topic).inc(len(rows))
+            refused = await self._write_splitting(rows, topic, now)
+            metrics.ROWS.labels(topic).inc(len(rows) - len(refused))
+            dead.extend(refused)
         if dead:
             metrics.DEAD_LETTERS.labels(topic).inc(len(dead))
             log.warning("records dead-lettered", extra={"topic": topic, "count": len(dead), "first": dead[0].reason})
@@ -213,6 +217,8 @@ class Persister:
         # waited for like one that goes down later.
         if self._started:
             return
+        if self._closed:
+            raise StorageError("the sink is shutting down; its database connections are closed")
         async with self._start_lock:
             if not self._started:
                 await self.writer.start()

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,7 +123,7 @@ class SinkApp:
     async def maintain(self) -> None:
         await self.persister.maintain_every(self.settings.maintain_interval_s)
 
-    async def send_dead_letters(self, letters: list[DeadLetter] | Any) -> None:
+    async def send_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
         for letter in letters:
             await self.deadletter.send(key=letter.exchange.encode(), value=encode(letter))
         await self.app.producer.flush()  # on the topic (acks=all) before the batch's offsets are committed

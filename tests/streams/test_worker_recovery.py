@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.structs import TopicPartition
+from rocksdict import AccessType, Options, Rdict
 from worker_harness import (
     KlineWatcher,
     assert_same_klines,
@@ -28,8 +32,11 @@ pytestmark = pytest.mark.kafka
 
 
 async def group_members(admin: AIOKafkaAdminClient, group: str) -> int:
-    described = await admin.describe_consumer_groups([group])
-    return len(described[0].members) if described else 0
+    members = 0
+    for response in await admin.describe_consumer_groups([group]):
+        for _error, group_id, _state, _protocol_type, _protocol, group_members, *_ in response.groups:
+            members += len(group_members) if group_id == group else 0
+    return members
 
 
 async def test_a_second_worker_takes_over_partitions_and_the_klines_stay_identical(dev_stack, tmp_path):
@@ -73,9 +80,9 @@ async def test_a_second_worker_takes_over_partitions_and_the_klines_stay_identic
 
 
 async def test_a_restart_on_intact_local_data_does_not_replay_the_changelog(dev_stack, tmp_path):
-    """Between a clean stop and the restart every record of the table's changelog is deleted: a worker that
-    rebuilt its state from the changelog would start empty and the windows open across the restart would lose
-    the trades before it."""
+    """After a clean stop the local tables record that they hold the changelog up to its end (so a restart reads
+    nothing before it); then every changelog record is deleted: the restarted worker's windows that were open
+    across the restart still hold the trades from before it, so its state came from the local RocksDB."""
     prefix = f"r{uuid.uuid4().hex[:8]}."
     app_id = prefix.rstrip(".")
     bus_config = BusConfig(topic_prefix=prefix, kafka=KafkaConfig(bootstrap=dev_stack.kafka_bootstrap, partitions=3))
@@ -96,7 +103,14 @@ async def test_a_restart_on_intact_local_data_does_not_replay_the_changelog(dev_
         changelog = f"{app_id}-kline-state-changelog"
         ends = await end_offsets(dev_stack.kafka_bootstrap, changelog)
         assert sum(ends.values()) > 0, "the worker wrote no changelog"
+        # The local tables know they hold the changelog up to its end: a restart reads from there.
+        persisted = persisted_offsets(tmp_path / "data")
+        assert {p: persisted.get(p, -1) + 1 for p in range(3)} == {tp.partition: end for tp, end in ends.items()}
+        # Faust's changelogs are compacted, and records can be deleted only from a topic that also has "delete".
+        policy = {"cleanup.policy": "compact,delete"}
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, changelog, policy)])
         await admin.delete_records({tp: RecordsToDelete(end) for tp, end in ends.items()})
+        assert await start_offsets(dev_stack.kafka_bootstrap, changelog) == ends
         await publish(bus_config, trades[3050:])
         worker = await start_worker(config_path, tmp_path / "data")
         await until_or_fail(watcher, set(expected), worker)
@@ -107,9 +121,29 @@ async def test_a_restart_on_intact_local_data_does_not_replay_the_changelog(dev_
     assert_same_klines(watcher.closed, expected)
 
 
-async def end_offsets(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
-    from aiokafka import AIOKafkaConsumer
+def persisted_offsets(data_dir: Path) -> dict[int, int]:
+    """The changelog offset each local RocksDB partition of the kline table says it holds (Faust's own key)."""
+    offsets = {}
+    for path in data_dir.rglob("kline-state-*.db"):
+        db = Rdict(str(path), options=Options(raw_mode=True), access_type=AccessType.read_only())
+        try:
+            stored = db.get(b"__faust\0offset__")
+        finally:
+            db.close()
+        if stored is not None:
+            offsets[int(path.name.removesuffix(".db").rsplit("-", 1)[1])] = int(stored)
+    return offsets
 
+
+async def end_offsets(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
+    return await _offsets(bootstrap, topic, "end")
+
+
+async def start_offsets(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
+    return await _offsets(bootstrap, topic, "beginning")
+
+
+async def _offsets(bootstrap: str, topic: str, which: str) -> dict[TopicPartition, int]:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     await consumer.start()
     try:
@@ -117,6 +151,8 @@ async def end_offsets(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
         if not partitions:
             await consumer._client.force_metadata_update()  # a topic created by another client just now
             partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        return await consumer.end_offsets(partitions)
+        if which == "end":
+            return await consumer.end_offsets(partitions)
+        return await consumer.beginning_offsets(partitions)
     finally:
         await consumer.stop()

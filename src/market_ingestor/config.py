@@ -88,6 +88,20 @@ class DatabaseConfig(_Section, frozen=True):
     url: str = "postgresql://market_ingestor@127.0.0.1:15432/market_ingestor"
 
 
+class StorageConfig(_Section, frozen=True):
+    """The PostgreSQL/TimescaleDB tables (``sinks/``): partitioning, retention, what to store."""
+
+    partition_interval_days: PositiveInt = 1  # plain PostgreSQL: range partitions; TimescaleDB: chunk interval
+    partitions_ahead_days: NonNegativeInt = 3  # plain PostgreSQL: partitions created this far ahead of today
+    retention_days: NonNegativeInt = 0  # trades and quotes older than this are dropped by partition; 0 = keep
+    kline_retention_days: NonNegativeInt = 0  # the same for klines and indicator values; 0 = keep
+    compression_after_days: NonNegativeInt = 7  # TimescaleDB only: compress chunks this old; 0 = never
+    store_quotes: bool = False  # best bid/ask into market_quotes (high volume)
+    migrate_on_start: bool = True  # services apply pending migrations when they start
+    pool_min_size: PositiveInt = 1
+    pool_max_size: PositiveInt = 4
+
+
 class ExchangeConfig(_Section, frozen=True):
     enabled: bool = True
     symbols: list[str] = msgspec.field(default_factory=list)
@@ -166,13 +180,28 @@ class PushConfig(_Section, frozen=True):
     prime_records: NonNegativeInt = 2_000  # read back per partition at start to fill that state
 
 
+class SinkConfig(_Section, frozen=True):
+    """The sink service (``market-ingestor sink``): topics -> PostgreSQL/TimescaleDB. Its Faust consumer group is
+    ``{streams.app_id}-sink``, so a slow database never holds back the stream worker."""
+
+    batch_size: PositiveInt = 1_000  # rows per database transaction, at most
+    flush_interval_s: PositiveSeconds = 1.0  # a partial batch is written once its oldest row is this old
+    retry_initial_s: PositiveSeconds = 0.1  # database write retries: exponential backoff from here...
+    retry_max_s: PositiveSeconds = 10.0  # ...to here, forever (the batch is held, intake stops meanwhile)
+    shutdown_timeout_s: PositiveSeconds = 30.0  # on SIGTERM, wait this long for the last batch to be written
+    maintain_interval_s: PositiveSeconds = 3600.0  # partitions ahead and retention (RowWriter.maintain), this often
+    data_dir: str = ".devstack/sink-data"  # Faust's data directory (the sink keeps no tables)
+
+
 class Config(_Section, frozen=True):
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     bus: BusConfig = msgspec.field(default_factory=BusConfig)
     database: DatabaseConfig = msgspec.field(default_factory=DatabaseConfig)
+    storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
     ingest: IngestConfig = msgspec.field(default_factory=IngestConfig)
     streams: StreamsConfig = msgspec.field(default_factory=StreamsConfig)
     push: PushConfig = msgspec.field(default_factory=PushConfig)
+    sink: SinkConfig = msgspec.field(default_factory=SinkConfig)
     exchanges: dict[str, ExchangeConfig] = msgspec.field(default_factory=dict)  # names: the exchange registry
 
 

@@ -9,11 +9,13 @@ import click
 from market_ingestor import __version__
 from market_ingestor.cli.context import CliContext
 from market_ingestor.cli.control import exchanges, symbols
+from market_ingestor.cli.db import db
 from market_ingestor.cli.dev import dev
 from market_ingestor.cli.ingest import ingest, parse
 from market_ingestor.cli.klines import klines
 from market_ingestor.cli.push import push
 from market_ingestor.cli.simulate import simulate
+from market_ingestor.cli.sink import sink
 from market_ingestor.cli.up import tail, up
 from market_ingestor.cli.worker import worker
 
@@ -52,11 +54,10 @@ cli.add_command(up)
 cli.add_command(tail)
 cli.add_command(worker)
 cli.add_command(klines)
+cli.add_command(db)
+cli.add_command(sink)
 cli.add_command(push)
-for _name, _summary, _issue in (
-    ("db", "Manage the database: migrate, load, rebuild-klines", 5),
-    ("apikeys", "Create, list and revoke API keys", 5),
-):
+for _name, _summary, _issue in (("apikeys", "Create, list and revoke API keys", 5),):
     cli.add_command(_not_yet(_name, _summary, _issue))
 
 

@@ -1,7 +1,7 @@
 """Push gateway under load: many WebSocket clients, a steady update rate through Kafka, delivery latency.
 
     .venv/bin/python bench/push.py [--clients 10000] [--slow-share 0.05] [--symbols 100] [--rate 1000]
-                                   [--seconds 30] [--warmup 5] [--gateways 2] [--bus kafka|nats] [--py-spy DIR]
+                                   [--seconds 30] [--warmup 15] [--gateways 2] [--bus kafka|nats] [--py-spy DIR]
 
 Processes besides the broker, all on this machine: ``--gateways`` gateways (``Gateway`` in processes of their own
 sharing one port with ``push.reuse_port``, as ``market-ingestor push`` runs them; one per core by default), the
@@ -150,7 +150,8 @@ def main() -> None:
     parser.add_argument("--symbols", type=int, default=100)
     parser.add_argument("--rate", type=int, default=1000, help="updates (trades) per second, all symbols")
     parser.add_argument("--seconds", type=float, default=30.0)  # float-ok: seconds
-    parser.add_argument("--warmup", type=float, default=5.0)  # float-ok: seconds
+    # Long enough for the slow clients to fill their buffers and queues: the window sees them losing updates.
+    parser.add_argument("--warmup", type=float, default=15.0)  # float-ok: seconds
     parser.add_argument("--bus", choices=["kafka", "nats"], default="kafka")
     parser.add_argument(
         "--gateways", type=int, default=os.cpu_count() or 1, help="gateway processes sharing the port [one per core]"

@@ -19,6 +19,7 @@ import contextlib
 import http
 import logging
 import socket
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qs, urlsplit
@@ -362,5 +363,10 @@ class Gateway:
         try:
             await asyncio.wait_for(conn.close(code, reason), self.settings.close_timeout_s)
         except TimeoutError:
-            # A client that does not read never sees the close frame behind its unread data: drop the socket.
+            # A client that does not read never sees the close frame behind its unread data. Reset the
+            # connection (linger 0): a plain close would leave the kernel holding the unsent data for minutes,
+            # probing a zero window, and the client would not notice either.
+            sock = conn.transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             conn.transport.abort()

@@ -40,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 import msgspec
 
-from market_ingestor.bus import open_bus
+from market_ingestor.bus import PIPELINE_TOPICS, open_bus
+from market_ingestor.bus.topics import prefixed
 from market_ingestor.config import BusConfig, Config, KafkaConfig, LogConfig, NatsConfig, PushConfig
 from market_ingestor.devstack import ensure_stack
 from market_ingestor.model import Topics, Trade, bus_key, encode, event_id
@@ -141,6 +142,29 @@ def hottest(raw: Path, top: int = 15) -> list[str]:
         leaves[stack.rsplit(";", 1)[-1]] += int(count)
         total += int(count)
     return [f"{100 * n / total:5.1f}%  {frame}" for frame, n in leaves.most_common(top)]
+
+
+async def drop_topics(config: Config) -> None:
+    """The run's topics (Kafka) or memory streams (NATS) are not left on the dev servers."""
+    names = [spec.name for spec in prefixed(PIPELINE_TOPICS, config.bus.topic_prefix)]
+    if config.bus.kind == "nats":
+        import nats
+
+        from market_ingestor.bus.nats import stream_name
+
+        client = await nats.connect(config.bus.nats.url)
+        for name in names:
+            await client.jetstream().delete_stream(stream_name(name))
+        await client.close()
+    else:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=config.bus.kafka.bootstrap)
+        await admin.start()
+        try:
+            await admin.delete_topics(names)
+        finally:
+            await admin.close()
 
 
 def main() -> None:
@@ -248,6 +272,7 @@ def main() -> None:
         process.join(60)
     load.join(60)
 
+    asyncio.run(drop_topics(config))
     per_symbol_fast = Counter(symbols[i % len(symbols)] for i in range(fast))
     expected = sum(counts_in_window[s] * per_symbol_fast[s] for s in symbols)
     histogram = stats["histogram"]

@@ -169,6 +169,11 @@ async def test_the_subscription_limit_counts_what_the_client_already_holds(gatew
             "2 new subscription(s) on top of 3 would exceed the limit of 4 (channel, symbol) pairs per connection"
         )
         assert (await request(ws, action="subscribe", channels=["trade"], symbols=["a.Y"]))["subscriptions"] == 4
+        # A request naming more pairs than a connection may hold is refused as it is, whatever is held.
+        many = await request(
+            ws, action="subscribe", channels=["trade", "quote"], symbols=[f"a.S{n}" for n in range(50)]
+        )
+        assert many["reason"] == "100 (channel, symbol) pairs asked; the limit is 4 per connection"
 
 
 async def test_origins_outside_the_allowed_list_are_refused_at_the_handshake(gateway):

@@ -9,6 +9,7 @@
     │   └── BusClosedError     used after stop() or before start()
     ├── StorageError           the database refused a statement (bad data, schema not migrated)
     │   └── StorageUnavailable the database cannot be reached or went away: retry with backoff
+    ├── RequestError           a push client's message that cannot be served (push/protocol.py): an error reply
     └── DevStackError          a local development server failed to start or stop
 
 Library errors are wrapped at the boundary with ``raise ... from exc`` so the cause stays visible, and every

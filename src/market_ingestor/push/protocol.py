@@ -16,6 +16,8 @@ from typing import Literal, NamedTuple
 import msgspec
 from websockets.frames import Frame, Opcode
 
+from market_ingestor.errors import MarketIngestorError
+
 Pair = tuple[str, str]  # (channel, symbol): the unit of subscription
 
 TRADE, QUOTE = "trade", "quote"
@@ -29,7 +31,9 @@ ErrorCode = Literal[
 ]
 
 
-class RequestError(Exception):
+class RequestError(MarketIngestorError):
+    """A client message the gateway cannot serve; ``code`` and ``reason`` go back in an error reply."""
+
     def __init__(self, code: ErrorCode, reason: str, request_id: str | int | None = None) -> None:
         super().__init__(reason)
         self.code = code

@@ -88,6 +88,20 @@ class DatabaseConfig(_Section, frozen=True):
     url: str = "postgresql://market_ingestor@127.0.0.1:15432/market_ingestor"
 
 
+class StorageConfig(_Section, frozen=True):
+    """The PostgreSQL/TimescaleDB tables (``sinks/``): partitioning, retention, what to store."""
+
+    partition_interval_days: PositiveInt = 1  # plain PostgreSQL: range partitions; TimescaleDB: chunk interval
+    partitions_ahead_days: NonNegativeInt = 3  # plain PostgreSQL: partitions created this far ahead of today
+    retention_days: NonNegativeInt = 0  # trades and quotes older than this are dropped by partition; 0 = keep
+    kline_retention_days: NonNegativeInt = 0  # the same for klines and indicator values; 0 = keep
+    compression_after_days: NonNegativeInt = 7  # TimescaleDB only: compress chunks this old; 0 = never
+    store_quotes: bool = False  # best bid/ask into market_quotes (high volume)
+    migrate_on_start: bool = True  # services apply pending migrations when they start
+    pool_min_size: PositiveInt = 1
+    pool_max_size: PositiveInt = 4
+
+
 class ExchangeConfig(_Section, frozen=True):
     enabled: bool = True
     symbols: list[str] = msgspec.field(default_factory=list)
@@ -160,6 +174,7 @@ class Config(_Section, frozen=True):
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     bus: BusConfig = msgspec.field(default_factory=BusConfig)
     database: DatabaseConfig = msgspec.field(default_factory=DatabaseConfig)
+    storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
     ingest: IngestConfig = msgspec.field(default_factory=IngestConfig)
     streams: StreamsConfig = msgspec.field(default_factory=StreamsConfig)
     api: ApiConfig = msgspec.field(default_factory=ApiConfig)

@@ -7,6 +7,8 @@
     ├── ExchangeError          an exchange endpoint failed (REST status, timeout, refused connection)
     ├── BusError               the transport failed (Kafka, NATS); wraps the client library's error
     │   └── BusClosedError     used after stop() or before start()
+    ├── StorageError           the database refused a statement (bad data, schema not migrated)
+    │   └── StorageUnavailable the database cannot be reached or went away: retry with backoff
     ├── DevStackError          a local development server failed to start or stop
     └── RequestError           a bad query API request (parameter, unknown symbol); carries the HTTP status
 
@@ -41,6 +43,14 @@ class BusError(MarketIngestorError):
 
 class BusClosedError(BusError):
     """The bus client was used before start() or after stop()."""
+
+
+class StorageError(MarketIngestorError):
+    """The database refused a write or query; retrying the same statement will fail again. Cause chained."""
+
+
+class StorageUnavailable(StorageError):
+    """The database cannot be reached or the connection broke; the same write may succeed later."""
 
 
 class DevStackError(MarketIngestorError):

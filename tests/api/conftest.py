@@ -8,9 +8,10 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
-from api_helpers import database_url_for, migrate
+from api_helpers import database_url_for
 
 from market_ingestor.devstack import StackInfo
+from market_ingestor.sinks.schema import migrate
 
 
 @pytest.fixture(scope="module")

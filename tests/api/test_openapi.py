@@ -6,44 +6,36 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-import asyncpg
 import jsonschema
 import pytest
 import referencing
 from aiohttp.test_utils import TestClient
-from api_helpers import serve
+from api_helpers import serve, write
 from openapi_spec_validator import validate
 
 from market_ingestor.api.ticker import MemoryTicker, TickerState
 from market_ingestor.config import ApiConfig, Config, DatabaseConfig, StreamsConfig
-from market_ingestor.model import Quote, Trade
+from market_ingestor.model import IndicatorValue, Kline, Quote, Trade
 
 pytestmark = pytest.mark.postgres
 
-T0 = datetime(2024, 3, 1, 0, 1, tzinfo=UTC)
 ONE = Decimal("1.0")
 
 
 @pytest.fixture(scope="module")
 async def client(database_url: str) -> AsyncIterator[TestClient]:
-    connection = await asyncpg.connect(database_url)
-    try:
-        kline = ("binance", "BTCUSDT", "1m", T0, *[ONE] * 6, 3, ONE, ONE, "1", "3", ONE, True, 0)
-        await connection.execute(
-            f"INSERT INTO market_klines VALUES ({', '.join(f'${n}' for n in range(1, 19))})", *kline
-        )
-        await connection.execute("INSERT INTO market_trades VALUES ('binance', 'BTCUSDT', '1', $1, 1.5, 2, 'buy')", T0)
-        values = '{"rsi": "50.5"}'
-        await connection.execute(
-            "INSERT INTO indicator_values VALUES ('binance', 'BTCUSDT', '1m', 'rsi_14', $1, $2, 0)", T0, values
-        )
-    finally:
-        await connection.close()
-    ns = 1_709_251_260_000_000_000
+    ns = 1_709_251_260_000_000_000  # 2024-03-01T00:01:00Z
+    await write(
+        database_url,
+        [
+            Kline("binance", "BTCUSDT", "1m", ns, ns + 59_999_999_999, *[ONE] * 6, 3, ONE, ONE, "1", "3", ONE, True),
+            Trade("binance", "BTCUSDT", "1", Decimal("1.5"), Decimal(2), "buy", ns, ns),
+            IndicatorValue("binance", "BTCUSDT", "1m", "rsi_14", ns, {"rsi": Decimal("50.5")}),
+        ],
+    )
     ticker = MemoryTicker(
         {
             "binance.BTCUSDT": TickerState(

@@ -3,37 +3,36 @@ pagination that returns every row exactly once, every validation error naming it
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from decimal import Decimal as D
 from typing import Any
 
-import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
-from api_helpers import serve
+from api_helpers import serve, write
 
 from market_ingestor.api.ticker import MemoryTicker, TickerState
 from market_ingestor.config import ApiConfig, Config, DatabaseConfig, StreamsConfig
-from market_ingestor.model import Quote, Trade
+from market_ingestor.model import IndicatorValue, Kline, Quote, Trade
 
 pytestmark = pytest.mark.postgres
 
-DAY = datetime(2024, 3, 1, tzinfo=UTC)
 DAY_MS = 1_709_251_200_000
+DAY_NS = DAY_MS * 1_000_000
+MINUTE_NS = 60_000_000_000
 BASE = "/api/v1"
 INDICATORS = ["rsi_14", "macd_12_26_9"]
 
 
-def kline_row(n: int) -> tuple[Any, ...]:
+def kline(n: int) -> Kline:
     """1m kline number n of the day: prices with trailing zeros and long fractions, a flat (tradeless) kline
     every 100th, the last one still open."""
     price = Decimal("42000.10") + Decimal("0.01") * n
     flat = n % 100 == 99
-    return (
-        "binance", "BTCUSDT", "1m", DAY + timedelta(minutes=n),
+    open_time = DAY_NS + n * MINUTE_NS
+    return Kline(
+        "binance", "BTCUSDT", "1m", open_time, open_time + MINUTE_NS - 1,
         price, price + Decimal("1.5"), price - Decimal("0.25"), price + Decimal("0.05"),
         Decimal(0) if flat else Decimal("1.50000000"), Decimal(0) if flat else Decimal("63000.123456789012345678"),
         0 if flat else 10 + n, Decimal("0.75"), Decimal("31500.0617"),
@@ -42,49 +41,31 @@ def kline_row(n: int) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
-def trade_row(n: int) -> tuple[Any, ...]:
-    """Trades in groups of five sharing one microsecond timestamp: pagination must not split ties wrongly."""
-    ts = DAY + timedelta(milliseconds=n // 5, microseconds=123)
-    return (
-        "binance",
-        "BTCUSDT",
-        f"{n:06d}",
-        ts,
-        Decimal("42000.123456789") + n,
-        Decimal("0.00001000"),
-        "buy" if n % 2 else "sell",
-    )
+def trade(n: int) -> Trade:
+    """Trades in groups of five sharing one nanosecond timestamp: pagination must not split ties wrongly."""
+    ts = DAY_NS + (n // 5) * 1_000_000 + 123_456
+    side = "buy" if n % 2 else "sell"
+    return Trade("binance", "BTCUSDT", f"{n:06d}", Decimal("42000.123456789") + n, Decimal("0.00001000"), side, ts, ts)
 
 
-def indicator_row(n: int, name: str) -> tuple[Any, ...]:
-    values = (
-        {"rsi": f"{Decimal('55.123456789') + n}"}
-        if name == "rsi_14"
-        else {"macd": "1.50", "signal": "-0.25", "hist": "1.75"}
-    )
-    return ("binance", "BTCUSDT", "1m", name, DAY + timedelta(minutes=n), json.dumps(values), n % 2)
+def indicator(n: int, name: str) -> IndicatorValue:
+    if name == "rsi_14":
+        values = {"rsi": Decimal("55.123456789") + n}
+    else:
+        values = {"macd": Decimal("1.50"), "signal": Decimal("-0.25"), "hist": Decimal("1.75")}
+    return IndicatorValue("binance", "BTCUSDT", "1m", name, DAY_NS + n * MINUTE_NS, values, n % 2)
 
 
 @pytest.fixture(scope="module")
 async def client(database_url: str) -> AsyncIterator[TestClient]:
-    connection = await asyncpg.connect(database_url)
-    try:
-        await connection.executemany(
-            f"INSERT INTO market_klines VALUES ({', '.join(f'${n}' for n in range(1, 19))})",
-            [kline_row(n) for n in range(1440)],
-        )
-        await connection.executemany(
-            "INSERT INTO market_trades (exchange, symbol, trade_id, ts, price, qty, side)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            [trade_row(n) for n in range(253)],
-        )
-        await connection.executemany(
-            "INSERT INTO indicator_values (exchange, symbol, interval, name, open_time, values, revision)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            [indicator_row(n, name) for n in range(120) for name in INDICATORS],
-        )
-    finally:
-        await connection.close()
+    await write(
+        database_url,
+        [
+            *(kline(n) for n in range(1440)),
+            *(trade(n) for n in range(253)),
+            *(indicator(n, name) for n in range(120) for name in INDICATORS),
+        ],
+    )
     config = Config(
         database=DatabaseConfig(url=database_url),
         streams=StreamsConfig(intervals=["1m", "5m"], indicators=INDICATORS),
@@ -159,8 +140,8 @@ async def test_a_time_window_is_inclusive_at_from_and_exclusive_at_to_in_both_ti
     )
     assert [row["open_time_ms"] for row in by_ms["data"]] == [DAY_MS + 60_000, DAY_MS + 120_000]
     assert by_rfc == by_ms
-    # A fraction of a millisecond after an open time excludes that kline.
-    later = await get(client, f"{BASE}/klines/binance/BTCUSDT?interval=1m&from=2024-03-01T00:01:00.000000001Z&limit=1")
+    # A microsecond after an open time excludes that kline (times compare at the database's microseconds).
+    later = await get(client, f"{BASE}/klines/binance/BTCUSDT?interval=1m&from=2024-03-01T00:01:00.000001Z&limit=1")
     assert later["data"][0]["open_time_ms"] == DAY_MS + 120_000
 
 
@@ -174,7 +155,7 @@ async def test_trades_with_equal_timestamps_are_paginated_without_loss_or_repeat
     everything = await get(client, f"{BASE}/trades/binance/BTCUSDT?limit=2000")
     assert len(everything["data"]) == 253 and everything["next"] is None
     assert everything["data"][7] == {
-        "trade_id": "000007", "time": "2024-03-01T00:00:00.001123000Z", "time_ms": DAY_MS + 1,
+        "trade_id": "000007", "time": "2024-03-01T00:00:00.001123456Z", "time_ms": DAY_MS + 1,
         "price": "42007.123456789", "qty": "0.00001000", "side": "buy",
     }  # fmt: skip
     for page_size in (1, 3, 5, 7):
@@ -232,9 +213,9 @@ async def test_readiness_fails_while_the_database_is_unreachable():
     async with serve(config) as (client, _):
         body = await get(client, "/readyz", 503)
         assert body["ready"] is False and body["ticker"] == "recovered"
-        assert "database unavailable" in body["database"]
+        assert "the database is unavailable" in body["database"]
         error = await get(client, f"{BASE}/klines/binance/BTCUSDT?interval=1m", 503)
-        assert "database unavailable" in error["error"]
+        assert "the database is unavailable" in error["error"]
 
 
 K = f"{BASE}/klines/binance/BTCUSDT?interval=1m"

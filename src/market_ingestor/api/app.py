@@ -21,10 +21,10 @@ from market_ingestor.api.keys import KeyInfo, KeyVerifier
 from market_ingestor.api.params import decode_cursor, parse_choice, parse_limit, time_range
 from market_ingestor.api.ratelimit import RateLimiter, retry_after
 from market_ingestor.api.spec import Route, openapi_document, routes
-from market_ingestor.api.store import DatabaseUnavailable, Store
+from market_ingestor.api.store import Store
 from market_ingestor.api.ticker import TickerView
 from market_ingestor.config import Config
-from market_ingestor.errors import RequestError
+from market_ingestor.errors import RequestError, StorageError
 from market_ingestor.ingestor.exchanges import REGISTRY
 from market_ingestor.streams.windows import Interval, parse_interval
 
@@ -85,7 +85,7 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         return await handler(request)
     except RequestError as exc:
         return error_response(exc.status, str(exc), exc.parameter)
-    except DatabaseUnavailable as exc:
+    except StorageError as exc:
         log.warning("query failed: database unavailable", extra={"path": request.path, "reason": str(exc)})
         return error_response(503, str(exc), None, **{"Retry-After": "1"})
     except web.HTTPException as exc:  # aiohttp's own: no such route, method not allowed
@@ -142,7 +142,7 @@ async def readyz(request: web.Request) -> web.Response:
     try:
         await ctx.store.ping()
         database = "ok"
-    except DatabaseUnavailable as exc:
+    except StorageError as exc:
         database = str(exc)
     ticker = "recovered" if ctx.ticker.recovered else "recovering"
     ready = database == "ok" and ctx.ticker.recovered

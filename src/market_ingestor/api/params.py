@@ -109,9 +109,9 @@ def parse_choice(text: str | None, allowed: Iterable[str], parameter: str, what:
 
 
 def to_pg(ns: int) -> tuple[int]:
-    """A bound in ns -> PostgreSQL microseconds, rounded up: ``ts >= bound`` and ``ts < bound`` keep their meaning
-    for microsecond-precision column values."""
-    return (-(-ns // 1000) - PG_EPOCH_US,)
+    """ns -> PostgreSQL microseconds, truncated as the writer truncates stored times: a bound and a stored time
+    are compared at the same (microsecond) precision."""
+    return (ns // 1000 - PG_EPOCH_US,)
 
 
 def from_pg(value: tuple[int]) -> int:

@@ -134,7 +134,7 @@ def trade_page(exchange: str, symbol: str, rows: Sequence[Any], limit: int) -> T
     rows, more = _page(rows, limit)
     data = []
     for row in rows:
-        ns = from_pg(row[0])
+        ns = row[5]  # exact; row[0] is the same truncated to µs, the page's sort key
         data.append(TradeOut(row[1], iso(ns), ms(ns), row[2], row[3], row[4]))
     cursor = encode_cursor("trades", rows[-1][0][0], rows[-1][1]) if more else None
     return TradePage(exchange, symbol, data, cursor)

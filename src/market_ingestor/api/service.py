@@ -1,6 +1,7 @@
 """``market-ingestor api``: one process running the Faust ticker app and the aiohttp query API next to it.
 
-The Faust worker owns the process: it handles SIGINT/SIGTERM, stops every service in order and exits 0. The web
+Pending schema migrations are applied at start when ``storage.migrate_on_start`` is set (the default). The Faust
+worker owns the process: it handles SIGINT/SIGTERM, stops every service in order and exits 0. The web
 server is one of its services, started before the Faust app so that ``/healthz`` answers (and ``/readyz`` says
 "recovering") while the ticker table is still being read; Faust's own web server stays off.
 """
@@ -19,6 +20,8 @@ from market_ingestor.api.keys import KeyVerifier
 from market_ingestor.api.store import Store
 from market_ingestor.api.ticker import TickerView, build_ticker_app
 from market_ingestor.config import Config
+from market_ingestor.errors import StorageError
+from market_ingestor.sinks.schema import migrate
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,8 @@ class WebService(Service):
 
     async def on_start(self) -> None:
         api = self.config.api
+        if self.config.storage.migrate_on_start:
+            await self._migrate()
         await self.store.start()
         verifier = KeyVerifier(self.store.pool, api.key_cache_ttl_s, api.key_cache_size) if api.auth_enabled else None
         self.runner = web.AppRunner(build_web_app(self.config, self.store, self.ticker, verifier), access_log=None)
@@ -46,6 +51,15 @@ class WebService(Service):
             "query API listening",
             extra={"host": self.host, "port": self.port, "auth": api.auth_enabled, "ticker_app": self.ticker_app_id},
         )
+
+    async def _migrate(self) -> None:
+        """Pending migrations (the api_keys table among them); a database that is down or refuses does not stop
+        the API: ``/readyz`` reports it and queries answer 503 until it is back."""
+        try:
+            mode = await migrate(self.config.database.url, self.config.storage)
+            log.info("schema up to date", extra={"mode": mode.value})
+        except StorageError as exc:
+            log.error("could not migrate the schema; serving anyway", extra={"reason": str(exc)})
 
     @property
     def ticker_app_id(self) -> str:

@@ -6,7 +6,10 @@ objects on the hot path. Every query is a prepared statement (asyncpg caches the
 an index in order and stops after ``limit + 1`` rows: the extra row only says whether there is a next page.
 
 The pool opens connections on demand, so the API starts (and answers ``/healthz``) while the database is
-down; a failed query becomes :class:`DatabaseUnavailable`, answered with 503.
+down; a failed query raises :class:`~market_ingestor.errors.StorageError`, answered with 503.
+
+Time bounds are compared at the database's precision: a bound is truncated to the microsecond, as stored times
+are (trades also keep their exact nanoseconds in ``ts_ns``, which is what the API shows).
 """
 
 from __future__ import annotations
@@ -16,12 +19,8 @@ from typing import Any
 import asyncpg
 
 from market_ingestor.api.params import Cursor, TimeRange, to_pg
-from market_ingestor.errors import MarketIngestorError
-
-
-class DatabaseUnavailable(MarketIngestorError):
-    """The database did not answer (down, unreachable, timed out, or its schema is not migrated)."""
-
+from market_ingestor.errors import StorageError
+from market_ingestor.sinks.connect import storage_errors
 
 _KLINES = """
 SELECT open_time, open, high, low, close, volume, quote_volume, trade_count, taker_buy_volume,
@@ -33,7 +32,7 @@ LIMIT $6
 """
 
 _TRADES = """
-SELECT ts, trade_id, price, qty, side
+SELECT ts, trade_id, price, qty, side, ts_ns
 FROM market_trades
 WHERE exchange = $1 AND symbol = $2 AND ts >= $3 AND ts < $4 AND (ts, trade_id) > ($5, $6)
 ORDER BY ts, trade_id
@@ -41,7 +40,7 @@ LIMIT $7
 """
 
 _INDICATORS = """
-SELECT open_time, values, revision
+SELECT open_time, outputs, revision
 FROM indicator_values
 WHERE exchange = $1 AND symbol = $2 AND interval = $3 AND name = $4 AND open_time >= $5 AND open_time < $6
 ORDER BY open_time
@@ -90,23 +89,23 @@ class Store:
     @property
     def pool(self) -> asyncpg.Pool:
         if self._pool is None:
-            raise DatabaseUnavailable("the database pool is not started")
+            raise StorageError("the query API's database pool is not started")
         return self._pool
 
-    async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
-        try:
+    async def _fetch(self, doing: str, query: str, *args: Any) -> list[asyncpg.Record]:
+        with storage_errors(doing):
             return await self.pool.fetch(query, *args, timeout=self._timeout_s)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise DatabaseUnavailable(f"database unavailable: {type(exc).__name__}: {exc}") from exc
 
     async def ping(self) -> None:
-        await self._fetch("SELECT 1")
+        await self._fetch("checking the database", "SELECT 1")
 
     async def klines(
         self, exchange: str, symbol: str, interval: str, window: TimeRange, after: Cursor | None, limit: int
     ) -> list[asyncpg.Record]:
         lower = to_pg(window.start_ns) if after is None else max(to_pg(window.start_ns), (after[0] + 1,))
-        return await self._fetch(_KLINES, exchange, symbol, interval, lower, to_pg(window.end_ns), limit)
+        return await self._fetch(
+            "reading klines", _KLINES, exchange, symbol, interval, lower, to_pg(window.end_ns), limit
+        )
 
     async def trades(
         self, exchange: str, symbol: str, window: TimeRange, after: Cursor | None, limit: int
@@ -114,18 +113,28 @@ class Store:
         # Without a cursor, (ts, trade_id) > (from - 1 µs, '') holds for every row in the window.
         after_us, after_id = after if after is not None else (to_pg(window.start_ns)[0] - 1, "")
         args = (exchange, symbol, to_pg(window.start_ns), to_pg(window.end_ns), (after_us,), after_id, limit)
-        return await self._fetch(_TRADES, *args)
+        return await self._fetch("reading trades", _TRADES, *args)
 
     async def indicators(
         self, exchange: str, symbol: str, interval: str, name: str, window: TimeRange, after: Cursor | None, limit: int
     ) -> list[asyncpg.Record]:
         lower = to_pg(window.start_ns) if after is None else max(to_pg(window.start_ns), (after[0] + 1,))
-        return await self._fetch(_INDICATORS, exchange, symbol, interval, name, lower, to_pg(window.end_ns), limit)
+        return await self._fetch(
+            "reading indicator values",
+            _INDICATORS,
+            exchange,
+            symbol,
+            interval,
+            name,
+            lower,
+            to_pg(window.end_ns),
+            limit,
+        )
 
     async def instruments(self) -> set[tuple[str, str]]:
         """Every (exchange, symbol) with stored klines or trades."""
         found: set[tuple[str, str]] = set()
         for table in ("market_klines", "market_trades"):
-            rows = await self._fetch(_DISTINCT_INSTRUMENTS.format(table=table))
+            rows = await self._fetch("listing instruments", _DISTINCT_INSTRUMENTS.format(table=table))
             found.update((row["exchange"], row["symbol"]) for row in rows)
         return found

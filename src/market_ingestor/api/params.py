@@ -21,14 +21,13 @@ import calendar
 import functools
 import re
 from collections.abc import Iterable
-from datetime import date, timedelta
+from datetime import date
 
 import msgspec
 
 from market_ingestor.errors import RequestError
 
 SECOND_NS = 1_000_000_000
-DAY_NS = 86_400 * SECOND_NS
 # PostgreSQL counts timestamps in microseconds from 2000-01-01 (its binary "tuple" codec hands us that integer).
 PG_EPOCH_US = 946_684_800_000_000
 # Years 1..9999: what RFC 3339 can write; far inside PostgreSQL's timestamptz range.
@@ -121,18 +120,24 @@ def from_pg(value: tuple[int]) -> int:
 # --- output -----------------------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=4096)
-def _day(days: int) -> str:
-    return (date(1970, 1, 1) + timedelta(days=days)).isoformat()
+@functools.lru_cache(maxsize=16_384)
+def _second(seconds: int) -> str:
+    """``2024-03-01T12:00:00`` for whole seconds since the epoch; cached: a page's rows share few seconds."""
+    days, rest = divmod(seconds, 86_400)
+    hours, rest = divmod(rest, 3600)
+    minutes, rest = divmod(rest, 60)
+    return f"{date.fromordinal(_EPOCH_ORDINAL + days).isoformat()}T{hours:02d}:{minutes:02d}:{rest:02d}"
 
 
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+
+
+@functools.lru_cache(maxsize=32_768)
 def iso(ns: int) -> str:
-    """``1709294400123456789`` -> ``2024-03-01T12:00:00.123456789Z`` (a cached date part: this runs per row)."""
-    days, rest = divmod(ns, DAY_NS)
-    seconds, fraction = divmod(rest, SECOND_NS)
-    hours, seconds = divmod(seconds, 3600)
-    minutes, seconds = divmod(seconds, 60)
-    return f"{_day(days)}T{hours:02d}:{minutes:02d}:{seconds:02d}.{fraction:09d}Z"
+    """``1709294400123456789`` -> ``2024-03-01T12:00:00.123456789Z``. Runs twice per row of a page; cached, as
+    the same kline times are asked for again and again."""
+    seconds, fraction = divmod(ns, SECOND_NS)
+    return f"{_second(seconds)}.{fraction:09d}Z"
 
 
 def ms(ns: int) -> int:

@@ -1,9 +1,10 @@
 """The query API's reads from PostgreSQL/TimescaleDB: one asyncpg pool, keyset-paginated queries.
 
-The pool's connections decode ``numeric`` as its exact text (never a float, and no Decimal built only to be
-turned back into a string) and ``timestamptz`` as PostgreSQL's integer microseconds, which skips datetime
-objects on the hot path. Every query is a prepared statement (asyncpg caches them per connection) that walks
-an index in order and stops after ``limit + 1`` rows: the extra row only says whether there is a next page.
+Amounts are selected as ``numeric::text``: PostgreSQL's exact text of the value, decoded by asyncpg's C text
+codec (never a float, and no Decimal built only to be turned back into a string). The pool's connections
+decode ``timestamptz`` as PostgreSQL's integer microseconds, which skips datetime objects on the hot path.
+Every query is a prepared statement (asyncpg caches them per connection) that walks an index in order and stops
+after ``limit + 1`` rows: the extra row only says whether there is a next page.
 
 The pool opens connections on demand, so the API starts (and answers ``/healthz``) while the database is
 down; a failed query raises :class:`~market_ingestor.errors.StorageError`, answered with 503.
@@ -23,8 +24,8 @@ from market_ingestor.errors import StorageError
 from market_ingestor.sinks.connect import storage_errors
 
 _KLINES = """
-SELECT open_time, open, high, low, close, volume, quote_volume, trade_count, taker_buy_volume,
-       taker_buy_quote_volume, first_trade_id, last_trade_id, vwap, closed, revision
+SELECT open_time, open::text, high::text, low::text, close::text, volume::text, quote_volume::text, trade_count,
+       taker_buy_volume::text, taker_buy_quote_volume::text, first_trade_id, last_trade_id, vwap::text, closed, revision
 FROM market_klines
 WHERE exchange = $1 AND symbol = $2 AND interval = $3 AND open_time >= $4 AND open_time < $5
 ORDER BY open_time
@@ -32,7 +33,7 @@ LIMIT $6
 """
 
 _TRADES = """
-SELECT ts, trade_id, price, qty, side, ts_ns
+SELECT ts, trade_id, price::text, qty::text, side, ts_ns
 FROM market_trades
 WHERE exchange = $1 AND symbol = $2 AND ts >= $3 AND ts < $4 AND (ts, trade_id) > ($5, $6)
 ORDER BY ts, trade_id
@@ -40,7 +41,7 @@ LIMIT $7
 """
 
 _INDICATORS = """
-SELECT open_time, outputs, revision
+SELECT open_time, outputs::text, revision
 FROM indicator_values
 WHERE exchange = $1 AND symbol = $2 AND interval = $3 AND name = $4 AND open_time >= $5 AND open_time < $6
 ORDER BY open_time
@@ -62,11 +63,9 @@ SELECT exchange, symbol FROM found
 
 
 async def _init_connection(connection: asyncpg.Connection) -> None:
-    await connection.set_type_codec("numeric", schema="pg_catalog", encoder=str, decoder=str, format="text")
     await connection.set_type_codec(
         "timestamptz", schema="pg_catalog", encoder=lambda v: v, decoder=lambda v: v, format="tuple"
     )
-    await connection.set_type_codec("jsonb", schema="pg_catalog", encoder=str, decoder=str, format="text")
 
 
 class Store:

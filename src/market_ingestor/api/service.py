@@ -9,6 +9,7 @@ server is one of its services, started before the Faust app so that ``/healthz``
 from __future__ import annotations
 
 import logging
+import tempfile
 from typing import Any
 
 import faust
@@ -73,7 +74,8 @@ class WebService(Service):
 
 def run(config: Config, host: str, port: int) -> None:
     """Serve until SIGINT/SIGTERM; returns (exit status 0) after a clean stop."""
-    app, ticker = build_ticker_app(config)
-    web_service = WebService(config, ticker, host, port)
-    worker = faust.Worker(app, web_service, loglevel=config.log.level.lower().replace("warning", "warn"), quiet=True)
-    worker.execute_from_commandline()
+    with tempfile.TemporaryDirectory(prefix="market-ingestor-api-") as scratch:
+        app, ticker = build_ticker_app(config, scratch)
+        web_service = WebService(config, ticker, host, port)
+        level = config.log.level.lower().replace("warning", "warn")
+        faust.Worker(app, web_service, loglevel=level, quiet=True).execute_from_commandline()

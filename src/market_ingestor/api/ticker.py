@@ -133,7 +133,8 @@ class TickerTable:
                 event = _event_decoder.decode(value)
             except msgspec.MsgspecError as exc:
                 self.malformed += 1  # the worker dead-letters bad records; the ticker only skips them
-                log.warning("ticker skipped a malformed record", extra={"reason": str(exc), "count": self.malformed})
+                if self.malformed == 1 or self.malformed % 1000 == 0:  # a flood must not become a log flood
+                    log.warning("ticker skipped malformed records", extra={"reason": str(exc), "count": self.malformed})
                 continue
             key = f"{event.exchange}.{event.symbol}"
             current = self.owned.get(key) or self.get(key) or TickerState()
@@ -148,12 +149,15 @@ class TickerTable:
             self.owned.clear()
 
 
-def build_ticker_app(config: Config) -> tuple[faust.App, TickerTable]:
+def build_ticker_app(config: Config, data_dir: str) -> tuple[faust.App, TickerTable]:
+    """The Faust app of the ticker; ``data_dir`` is scratch space (Faust wants a directory even for in-memory
+    tables: the caller passes a temporary one and removes it afterwards)."""
     kafka = config.bus.kafka
     app = faust.App(
         f"{config.streams.app_id}-api",
         broker=f"kafka://{kafka.bootstrap}",
         store="memory://",
+        datadir=data_dir,
         topic_partitions=kafka.partitions,
         topic_replication_factor=kafka.replication_factor,
         key_serializer="raw",

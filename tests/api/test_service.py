@@ -1,5 +1,6 @@
 """``market-ingestor api`` as a process, with the dev stack's Kafka and PostgreSQL: the ticker follows trades and
-quotes published to Kafka, survives a restart in its Faust table, and the process stops with status 0 on SIGTERM.
+quotes published to Kafka (skipping malformed records), survives a restart in its Faust table, and the process
+stops with status 0 on SIGTERM.
 Plus the pure rule of which event is "latest"."""
 
 from __future__ import annotations
@@ -134,11 +135,15 @@ async def setup(dev_stack, database_url, tmp_path) -> AsyncIterator[tuple[BusCon
     yield bus, path, key
 
 
-async def publish(bus: BusConfig, *events: Trade | Quote) -> None:
+async def publish(bus: BusConfig, *events: Trade | Quote | bytes) -> None:
+    """Events, or raw bytes (garbage) for the trades topic."""
     publisher = open_bus(bus).publisher()
     await publisher.start()
     try:
         for event in events:
+            if isinstance(event, bytes):
+                await publisher.publish(bus.topic_prefix + Topics.TRADES, "binance.BTCUSDT", event)
+                continue
             topic = bus.topic_prefix + (Topics.TRADES if isinstance(event, Trade) else Topics.QUOTES)
             await publisher.publish(topic, bus_key(event), encode(event), event_id(event))
     finally:
@@ -170,7 +175,8 @@ async def test_the_ticker_follows_kafka_and_survives_a_restart(setup):
 
         await api.until(probe_seen, "reading the trades topic")
         await publish(
-            bus, trade("1", T + 1_000_000_000, "42000.00"), trade("2", T + 2_000_000_001, "42000.20"),
+            bus, b"not a trade", b'{"type": "trade", "price": "NaN"}', trade("1", T + 1_000_000_000, "42000.00"),
+            trade("2", T + 2_000_000_001, "42000.20"),
             quote(T + 3_000_000_000, "42000.10", "42000.30"),
         )  # fmt: skip
 

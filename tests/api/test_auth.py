@@ -49,8 +49,10 @@ async def test_requests_need_a_valid_key_except_health_readiness_and_the_documen
     key = await new_key(database_url, "alice")
     async with serve(keyed_config(database_url)) as (client, _):
         symbols = "/api/v1/symbols"
-        status, body = await status_of(client, symbols)
+        response = await client.get(symbols)
+        status, body = response.status, await response.json()
         assert (status, body["parameter"]) == (401, None)
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
         assert "API key is required" in body["error"]
         for wrong in ("nonsense", key[:-1] + ("A" if key[-1] != "A" else "B"), "mi_000000000000_" + "x" * 43):
             assert (await status_of(client, symbols, **{"X-API-Key": wrong}))[0] == 401, wrong

@@ -84,7 +84,8 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
     try:
         return await handler(request)
     except RequestError as exc:
-        return error_response(exc.status, str(exc), exc.parameter)
+        challenge = {"WWW-Authenticate": 'Bearer realm="market-ingestor"'} if exc.status == 401 else {}
+        return error_response(exc.status, str(exc), exc.parameter, **challenge)
     except StorageError as exc:
         log.warning("query failed: database unavailable", extra={"path": request.path, "reason": str(exc)})
         return error_response(503, str(exc), None, **{"Retry-After": "1"})

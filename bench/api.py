@@ -21,6 +21,7 @@ import sys
 import time
 import uuid
 from decimal import Decimal
+from pathlib import Path
 
 import aiohttp
 import asyncpg
@@ -102,6 +103,9 @@ async def serve(url: str, port: int) -> None:
     await asyncio.Event().wait()
 
 
+SERVER: dict[str, list[float]] = {}  # float-ok: the server's own time per request (Server-Timing), ms
+
+
 async def timed(session: aiohttp.ClientSession, path: str, rows: int) -> float:  # float-ok: seconds
     start = time.perf_counter()
     async with session.get(path) as response:
@@ -109,17 +113,33 @@ async def timed(session: aiohttp.ClientSession, path: str, rows: int) -> float: 
     elapsed = time.perf_counter() - start
     if response.status != 200 or body.count(b'"open_time"') != rows:
         raise SystemExit(f"unexpected answer to {path}: {response.status} {body[:300]!r}")
+    server_ms = float(response.headers["Server-Timing"].rpartition("=")[2])  # float-ok: milliseconds
+    SERVER.setdefault(path, []).append(server_ms)
     return elapsed
 
 
-def report(name: str, samples: list[float]) -> None:  # float-ok: seconds
-    samples = sorted(samples)
-    p50 = statistics.median(samples) * 1000
-    p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))] * 1000
-    print(f"{name:<42} n={len(samples):<5} p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  max {samples[-1] * 1000:6.2f} ms")
+def percentiles(samples: list[float]) -> tuple[float, float]:  # float-ok: durations
+    ordered = sorted(samples)
+    return statistics.median(ordered), ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
-async def measure(port: int, key: str, requests: int, concurrency: int) -> None:
+def cpu_s(pid: int) -> float:  # float-ok: seconds
+    """CPU time (user + system) a process has used so far, from /proc (Linux); 0 elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def report(name: str, path: str, samples: list[float], cpu_used_s: float) -> None:  # float-ok: seconds
+    p50, p99 = percentiles([s * 1000 for s in samples])
+    s50, s99 = percentiles(SERVER.pop(path)[-len(samples) :])
+    server = f"server alone p50 {s50:5.2f} p99 {s99:6.2f}; server CPU {cpu_used_s / len(samples) * 1000:5.2f} ms/req"
+    print(f"{name:<34} n={len(samples):<5} p50 {p50:6.2f} ms  p99 {p99:6.2f} ms   ({server})")
+
+
+async def measure(server_pid: int, port: int, key: str, requests: int, concurrency: int) -> None:
     base = f"http://127.0.0.1:{port}/api/v1/klines/binance/BTCUSDT?interval=1m"
     scenarios = [
         ("whole day, limit=1440", f"{base}&limit=1440", 1440),
@@ -129,11 +149,15 @@ async def measure(port: int, key: str, requests: int, concurrency: int) -> None:
     async with aiohttp.ClientSession(headers={"X-API-Key": key}) as session:
         for _ in range(50):  # warm-up: connections, prepared statements, key cache
             await timed(session, scenarios[0][1], 1440)
+        SERVER.clear()
         for name, path, rows in scenarios:
-            report(name + ", sequential", [await timed(session, path, rows) for _ in range(requests)])
+            cpu_before = cpu_s(server_pid)
+            samples = [await timed(session, path, rows) for _ in range(requests)]
+            report(name + ", sequential", path, samples, cpu_s(server_pid) - cpu_before)
 
         whole_day, rows = scenarios[0][1], scenarios[0][2]
-        samples: list[float] = []  # float-ok: seconds
+        samples = []
+        cpu_before = cpu_s(server_pid)
 
         async def client(count: int) -> None:
             for _ in range(count):
@@ -142,8 +166,8 @@ async def measure(port: int, key: str, requests: int, concurrency: int) -> None:
         start = time.perf_counter()
         await asyncio.gather(*(client(requests // concurrency) for _ in range(concurrency)))
         elapsed = time.perf_counter() - start
-        report(f"whole day, {concurrency} in flight", samples)
-        print(f"{'':<42} {len(samples) / elapsed:.0f} requests/s ({len(samples) * 1440 / elapsed:,.0f} klines/s)")
+        report(f"whole day, {concurrency} in flight", whole_day, samples, cpu_s(server_pid) - cpu_before)
+        print(f"{'':<34} {len(samples) / elapsed:.0f} requests/s ({len(samples) * 1440 / elapsed:,.0f} klines/s)")
 
 
 def free_port() -> int:
@@ -173,7 +197,7 @@ def main() -> None:
         if child.stdout.readline().strip() != b"ready":
             raise SystemExit("the API did not start")
         print(f"machine: {os.cpu_count()} cores; load before: {subprocess.check_output(['uptime'], text=True).strip()}")
-        asyncio.run(measure(port, key, args.requests, args.concurrency))
+        asyncio.run(measure(child.pid, port, key, args.requests, args.concurrency))
         print(f"load after: {subprocess.check_output(['uptime'], text=True).strip()}")
     finally:
         child.terminate()

@@ -9,6 +9,7 @@ without a valid key, 404 for an unknown symbol, indicator or route, 429 over the
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -81,6 +82,14 @@ def error_response(status: int, message: str, parameter: str | None = None, **he
 
 @web.middleware
 async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    start = time.perf_counter()
+    response = await _answer(request, handler)
+    # How long the server took (not the network): what a client or a load balancer can tell from queueing.
+    response.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - start) * 1000:.2f}"
+    return response
+
+
+async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except RequestError as exc:

@@ -17,7 +17,7 @@ from market_ingestor.api.ticker import TickerState
 from market_ingestor.streams.windows import Interval
 
 
-class KlineOut(msgspec.Struct):
+class KlineOut(msgspec.Struct, gc=False):
     open_time: str
     open_time_ms: int
     close_time: str
@@ -46,7 +46,7 @@ class KlinePage(msgspec.Struct):
     next: str | None
 
 
-class TradeOut(msgspec.Struct):
+class TradeOut(msgspec.Struct, gc=False):
     trade_id: str
     time: str
     time_ms: int

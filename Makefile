@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install system-deps test test-unit lint demo dev-up dev-down bench clean
+.PHONY: install system-deps test test-unit lint demo dev-up dev-down bench bench-sink clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ dev-down: install
 bench: install
 	$(BIN)/market-ingestor dev up
 	$(BIN)/python bench/bus.py
+
+bench-sink: install
+	$(BIN)/market-ingestor dev up
+	$(BIN)/python bench/sink.py --batch-size 50000 --concurrency 2
 
 clean:
 	-$(BIN)/market-ingestor dev down

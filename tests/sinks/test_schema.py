@@ -12,7 +12,21 @@ from market_ingestor.config import StorageConfig
 from market_ingestor.sinks.partitions import maintain_partitions
 from market_ingestor.sinks.schema import SchemaMode, maintain, migrate, migrations, schema_status
 
-pytestmark = pytest.mark.postgres
+
+def test_migration_files_are_numbered_and_mark_their_time_tables() -> None:
+    first = migrations()[0]
+    assert [m.version for m in migrations()][:2] == [1, 2]
+    assert first.time_tables() == [
+        ("market_trades", "ts"),
+        ("market_klines", "open_time"),
+        ("indicator_values", "open_time"),
+        ("market_quotes", "ts"),
+    ]
+    partitioned = first.render(SchemaMode.PARTITIONED)
+    assert (
+        partitioned.count("PARTITION BY RANGE (ts)") == 2 and partitioned.count("PARTITION BY RANGE (open_time)") == 2
+    )
+    assert ") PARTITION BY" not in first.render(SchemaMode.TIMESCALE)  # hypertables are made after the file
 
 
 async def _snapshot(conn: asyncpg.Connection) -> tuple[list[tuple[object, ...]], list[str]]:
@@ -26,6 +40,7 @@ async def _snapshot(conn: asyncpg.Connection) -> tuple[list[tuple[object, ...]],
     return applied, tables
 
 
+@pytest.mark.postgres
 async def test_two_concurrent_migrations_apply_each_file_once_and_a_third_changes_nothing(database_url: str) -> None:
     modes = await asyncio.gather(migrate(database_url), migrate(database_url))
     assert modes == [SchemaMode.PARTITIONED, SchemaMode.PARTITIONED]
@@ -42,6 +57,7 @@ async def test_two_concurrent_migrations_apply_each_file_once_and_a_third_change
         await conn.close()
 
 
+@pytest.mark.postgres
 async def test_partitions_are_created_ahead_for_every_time_table(database_url: str) -> None:
     settings = StorageConfig(partitions_ahead_days=2)
     await migrate(database_url, settings)
@@ -57,6 +73,7 @@ async def test_partitions_are_created_ahead_for_every_time_table(database_url: s
         await conn.close()
 
 
+@pytest.mark.postgres
 async def test_retention_drops_only_partitions_that_ended_before_the_cutoff(database_url: str) -> None:
     await migrate(database_url)
     conn = await asyncpg.connect(database_url)
@@ -77,6 +94,7 @@ async def test_retention_drops_only_partitions_that_ended_before_the_cutoff(data
         await conn.close()
 
 
+@pytest.mark.postgres
 async def test_maintain_is_a_no_op_before_migrate(dev_stack: object, database_url: str) -> None:
     conn = await asyncpg.connect(database_url)
     try:

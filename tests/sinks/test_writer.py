@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -10,7 +11,10 @@ import asyncpg
 import pytest
 
 from market_ingestor.config import StorageConfig
+from market_ingestor.errors import StorageError, StorageUnavailable
 from market_ingestor.model import IndicatorValue, Kline, Quote, Trade
+from market_ingestor.sinks.connect import connect
+from market_ingestor.sinks.partitions import drop_before
 from market_ingestor.sinks.schema import migrate
 from market_ingestor.sinks.writer import RowWriter, WriteResult
 
@@ -32,7 +36,7 @@ async def writer(database_url: str) -> AsyncIterator[RowWriter]:
 
 @pytest.fixture
 async def conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(database_url)
+    conn = await connect(database_url)  # NUMERIC read as PostgreSQL prints it
     yield conn
     await conn.close()
 
@@ -67,7 +71,9 @@ async def test_writing_trades_twice_stores_them_once(writer: RowWriter, conn: as
 
 
 async def test_decimals_and_nanoseconds_round_trip_exactly(writer: RowWriter, conn: asyncpg.Connection) -> None:
-    values = ["0.00000001", "123456789.123456789", "100.10", "1E-18", "98765432109876543210.000000000000000001"]
+    values = [
+        "0.00000001", "123456789.123456789", "100.10", "1E-18", "98765432109876543210.000000000000000001", "3906250000",
+    ]  # fmt: skip
     ts = T0 + 123_456_789  # nanoseconds below the microsecond
     await writer.write([trade(f"x{i}", ts + i, price=v, qty=v, symbol="DECUSDT") for i, v in enumerate(values)])
     got = await rows(conn, "SELECT price, qty, ts_ns, ts FROM market_trades WHERE symbol = 'DECUSDT' ORDER BY trade_id")
@@ -148,3 +154,32 @@ async def test_quotes_are_stored_once_and_only_when_enabled(
         assert await off.write([quote]) == WriteResult(quotes_skipped=1)
     finally:
         await off.close()
+
+
+async def test_a_partition_dropped_under_the_writer_is_made_again(writer: RowWriter, conn: asyncpg.Connection) -> None:
+    day = 1_893_456_000 * 10**9  # 2030-01-01
+    assert (await writer.write([trade(1, day, symbol="RETUSDT")])).trades == 1
+    assert await drop_before(conn, "market_trades", datetime(2030, 1, 2, tzinfo=UTC)) != []
+    assert (await writer.write([trade(2, day + 10**9, symbol="RETUSDT")])).trades == 1  # its cache said "exists"
+    assert await rows(conn, "SELECT trade_id FROM market_trades WHERE symbol = 'RETUSDT'") == [("2",)]
+
+
+async def test_an_unreachable_database_is_reported_as_unavailable() -> None:
+    writer = RowWriter("postgresql://market_ingestor@127.0.0.1:1/nowhere")
+    with pytest.raises(StorageUnavailable, match="the database is unavailable"):
+        await writer.start()
+    with pytest.raises(StorageError, match=r"before start\(\)"):
+        await writer.write([trade(1, T0)])
+
+
+async def test_a_value_the_column_cannot_hold_is_a_storage_error_and_nothing_of_the_batch_is_kept(
+    writer: RowWriter, conn: asyncpg.Connection
+) -> None:
+    bad = Kline(
+        "binance", "ERRUSDT", "1m", T0, T0 + MINUTE - 1, D(1), D(1), D(1), D(1), D(0), D(0), 2**40, D(0), D(0), None,
+        None, D(1), True, 2**40,
+    )  # fmt: skip
+    with pytest.raises(StorageError) as caught:
+        await writer.write([trade(1, T0, symbol="ERRUSDT"), bad])
+    assert not isinstance(caught.value, StorageUnavailable)
+    assert await rows(conn, "SELECT * FROM market_trades WHERE symbol = 'ERRUSDT'") == []

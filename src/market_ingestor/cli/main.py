@@ -10,6 +10,7 @@ from market_ingestor import __version__
 from market_ingestor.cli.api import api, apikeys
 from market_ingestor.cli.context import CliContext
 from market_ingestor.cli.control import exchanges, symbols
+from market_ingestor.cli.db import db
 from market_ingestor.cli.dev import dev
 from market_ingestor.cli.ingest import ingest, parse
 from market_ingestor.cli.klines import klines
@@ -52,12 +53,10 @@ cli.add_command(up)
 cli.add_command(tail)
 cli.add_command(worker)
 cli.add_command(klines)
+cli.add_command(db)
 cli.add_command(api)
 cli.add_command(apikeys)
-for _name, _summary, _issue in (
-    ("db", "Manage the database: migrate, load, rebuild-klines", 5),
-    ("push", "Run the WebSocket push gateway", 6),
-):
+for _name, _summary, _issue in (("push", "Run the WebSocket push gateway", 6),):
     cli.add_command(_not_yet(_name, _summary, _issue))
 
 

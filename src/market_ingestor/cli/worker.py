@@ -1,4 +1,4 @@
-"""``worker``: the Faust stream worker (klines today; indicators next)."""
+"""``worker``: the Faust stream worker (klines and indicators)."""
 
 from __future__ import annotations
 
@@ -21,16 +21,24 @@ from market_ingestor.cli.context import CliContext, pass_cli, run
 @click.option("--web-port", type=int, default=None, help="Faust's web port [default: streams.web_port].")
 @pass_cli
 def worker(cli_ctx: CliContext, data_dir: Path | None, web_port: int | None) -> None:
-    """Run the stream worker: trades -> klines (RocksDB tables, changelogs) until SIGINT/SIGTERM."""
+    """Run the stream worker: trades -> klines -> indicators (RocksDB tables, changelogs) until SIGINT/SIGTERM."""
     import faust  # heavy: only the worker needs it
 
     from market_ingestor.streams.app import build_app
+    from market_ingestor.streams.outputs import mark_clean_stop, prepare_data_dir
 
     config = cli_ctx.config
     if config.bus.kind != "kafka":
         raise click.ClickException("the stream worker runs on Kafka/Redpanda (bus.kind = 'kafka'); NATS has no Faust")
     run(open_bus(config.bus).ensure_topics(prefixed(PIPELINE_TOPICS, config.bus.topic_prefix)))
-    app = build_app(config, data_dir, web_port)
-    faust.Worker(
-        app, loglevel=config.log.level.lower().replace("warning", "warn"), quiet=True
-    ).execute_from_commandline()
+    directory = data_dir or Path(config.streams.data_dir)
+    prepare_data_dir(directory, exactly_once=config.streams.processing_guarantee == "exactly_once")
+    app = build_app(config, directory, web_port)
+    try:
+        faust.Worker(
+            app, loglevel=config.log.level.lower().replace("warning", "warn"), quiet=True
+        ).execute_from_commandline()
+    except SystemExit as exc:
+        if exc.code in (0, None):
+            mark_clean_stop(directory)
+        raise

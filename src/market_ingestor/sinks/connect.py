@@ -9,21 +9,26 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from decimal import Decimal
 
 import asyncpg
 
 from market_ingestor.errors import StorageError, StorageUnavailable
 
 # SQLSTATE classes worth a retry: connection exception, insufficient resources, operator intervention
-# (admin shutdown, cannot connect now), transaction rollback (serialization failure, deadlock).
+# (admin shutdown, cannot connect now), transaction rollback (serialization failure, deadlock); and a lock
+# not obtained within lock_timeout.
 _TRANSIENT_CLASSES = ("08", "53", "57", "40")
+_TRANSIENT_STATES = ("55P03",)
 
 
 def is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError):
+    if isinstance(exc, OSError | TimeoutError):
         return True
+    if isinstance(exc, asyncpg.InterfaceError) and not isinstance(exc, ValueError):  # ValueError: DataError
+        return "closed" in str(exc)  # "connection is closed", "... was closed in the middle of operation"
     sqlstate = getattr(exc, "sqlstate", None)
-    return isinstance(sqlstate, str) and sqlstate[:2] in _TRANSIENT_CLASSES
+    return isinstance(sqlstate, str) and (sqlstate[:2] in _TRANSIENT_CLASSES or sqlstate in _TRANSIENT_STATES)
 
 
 @contextmanager
@@ -33,7 +38,8 @@ def storage_errors(doing: str) -> Iterator[None]:
         yield
     except StorageError:
         raise
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    # ValueError / OverflowError: a value the client cannot encode for its column (COPY raises them unwrapped).
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError, OverflowError) as exc:
         reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         if is_transient(exc):
             raise StorageUnavailable(f"{doing}: the database is unavailable ({reason}); retry later") from exc
@@ -41,4 +47,13 @@ def storage_errors(doing: str) -> Iterator[None]:
 
 
 async def connect(database_url: str, timeout_s: float = 10.0) -> asyncpg.Connection:  # float-ok: seconds
-    return await asyncpg.connect(database_url, timeout=timeout_s)
+    """A connection whose NUMERIC values read back exactly as PostgreSQL prints them (see :func:`numeric_as_text`)."""
+    conn = await asyncpg.connect(database_url, timeout=timeout_s)
+    await numeric_as_text(conn)
+    return conn
+
+
+async def numeric_as_text(conn: asyncpg.Connection) -> None:
+    """NUMERIC through its text form both ways. asyncpg's binary decoder gives the same value but not always the
+    same digits: 3906250000 (scale 0) comes back as Decimal('3.90625E+9'); the text form keeps the stored scale."""
+    await conn.set_type_codec("numeric", schema="pg_catalog", encoder=str, decoder=Decimal, format="text")

@@ -106,6 +106,9 @@ async def ensure_days(conn: asyncpg.Connection, table: str, buckets: Iterable[in
         return 0
     created = 0
     async with conn.transaction():
+        # Creating a partition locks the parent exclusively: rather than queue every reader and writer behind a
+        # long query for minutes, give up after a while (the caller retries; partitions are normally made ahead).
+        await conn.execute("SET LOCAL lock_timeout = '10s'")
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _lock_key(table))
         existing = await list_partitions(conn, table)
         for bucket in wanted:

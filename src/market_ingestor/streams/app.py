@@ -1,4 +1,4 @@
-"""The Faust worker: ``market.trades`` -> klines on ``market.klines``.
+"""The Faust worker: ``market.trades`` -> klines on ``market.klines`` (-> indicators, ``streams/indicators.py``).
 
 State is an explicit per-instrument table, not Faust's windowed tables: Faust closes windows from a wall-clock
 cleanup timer (30 s by default) whose ``on_window_close`` does not receive the aggregated value, and windowed
@@ -8,30 +8,35 @@ One RocksDB table row per ``{exchange}.{symbol}`` holds every interval of that i
 changelog. Rows are keyed like ``market.trades`` and the table partitions with the same murmur2 partitioner as our
 publisher, so each row lives in the partition of its trades and nothing is repartitioned.
 
-Idempotence: each row stores the offset of the last trade it applied, so trades re-delivered after a crash under
-``at_least_once`` are ignored instead of counted twice; under ``exactly_once`` the row, its changelog and the
-emitted klines commit in one Kafka transaction.
+Idempotence: each row stores the offset of the last trade it applied, so trades re-delivered after a crash are
+ignored instead of counted twice. Outputs and rows are written through :class:`PartitionWriter`
+(``streams/outputs.py``): under ``at_least_once`` the klines are acknowledged before the row that says their
+trades are done; under ``exactly_once`` the row, its changelog and the emitted klines commit in the Kafka
+transaction of the trades' partition (faust-streaming's own sends do not join it: see that module).
 
-Faust's RocksDB store takes the partition of a write from the "current event"; a batch from ``take_events`` has
-no current event, so before writing an instrument's row we make its latest trade event current.
+After a restart or a rebalance the rows of the newly assigned partitions are loaded when their recovery completes,
+so windows of instruments that stay quiet still close by the wall clock.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import weakref
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import faust
 import msgspec
-from faust.streams import _current_event
+from aiokafka.partitioner import murmur2
+from faust.types import TP
 
 from market_ingestor.config import Config
 from market_ingestor.model import DeadLetter, Kline, Topics, Trade, bus_key, decoder_for, encode
+from market_ingestor.streams.faust_app import StreamApp
+from market_ingestor.streams.indicators import IndicatorAgent
 from market_ingestor.streams.klines import InstrumentKlines, KlineSettings, exact_context, trade_problem
+from market_ingestor.streams.outputs import PartitionWriter
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +56,7 @@ def kline_settings(config: Config) -> KlineSettings:
 def build_app(config: Config, data_dir: str | Path | None = None, web_port: int | None = None) -> faust.App:
     streams, kafka = config.streams, config.bus.kafka
     prefix = config.bus.topic_prefix
-    app = faust.App(
+    app = StreamApp(
         streams.app_id,
         broker=f"kafka://{kafka.bootstrap}",
         store="rocksdb://",
@@ -69,6 +74,8 @@ def build_app(config: Config, data_dir: str | Path | None = None, web_port: int 
     )
     worker = KlineAgent(app, prefix, kline_settings(config), streams.batch_size, streams.batch_within_s)
     app.timer(streams.timer_interval_s, name="kline-clock")(worker.tick)
+    if streams.indicators:
+        IndicatorAgent(app, prefix, streams.indicators, streams.batch_size, streams.batch_within_s)
     return app
 
 
@@ -80,9 +87,11 @@ class KlineAgent:
         self.klines = app.topic(prefix + Topics.KLINES, key_type=bytes, value_type=bytes)
         self.deadletter = app.topic(prefix + Topics.DEADLETTER, key_type=bytes, value_type=bytes)
         self.table = app.Table("kline-state", default=None, key_type=bytes, value_type=bytes, use_partitioner=True)
-        # The working set: instruments of this worker's partitions, and the latest event of each (for writes).
+        self.table.on_recover(self.on_recovered)
+        self.writer = PartitionWriter(app)
+        # The working set: instruments of this worker's partitions, and the trades partition of each.
         self.states: dict[bytes, InstrumentKlines] = {}
-        self.events: dict[bytes, Any] = {}
+        self.sources: dict[bytes, TP] = {}
         self.batch, self.within_s = batch, within_s
         app.agent(self.trades, name="klines")(self.aggregate)
         app.on_partitions_revoked.connect(self.on_revoked)  # type: ignore[arg-type]
@@ -92,35 +101,39 @@ class KlineAgent:
             await self.process(events)
 
     async def process(self, events: Iterable[Any]) -> None:
+        if self.writer.closed:
+            return
         now = time.time_ns()
-        out: list[Kline] = []
-        touched: dict[bytes, Any] = {}
-        dead: list[DeadLetter] = []
+        out: list[tuple[bytes, Kline]] = []
+        touched: dict[bytes, TP] = {}
+        dead: list[tuple[TP, DeadLetter]] = []
         with exact_context():
             for event in events:
-                key = event.key
+                key, source = event.key, event.message.tp
                 try:
                     trade = trade_decoder.decode(event.value)
                 except msgspec.MsgspecError as exc:
-                    dead.append(DeadLetter("worker", repr(event.value)[:2000], f"not a trade: {exc}", now))
+                    dead.append((source, DeadLetter("worker", repr(event.value)[:2000], f"not a trade: {exc}", now)))
                     continue
                 problem = trade_problem(trade)  # e.g. a NaN price: refused before it touches the state
                 if problem is not None:
-                    dead.append(DeadLetter(trade.exchange, encode(trade).decode(), problem, now))
+                    dead.append((source, DeadLetter(trade.exchange, encode(trade).decode(), problem, now)))
                     continue
                 state = self.states.get(key) or self._load(key, trade)
                 applied = state.apply(trade, position=event.message.offset, wall_ns=now)
-                out.extend(applied.klines)
+                out.extend((key, kline) for kline in applied.klines)
                 if applied.too_late:
-                    dead.append(DeadLetter(trade.exchange, encode(trade).decode(), applied.reason or "too late", now))
-                touched[key] = event
-        self.events.update(touched)
-        for kline in out:
-            await self.klines.send(key=bus_key(kline).encode(), value=encode(kline))
-        for letter in dead:
-            await self.deadletter.send(key=letter.exchange.encode(), value=encode(letter))
-        for key, event in touched.items():
-            self._save(key, event)
+                    letter = DeadLetter(trade.exchange, encode(trade).decode(), applied.reason or "too late", now)
+                    dead.append((source, letter))
+                touched[key] = source
+        self.sources.update(touched)
+        for key, kline in out:
+            await self.writer.send(self.klines.get_topic_name(), bus_key(kline).encode(), encode(kline), touched[key])
+        for source, letter in dead:
+            await self.writer.send(self.deadletter.get_topic_name(), letter.exchange.encode(), encode(letter), source)
+        await self.writer.flush()  # outputs acknowledged before the state says their trades are done
+        for key, source in touched.items():
+            await self.writer.save(self.table, key, self.states[key].to_bytes(), source)
 
     def _load(self, key: bytes, trade: Trade) -> InstrumentKlines:
         stored = self.table.get(key)
@@ -131,31 +144,48 @@ class KlineAgent:
         self.states[key] = state
         return state
 
-    def _save(self, key: bytes, event: Any) -> None:
-        # Faust's RocksDB store reads the partition of a write from the current event (see module docstring).
-        _current_event.set(weakref.ref(event))
-        self.table[key] = self.states[key].to_bytes()
+    async def on_recovered(self) -> None:
+        """Takes up every instrument of the partitions now assigned, so that windows of instruments that stay
+        quiet after a restart or a rebalance still close by the wall clock."""
+        topic = self.trades.get_topic_name()
+        count = self.app.consumer.topic_partitions(topic)
+        assigned = {tp.partition for tp in self.app.consumer.assignment() if tp.topic == topic}
+        if not count:
+            return
+        for key, stored in self.table.items():
+            if key in self.states:
+                continue
+            partition = (murmur2(key) & 0x7FFFFFFF) % count  # the bus's partitioner: the row's trades partition
+            if partition in assigned:
+                self.states[key] = InstrumentKlines.from_bytes(stored, self.settings)
+                self.sources[key] = TP(topic, partition)
 
     async def tick(self) -> None:
         """Closes windows of quiet instruments and sends throttled in-progress klines."""
+        if self.writer.closed:
+            return
         now = time.time_ns()
+        closed_keys = []
         for key, state in list(self.states.items()):
-            event = self.events.get(key)
-            if event is None:
+            source = self.sources.get(key)
+            if source is None:
                 continue
-            _current_event.set(weakref.ref(event))  # sends and writes belong to the instrument's partition
             with exact_context():
                 closed = state.on_time(now)
                 updates = state.in_progress(now)
             for kline in (*closed, *updates):
-                await self.klines.send(key=key, value=encode(kline))
+                await self.writer.send(self.klines.get_topic_name(), key, encode(kline), source)
             if closed:
-                self._save(key, event)
+                closed_keys.append(key)
+        await self.writer.flush()
+        for key in closed_keys:
+            await self.writer.save(self.table, key, self.states[key].to_bytes(), self.sources[key])
+        await self.writer.commit_idle()
 
     async def on_revoked(self, app: faust.App, revoked: set[Any], **_: Any) -> None:
         """Partitions moved to another worker: forget their instruments (the table keeps their rows)."""
-        partitions = {(tp.topic, tp.partition) for tp in revoked}
-        for key, event in list(self.events.items()):
-            if (event.message.topic, event.message.partition) in partitions:
-                self.events.pop(key, None)
+        self.writer.forget(revoked)
+        for key, source in list(self.sources.items()):
+            if source in revoked:
+                self.sources.pop(key, None)
                 self.states.pop(key, None)

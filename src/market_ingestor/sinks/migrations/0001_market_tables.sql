@@ -5,13 +5,16 @@
 -- into `PARTITION BY RANGE (<column>)` (day partitions are created by sinks/partitions.py); with TimescaleDB the table
 -- stays plain here and becomes a hypertable on that column right after this file. Run by hand it is a comment.
 --
+-- Key text columns compare bytewise (COLLATE "C"): they are ASCII identifiers, and a locale's collation would
+-- make every index comparison several times slower.
+--
 -- A unique index of a partitioned table (or a hypertable) must contain the partition column, so every key
 -- below includes its time column. That keeps it idempotent: a re-delivered event carries the same time.
 
 CREATE TABLE market_trades (
-    exchange text NOT NULL,
-    symbol text NOT NULL,
-    trade_id text NOT NULL,
+    exchange text COLLATE "C" NOT NULL,
+    symbol text COLLATE "C" NOT NULL,
+    trade_id text COLLATE "C" NOT NULL,
     ts timestamptz NOT NULL,  -- the exchange's time, truncated to the microsecond
     ts_ns bigint NOT NULL,  -- the same, exact (ns since the epoch, as in the model)
     price numeric NOT NULL,
@@ -25,9 +28,9 @@ CREATE TABLE market_trades (
 CREATE UNIQUE INDEX market_trades_key ON market_trades (exchange, symbol, ts, trade_id);
 
 CREATE TABLE market_klines (
-    exchange text NOT NULL,
-    symbol text NOT NULL,
-    interval text NOT NULL,  -- as configured: 1m, 4h, 1d, 1w...
+    exchange text COLLATE "C" NOT NULL,
+    symbol text COLLATE "C" NOT NULL,
+    interval text COLLATE "C" NOT NULL,  -- as configured: 1m, 4h, 1d, 1w...
     open_time timestamptz NOT NULL,  -- exact: windows start on whole seconds
     close_time timestamptz NOT NULL,  -- the window's last microsecond (the model's is its last ns: open + length - 1 ns)
     open numeric NOT NULL,
@@ -48,10 +51,10 @@ CREATE TABLE market_klines (
 ) /*@partition_by(open_time)*/;
 
 CREATE TABLE indicator_values (
-    exchange text NOT NULL,
-    symbol text NOT NULL,
-    interval text NOT NULL,
-    name text NOT NULL,  -- e.g. rsi_14, macd_12_26_9
+    exchange text COLLATE "C" NOT NULL,
+    symbol text COLLATE "C" NOT NULL,
+    interval text COLLATE "C" NOT NULL,
+    name text COLLATE "C" NOT NULL,  -- e.g. rsi_14, macd_12_26_9
     open_time timestamptz NOT NULL,  -- the kline's
     outputs jsonb NOT NULL,  -- IndicatorValue.values: {"macd": "1.25", ...}, exact decimal strings
     revision integer NOT NULL,
@@ -60,8 +63,8 @@ CREATE TABLE indicator_values (
 
 -- Written only when storage.store_quotes is on; the table always exists so queries need no mode switch.
 CREATE TABLE market_quotes (
-    exchange text NOT NULL,
-    symbol text NOT NULL,
+    exchange text COLLATE "C" NOT NULL,
+    symbol text COLLATE "C" NOT NULL,
     ts timestamptz NOT NULL,
     ts_ns bigint NOT NULL,
     recv_ts_ns bigint NOT NULL,

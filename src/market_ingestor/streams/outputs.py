@@ -1,0 +1,155 @@
+"""Sends and table writes that belong to one source partition, with the processing guarantee we promise.
+
+Why not ``Topic.send`` and ``table[key] = value``: in faust-streaming 0.15.3 neither joins the Kafka transaction
+under ``exactly_once``. Faust opens one transactional producer per assigned source partition, but topic sends and
+changelog writes go through its plain producer, so only the consumer offsets are committed transactionally. A
+worker killed between its sends and its next commit re-processes the same input after a restart and its outputs
+appear twice, also to ``read_committed`` consumers (the duplicates reported against faust-streaming). Here every
+output and every changelog record is sent with the transactional id of the partition it derives from, so it
+commits or aborts together with that partition's offsets.
+
+The local RocksDB copy is written at once, before the transaction commits; a worker killed mid-transaction may
+therefore restart with local rows the changelog never committed. ``worker`` removes its local tables after an
+unclean stop under ``exactly_once`` (see :func:`prepare_data_dir`), as Kafka Streams does, so state comes back
+from the committed changelog only.
+
+Under ``at_least_once`` the same calls use the plain producer; :meth:`PartitionWriter.flush` waits until the
+outputs are acknowledged before the state that says "these trades are done" is written, so a crash can repeat an
+output but never lose one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import weakref
+from collections.abc import Awaitable, Iterable
+from pathlib import Path
+from typing import Any
+
+import faust
+from aiokafka.structs import TopicPartition
+from faust.streams import _current_event
+from faust.types import TP
+
+from market_ingestor.streams.faust_app import transactions_ended
+
+log = logging.getLogger(__name__)
+
+RUNNING_MARKER = ".running"
+
+
+class _PartitionEvent:
+    """What Faust's RocksDB store reads from the "current event" when it writes: the partition of the row."""
+
+    class _Message:
+        def __init__(self, tp: TP) -> None:
+            self.tp, self.topic, self.partition = tp, tp.topic, tp.partition
+
+    def __init__(self, tp: TP) -> None:
+        self.message = self._Message(tp)
+
+
+class PartitionWriter:
+    def __init__(self, app: faust.App) -> None:
+        self.app = app
+        self._pending: list[Awaitable[Any]] = []
+        self._touched: set[TP] = set()
+
+    @property
+    def closed(self) -> bool:
+        """True at shutdown under ``exactly_once`` once the final commit has ended the transactions: input taken
+        after that is not processed (it is not committed either, so it comes again after a restart)."""
+        return self.app.in_transaction and transactions_ended(self.app)
+
+    def transactional_id(self, source: TP) -> str | None:
+        if not self.app.in_transaction:
+            return None
+        group = self.app.assignor.group_for_topic(source.topic)
+        return f"{self.app.conf.id}-{group}-{source.partition}"  # as faust's Consumer.commit names it
+
+    async def send(self, topic: str, key: bytes, value: bytes, source: TP, partition: int | None = None) -> None:
+        future = await self.app.producer.send(
+            topic, key, value, partition, None, None, transactional_id=self.transactional_id(source)
+        )
+        self._pending.append(future)
+        self._touched.add(source)
+
+    async def save(self, table: Any, key: bytes, value: bytes, source: TP) -> None:
+        """Writes a row to the local store and its changelog, in the partition of ``source``."""
+        stand_in = _PartitionEvent(source)
+        token = _current_event.set(weakref.ref(stand_in))  # type: ignore[arg-type]
+        try:
+            table.data[key] = value
+        finally:
+            _current_event.reset(token)
+        changelog = TP(table.changelog_topic.get_topic_name(), source.partition)
+        future = await self.app.producer.send(
+            changelog.topic, key, value, changelog.partition, None, None, transactional_id=self.transactional_id(source)
+        )
+        future.add_done_callback(lambda done: self._persisted(table, changelog, done))  # type: ignore[attr-defined]
+        self._pending.append(future)
+        self._touched.add(source)
+
+    def _persisted(self, table: Any, changelog: TP, done: asyncio.Future[Any]) -> None:
+        if done.cancelled() or done.exception() is not None:
+            return
+        offset = done.result().offset
+        if self.app.in_transaction:
+            # The offset a restart replays the changelog from is stored once the transaction commits.
+            self.app.tables.persist_offset_on_commit(table.data, changelog, offset)
+        else:
+            table.data.set_persisted_offset(changelog, offset)
+
+    async def flush(self) -> None:
+        """Waits until every output sent so far is acknowledged (or raises the first failure)."""
+        pending, self._pending = self._pending, []
+        if pending:
+            await asyncio.gather(*pending)
+
+    async def commit_idle(self) -> None:
+        """Commits the transactions a timer wrote into, for partitions whose input is quiet.
+
+        Faust commits a partition's transaction only when new input offsets are acknowledged; klines closed by the
+        wall clock on a quiet partition would otherwise wait, invisible to ``read_committed`` readers, until the
+        broker aborts the transaction at its timeout. The offsets sent again are the ones already committed.
+        """
+        touched, self._touched = self._touched, set()
+        if not self.app.in_transaction or not touched or self.closed:
+            return
+        consumer: Any = self.app.consumer
+        await consumer.commit()  # whatever has acknowledged input goes through Faust's own commit first
+        committed = consumer._committed_offset  # the offsets Faust itself last committed
+        assigned = consumer.assignment()
+        # aiokafka wants its own TopicPartition here; Faust's TP is an equal tuple of another type.
+        idle = {
+            TopicPartition(tp.topic, tp.partition): committed[tp]
+            for tp in touched
+            if committed.get(tp) is not None and tp in assigned
+        }
+        if idle:
+            await consumer.transactions.commit(idle, start_new_transaction=True)
+
+    def forget(self, sources: Iterable[TP]) -> None:
+        self._touched.difference_update(sources)
+
+
+def prepare_data_dir(data_dir: Path, exactly_once: bool) -> None:
+    """Marks the data dir as in use; after an unclean stop under ``exactly_once`` its tables are removed first."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    marker = data_dir / RUNNING_MARKER
+    if marker.exists() and exactly_once:
+        log.warning(
+            "%s was not stopped cleanly: removing its local tables, which may hold writes of an aborted "
+            "transaction; they are restored from the committed changelogs",
+            data_dir,
+        )
+        for child in data_dir.iterdir():
+            if child.name != RUNNING_MARKER:
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+    marker.touch()
+
+
+def mark_clean_stop(data_dir: Path) -> None:
+    (data_dir / RUNNING_MARKER).unlink(missing_ok=True)

@@ -1,0 +1,158 @@
+"""The worker's tables on the real Kafka of the dev stack: a second worker joining mid-stream takes over partitions
+whose state comes from the changelogs (with a standby replica), and a worker restarted on intact local RocksDB
+data does not need the changelog at all."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.structs import TopicPartition
+from rocksdict import AccessType, Options, Rdict
+from worker_harness import (
+    KlineWatcher,
+    assert_same_klines,
+    expected_klines,
+    make_trades,
+    publish,
+    start_worker,
+    stop_worker,
+    until_or_fail,
+    worker_config,
+)
+
+from market_ingestor.config import BusConfig, KafkaConfig
+
+pytestmark = pytest.mark.kafka
+
+
+async def group_members(admin: AIOKafkaAdminClient, group: str) -> int:
+    members = 0
+    for response in await admin.describe_consumer_groups([group]):
+        for _error, group_id, _state, _protocol_type, _protocol, group_members, *_ in response.groups:
+            members += len(group_members) if group_id == group else 0
+    return members
+
+
+async def test_a_second_worker_takes_over_partitions_and_the_klines_stay_identical(dev_stack, tmp_path):
+    prefix = f"s{uuid.uuid4().hex[:8]}."
+    app_id = prefix.rstrip(".")
+    bus_config = BusConfig(topic_prefix=prefix, kafka=KafkaConfig(bootstrap=dev_stack.kafka_bootstrap, partitions=3))
+    trades = make_trades(6000, seed=5)
+    expected = expected_klines(trades)
+    config_path = worker_config(tmp_path, dev_stack.kafka_bootstrap, prefix, "at_least_once", standby_replicas=1)
+    watcher = KlineWatcher(bus_config)
+    admin = AIOKafkaAdminClient(bootstrap_servers=dev_stack.kafka_bootstrap)
+    await admin.start()
+    await watcher.follower.start()
+    first = second = None
+    try:
+        await publish(bus_config, trades[:3000])
+        first = await start_worker(config_path, tmp_path / "first")
+        minutes = sorted((k for k in expected if k[1] == "1m"), key=lambda k: (k[2], k[0]))
+        await until_or_fail(watcher, set(minutes[:6]), first)  # the first worker is mid-stream with state
+        second = await start_worker(config_path, tmp_path / "second")
+
+        async def both_members() -> None:
+            while await group_members(admin, app_id) < 2:  # noqa: ASYNC110 - the broker offers no event to await
+                await asyncio.sleep(0.2)
+
+        await asyncio.wait_for(both_members(), 90)  # the group rebalanced: partitions are split between them
+        await publish(bus_config, trades[3000:])
+        await until_or_fail(watcher, set(expected), second)
+        assert first.returncode is None, "the first worker died"
+        await stop_worker(second)
+        await stop_worker(first)
+    finally:
+        for worker in (first, second):
+            if worker is not None and worker.returncode is None:
+                worker.kill()
+        await watcher.follower.stop()
+        await admin.close()
+    assert_same_klines(watcher.closed, expected)
+    # The second worker holds table partitions (active or standby) in its own RocksDB.
+    assert any((tmp_path / "second").rglob("*kline-state*")), "the second worker has no table data"
+
+
+async def test_a_restart_on_intact_local_data_does_not_replay_the_changelog(dev_stack, tmp_path):
+    """After a clean stop the local tables record that they hold the changelog up to its end (so a restart reads
+    nothing before it); then every changelog record is deleted: the restarted worker's windows that were open
+    across the restart still hold the trades from before it, so its state came from the local RocksDB."""
+    prefix = f"r{uuid.uuid4().hex[:8]}."
+    app_id = prefix.rstrip(".")
+    bus_config = BusConfig(topic_prefix=prefix, kafka=KafkaConfig(bootstrap=dev_stack.kafka_bootstrap, partitions=3))
+    trades = make_trades(6000, seed=7)
+    expected = expected_klines(trades)
+    config_path = worker_config(tmp_path, dev_stack.kafka_bootstrap, prefix, "at_least_once")
+    watcher = KlineWatcher(bus_config)
+    admin = AIOKafkaAdminClient(bootstrap_servers=dev_stack.kafka_bootstrap)
+    await admin.start()
+    await watcher.follower.start()
+    try:
+        # Up to just past the 10th minute: the 5m window of minutes 10-15 is open at the stop.
+        await publish(bus_config, trades[:3050])
+        worker = await start_worker(config_path, tmp_path / "data")
+        minutes = sorted((k for k in expected if k[1] == "1m"), key=lambda k: (k[2], k[0]))
+        await until_or_fail(watcher, set(minutes[:27]), worker)  # every 1m window of the first 9 minutes
+        await stop_worker(worker)
+        changelog = f"{app_id}-kline-state-changelog"
+        ends = await end_offsets(dev_stack.kafka_bootstrap, changelog)
+        assert sum(ends.values()) > 0, "the worker wrote no changelog"
+        # The local tables know they hold the changelog up to its end: a restart reads from there.
+        persisted = persisted_offsets(tmp_path / "data")
+        assert {p: persisted.get(p, -1) + 1 for p in range(3)} == {tp.partition: end for tp, end in ends.items()}
+        # Faust's changelogs are compacted, and records can be deleted only from a topic that also has "delete".
+        policy = {"cleanup.policy": "compact,delete"}
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, changelog, policy)])
+        await admin.delete_records({tp: RecordsToDelete(end) for tp, end in ends.items()})
+        assert await start_offsets(dev_stack.kafka_bootstrap, changelog) == ends
+        await publish(bus_config, trades[3050:])
+        worker = await start_worker(config_path, tmp_path / "data")
+        await until_or_fail(watcher, set(expected), worker)
+        await stop_worker(worker)
+    finally:
+        await watcher.follower.stop()
+        await admin.close()
+    assert_same_klines(watcher.closed, expected)
+
+
+def persisted_offsets(data_dir: Path) -> dict[int, int]:
+    """The changelog offset each local RocksDB partition of the kline table says it holds (Faust's own key)."""
+    offsets = {}
+    for path in data_dir.rglob("kline-state-*.db"):
+        db = Rdict(str(path), options=Options(raw_mode=True), access_type=AccessType.read_only())
+        try:
+            stored = db.get(b"__faust\0offset__")
+        finally:
+            db.close()
+        if stored is not None:
+            offsets[int(path.name.removesuffix(".db").rsplit("-", 1)[1])] = int(stored)
+    return offsets
+
+
+async def end_offsets(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
+    return await _offsets(bootstrap, topic, "end")
+
+
+async def start_offsets(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
+    return await _offsets(bootstrap, topic, "beginning")
+
+
+async def _offsets(bootstrap: str, topic: str, which: str) -> dict[TopicPartition, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        if not partitions:
+            await consumer._client.force_metadata_update()  # a topic created by another client just now
+            partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        if which == "end":
+            return await consumer.end_offsets(partitions)
+        return await consumer.beginning_offsets(partitions)
+    finally:
+        await consumer.stop()

@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install system-deps test test-unit lint demo dev-up dev-down bench bench-sink clean
+.PHONY: install system-deps test test-unit lint demo dev-up dev-down bench bench-sink bench-sink-service clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,10 @@ bench: install
 bench-sink: install
 	$(BIN)/market-ingestor dev up
 	$(BIN)/python bench/sink.py --batch-size 50000 --concurrency 2
+
+bench-sink-service: install
+	$(BIN)/market-ingestor dev up
+	$(BIN)/python bench/sink_service.py
 
 clean:
 	-$(BIN)/market-ingestor dev down

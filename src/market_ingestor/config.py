@@ -151,6 +151,19 @@ class StreamsConfig(_Section, frozen=True):
     web_port: PositiveInt = 6066
 
 
+class SinkConfig(_Section, frozen=True):
+    """The sink service (``market-ingestor sink``): topics -> PostgreSQL/TimescaleDB. Its Faust consumer group is
+    ``{streams.app_id}-sink``, so a slow database never holds back the stream worker."""
+
+    batch_size: PositiveInt = 1_000  # rows per database transaction, at most
+    flush_interval_s: PositiveSeconds = 1.0  # a partial batch is written once its oldest row is this old
+    retry_initial_s: PositiveSeconds = 0.1  # database write retries: exponential backoff from here...
+    retry_max_s: PositiveSeconds = 10.0  # ...to here, forever (the batch is held, intake stops meanwhile)
+    shutdown_timeout_s: PositiveSeconds = 30.0  # on SIGTERM, wait this long for the last batch to be written
+    maintain_interval_s: PositiveSeconds = 3600.0  # partitions ahead and retention (RowWriter.maintain), this often
+    data_dir: str = ".devstack/sink-data"  # Faust's data directory (the sink keeps no tables)
+
+
 class ApiConfig(_Section, frozen=True):
     """The query API (``market-ingestor api``): REST over the stored data plus a live ticker table."""
 
@@ -177,6 +190,7 @@ class Config(_Section, frozen=True):
     storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
     ingest: IngestConfig = msgspec.field(default_factory=IngestConfig)
     streams: StreamsConfig = msgspec.field(default_factory=StreamsConfig)
+    sink: SinkConfig = msgspec.field(default_factory=SinkConfig)
     api: ApiConfig = msgspec.field(default_factory=ApiConfig)
     exchanges: dict[str, ExchangeConfig] = msgspec.field(default_factory=dict)  # names: the exchange registry
 

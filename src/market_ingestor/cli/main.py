@@ -15,6 +15,7 @@ from market_ingestor.cli.dev import dev
 from market_ingestor.cli.ingest import ingest, parse
 from market_ingestor.cli.klines import klines
 from market_ingestor.cli.simulate import simulate
+from market_ingestor.cli.sink import sink
 from market_ingestor.cli.up import tail, up
 from market_ingestor.cli.worker import worker
 
@@ -54,6 +55,7 @@ cli.add_command(tail)
 cli.add_command(worker)
 cli.add_command(klines)
 cli.add_command(db)
+cli.add_command(sink)
 cli.add_command(api)
 cli.add_command(apikeys)
 for _name, _summary, _issue in (("push", "Run the WebSocket push gateway", 6),):

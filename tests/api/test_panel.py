@@ -6,6 +6,7 @@ ones naming the field; keys are required when auth is on. Plus the pure offset a
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -176,8 +177,9 @@ async def test_status_shows_reports_subscriptions_throughput_and_lag_from_the_bu
     assert ingest_rate(await until(client, lambda b: ingest_rate(b) > 0, "ingest throughput")) > 0
 
 
-async def post(client: TestClient, path: str, body: object) -> tuple[int, dict[str, Any]]:
-    response = await client.post(path, json=body) if not isinstance(body, bytes) else await client.post(path, data=body)
+async def post(client: TestClient, path: str, body: object, media: str = "application/json") -> tuple[int, Any]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    response = await client.post(path, data=data, headers={"Content-Type": media})
     return response.status, await response.json()
 
 
@@ -214,6 +216,10 @@ async def test_commands_reach_the_control_topic_and_bad_ones_are_refused_naming_
         status_, body = await post(client, symbols, request)
         assert (status_, body["parameter"]) == (400, parameter), (request, body)
         assert reason in body["error"], (request, body)
+    # What a form or a cross-site script could send without a CORS preflight is refused.
+    for media in ("text/plain", "application/x-www-form-urlencoded"):
+        status_, body = await post(client, symbols, {"action": "add", "exchange": "binance", "symbol": "EVIL"}, media)
+        assert status_ == 415 and "application/json" in body["error"], body
     assert (await read_state(config)) == state  # nothing of those was sent
     assert monitor.state == state
 

@@ -113,6 +113,13 @@ def _checked(check: Callable[[str], str], value: str, parameter: str) -> None:
 
 
 async def _body(request: web.Request, cls: type[T]) -> T:
+    # Only JSON: a browser sends a cross-site JSON POST only after a CORS preflight, which this server never
+    # grants, so another web page cannot send commands through a visitor's browser (the "simple" form and
+    # text/plain bodies it could send are refused here).
+    if request.content_type != "application/json":
+        raise RequestError(
+            f"send the command as JSON (Content-Type: application/json, not {request.content_type})", None, 415
+        )
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise RequestError(f"request body over {MAX_BODY_BYTES} bytes", None)
     data = await request.content.read(MAX_BODY_BYTES + 1)

@@ -47,7 +47,7 @@ class Children:
             self.processes[name] = await asyncio.create_subprocess_exec(*self.command, name, env=self.env)
 
     async def watch(self, stop: asyncio.Event) -> None:
-        """Returns (setting ``stop``) when a child exits on its own."""
+        """Returns (setting ``stop``) when a child exits on its own; one that exits after ``stop`` is not a failure."""
         waits = {asyncio.ensure_future(process.wait()): name for name, process in self.processes.items()}
         if not waits:
             return
@@ -57,7 +57,8 @@ class Children:
             for wait in waits:
                 wait.cancel()
         name = waits[next(iter(done))]
-        self.failed = f"{name} exited with status {self.processes[name].returncode}"
+        if not stop.is_set():  # Ctrl-C in a terminal reaches the children too: their exit is then expected
+            self.failed = f"{name} exited with status {self.processes[name].returncode}"
         stop.set()
 
     async def stop(self) -> None:

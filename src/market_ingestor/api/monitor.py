@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import msgspec
+from aiokafka.errors import KafkaError
 
 from market_ingestor.api.offsets import GroupLag, OffsetMonitor, Throughput
 from market_ingestor.bus import Bus, Publisher, open_bus
@@ -175,10 +176,10 @@ class PanelMonitor:
             started = time.monotonic()
             try:
                 await follow()
-            except (MarketIngestorError, OSError) as exc:
+            except (MarketIngestorError, KafkaError, OSError) as exc:
                 self.errors[name] = f"{name}: {exc}"
                 log.warning("panel follower failed; retrying", extra={"follower": name, "reason": str(exc)})
-            except Exception as exc:  # aiokafka's own errors, whatever their class: keep serving, say why
+            except Exception as exc:  # a bug: keep serving the page, with the reason on it and in the log
                 self.errors[name] = f"{name}: {exc!r}"
                 log.exception("panel follower failed; retrying", extra={"follower": name})
             if time.monotonic() - started > 60:

@@ -28,6 +28,8 @@ from market_ingestor.errors import BusClosedError, BusError
 log = logging.getLogger(__name__)
 
 _PARTITION_CACHE_MAX = 100_000
+_NEW_TOPIC_WAIT_S = 3.0  # float-ok: seconds
+_METADATA_POLL_S = 0.1  # float-ok: seconds
 
 
 def _compression(config: KafkaConfig) -> str | None:
@@ -42,6 +44,25 @@ def _delivery(record: ConsumerRecord[bytes, bytes]) -> Delivery:
         partition=record.partition,
         position=record.offset,
     )
+
+
+async def _partitions(config: KafkaConfig, topic: str, wait_s: float = 0.0) -> list[TopicPartition]:  # float-ok
+    """The topic's partitions, from the broker; none when the topic does not exist (asked without creating it,
+    which a metadata request for the topic itself would do on a broker with auto.create.topics.enable). A topic
+    created a moment ago can take a while to show in the metadata: up to ``wait_s`` is given for that."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=config.bootstrap, client_id=config.client_id)
+    try:
+        await admin.start()
+        for attempt in range(max(1, round(wait_s / _METADATA_POLL_S))):
+            if attempt:
+                await asyncio.sleep(_METADATA_POLL_S)
+            if topic in await admin.list_topics():
+                (described,) = await admin.describe_topics([topic])
+                if described["partitions"]:
+                    return sorted(TopicPartition(topic, p["partition"]) for p in described["partitions"])
+        return []
+    finally:
+        await admin.close()
 
 
 class KafkaBus:
@@ -78,15 +99,6 @@ class KafkaBus:
             topic_configs=configs,
         )
 
-    async def _partitions(self, topic: str) -> list[TopicPartition]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.config.bootstrap, client_id=self.config.client_id)
-        try:
-            await admin.start()
-            (described,) = await admin.describe_topics([topic])
-        finally:
-            await admin.close()
-        return sorted(TopicPartition(topic, p["partition"]) for p in described["partitions"])
-
     async def read_topic(self, topic: str) -> list[Delivery]:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.config.bootstrap,
@@ -95,7 +107,7 @@ class KafkaBus:
             isolation_level="read_committed",
         )
         try:
-            partitions = await self._partitions(topic)
+            partitions = await _partitions(self.config, topic)
             if not partitions:
                 return []
             await consumer.start()
@@ -119,8 +131,8 @@ class KafkaBus:
     def subscriber(self, topics: Sequence[str], group: str) -> KafkaSubscriber:
         return KafkaSubscriber(self.config, topics, group)
 
-    def follower(self, topics: Sequence[str]) -> KafkaSubscriber:
-        return KafkaSubscriber(self.config, topics, None)
+    def follower(self, topics: Sequence[str], *, tail: int | None = None) -> KafkaSubscriber:
+        return KafkaSubscriber(self.config, topics, None, tail=tail)
 
 
 class KafkaPublisher:
@@ -248,15 +260,18 @@ class KafkaPublisher:
 
 
 class KafkaSubscriber:
-    def __init__(self, config: KafkaConfig, topics: Sequence[str], group: str | None) -> None:
+    def __init__(
+        self, config: KafkaConfig, topics: Sequence[str], group: str | None, *, tail: int | None = None
+    ) -> None:
         self.config = config
         self.topics = tuple(topics)
         self.group = group
+        self.tail = tail
         self._consumer: AIOKafkaConsumer | None = None
 
     async def start(self) -> None:
         self._consumer = AIOKafkaConsumer(
-            *self.topics,
+            *(self.topics if self.tail is None else ()),
             bootstrap_servers=self.config.bootstrap,
             client_id=self.config.client_id,
             group_id=self.group,
@@ -269,9 +284,29 @@ class KafkaSubscriber:
         )
         try:
             await self._consumer.start()
+            if self.tail is not None:
+                await self._seek_tail(self._consumer, self.tail)
         except KafkaError as exc:
-            self._consumer = None
+            await self.stop()
             raise BusError(f"cannot connect to Kafka at {self.config.bootstrap}: {exc!r}") from exc
+        except BusError:
+            await self.stop()
+            raise
+
+    async def _seek_tail(self, consumer: AIOKafkaConsumer, tail: int) -> None:
+        # Offsets are fixed here, before start() returns, so nothing published afterwards can be missed (a
+        # subscription with auto_offset_reset="latest" would settle its position lazily, at the first fetch).
+        partitions: list[TopicPartition] = []
+        for topic in self.topics:
+            found = await _partitions(self.config, topic, wait_s=_NEW_TOPIC_WAIT_S)
+            if not found:
+                raise BusError(f"Kafka topic {topic!r} does not exist on {self.config.bootstrap}: create it first")
+            partitions.extend(found)
+        first = await consumer.beginning_offsets(partitions)
+        end = await consumer.end_offsets(partitions)
+        consumer.assign(partitions)
+        for tp in partitions:
+            consumer.seek(tp, max(first[tp], end[tp] - tail))
 
     async def stop(self) -> None:
         if self._consumer is not None:

@@ -122,6 +122,8 @@ class IngestConfig(_Section, frozen=True):
     book_buffer_size: PositiveInt = 5_000  # deltas held while a REST book snapshot is fetched
     rest_timeout_s: PositiveSeconds = 10.0
     capture_path: str | None = None  # write every raw frame here, in the recorded-session format
+    status_interval_s: PositiveSeconds = 2.0  # connector state onto market.status (the control panel) this often
+    instance: str = ""  # names this process in those records; "" = the host name
 
 
 class StreamsConfig(_Section, frozen=True):
@@ -149,6 +151,40 @@ class StreamsConfig(_Section, frozen=True):
         ]
     )
     web_port: PositiveInt = 6066
+
+
+class SinkConfig(_Section, frozen=True):
+    """The sink service (``market-ingestor sink``): topics -> PostgreSQL/TimescaleDB. Its Faust consumer group is
+    ``{streams.app_id}-sink``, so a slow database never holds back the stream worker."""
+
+    batch_size: PositiveInt = 1_000  # rows per database transaction, at most
+    flush_interval_s: PositiveSeconds = 1.0  # a partial batch is written once its oldest row is this old
+    retry_initial_s: PositiveSeconds = 0.1  # database write retries: exponential backoff from here...
+    retry_max_s: PositiveSeconds = 10.0  # ...to here, forever (the batch is held, intake stops meanwhile)
+    shutdown_timeout_s: PositiveSeconds = 30.0  # on SIGTERM, wait this long for the last batch to be written
+    maintain_interval_s: PositiveSeconds = 3600.0  # partitions ahead and retention (RowWriter.maintain), this often
+    data_dir: str = ".devstack/sink-data"  # Faust's data directory (the sink keeps no tables)
+
+
+class ApiConfig(_Section, frozen=True):
+    """The query API (``market-ingestor api``): REST over the stored data plus a live ticker table."""
+
+    host: str = "0.0.0.0"
+    port: PositiveInt = 8000
+    auth_enabled: bool = True  # requests need an API key (``apikeys create``); /healthz, /readyz, /openapi.json never
+    default_page_size: PositiveInt = 500
+    max_page_size: PositiveInt = 5_000  # a larger ``limit`` is refused (400), not truncated
+    max_tickers: PositiveInt = 100  # symbols in one /api/v1/tickers request
+    rate_limit_per_s: PositiveInt = 20  # per key and API instance, unless the key has its own
+    rate_limit_burst: PositiveInt = 40
+    key_cache_ttl_s: PositiveSeconds = 5.0  # a revoked key stops working within this long
+    key_cache_size: PositiveInt = 10_000
+    symbols_refresh_s: PositiveSeconds = 30.0  # the catalog of stored symbols is re-read this often
+    db_pool_size: PositiveInt = 10
+    query_timeout_s: PositiveSeconds = 10.0
+    ticker_flush_s: PositiveSeconds = 0.1  # the ticker table is written at most this often per instrument
+    panel_refresh_s: PositiveSeconds = 2.0  # the control panel's offsets (throughput, lag) are read this often
+    panel_push_url: str = ""  # the push gateway as the panel's browser reaches it; "" = ws://<page host>:<push.port>/
 
 
 class PushConfig(_Section, frozen=True):
@@ -180,19 +216,6 @@ class PushConfig(_Section, frozen=True):
     prime_records: NonNegativeInt = 2_000  # read back per partition at start to fill that state
 
 
-class SinkConfig(_Section, frozen=True):
-    """The sink service (``market-ingestor sink``): topics -> PostgreSQL/TimescaleDB. Its Faust consumer group is
-    ``{streams.app_id}-sink``, so a slow database never holds back the stream worker."""
-
-    batch_size: PositiveInt = 1_000  # rows per database transaction, at most
-    flush_interval_s: PositiveSeconds = 1.0  # a partial batch is written once its oldest row is this old
-    retry_initial_s: PositiveSeconds = 0.1  # database write retries: exponential backoff from here...
-    retry_max_s: PositiveSeconds = 10.0  # ...to here, forever (the batch is held, intake stops meanwhile)
-    shutdown_timeout_s: PositiveSeconds = 30.0  # on SIGTERM, wait this long for the last batch to be written
-    maintain_interval_s: PositiveSeconds = 3600.0  # partitions ahead and retention (RowWriter.maintain), this often
-    data_dir: str = ".devstack/sink-data"  # Faust's data directory (the sink keeps no tables)
-
-
 class Config(_Section, frozen=True):
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     bus: BusConfig = msgspec.field(default_factory=BusConfig)
@@ -200,8 +223,9 @@ class Config(_Section, frozen=True):
     storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
     ingest: IngestConfig = msgspec.field(default_factory=IngestConfig)
     streams: StreamsConfig = msgspec.field(default_factory=StreamsConfig)
-    push: PushConfig = msgspec.field(default_factory=PushConfig)
     sink: SinkConfig = msgspec.field(default_factory=SinkConfig)
+    api: ApiConfig = msgspec.field(default_factory=ApiConfig)
+    push: PushConfig = msgspec.field(default_factory=PushConfig)
     exchanges: dict[str, ExchangeConfig] = msgspec.field(default_factory=dict)  # names: the exchange registry
 
 

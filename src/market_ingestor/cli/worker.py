@@ -35,9 +35,8 @@ def worker(cli_ctx: CliContext, data_dir: Path | None, web_port: int | None) -> 
     prepare_data_dir(directory, exactly_once=config.streams.processing_guarantee == "exactly_once")
     app = build_app(config, directory, web_port)
     try:
-        faust.Worker(
-            app, loglevel=config.log.level.lower().replace("warning", "warn"), quiet=True
-        ).execute_from_commandline()
+        # override_logging=False: Faust's lines go through our structured formatter, not its own handler.
+        faust.Worker(app, quiet=True, override_logging=False).execute_from_commandline()
     except SystemExit as exc:
         if exc.code in (0, None):
             mark_clean_stop(directory)

@@ -64,8 +64,6 @@ def run_gateway(config_json: bytes, pipe: Connection) -> None:
     from market_ingestor.logs import configure_logging
     from market_ingestor.push import Gateway
 
-    if os.environ.get("BENCH_GW_HOOK"):
-        exec(Path(os.environ["BENCH_GW_HOOK"]).read_text(), {"__name__": "hook"})
     config = msgspec.json.decode(config_json, type=Config)
     configure_logging(config.log.level, "kv")
 

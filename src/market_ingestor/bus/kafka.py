@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -28,7 +29,7 @@ from market_ingestor.errors import BusClosedError, BusError
 log = logging.getLogger(__name__)
 
 _PARTITION_CACHE_MAX = 100_000
-_NEW_TOPIC_WAIT_S = 3.0  # float-ok: seconds
+_NEW_TOPIC_WAIT_S = 2.0  # float-ok: seconds
 _METADATA_POLL_S = 0.1  # float-ok: seconds
 
 
@@ -53,14 +54,15 @@ async def _partitions(config: KafkaConfig, topic: str, wait_s: float = 0.0) -> l
     admin = AIOKafkaAdminClient(bootstrap_servers=config.bootstrap, client_id=config.client_id)
     try:
         await admin.start()
-        for attempt in range(max(1, round(wait_s / _METADATA_POLL_S))):
-            if attempt:
-                await asyncio.sleep(_METADATA_POLL_S)
+        deadline = time.monotonic() + wait_s
+        while True:
             if topic in await admin.list_topics():
                 (described,) = await admin.describe_topics([topic])
                 if described["partitions"]:
                     return sorted(TopicPartition(topic, p["partition"]) for p in described["partitions"])
-        return []
+            if time.monotonic() >= deadline:
+                return []
+            await asyncio.sleep(_METADATA_POLL_S)
     finally:
         await admin.close()
 

@@ -97,6 +97,12 @@ def bus_config(bootstrap: str, prefix: str) -> BusConfig:
     return BusConfig(topic_prefix=prefix, kafka=KafkaConfig(bootstrap=bootstrap, partitions=PARTITIONS))
 
 
+def host_busy_s() -> float:
+    """CPU seconds all cores of the machine spent busy so far (/proc/stat; idle and iowait excluded)."""
+    ticks = [int(field) for field in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def say(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
@@ -276,7 +282,7 @@ async def throughput(offsets: Offsets, prefix: str, guarantee: str, total: int, 
             return first > 0
 
         await until(started, worker, 120, "no commit")  # startup and group join take ~10 s
-        t0, cpu0 = time.perf_counter(), worker.cpu_s()
+        t0, cpu0, host0 = time.perf_counter(), worker.cpu_s(), host_busy_s()
         if args.profile > 0:
             profiler = profile(worker.proc.pid, args.profile, guarantee)
         done = first
@@ -285,6 +291,7 @@ async def throughput(offsets: Offsets, prefix: str, guarantee: str, total: int, 
             await asyncio.sleep(0.2)
             done = await offsets.committed(worker.app_id, topic)
         span, cpu, rss = time.perf_counter() - t0, worker.cpu_s() - cpu0, worker.peak_rss_mb()
+        others = host_busy_s() - host0 - cpu
     finally:
         end_profile(profiler)
         worker.stop()
@@ -298,6 +305,8 @@ async def throughput(offsets: Offsets, prefix: str, guarantee: str, total: int, 
         "measured s": span,
         "trades/s": rate,
         "cpu %": 100 * cpu / span,
+        "cpu us/trade": 1e6 * cpu / (done - first),
+        "others %": 100 * others / span,
         "rss MB": rss,
         "exit": worker.exit,
         "goal": "met" if rate >= GOAL_RATE else "MISSED",
@@ -438,10 +447,12 @@ async def latency(offsets: Offsets, tmp: Path, args: argparse.Namespace, prefix:
         say(f"latency: {'kept up' if warm else 'NOT keeping up'}; measuring {args.seconds:g}s")
         if args.profile > 0:
             profiler = profile(worker.proc.pid, min(args.profile, args.seconds), "latency")
-        done0, cpu0, t0 = await offsets.committed(worker.app_id, topic), worker.cpu_s(), time.perf_counter()
+        done0, t0 = await offsets.committed(worker.app_id, topic), time.perf_counter()
+        cpu0, host0 = worker.cpu_s(), host_busy_s()
         await paced.run(args.rate, args.seconds, measured=True)
         span = time.perf_counter() - t0
         cpu, done = worker.cpu_s() - cpu0, await offsets.committed(worker.app_id, topic)
+        others = host_busy_s() - host0 - cpu
         await publisher.flush()
         finished = await paced.run(0, 0, done=caught_up, most_s=5)  # a worker that kept up commits the rest soon
         await asyncio.sleep(2.0)  # and its timer sends the last updates
@@ -461,6 +472,7 @@ async def latency(offsets: Offsets, tmp: Path, args: argparse.Namespace, prefix:
         "sent/s": len(paced.published_ns) / span,
         "worker/s": (done - done0) / span,
         "cpu %": 100 * cpu / span,
+        "others %": 100 * others / span,
         "klines": len(seen),
         "p50 ms": percentile_ms(waits, 0.5),
         "p99 ms": p99,

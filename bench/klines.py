@@ -20,8 +20,12 @@ worker reads the same trades from the start. The group's committed offsets on th
 0.2 s; trades/s = trades committed from the first poll that saw a commit to the last poll, over that time. The last
 poll is the one that saw every trade committed or the first ``--max-seconds`` after the first commit ("complete"
 says which), so a run stays short however slow the worker is. Faust commits once a second: both ends carry up to
-~1 s of commit granularity. "total s" runs from spawning the worker (startup and group join included). "cpu %" is
-the worker's CPU time over the measured span (100% = one core); "rss MB" its peak resident memory (VmHWM).
+~1 s of commit granularity. "total s" runs from spawning the worker (startup and group join included). Over the
+measured span: "cpu %" is the worker's CPU time (100% = one core), "cpu us/trade" the same per trade committed (less
+sensitive to other load than trades/s, but it includes the worker's fixed costs per second, e.g. its timer's sweep
+over all instruments), "others %" the CPU the rest of the machine used (broker, this process, other work; the
+machine has 200%). "rss MB" is the worker's peak resident memory (VmHWM); it grows with the run's length as long
+as the RocksDB memtables of its 12 partition stores fill.
 
 Latency (at_least_once): the worker runs with ``update_interval_ms = 1`` (the 250 ms default throttle alone would
 make every trade wait up to 250 ms) unless ``--streams`` says otherwise; in-progress klines then go out on every
@@ -32,15 +36,17 @@ the end (at most 15 s more; "caught up" says whether it did), then for ``--secon
 trades carry ``ts = recv_ts =`` the wall clock at ``publish()`` and their index as trade id, so a kline's
 ``last_trade_id`` (the trade with the largest ``ts`` it includes) names the newest measured trade it includes.
 A trade's latency is the time from its ``publish()`` to the listener receiving the first 1m kline of its instrument
-(in-progress or closed) whose ``last_trade_id`` is that trade or a later one: what a client of ``market.klines``
-waits. "unseen" counts measured trades no kline covered before the end; a worker that falls behind leaves many, and
-the percentiles are then over the seen ones only. The publisher's 5 ms linger, two broker hops and the worker's
-batching (``batch_within_s``) are included; publisher, listener, worker and broker share the machine's 2 cores.
-"worker/s" is the worker's committed progress over the measured span.
+and minute (in-progress or closed) whose ``last_trade_id`` is that trade or a later one: what a client of
+``market.klines`` waits. "unseen" counts measured trades no kline covered before the end; a worker that falls
+behind leaves many, and the percentiles are then over the seen ones only. The publisher's 5 ms linger, two broker
+hops and the worker's batching (``batch_within_s``) are included; publisher, listener, worker and broker share the
+machine's 2 cores. "worker/s" is the worker's committed progress over the measured span; "caught up" says whether
+the worker kept up before the span and whether it had committed every trade within 5 s after it.
 
-``--profile S`` records the worker with py-spy (``--nonblocking``: never paused) for S seconds of each measured span
-into /tmp/bench-klines-<phase>.raw (collapsed stacks). ``--worker-cmd`` replaces ``market-ingestor`` by any command
-taking the same arguments, e.g. ``".venv/bin/python /tmp/variant.py"`` running a patched app, to compare variants.
+``--profile S`` records the worker with py-spy (``--nonblocking``: never paused, but some stacks come out cut) for
+S seconds of each measured span into /tmp/bench-klines-<guarantee or "latency">.raw (collapsed stacks).
+``--worker-cmd`` replaces ``market-ingestor`` by any command taking the same arguments, e.g.
+``".venv/bin/python /tmp/variant.py"`` running a patched app, to compare variants.
 """
 
 from __future__ import annotations
@@ -322,13 +328,14 @@ class _Kline1m(msgspec.Struct):
     exchange: str
     symbol: str
     interval: str
+    open_time: int
     last_trade_id: str | None
 
 
 def listen(bootstrap: str, topic: str, ready: Any, stop: Any, out: Any) -> None:
-    """In its own process: (receive ns, bus key, newest trade index) of each 1m kline including measured trades."""
+    """In its own process: (receive ns, bus key, open_time, newest trade index) of each 1m kline of measured trades."""
 
-    async def run() -> list[tuple[int, str, int]]:
+    async def run() -> list[tuple[int, str, int, int]]:
         decoder = msgspec.json.Decoder(_Kline1m)
         consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
         await consumer.start()
@@ -344,7 +351,7 @@ def listen(bootstrap: str, topic: str, ready: Any, stop: Any, out: Any) -> None:
                         kline = decoder.decode(record.value)
                         last = kline.last_trade_id
                         if kline.interval == "1m" and last is not None and last.isdigit():  # warm-up ids: w<n>
-                            seen.append((now, f"{kline.exchange}.{kline.symbol}", int(last)))
+                            seen.append((now, f"{kline.exchange}.{kline.symbol}", kline.open_time, int(last)))
         finally:
             await consumer.stop()
         return seen
@@ -393,18 +400,19 @@ class Paced:
                 self.sent += 1
             await asyncio.sleep(0.001)
 
-    def waits(self, seen: list[tuple[int, str, int]]) -> list[int]:
+    def waits(self, seen: list[tuple[int, str, int, int]]) -> list[int]:
         """Per measured trade seen in a kline, ns from its publish to the first kline including it, sorted."""
-        trades_of: dict[str, list[int]] = defaultdict(list)  # per instrument, its trade indexes in publish order
-        for trade, key in enumerate(self.key_of):
-            trades_of[key].append(trade)
-        covered: dict[str, int] = defaultdict(int)  # per instrument, how many of its trades a kline included
+        # Per instrument and 1m window, its trade indexes in publish order (= ts order: ts is the publish time).
+        trades_of: dict[tuple[str, int], list[int]] = defaultdict(list)
+        for trade, (key, ts) in enumerate(zip(self.key_of, self.published_ns, strict=True)):
+            trades_of[key, ts - ts % MINUTE_NS].append(trade)
+        covered: dict[tuple[str, int], int] = defaultdict(int)  # how many of those a kline included so far
         waits = []
-        for received, key, last in sorted(seen):
-            trades = trades_of[key]
+        for received, key, window, last in sorted(seen):
+            trades = trades_of[key, window]
             upto = bisect.bisect_right(trades, last)
-            waits += [received - self.published_ns[trade] for trade in trades[covered[key] : upto]]
-            covered[key] = max(covered[key], upto)
+            waits += [received - self.published_ns[trade] for trade in trades[covered[key, window] : upto]]
+            covered[key, window] = max(covered[key, window], upto)
         return sorted(waits)
 
 

@@ -6,8 +6,9 @@ publishing a trade to the kline update that includes it.
         [--streams KEY=TOML ...] [--profile SECONDS] [--worker-cmd CMD] [--prefix PREFIX] [--keep]
 
 Each run starts ONE ``market-ingestor worker`` subprocess on a fresh ``streams.app_id`` (consumer group and
-changelog) with 12 partitions, the six default intervals 1m..1d, ``standby_replicas = 0``, log level WARNING and
-any ``--streams`` settings (e.g. ``--streams batch_size=20000``), and stops it with SIGTERM: "exit" is its exit
+changelog) with 12 partitions, the six default intervals 1m..1d, the default indicators (on the klines it emits;
+``--streams "indicators=[]"`` leaves them out), ``standby_replicas = 0``, log level WARNING and any other
+``--streams`` settings (e.g. ``--streams batch_size=20000``), and stops it with SIGTERM: "exit" is its exit
 code and how long it took to stop (it should be 0); its stderr stays in /tmp/bench-klines-<app_id>.log. Topics are
 deleted at the end unless ``--keep``; ``--prefix`` reuses the trades of a kept run.
 

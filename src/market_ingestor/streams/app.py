@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 
 trade_decoder = decoder_for(Trade)
 FETCH_MAX_WAIT_MS = 20  # short long-polls: see streams/faust_app.py
+# Faust's RocksDB defaults (64 MB x 3 memtables and a 2 GB block cache per partition store) let a worker with a
+# backlog grow past 400 MB; our rows are a few KB per instrument, rewritten in place, so small buffers suffice.
+TABLE_OPTIONS = {"write_buffer_size": 1 << 20, "max_write_buffer_number": 2, "block_cache_size": 2 << 20}
 
 
 def kline_settings(config: Config) -> KlineSettings:
@@ -77,7 +80,7 @@ def build_app(config: Config, data_dir: str | Path | None = None, web_port: int 
     worker = KlineAgent(app, prefix, kline_settings(config), streams.batch_size, streams.batch_within_s)
     app.timer(streams.timer_interval_s, name="kline-clock")(worker.tick)
     if streams.indicators:
-        IndicatorAgent(app, prefix, streams.indicators, streams.batch_size, streams.batch_within_s)
+        IndicatorAgent(app, prefix, streams.indicators, streams.batch_size, streams.batch_within_s, TABLE_OPTIONS)
     return app
 
 
@@ -88,7 +91,9 @@ class KlineAgent:
         self.trades = app.topic(prefix + Topics.TRADES, key_type=bytes, value_type=bytes)
         self.klines = app.topic(prefix + Topics.KLINES, key_type=bytes, value_type=bytes)
         self.deadletter = app.topic(prefix + Topics.DEADLETTER, key_type=bytes, value_type=bytes)
-        self.table = app.Table("kline-state", default=None, key_type=bytes, value_type=bytes, use_partitioner=True)
+        self.table = app.Table(
+            "kline-state", default=None, key_type=bytes, value_type=bytes, use_partitioner=True, options=TABLE_OPTIONS
+        )
         self.table.on_recover(self.on_recovered)
         self.writer = PartitionWriter(app)
         # The working set: instruments of this worker's partitions, and the trades partition of each.

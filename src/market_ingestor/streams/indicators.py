@@ -28,13 +28,17 @@ Row = dict[str, dict[str, Indicator]]  # interval -> indicator name -> state
 
 
 class IndicatorAgent:
-    def __init__(self, app: faust.App, prefix: str, specs: Sequence[str], batch: int, within_s: float) -> None:
+    def __init__(
+        self, app: faust.App, prefix: str, specs: Sequence[str], batch: int, within_s: float, options: dict[str, int]
+    ) -> None:
         self.specs = tuple(specs)
         for spec in self.specs:
             parse_spec(spec)  # a bad spec fails at start, naming it
         self.klines = app.topic(prefix + Topics.KLINES, key_type=bytes, value_type=bytes)
         self.out = app.topic(prefix + Topics.INDICATORS, key_type=bytes, value_type=bytes)
-        self.table = app.Table("indicator-state", default=None, key_type=bytes, value_type=bytes, use_partitioner=True)
+        self.table = app.Table(
+            "indicator-state", default=None, key_type=bytes, value_type=bytes, use_partitioner=True, options=options
+        )
         self.writer = PartitionWriter(app)
         self.batch, self.within_s = batch, within_s
         app.agent(self.klines, name="indicators")(self.compute)

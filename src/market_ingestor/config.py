@@ -164,6 +164,25 @@ class SinkConfig(_Section, frozen=True):
     data_dir: str = ".devstack/sink-data"  # Faust's data directory (the sink keeps no tables)
 
 
+class ApiConfig(_Section, frozen=True):
+    """The query API (``market-ingestor api``): REST over the stored data plus a live ticker table."""
+
+    host: str = "0.0.0.0"
+    port: PositiveInt = 8000
+    auth_enabled: bool = True  # requests need an API key (``apikeys create``); /healthz, /readyz, /openapi.json never
+    default_page_size: PositiveInt = 500
+    max_page_size: PositiveInt = 5_000  # a larger ``limit`` is refused (400), not truncated
+    max_tickers: PositiveInt = 100  # symbols in one /api/v1/tickers request
+    rate_limit_per_s: PositiveInt = 20  # per key and API instance, unless the key has its own
+    rate_limit_burst: PositiveInt = 40
+    key_cache_ttl_s: PositiveSeconds = 5.0  # a revoked key stops working within this long
+    key_cache_size: PositiveInt = 10_000
+    symbols_refresh_s: PositiveSeconds = 30.0  # the catalog of stored symbols is re-read this often
+    db_pool_size: PositiveInt = 10
+    query_timeout_s: PositiveSeconds = 10.0
+    ticker_flush_s: PositiveSeconds = 0.1  # the ticker table is written at most this often per instrument
+
+
 class Config(_Section, frozen=True):
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     bus: BusConfig = msgspec.field(default_factory=BusConfig)
@@ -172,6 +191,7 @@ class Config(_Section, frozen=True):
     ingest: IngestConfig = msgspec.field(default_factory=IngestConfig)
     streams: StreamsConfig = msgspec.field(default_factory=StreamsConfig)
     sink: SinkConfig = msgspec.field(default_factory=SinkConfig)
+    api: ApiConfig = msgspec.field(default_factory=ApiConfig)
     exchanges: dict[str, ExchangeConfig] = msgspec.field(default_factory=dict)  # names: the exchange registry
 
 

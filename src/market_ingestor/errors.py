@@ -9,7 +9,8 @@
     │   └── BusClosedError     used after stop() or before start()
     ├── StorageError           the database refused a statement (bad data, schema not migrated)
     │   └── StorageUnavailable the database cannot be reached or went away: retry with backoff
-    └── DevStackError          a local development server failed to start or stop
+    ├── DevStackError          a local development server failed to start or stop
+    └── RequestError           a bad query API request (parameter, unknown symbol); carries the HTTP status
 
 Library errors are wrapped at the boundary with ``raise ... from exc`` so the cause stays visible, and every
 message says what the operator can do about it.
@@ -54,3 +55,12 @@ class StorageUnavailable(StorageError):
 
 class DevStackError(MarketIngestorError):
     """A development server (Kafka, PostgreSQL, NATS) could not be started or stopped."""
+
+
+class RequestError(MarketIngestorError):
+    """A query API request that cannot be answered as asked: the HTTP status and the parameter to blame."""
+
+    def __init__(self, message: str, parameter: str | None = None, status: int = 400) -> None:
+        super().__init__(message)
+        self.parameter = parameter
+        self.status = status

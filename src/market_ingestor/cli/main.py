@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from market_ingestor import __version__
+from market_ingestor.cli.api import api, apikeys
 from market_ingestor.cli.context import CliContext
 from market_ingestor.cli.control import exchanges, symbols
 from market_ingestor.cli.db import db
@@ -55,10 +56,9 @@ cli.add_command(worker)
 cli.add_command(klines)
 cli.add_command(db)
 cli.add_command(sink)
-for _name, _summary, _issue in (
-    ("apikeys", "Create, list and revoke API keys", 5),
-    ("push", "Run the WebSocket push gateway", 6),
-):
+cli.add_command(api)
+cli.add_command(apikeys)
+for _name, _summary, _issue in (("push", "Run the WebSocket push gateway", 6),):
     cli.add_command(_not_yet(_name, _summary, _issue))
 
 

@@ -1,0 +1,170 @@
+"""The live ticker: the latest trade and the best bid/ask of every instrument, held in a Faust table.
+
+Why a ``GlobalTable`` on the in-memory store: API instances are stateless replicas behind a load balancer, and
+each must answer for every instrument. A ``GlobalTable`` gives every instance all partitions of the table, read
+from its compacted changelog at start (the readiness condition) and followed from then on, while the ``ticker``
+agent's source partitions (``market.trades`` + ``market.quotes``, co-partitioned by instrument) are shared out
+among the instances of the consumer group ``{streams.app_id}-api``: each instrument is written by exactly one
+instance and read by all of them. The state is small (one row per instrument) and the changelog holds it, so
+the in-memory store suffices and an instance needs no disk; a restart re-reads the changelog. Compared with a
+per-instance in-memory map fed by a follower, this serves at start what was current before (a quiet instrument
+keeps its last trade), and each instance reads one row per instrument update instead of the whole trade and
+quote flow.
+
+Faust's advice for a ``GlobalTable`` used by several instances is one changelog partition and a recovery buffer
+of one (faust-streaming's GlobalTable docstring), which we follow. An instance also re-reads its own writes
+from the changelog, slightly after making them; the instruments it owns are therefore served from
+:attr:`TickerTable.owned`, the authoritative latest state, and only the others from the table.
+
+Writes are coalesced: the agent takes events in batches of up to ``ticker_flush_s`` and writes each touched
+instrument once per batch. "Latest" is by exchange time (a late trade never replaces a newer one), ties going to
+the later arrival.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from typing import Any, Protocol
+
+import faust
+import msgspec
+
+from market_ingestor.config import Config
+from market_ingestor.model import Quote, Topics, Trade
+
+log = logging.getLogger(__name__)
+
+# Keep the changelog close to one record per instrument, so that a starting instance reads little.
+CHANGELOG_CONFIG = {"segment.ms": 600_000, "min.cleanable.dirty.ratio": 0.1, "delete.retention.ms": 600_000}
+
+
+class TickerState(msgspec.Struct, frozen=True):
+    trade: Trade | None = None
+    quote: Quote | None = None
+
+    def updated(self, event: Trade | Quote) -> TickerState:
+        if isinstance(event, Trade):
+            if self.trade is None or event.ts >= self.trade.ts:
+                return TickerState(event, self.quote)
+        elif self.quote is None or (event.ts, event.seq or 0) >= (self.quote.ts, self.quote.seq or 0):
+            return TickerState(self.trade, event)
+        return self
+
+
+_state_encoder = msgspec.json.Encoder(decimal_format="string")
+_state_decoder = msgspec.json.Decoder(TickerState)
+_event_decoder = msgspec.json.Decoder(Trade | Quote)
+
+
+class TickerView(Protocol):
+    """What the web handlers read."""
+
+    @property
+    def recovered(self) -> bool:
+        """True once the table holds what was current before this instance started."""
+
+    def get(self, key: str) -> TickerState | None:
+        """The state of ``{exchange}.{symbol}``."""
+
+    def instruments(self) -> Iterable[str]:
+        """Every ``{exchange}.{symbol}`` held."""
+
+
+class MemoryTicker:
+    """A plain dict with the same view: the seam for handler tests that need no Kafka."""
+
+    def __init__(self, states: dict[str, TickerState] | None = None) -> None:
+        self.states = dict(states or {})
+        self.recovered = True
+
+    def get(self, key: str) -> TickerState | None:
+        return self.states.get(key)
+
+    def instruments(self) -> Iterable[str]:
+        return list(self.states)
+
+
+class TickerTable:
+    """The Faust side: the ``ticker`` agent and its ``GlobalTable``; see the module docstring."""
+
+    def __init__(self, app: faust.App, config: Config) -> None:
+        prefix = config.bus.topic_prefix
+        self.app = app
+        self.flush_s = config.api.ticker_flush_s
+        self.source = app.topic(prefix + Topics.TRADES, prefix + Topics.QUOTES, key_type=bytes, value_type=bytes)
+        self.table = app.GlobalTable(
+            "ticker",
+            default=None,
+            key_type=bytes,
+            value_type=bytes,
+            partitions=1,
+            recovery_buffer_size=1,
+            use_partitioner=True,
+            extra_topic_configs=CHANGELOG_CONFIG,
+        )
+        self.owned: dict[str, TickerState] = {}
+        self.malformed = 0
+        app.agent(self.source, name="ticker")(self.follow)
+        app.on_partitions_revoked.connect(self.on_revoked)  # type: ignore[arg-type]
+
+    @property
+    def recovered(self) -> bool:
+        return bool(self.app.tables.recovery.completed.is_set())  # type: ignore[attr-defined]
+
+    def get(self, key: str) -> TickerState | None:
+        state = self.owned.get(key)
+        if state is not None:
+            return state
+        stored = self.table.get(key.encode())
+        return _state_decoder.decode(stored) if stored is not None else None
+
+    def instruments(self) -> Iterator[str]:
+        yield from {*self.owned, *(key.decode() for key in self.table)}
+
+    async def follow(self, stream: Any) -> None:
+        async for events in stream.take_events(10_000, within=self.flush_s):
+            self.apply(event.value for event in events)
+
+    def apply(self, values: Iterable[bytes]) -> None:
+        touched: set[str] = set()
+        for value in values:
+            try:
+                event = _event_decoder.decode(value)
+            except msgspec.MsgspecError as exc:
+                self.malformed += 1  # the worker dead-letters bad records; the ticker only skips them
+                if self.malformed == 1 or self.malformed % 1000 == 0:  # a flood must not become a log flood
+                    log.warning("ticker skipped malformed records", extra={"reason": str(exc), "count": self.malformed})
+                continue
+            key = f"{event.exchange}.{event.symbol}"
+            current = self.owned.get(key) or self.get(key) or TickerState()
+            self.owned[key] = current.updated(event)
+            touched.add(key)
+        for key in touched:
+            self.table[key.encode()] = _state_encoder.encode(self.owned[key])
+
+    async def on_revoked(self, app: faust.App, revoked: set[Any], **_: Any) -> None:
+        """Source partitions moved: their instruments are now written, and served fresh, by another instance."""
+        if any(tp.topic in self.source.topics for tp in revoked):
+            self.owned.clear()
+
+
+def build_ticker_app(config: Config, data_dir: str) -> tuple[faust.App, TickerTable]:
+    """The Faust app of the ticker; ``data_dir`` is scratch space (Faust wants a directory even for in-memory
+    tables: the caller passes a temporary one and removes it afterwards)."""
+    kafka = config.bus.kafka
+    app = faust.App(
+        f"{config.streams.app_id}-api",
+        broker=f"kafka://{kafka.bootstrap}",
+        store="memory://",
+        datadir=data_dir,
+        topic_partitions=kafka.partitions,
+        topic_replication_factor=kafka.replication_factor,
+        key_serializer="raw",
+        value_serializer="raw",
+        web_enabled=False,
+        # A new deployment starts at the live edge: the ticker needs no history, only what happens next.
+        consumer_auto_offset_reset="latest",
+        broker_commit_interval=1.0,
+    )
+    return app, TickerTable(app, config)

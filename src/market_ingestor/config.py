@@ -183,6 +183,35 @@ class ApiConfig(_Section, frozen=True):
     ticker_flush_s: PositiveSeconds = 0.1  # the ticker table is written at most this often per instrument
 
 
+class PushConfig(_Section, frozen=True):
+    """The WebSocket push gateway (``market-ingestor push``, docs/push.md)."""
+
+    host: str = "0.0.0.0"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8765  # 0: any free port (tests)
+    # Several gateway processes on one host share the port (SO_REUSEPORT, the kernel spreads the connections):
+    # one process uses one core, so run one per core.
+    reuse_port: bool = False
+    max_clients: PositiveInt = 10_000  # beyond this, handshakes are refused with HTTP 503
+    max_subscriptions: PositiveInt = 100  # (channel, symbol) pairs per client
+    max_message_bytes: PositiveInt = 4096  # a larger client message gets an error reply
+    # A client with no subscription that sends nothing for this long is closed; subscribers are kept alive (and
+    # dead peers found) by WebSocket pings every ping_interval_s, answered within ping_timeout_s.
+    idle_timeout_s: PositiveSeconds = 60.0
+    ping_interval_s: PositiveSeconds = 20.0
+    ping_timeout_s: PositiveSeconds = 20.0
+    allowed_origins: list[str] = msgspec.field(default_factory=list)  # empty: any Origin header
+    queue_size: PositiveInt = 256  # updates waiting for one client's socket; oldest lost beyond
+    max_behind_s: PositiveSeconds = 10.0  # a client whose updates wait this long without catching up is closed
+    write_limit_bytes: PositiveInt = 32 * 1024  # a client's socket buffer above this: its updates queue up
+    # The kernel's send buffer per client socket (SO_SNDBUF); 0 leaves it to the kernel, which grows it up to
+    # net.ipv4.tcp_wmem's maximum (4 MiB) for a client that stops reading.
+    socket_send_buffer_bytes: NonNegativeInt = 128 * 1024
+    close_timeout_s: PositiveSeconds = 5.0  # a closing handshake not answered by then: the socket is dropped
+    auth_enabled: bool = False  # require an API key (?api_key= or X-API-Key header) at the handshake
+    state_max_entries: PositiveInt = 100_000  # latest kline/quote/indicator per (channel, symbol), for subscribe
+    prime_records: NonNegativeInt = 2_000  # read back per partition at start to fill that state
+
+
 class Config(_Section, frozen=True):
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     bus: BusConfig = msgspec.field(default_factory=BusConfig)
@@ -192,6 +221,7 @@ class Config(_Section, frozen=True):
     streams: StreamsConfig = msgspec.field(default_factory=StreamsConfig)
     sink: SinkConfig = msgspec.field(default_factory=SinkConfig)
     api: ApiConfig = msgspec.field(default_factory=ApiConfig)
+    push: PushConfig = msgspec.field(default_factory=PushConfig)
     exchanges: dict[str, ExchangeConfig] = msgspec.field(default_factory=dict)  # names: the exchange registry
 
 

@@ -229,3 +229,35 @@ async def test_followers_each_read_everything_from_the_beginning_and_then_new_re
     finally:
         await first.stop()
         await second.stop()
+
+
+async def test_a_tail_follower_starts_n_records_before_the_end_and_then_follows(bus, topic):
+    """tail=0: only what is published after start(); tail=n: the last n records (per partition on Kafka, of the
+    stream on NATS; one key here, so one partition either way), then new ones."""
+    publisher = bus.publisher()
+    await publisher.start()
+    try:
+        for n in range(10):
+            await publisher.publish(topic, "ex.ONE", f"old{n}".encode(), msg_id=f"old{n}")
+        await publisher.flush()
+        live, recent = bus.follower([topic], tail=0), bus.follower([topic], tail=3)
+        for follower in (live, recent):
+            await follower.start()
+        try:
+            await publisher.publish(topic, "ex.ONE", b"new", msg_id="new")
+            await publisher.flush()
+            assert [d.value for d in await drain(live, 1)] == [b"new"]
+            assert [d.value for d in await drain(recent, 4)] == [b"old7", b"old8", b"old9", b"new"]
+            for follower in (live, recent):
+                assert await follower.fetch(max_records=10, timeout_s=0.5) == []
+        finally:
+            await live.stop()
+            await recent.stop()
+    finally:
+        await publisher.stop()
+
+
+async def test_a_tail_follower_of_a_missing_topic_is_a_bus_error(bus):
+    follower = bus.follower([f"test.missing.{uuid.uuid4().hex[:12]}"], tail=0)
+    with pytest.raises(BusError, match="missing"):
+        await follower.start()

@@ -71,6 +71,9 @@ class Bus(Protocol):
     def subscriber(self, topics: Sequence[str], group: str) -> Subscriber:
         """A consumer in ``group``: members of one group share the work; a new group starts at the beginning."""
 
-    def follower(self, topics: Sequence[str]) -> Subscriber:
-        """Reads every record of ``topics`` from the beginning and then new ones, for this process alone: no
-        group, nothing stored on the server, ``commit`` does nothing (for the control topic)."""
+    def follower(self, topics: Sequence[str], *, tail: int | None = None) -> Subscriber:
+        """Reads ``topics`` for this process alone: no group, nothing stored on the server, ``commit`` does
+        nothing. With ``tail=None`` every record from the beginning and then new ones (for the control topic).
+        With ``tail=n`` it starts ``n`` records before the end of each partition (Kafka) or of each stream (NATS)
+        as found by ``start()``: ``tail=0`` gets exactly the records published after ``start()`` returns (for
+        live views such as the push gateway, several of which run side by side)."""

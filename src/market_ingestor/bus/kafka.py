@@ -44,6 +44,17 @@ def _delivery(record: ConsumerRecord[bytes, bytes]) -> Delivery:
     )
 
 
+async def _partitions(config: KafkaConfig, topic: str) -> list[TopicPartition]:
+    """The topic's partitions, from the broker (none when the topic does not exist)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=config.bootstrap, client_id=config.client_id)
+    try:
+        await admin.start()
+        (described,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    return sorted(TopicPartition(topic, p["partition"]) for p in described["partitions"])
+
+
 class KafkaBus:
     # The idempotent producer dedupes its own retries; an application re-send is a new record.
     deduplicates_resends = False
@@ -78,15 +89,6 @@ class KafkaBus:
             topic_configs=configs,
         )
 
-    async def _partitions(self, topic: str) -> list[TopicPartition]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.config.bootstrap, client_id=self.config.client_id)
-        try:
-            await admin.start()
-            (described,) = await admin.describe_topics([topic])
-        finally:
-            await admin.close()
-        return sorted(TopicPartition(topic, p["partition"]) for p in described["partitions"])
-
     async def read_topic(self, topic: str) -> list[Delivery]:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.config.bootstrap,
@@ -95,7 +97,7 @@ class KafkaBus:
             isolation_level="read_committed",
         )
         try:
-            partitions = await self._partitions(topic)
+            partitions = await _partitions(self.config, topic)
             if not partitions:
                 return []
             await consumer.start()
@@ -119,8 +121,8 @@ class KafkaBus:
     def subscriber(self, topics: Sequence[str], group: str) -> KafkaSubscriber:
         return KafkaSubscriber(self.config, topics, group)
 
-    def follower(self, topics: Sequence[str]) -> KafkaSubscriber:
-        return KafkaSubscriber(self.config, topics, None)
+    def follower(self, topics: Sequence[str], *, tail: int | None = None) -> KafkaSubscriber:
+        return KafkaSubscriber(self.config, topics, None, tail=tail)
 
 
 class KafkaPublisher:
@@ -248,15 +250,18 @@ class KafkaPublisher:
 
 
 class KafkaSubscriber:
-    def __init__(self, config: KafkaConfig, topics: Sequence[str], group: str | None) -> None:
+    def __init__(
+        self, config: KafkaConfig, topics: Sequence[str], group: str | None, *, tail: int | None = None
+    ) -> None:
         self.config = config
         self.topics = tuple(topics)
         self.group = group
+        self.tail = tail
         self._consumer: AIOKafkaConsumer | None = None
 
     async def start(self) -> None:
         self._consumer = AIOKafkaConsumer(
-            *self.topics,
+            *(self.topics if self.tail is None else ()),
             bootstrap_servers=self.config.bootstrap,
             client_id=self.config.client_id,
             group_id=self.group,
@@ -269,9 +274,29 @@ class KafkaSubscriber:
         )
         try:
             await self._consumer.start()
+            if self.tail is not None:
+                await self._seek_tail(self._consumer, self.tail)
         except KafkaError as exc:
-            self._consumer = None
+            await self.stop()
             raise BusError(f"cannot connect to Kafka at {self.config.bootstrap}: {exc!r}") from exc
+        except BusError:
+            await self.stop()
+            raise
+
+    async def _seek_tail(self, consumer: AIOKafkaConsumer, tail: int) -> None:
+        # Offsets are fixed here, before start() returns, so nothing published afterwards can be missed (a
+        # subscription with auto_offset_reset="latest" would settle its position lazily, at the first fetch).
+        partitions: list[TopicPartition] = []
+        for topic in self.topics:
+            found = await _partitions(self.config, topic)
+            if not found:
+                raise BusError(f"Kafka topic {topic!r} does not exist on {self.config.bootstrap}: create it first")
+            partitions.extend(found)
+        first = await consumer.beginning_offsets(partitions)
+        end = await consumer.end_offsets(partitions)
+        consumer.assign(partitions)
+        for tp in partitions:
+            consumer.seek(tp, max(first[tp], end[tp] - tail))
 
     async def stop(self) -> None:
         if self._consumer is not None:

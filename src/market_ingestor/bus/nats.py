@@ -141,8 +141,8 @@ class NatsBus:
     def subscriber(self, topics: Sequence[str], group: str) -> NatsSubscriber:
         return NatsSubscriber(self.config, topics, group)
 
-    def follower(self, topics: Sequence[str]) -> NatsSubscriber:
-        return NatsSubscriber(self.config, topics, None)
+    def follower(self, topics: Sequence[str], *, tail: int | None = None) -> NatsSubscriber:
+        return NatsSubscriber(self.config, topics, None, tail=tail)
 
 
 class _Window:
@@ -308,10 +308,13 @@ def _durable_name(group: str, topic: str) -> str:
 
 
 class NatsSubscriber:
-    def __init__(self, config: NatsConfig, topics: Sequence[str], group: str | None) -> None:
+    def __init__(
+        self, config: NatsConfig, topics: Sequence[str], group: str | None, *, tail: int | None = None
+    ) -> None:
         self.config = config
         self.topics = tuple(topics)
         self.group = group
+        self.tail = tail
         self._client: NatsClient | None = None
         self._subscriptions: list[tuple[str, JetStreamContext.PullSubscription]] = []
         self._next = 0
@@ -326,6 +329,11 @@ class NatsSubscriber:
                     consumer = ConsumerConfig(
                         ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL, inactive_threshold=30.0
                     )
+                    if self.tail is not None:
+                        # The start sequence is fixed when the consumer is created, before start() returns.
+                        state = (await js.stream_info(stream_name(topic))).state
+                        consumer.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+                        consumer.opt_start_seq = max(state.first_seq, state.last_seq + 1 - self.tail, 1)
                 else:
                     consumer = ConsumerConfig(
                         durable_name=_durable_name(self.group, topic),

@@ -14,6 +14,7 @@ from market_ingestor.cli.db import db
 from market_ingestor.cli.dev import dev
 from market_ingestor.cli.ingest import ingest, parse
 from market_ingestor.cli.klines import klines
+from market_ingestor.cli.push import push
 from market_ingestor.cli.simulate import simulate
 from market_ingestor.cli.sink import sink
 from market_ingestor.cli.up import tail, up
@@ -58,8 +59,7 @@ cli.add_command(db)
 cli.add_command(sink)
 cli.add_command(api)
 cli.add_command(apikeys)
-for _name, _summary, _issue in (("push", "Run the WebSocket push gateway", 6),):
-    cli.add_command(_not_yet(_name, _summary, _issue))
+cli.add_command(push)
 
 
 if __name__ == "__main__":

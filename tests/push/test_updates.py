@@ -1,0 +1,82 @@
+"""Bus records -> updates, and the latest state, pure."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+from push_helpers import indicator, kline, quote, trade
+
+from market_ingestor.model import Topics, encode
+from market_ingestor.push.updates import LatestState, to_update
+
+
+def update_of(event):  # type: ignore[no-untyped-def]
+    topic = {"trade": Topics.TRADES, "quote": Topics.QUOTES, "kline": Topics.KLINES, "indicator": Topics.INDICATORS}
+    return to_update(topic[type(event).__struct_config__.tag], encode(event))
+
+
+@pytest.mark.parametrize(
+    ("event", "pair", "conflate"),
+    [
+        (trade("BTCUSDT", 1), ("trade", "binance.BTCUSDT"), False),
+        (quote("BTCUSDT", 1), ("quote", "binance.BTCUSDT"), True),
+        (kline("BTCUSDT", "5m"), ("kline.5m", "binance.BTCUSDT"), True),
+        (kline("BTCUSDT", "5m", closed=True), ("kline.5m", "binance.BTCUSDT"), False),
+        (indicator("BTCUSDT"), ("indicator.rsi_14", "binance.BTCUSDT"), False),
+    ],
+)
+def test_each_topic_maps_to_its_channel_and_symbol_and_conflation(event, pair, conflate):
+    update = update_of(event)
+    assert (update.pair, update.conflate) == (pair, conflate)
+
+
+def test_the_frame_carries_the_record_unchanged():
+    event = kline("ETHUSDT", closed=True)
+    update = update_of(event)
+    assert update.message.payload.endswith(b',"data":' + encode(event) + b"}")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"{oops", b'{"type":"trade","exchange":"binance"}', encode(quote("BTCUSDT", 1))],
+)
+def test_a_record_that_is_not_the_topics_type_is_a_validation_error(value):
+    with pytest.raises((msgspec.DecodeError, msgspec.ValidationError)):
+        to_update(Topics.TRADES, value)
+
+
+def test_state_keeps_the_newest_kline_and_ignores_a_late_correction_of_an_older_window():
+    state = LatestState(10)
+    pair = ("kline.1m", "binance.BTCUSDT")
+    state.offer(update_of(kline("BTCUSDT", minute=0, trades=1)))
+    state.offer(update_of(kline("BTCUSDT", minute=0, trades=2)))
+    assert state.messages(pair) == [(update_of(kline("BTCUSDT", minute=0, trades=2)).message, True)]
+    state.offer(update_of(kline("BTCUSDT", minute=0, closed=True)))
+    state.offer(update_of(kline("BTCUSDT", minute=1, trades=1)))
+    late = msgspec.structs.replace(kline("BTCUSDT", minute=0, closed=True), revision=1)
+    state.offer(update_of(late))
+    assert state.messages(pair) == [(update_of(kline("BTCUSDT", minute=1, trades=1)).message, True)]
+
+
+def test_state_keeps_one_indicator_value_per_interval_and_no_trades():
+    state = LatestState(10)
+    one_minute = indicator("BTCUSDT", minute=3)
+    five_minutes = msgspec.structs.replace(indicator("BTCUSDT"), interval="5m")
+    for event in (indicator("BTCUSDT", minute=2), one_minute, five_minutes, trade("BTCUSDT", 1)):
+        state.offer(update_of(event))
+    assert state.messages(("indicator.rsi_14", "binance.BTCUSDT")) == [
+        (update_of(one_minute).message, False),
+        (update_of(five_minutes).message, False),
+    ]
+    assert state.messages(("trade", "binance.BTCUSDT")) == []
+
+
+def test_state_is_bounded_forgetting_the_least_recently_updated_pair():
+    state = LatestState(2)
+    for symbol in ("AUSDT", "BUSDT"):
+        state.offer(update_of(quote(symbol, 1)))
+    state.offer(update_of(quote("AUSDT", 2)))  # A is now the most recent
+    state.offer(update_of(quote("CUSDT", 1)))
+    assert len(state) == 2
+    assert state.messages(("quote", "binance.BUSDT")) == []
+    assert state.messages(("quote", "binance.AUSDT")) == [(update_of(quote("AUSDT", 2)).message, True)]

@@ -34,6 +34,7 @@ class Route:
     public: bool = False  # no API key needed
     errors: tuple[int, ...] = ()  # statuses besides 200 (and 401/429 on keyed routes)
     description: str = ""
+    media_type: str = "application/json"  # of a 200 answer
     query_names: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -87,6 +88,14 @@ def routes(config: Config) -> tuple[Route, ...]:
             errors=(503,),
         ),
         Route("/openapi.json", "openapi", "This document.", "OpenApi", public=True),
+        Route(
+            "/metrics",
+            "metrics",
+            "Prometheus metrics of this process (text exposition format).",
+            "Metrics",
+            public=True,
+            media_type="text/plain",
+        ),
         Route(
             "/api/v1/symbols",
             "symbols",
@@ -192,6 +201,7 @@ SCHEMAS: dict[str, Any] = {
     "Health": _obj({"status": {"const": "ok"}}),
     "Ready": _obj({"ready": {"type": "boolean"}, "database": _STR, "ticker": _STR}),
     "OpenApi": {"type": "object"},
+    "Metrics": {"type": "string", "description": "Prometheus text exposition format 0.0.4."},
     "Symbol": _obj(
         {"exchange": _STR, "symbol": _STR, "id": _STR, "stored": {"type": "boolean"}, "live": {"type": "boolean"}}
     ),
@@ -282,7 +292,7 @@ _STATUS_TEXT = {
 
 def _operation(route: Route, auth: bool) -> dict[str, Any]:
     responses: dict[str, Any] = {
-        "200": {"description": "OK", "content": {"application/json": {"schema": _ref(route.response)}}}
+        "200": {"description": "OK", "content": {route.media_type: {"schema": _ref(route.response)}}}
     }
     statuses = list(route.errors) + ([401, 429] if auth and not route.public else [])
     for status in sorted(statuses):

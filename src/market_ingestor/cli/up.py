@@ -17,7 +17,7 @@ import msgspec
 from market_ingestor.bus import open_bus
 from market_ingestor.cli.context import CliContext, pass_cli, run
 from market_ingestor.config import Config, ExchangeConfig
-from market_ingestor.ingestor.service import IngestService
+from market_ingestor.ingestor.service import IngestService, metrics_server
 from market_ingestor.ingestor.simulator import DIALECTS, Simulator, SimulatorConfig
 
 DEMO_SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
@@ -43,7 +43,9 @@ async def _up(config: Config, simulate: bool, rate: float, port: int) -> None:  
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     if not simulate:
-        await IngestService(config).run(stop)
+        service = IngestService(config)
+        async with metrics_server(config, service):
+            await service.run(stop)
         return
     symbols = tuple(sorted({s for ex in config.exchanges.values() for s in ex.symbols} or DEMO_SYMBOLS))
     # The configured exchanges, or all of them when the config names none.
@@ -52,17 +54,23 @@ async def _up(config: Config, simulate: bool, rate: float, port: int) -> None:  
     async with Simulator(sim_config) as sim:
         config = _pointed_at(config, sim)
         service = IngestService(config)
-        task = asyncio.create_task(service.run(stop))
-        await service.ready.wait()
-        prefix = config.bus.topic_prefix
-        click.echo(
-            f"pipeline running on the simulator (port {sim.port}, {rate:g} trades/s over {', '.join(sim.exchanges)})\n"
-            f"  bus: {config.bus.kind}; topics {prefix}market.trades, {prefix}market.quotes, {prefix}market.book\n"
-            f"  watch it:  market-ingestor tail {prefix}market.trades\n"
-            f"  add a symbol live:  market-ingestor symbols add binance XRPUSDT\n"
-            f"Ctrl-C stops it (flushes everything first)."
-        )
-        await task
+        async with metrics_server(config, service) as metrics:
+            task = asyncio.create_task(service.run(stop))
+            await service.ready.wait()
+            _banner(config, sim, rate, metrics.port)
+            await task
+
+
+def _banner(config: Config, sim: Simulator, rate: float, metrics_port: int) -> None:  # float-ok: trades/s
+    prefix = config.bus.topic_prefix
+    click.echo(
+        f"pipeline running on the simulator (port {sim.port}, {rate:g} trades/s over {', '.join(sim.exchanges)})\n"
+        f"  bus: {config.bus.kind}; topics {prefix}market.trades, {prefix}market.quotes, {prefix}market.book\n"
+        f"  metrics: http://127.0.0.1:{metrics_port}/metrics, health: /healthz\n"
+        f"  watch it:  market-ingestor tail {prefix}market.trades\n"
+        f"  add a symbol live:  market-ingestor symbols add binance XRPUSDT\n"
+        f"Ctrl-C stops it (flushes everything first)."
+    )
 
 
 @click.command()

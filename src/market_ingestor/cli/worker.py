@@ -24,7 +24,7 @@ def worker(cli_ctx: CliContext, data_dir: Path | None, web_port: int | None) -> 
     """Run the stream worker: trades -> klines -> indicators (RocksDB tables, changelogs) until SIGINT/SIGTERM."""
     import faust  # heavy: only the worker needs it
 
-    from market_ingestor.streams.app import build_app
+    from market_ingestor.streams.app import build_app, worker_metrics
     from market_ingestor.streams.outputs import mark_clean_stop, prepare_data_dir
 
     config = cli_ctx.config
@@ -36,7 +36,7 @@ def worker(cli_ctx: CliContext, data_dir: Path | None, web_port: int | None) -> 
     app = build_app(config, directory, web_port)
     try:
         faust.Worker(
-            app, loglevel=config.log.level.lower().replace("warning", "warn"), quiet=True
+            app, worker_metrics(app, config), loglevel=config.log.level.lower().replace("warning", "warn"), quiet=True
         ).execute_from_commandline()
     except SystemExit as exc:
         if exc.code in (0, None):

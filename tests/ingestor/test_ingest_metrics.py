@@ -12,9 +12,9 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from metrics_helpers import Scrape, answering, free_port, healthz, scrape, until
 
 from market_ingestor.ingestor.simulator import Simulator, SimulatorConfig
+from metrics_helpers import Scrape, answering, free_port, healthz, scrape, until
 
 pytestmark = pytest.mark.kafka
 
@@ -49,7 +49,7 @@ async def test_ingest_counts_what_the_exchange_sent_and_the_faults_it_caused(dev
 
     try:
         await until(lambda: answering(port), "/healthz answers 200", alive=died)
-        status, health = await healthz(port)
+        _, health = await healthz(port)
         assert health["state"] == "running" and health["exchanges"]["binance"]["symbols"] == 2
         await simulator.wait_stats("binance", lambda s: s.frames_sent > 100, timeout_s=20)
 

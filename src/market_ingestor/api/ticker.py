@@ -32,9 +32,12 @@ import msgspec
 
 from market_ingestor.config import Config
 from market_ingestor.model import Quote, Topics, Trade
+from market_ingestor.streams.faust_app import StreamApp
 
 log = logging.getLogger(__name__)
 
+# A quiet partition's long poll must not delay a busy one's next fetch: the ticker is about freshness.
+TICKER_FETCH_MAX_WAIT_MS = 100
 # Keep the changelog close to one record per instrument, so that a starting instance reads little.
 CHANGELOG_CONFIG = {"segment.ms": 600_000, "min.cleanable.dirty.ratio": 0.1, "delete.retention.ms": 600_000}
 
@@ -153,7 +156,7 @@ def build_ticker_app(config: Config, data_dir: str) -> tuple[faust.App, TickerTa
     """The Faust app of the ticker; ``data_dir`` is scratch space (Faust wants a directory even for in-memory
     tables: the caller passes a temporary one and removes it afterwards)."""
     kafka = config.bus.kafka
-    app = faust.App(
+    app = StreamApp(
         f"{config.streams.app_id}-api",
         broker=f"kafka://{kafka.bootstrap}",
         store="memory://",
@@ -166,5 +169,7 @@ def build_ticker_app(config: Config, data_dir: str) -> tuple[faust.App, TickerTa
         # A new deployment starts at the live edge: the ticker needs no history, only what happens next.
         consumer_auto_offset_reset="latest",
         broker_commit_interval=1.0,
+        read_committed=True,  # never show a trade of an aborted transaction
+        fetch_max_wait_ms=TICKER_FETCH_MAX_WAIT_MS,
     )
     return app, TickerTable(app, config)

@@ -35,8 +35,10 @@ def worker(cli_ctx: CliContext, data_dir: Path | None, web_port: int | None) -> 
     prepare_data_dir(directory, exactly_once=config.streams.processing_guarantee == "exactly_once")
     app = build_app(config, directory, web_port)
     try:
+        # override_logging=False: Faust's lines go through our structured formatter, not its own handler.
+        level = config.log.level.lower().replace("warning", "warn")
         faust.Worker(
-            app, worker_metrics(app, config), loglevel=config.log.level.lower().replace("warning", "warn"), quiet=True
+            app, worker_metrics(app, config), loglevel=level, quiet=True, override_logging=False
         ).execute_from_commandline()
     except SystemExit as exc:
         if exc.code in (0, None):

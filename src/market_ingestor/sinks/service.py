@@ -27,8 +27,8 @@ skipped record is simply not written (its offset is re-read after the next seek)
 the agent commits ``offset + 1`` of the batch's last record per partition through the consumer
 (``Consumer._commit``, the call Faust's own commits end in; it drops partitions no longer assigned). A batch
 is flushed on SIGTERM from the ``on_before_shutdown`` signal, which Faust sends after it stopped fetching and
-before it stops the agents and the consumer. The consumer is built ``read_committed`` (see
-:class:`SinkTransport`).
+before it stops the agents and the consumer. The consumer is built ``read_committed`` and long-polls briefly
+(see :mod:`market_ingestor.streams.faust_app`).
 """
 
 from __future__ import annotations
@@ -40,8 +40,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import faust
-from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
 from market_ingestor.config import Config
@@ -49,6 +47,7 @@ from market_ingestor.model import DeadLetter, Topics, encode
 from market_ingestor.observability.consumer import MetricsService, metrics_service
 from market_ingestor.sinks.batching import Batcher
 from market_ingestor.sinks.persist import Backoff, Persister, Row, RowDecoder, Writer, sink_group, sink_topics
+from market_ingestor.streams.faust_app import StreamApp
 
 log = logging.getLogger(__name__)
 
@@ -63,43 +62,11 @@ class Record:
     value: bytes | None
 
 
-class _SinkConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    def _create_worker_consumer(self, transport: Any) -> Any:
-        # Faust picks the isolation level from this flag alone (read_committed only under exactly_once); the
-        # sink has no transactions of its own but must never store records of aborted ones.
-        consumer: Any = self.consumer
-        saved, consumer.in_transaction = consumer.in_transaction, True
-        try:
-            client = super()._create_worker_consumer(transport)
-        finally:
-            consumer.in_transaction = saved
-        # aiokafka sends one fetch per broker at a time: a long poll for idle partitions (Faust asks for 1.5 s)
-        # holds back the refetch of the busy ones, which stalls the sink for that long after every fetched batch.
-        client._fetch_max_wait_ms = _FETCH_MAX_WAIT_MS
-        return client
-
-
-class _SinkConsumer(faust_aiokafka.Consumer):
-    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
-        return _SinkConsumerThread(self, loop=self.loop, beacon=self.beacon)
-
-
-class SinkTransport(faust_aiokafka.Transport):
-    """Faust's aiokafka transport with a ``read_committed`` consumer that long-polls briefly."""
-
-    Consumer = _SinkConsumer
-
-
-class _SinkFaustApp(faust.App):
-    def _new_transport(self) -> Any:
-        return SinkTransport(self.conf.broker_consumer, self)
-
-
 class SinkApp:
     def __init__(self, config: Config, writer: Writer, data_dir: str | Path | None = None) -> None:
         kafka, sink = config.bus.kafka, config.sink
         session_s = kafka.session_timeout_ms / 1000  # float-ok: a duration
-        self.app = _SinkFaustApp(
+        self.app = StreamApp(
             sink_group(config),
             broker=f"kafka://{kafka.bootstrap}",
             datadir=str(data_dir or sink.data_dir),
@@ -112,6 +79,8 @@ class SinkApp:
             consumer_auto_offset_reset="earliest",
             broker_session_timeout=session_s,
             broker_heartbeat_interval=session_s / 5,
+            read_committed=True,
+            fetch_max_wait_ms=_FETCH_MAX_WAIT_MS,
         )
         self.settings = sink
         self.persister = Persister(writer, self.send_dead_letters, Backoff(sink.retry_initial_s, sink.retry_max_s))

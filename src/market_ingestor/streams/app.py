@@ -44,6 +44,7 @@ from market_ingestor.streams.outputs import PartitionWriter
 log = logging.getLogger(__name__)
 
 trade_decoder = decoder_for(Trade)
+FETCH_MAX_WAIT_MS = 20  # short long-polls: see streams/faust_app.py
 
 
 def kline_settings(config: Config) -> KlineSettings:
@@ -74,6 +75,7 @@ def build_app(config: Config, data_dir: str | Path | None = None, web_port: int 
         web_port=web_port or streams.web_port,
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=1.0,
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
     )
     worker = KlineAgent(app, prefix, kline_settings(config), streams.batch_size, streams.batch_within_s)
     app.timer(streams.timer_interval_s, name="kline-clock")(worker.tick)

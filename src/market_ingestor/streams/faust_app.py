@@ -1,10 +1,17 @@
-"""Our Faust app class: faust-streaming 0.15.3 with the one change its shutdown under ``exactly_once`` needs.
+"""Our Faust app class: faust-streaming 0.15.3 with the consumer changes our agents need.
 
-At stop, Faust's consumer commits once more and ends every partition's transaction
-(``commit_and_end_transactions``), but its periodic commit task may still run after that; when events were
-acknowledged in between it commits into a transaction that no longer exists and the worker crashes on its way
-out (``IllegalOperation: Not in the middle of a transaction``) with exit code 1. Events acknowledged after the final
-commit are simply delivered again after a restart, so the late commit is skipped instead.
+- Shutdown under ``exactly_once``: at stop, Faust's consumer commits once more and ends every partition's
+  transaction (``commit_and_end_transactions``), but its periodic commit task may still run after that; when events
+  were acknowledged in between it commits into a transaction that no longer exists and the worker crashes on its
+  way out (``IllegalOperation: Not in the middle of a transaction``, exit code 1). Events acknowledged after the
+  final commit are delivered again after a restart, so that late commit is skipped.
+- ``read_committed``: Faust picks the consumer's isolation level from ``in_transaction`` alone, so an
+  ``at_least_once`` app would read records of aborted transactions (of an ``exactly_once`` worker that crashed).
+  Apps that must not (the sink) set ``read_committed=True``.
+- ``fetch_max_wait_ms``: aiokafka sends one fetch per broker at a time; a long poll for idle partitions (Faust
+  asks for 1.5 s) holds back the refetch of the busy ones, which stalls a consumer for that long after each batch.
+
+Both consumer settings are private attributes of Faust and aiokafka: check them on an upgrade.
 """
 
 from __future__ import annotations
@@ -15,8 +22,27 @@ import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer: Any = self.consumer
+        app: Any = consumer.app
+        saved = consumer.in_transaction
+        consumer.in_transaction = saved or getattr(app, "read_committed", False)
+        try:
+            client = super()._create_worker_consumer(transport)
+        finally:
+            consumer.in_transaction = saved
+        wait_ms = getattr(app, "fetch_max_wait_ms", None)
+        if wait_ms is not None:
+            client._fetch_max_wait_ms = wait_ms
+        return client
+
+
 class _Consumer(faust_aiokafka.Consumer):
     transactions_ended = False
+
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def commit_and_end_transactions(self) -> None:
         await super().commit_and_end_transactions()
@@ -33,6 +59,13 @@ class _Transport(faust_aiokafka.Transport):
 
 
 class StreamApp(faust.App):
+    def __init__(
+        self, *args: Any, read_committed: bool = False, fetch_max_wait_ms: int | None = None, **kwargs: Any
+    ) -> None:
+        self.read_committed = read_committed
+        self.fetch_max_wait_ms = fetch_max_wait_ms
+        super().__init__(*args, **kwargs)
+
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self)
 

@@ -101,8 +101,12 @@ def percentile(histogram: list[int], share: float) -> str:  # float-ok: a fracti
 
 
 async def publish(
-    config: Config, symbols: list[str], rate: int, warmup_s: float, seconds: float
-) -> Counter[str]:  # float-ok
+    config: Config,
+    symbols: list[str],
+    rate: int,
+    warmup_s: float,  # float-ok: seconds
+    seconds: float,  # float-ok: seconds
+) -> Counter[str]:
     """Publishes ``rate`` trades/s, ten-millisecond ticks; returns per symbol how many fell in the window."""
     publisher = open_bus(config.bus).publisher()
     await publisher.start()

@@ -93,7 +93,11 @@ async def publish(publisher: Publisher, prefix: str, *events: AnyEvent) -> None:
     await publisher.flush()
 
 
-async def wait_for(condition: Callable[[], object], timeout_s: float = 15.0, what: str = "condition") -> None:
+async def wait_for(
+    condition: Callable[[], object],
+    timeout_s: float = 15.0,  # float-ok: seconds
+    what: str = "condition",
+) -> None:
     """Polls ``condition`` until it is true, failing after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while not condition():
@@ -113,7 +117,7 @@ def open_client(port: int, *, path: str = "/", small_receive_buffer: bool = Fals
     return connect(f"ws://127.0.0.1:{port}{path}", open_timeout=10, **kwargs)
 
 
-async def recv_json(ws: ClientConnection, timeout_s: float = 15.0) -> dict[str, Any]:
+async def recv_json(ws: ClientConnection, timeout_s: float = 15.0) -> dict[str, Any]:  # float-ok: seconds
     message = await asyncio.wait_for(ws.recv(), timeout_s)
     decoded: dict[str, Any] = json.loads(message)
     return decoded

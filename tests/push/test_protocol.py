@@ -132,7 +132,7 @@ def test_an_update_embeds_the_record_as_it_is_in_one_websocket_frame_for_everyon
     decoded = msgspec.json.decode(message.payload)
     assert decoded["type"] == "update" and decoded["channel"] == "trade" and decoded["symbol"] == "binance.BTCUSDT"
     assert message.payload.endswith(b',"data":' + record + b"}")
-    assert decoded["data"]["price"] == "101.5"  # Decimal as a string, never a float
+    assert decoded["data"]["price"] == "101.5"  # Decimal as a string
     # The frame a client's websockets would parse: FIN + text opcode, unmasked, the payload after the length.
     parser = ClientProtocol(parse_uri("ws://localhost/"), state=State.OPEN)
     parser.receive_data(message.wire)

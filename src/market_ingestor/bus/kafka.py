@@ -28,6 +28,8 @@ from market_ingestor.errors import BusClosedError, BusError
 log = logging.getLogger(__name__)
 
 _PARTITION_CACHE_MAX = 100_000
+_NEW_TOPIC_WAIT_S = 3.0  # float-ok: seconds
+_METADATA_POLL_S = 0.1  # float-ok: seconds
 
 
 def _compression(config: KafkaConfig) -> str | None:
@@ -44,15 +46,23 @@ def _delivery(record: ConsumerRecord[bytes, bytes]) -> Delivery:
     )
 
 
-async def _partitions(config: KafkaConfig, topic: str) -> list[TopicPartition]:
-    """The topic's partitions, from the broker (none when the topic does not exist)."""
+async def _partitions(config: KafkaConfig, topic: str, wait_s: float = 0.0) -> list[TopicPartition]:  # float-ok
+    """The topic's partitions, from the broker; none when the topic does not exist (asked without creating it,
+    which a metadata request for the topic itself would do on a broker with auto.create.topics.enable). A topic
+    created a moment ago can take a while to show in the metadata: up to ``wait_s`` is given for that."""
     admin = AIOKafkaAdminClient(bootstrap_servers=config.bootstrap, client_id=config.client_id)
     try:
         await admin.start()
-        (described,) = await admin.describe_topics([topic])
+        for attempt in range(max(1, round(wait_s / _METADATA_POLL_S))):
+            if attempt:
+                await asyncio.sleep(_METADATA_POLL_S)
+            if topic in await admin.list_topics():
+                (described,) = await admin.describe_topics([topic])
+                if described["partitions"]:
+                    return sorted(TopicPartition(topic, p["partition"]) for p in described["partitions"])
+        return []
     finally:
         await admin.close()
-    return sorted(TopicPartition(topic, p["partition"]) for p in described["partitions"])
 
 
 class KafkaBus:
@@ -288,7 +298,7 @@ class KafkaSubscriber:
         # subscription with auto_offset_reset="latest" would settle its position lazily, at the first fetch).
         partitions: list[TopicPartition] = []
         for topic in self.topics:
-            found = await _partitions(self.config, topic)
+            found = await _partitions(self.config, topic, wait_s=_NEW_TOPIC_WAIT_S)
             if not found:
                 raise BusError(f"Kafka topic {topic!r} does not exist on {self.config.bootstrap}: create it first")
             partitions.extend(found)

@@ -165,7 +165,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def prometheus(request: web.Request) -> web.Response:
-    return metrics_response(request)
+    return await metrics_response(request)
 
 
 async def openapi(request: web.Request) -> web.Response:

@@ -10,6 +10,7 @@ exchange or a database being down is reported, not a reason to restart the proce
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -42,8 +43,11 @@ def exposition(accept: str | None, registry: CollectorRegistry = REGISTRY) -> tu
     return encoder(registry), content_type
 
 
-def metrics_response(request: web.Request) -> web.Response:
-    body, content_type = exposition(request.headers.get("Accept"))
+async def metrics_response(request: web.Request) -> web.Response:
+    # Rendering thousands of series takes tens of milliseconds (bench/metrics.py): in a thread, the service's
+    # event loop keeps its turns (the GIL switches every few ms) instead of stalling for the whole scrape.
+    # The collectors are safe to read from another thread (prometheus_client locks, Tally copies its dict).
+    body, content_type = await asyncio.to_thread(exposition, request.headers.get("Accept"))
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
@@ -100,7 +104,7 @@ class MetricsServer:
         await self.stop()
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        return metrics_response(request)
+        return await metrics_response(request)
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return health_response(self.health())

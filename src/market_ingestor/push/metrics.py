@@ -63,6 +63,7 @@ class PushCollector(Collector):
 
 def _by_label(name: str, documentation: str, label: str, counts: Counter[str]) -> CounterMetricFamily:
     family = CounterMetricFamily(name, documentation, labels=[label])
-    for value, count in sorted(counts.items()):
+    # list() copies in one step under the GIL: the scrape runs in a thread while the gateway counts on.
+    for value, count in sorted(list(counts.items())):
         family.add_metric([value], count)
     return family

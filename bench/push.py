@@ -1,7 +1,7 @@
 """Push gateway under load: many WebSocket clients, a steady update rate through Kafka, delivery latency.
 
     .venv/bin/python bench/push.py [--clients 10000] [--slow-share 0.05] [--symbols 100] [--rate 1000]
-                                   [--seconds 30] [--warmup 5] [--gateways 2] [--bus kafka|nats] [--py-spy DIR]
+                                   [--seconds 30] [--warmup 15] [--gateways 2] [--bus kafka|nats] [--py-spy DIR]
 
 Processes besides the broker, all on this machine: ``--gateways`` gateways (``Gateway`` in processes of their own
 sharing one port with ``push.reuse_port``, as ``market-ingestor push`` runs them; one per core by default), the
@@ -40,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 import msgspec
 
-from market_ingestor.bus import open_bus
+from market_ingestor.bus import PIPELINE_TOPICS, open_bus
+from market_ingestor.bus.topics import prefixed
 from market_ingestor.config import BusConfig, Config, KafkaConfig, LogConfig, NatsConfig, PushConfig
 from market_ingestor.devstack import ensure_stack
 from market_ingestor.model import Topics, Trade, bus_key, encode, event_id
@@ -143,6 +144,29 @@ def hottest(raw: Path, top: int = 15) -> list[str]:
     return [f"{100 * n / total:5.1f}%  {frame}" for frame, n in leaves.most_common(top)]
 
 
+async def drop_topics(config: Config) -> None:
+    """The run's topics (Kafka) or memory streams (NATS) are not left on the dev servers."""
+    names = [spec.name for spec in prefixed(PIPELINE_TOPICS, config.bus.topic_prefix)]
+    if config.bus.kind == "nats":
+        import nats
+
+        from market_ingestor.bus.nats import stream_name
+
+        client = await nats.connect(config.bus.nats.url)
+        for name in names:
+            await client.jetstream().delete_stream(stream_name(name))
+        await client.close()
+    else:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=config.bus.kafka.bootstrap)
+        await admin.start()
+        try:
+            await admin.delete_topics(names)
+        finally:
+            await admin.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=10_000)
@@ -150,7 +174,8 @@ def main() -> None:
     parser.add_argument("--symbols", type=int, default=100)
     parser.add_argument("--rate", type=int, default=1000, help="updates (trades) per second, all symbols")
     parser.add_argument("--seconds", type=float, default=30.0)  # float-ok: seconds
-    parser.add_argument("--warmup", type=float, default=5.0)  # float-ok: seconds
+    # Long enough for the slow clients to fill their buffers and queues: the window sees them losing updates.
+    parser.add_argument("--warmup", type=float, default=15.0)  # float-ok: seconds
     parser.add_argument("--bus", choices=["kafka", "nats"], default="kafka")
     parser.add_argument(
         "--gateways", type=int, default=os.cpu_count() or 1, help="gateway processes sharing the port [one per core]"
@@ -247,6 +272,7 @@ def main() -> None:
         process.join(60)
     load.join(60)
 
+    asyncio.run(drop_topics(config))
     per_symbol_fast = Counter(symbols[i % len(symbols)] for i in range(fast))
     expected = sum(counts_in_window[s] * per_symbol_fast[s] for s in symbols)
     histogram = stats["histogram"]

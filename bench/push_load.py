@@ -84,6 +84,8 @@ class Load:
             count = self.slow_symbols if slow else 1
             symbols = [f"bench.{self.symbols[(index + k) % len(self.symbols)]}" for k in range(count)]
             client = Client(index, symbols, slow)
+            if slow:  # a small kernel buffer: it backs up to the gateway after a few kilobytes
+                client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             client.sock.bind((self.source_ips[index % len(self.source_ips)], 0))
             code = client.sock.connect_ex((self.host, self.port))
             if code not in (0, errno.EINPROGRESS):

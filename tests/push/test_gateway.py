@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import msgspec
+import nats
 import pytest
 from push_helpers import (
     T0,
@@ -27,6 +28,7 @@ from push_helpers import (
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from market_ingestor.bus import PIPELINE_TOPICS, Publisher, open_bus
+from market_ingestor.bus.nats import stream_name
 from market_ingestor.bus.topics import prefixed
 from market_ingestor.config import Config
 from market_ingestor.errors import ConfigError
@@ -167,6 +169,11 @@ async def test_the_subscription_limit_counts_what_the_client_already_holds(gatew
             "2 new subscription(s) on top of 3 would exceed the limit of 4 (channel, symbol) pairs per connection"
         )
         assert (await request(ws, action="subscribe", channels=["trade"], symbols=["a.Y"]))["subscriptions"] == 4
+        # A request naming more pairs than a connection may hold is refused as it is, whatever is held.
+        many = await request(
+            ws, action="subscribe", channels=["trade", "quote"], symbols=[f"a.S{n}" for n in range(50)]
+        )
+        assert many["reason"] == "100 (channel, symbol) pairs asked; the limit is 4 per connection"
 
 
 async def test_origins_outside_the_allowed_list_are_refused_at_the_handshake(gateway):
@@ -215,6 +222,11 @@ async def test_a_new_gateway_knows_the_state_from_the_topics_but_replays_no_trad
                 assert state == [quote(symbol, 1), kline(symbol, "5m"), indicator(symbol)]
                 await publish(publisher, prefix, trade(symbol, 2))
                 assert event_of(await recv_json(ws)) == trade(symbol, 2)
+    if bus == "nats":  # memory streams: not left on the dev server
+        client = await nats.connect(dev_stack.nats_url)
+        for spec in prefixed(PIPELINE_TOPICS, prefix):
+            await client.jetstream().delete_stream(stream_name(spec.name))
+        await client.close()
 
 
 async def test_beyond_max_clients_the_handshake_is_refused_until_a_slot_frees(dev_stack):

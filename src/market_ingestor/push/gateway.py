@@ -19,6 +19,7 @@ import contextlib
 import http
 import logging
 import socket
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qs, urlsplit
@@ -296,9 +297,16 @@ class Gateway:
             client.deliver(error_reply(error))
 
     def _subscribe(self, client: Client, request: Subscribe) -> None:
+        limit = self.settings.max_subscriptions
+        asked = len(set(request.channels)) * len(set(request.symbols))
+        if asked > limit:  # refused before the pairs are built: a small message can name very many
+            raise RequestError(
+                "too_many_subscriptions",
+                f"{asked} (channel, symbol) pairs asked; the limit is {limit} per connection",
+                request.id,
+            )
         pairs = request.pairs()
         new = [pair for pair in pairs if pair not in client.subscriptions]
-        limit = self.settings.max_subscriptions
         if len(client.subscriptions) + len(new) > limit:
             raise RequestError(
                 "too_many_subscriptions",
@@ -317,10 +325,10 @@ class Gateway:
                 client.deliver(message, pair, conflate)
 
     def _unsubscribe(self, client: Client, request: Unsubscribe) -> None:
-        for pair in request.pairs():
-            if pair in client.subscriptions:
-                client.subscriptions.discard(pair)
-                self._drop_subscriber(pair, client)
+        channels, symbols = set(request.channels), set(request.symbols)
+        for pair in [pair for pair in client.subscriptions if pair[0] in channels and pair[1] in symbols]:
+            client.subscriptions.discard(pair)
+            self._drop_subscriber(pair, client)
         reply = Unsubscribed(request.channels, request.symbols, len(client.subscriptions), request.id)
         client.deliver(encode_reply(reply))
 
@@ -362,5 +370,10 @@ class Gateway:
         try:
             await asyncio.wait_for(conn.close(code, reason), self.settings.close_timeout_s)
         except TimeoutError:
-            # A client that does not read never sees the close frame behind its unread data: drop the socket.
+            # A client that does not read never sees the close frame behind its unread data. Reset the
+            # connection (linger 0): a plain close would leave the kernel holding the unsent data for minutes,
+            # probing a zero window, and the client would not notice either.
+            sock = conn.transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             conn.transport.abort()

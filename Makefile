@@ -33,9 +33,12 @@ lint: install
 	$(BIN)/mypy
 
 # The pipeline on the local exchange simulator, until Ctrl-C; `make dev-down` stops the servers afterwards.
+# Every service runs (ingest here, worker/sink/push/api as child processes); the control panel is at
+# http://127.0.0.1:8000/panel/ (API keys off for the demo only).
 demo: install system-deps
 	$(BIN)/market-ingestor dev up
-	$(BIN)/market-ingestor --config market-ingestor.example.toml up --simulate
+	MARKET_INGESTOR__API__AUTH_ENABLED=false \
+	  $(BIN)/market-ingestor --config market-ingestor.example.toml up --simulate --with all
 
 dev-up: install
 	$(BIN)/market-ingestor dev up

@@ -32,6 +32,7 @@ TOPICS=(
     "market.indicators  12  30  delete"
     "market.control     1   -   compact"
     "market.deadletter  3   14  delete"
+    "market.status      1   -   compact"
 )
 
 # create_topic NAME PARTITIONS RETENTION_DAYS CLEANUP_POLICY

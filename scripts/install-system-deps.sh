@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs what the dev stack needs from the machine, when missing: PostgreSQL server binaries (Debian's
-# postgresql), Java and Maven (Apache Kafka's jars are resolved from Maven Central by the dev stack).
-# Skipped for a server whose URL is given (DATABASE_URL, KAFKA_BOOTSTRAP).
+# Installs what the dev stack and the tests need from the machine, when missing: PostgreSQL server binaries
+# (Debian's postgresql), Java and Maven (Apache Kafka's jars are resolved from Maven Central by the dev stack),
+# Chromium (the control panel's browser test drives it headless). Skipped for a server whose URL is given
+# (DATABASE_URL, KAFKA_BOOTSTRAP).
 set -euo pipefail
 
 missing=()
@@ -12,13 +13,23 @@ if [ -z "${KAFKA_BOOTSTRAP:-}" ]; then
   command -v java >/dev/null || missing+=(default-jre-headless)
   command -v mvn >/dev/null || missing+=(maven)
 fi
-[ ${#missing[@]} -eq 0 ] && exit 0
+# Optional: without a browser only the control panel's browser test is skipped (it says so).
+optional=()
+if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null && ! command -v google-chrome >/dev/null; then
+  optional+=(chromium)
+fi
+[ ${#missing[@]} -eq 0 ] && [ ${#optional[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
+  if [ ${#optional[@]} -ne 0 ]; then
+    echo "not installed: ${optional[*]} (Debian: apt-get install ${optional[*]}); the browser test will be skipped" >&2
+  fi
+  [ ${#missing[@]} -eq 0 ] && exit 0
   echo "missing system packages: ${missing[*]}; install them (Debian: apt-get install ${missing[*]})" >&2
   echo "or point DATABASE_URL / KAFKA_BOOTSTRAP at running servers." >&2
   exit 1
 fi
+missing+=("${optional[@]}")
 echo "installing ${missing[*]} with apt-get"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq

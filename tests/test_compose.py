@@ -44,6 +44,7 @@ EXPECTED_TOPICS = frozenset(
         "market.indicators",
         "market.control",
         "market.deadletter",
+        "market.status",
     }
 )
 
@@ -57,6 +58,7 @@ EXPECTED_TOPIC_SETTINGS = {
     "market.indicators": (12, 30 * DAY_MS, "delete"),
     "market.control": (1, None, "compact"),
     "market.deadletter": (3, 14 * DAY_MS, "delete"),
+    "market.status": (1, None, "compact"),
 }
 assert set(EXPECTED_TOPIC_SETTINGS) == EXPECTED_TOPICS
 

@@ -123,6 +123,8 @@ class IngestConfig(_Section, frozen=True):
     book_buffer_size: PositiveInt = 5_000  # deltas held while a REST book snapshot is fetched
     rest_timeout_s: PositiveSeconds = 10.0
     capture_path: str | None = None  # write every raw frame here, in the recorded-session format
+    status_interval_s: PositiveSeconds = 2.0  # connector state onto market.status (the control panel) this often
+    instance: str = ""  # names this process in those records; "" = the host name
     metrics_port: PortNumber = 9101  # /metrics and /healthz of ingest (and up)
 
 
@@ -185,6 +187,8 @@ class ApiConfig(_Section, frozen=True):
     db_pool_size: PositiveInt = 10
     query_timeout_s: PositiveSeconds = 10.0
     ticker_flush_s: PositiveSeconds = 0.1  # the ticker table is written at most this often per instrument
+    panel_refresh_s: PositiveSeconds = 2.0  # the control panel's offsets (throughput, lag) are read this often
+    panel_push_url: str = ""  # the push gateway as the panel's browser reaches it; "" = ws://<page host>:<push.port>/
 
 
 class PushConfig(_Section, frozen=True):

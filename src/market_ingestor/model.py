@@ -139,8 +139,28 @@ class ControlCommand(msgspec.Struct, frozen=True, tag="control", tag_field="type
     ts: int = 0
 
 
+ConnectorState = Literal["starting", "idle", "connected", "degraded", "disconnected", "stopped"]
+
+
+class ConnectorStatus(msgspec.Struct, frozen=True, tag="status", tag_field="type"):
+    """How one ingest instance's connector to one exchange is doing, published every few seconds on the
+    compacted status topic (the control panel reads the latest per key)."""
+
+    instance: str  # the ingest process (host name, or ``ingest.instance``)
+    exchange: str
+    state: ConnectorState
+    connections: int  # WebSocket connections of the connector
+    connected: int  # of which open now
+    reconnects: int  # since the connector started
+    last_message_age_ms: int | None  # since the last frame on any of its connections; None before the first
+    frames: int  # received since the process started
+    events: int  # normalized events produced since the process started
+    symbols: list[str]  # subscribed now (a refused symbol is not among them)
+    ts: int  # when this was measured, ns
+
+
 MarketEvent = Trade | Quote | BookSnapshot | BookDelta | Kline | IndicatorValue
-AnyEvent = MarketEvent | DeadLetter | ControlCommand
+AnyEvent = MarketEvent | DeadLetter | ControlCommand | ConnectorStatus
 
 
 class Topics:
@@ -153,8 +173,9 @@ class Topics:
     INDICATORS = "market.indicators"
     CONTROL = "market.control"
     DEADLETTER = "market.deadletter"
+    STATUS = "market.status"
 
-    ALL: tuple[str, ...] = (TRADES, QUOTES, BOOK, KLINES, INDICATORS, CONTROL, DEADLETTER)
+    ALL: tuple[str, ...] = (TRADES, QUOTES, BOOK, KLINES, INDICATORS, CONTROL, DEADLETTER, STATUS)
 
 
 TOPIC_OF: dict[type, str] = {
@@ -166,6 +187,7 @@ TOPIC_OF: dict[type, str] = {
     IndicatorValue: Topics.INDICATORS,
     DeadLetter: Topics.DEADLETTER,
     ControlCommand: Topics.CONTROL,
+    ConnectorStatus: Topics.STATUS,
 }
 
 
@@ -175,6 +197,8 @@ def bus_key(event: AnyEvent) -> str:
         return f"{event.target}.{event.exchange}" + (f".{event.symbol}" if event.symbol else "")
     if isinstance(event, DeadLetter):
         return event.exchange
+    if isinstance(event, ConnectorStatus):
+        return f"{event.instance}.{event.exchange}"
     return f"{event.exchange}.{event.symbol}"
 
 
@@ -196,6 +220,7 @@ _EVENT_ID: dict[type, Callable[..., str]] = {
     IndicatorValue: lambda e: f"i.{e.exchange}.{e.symbol}.{e.interval}.{e.name}.{e.open_time}.{e.revision}",
     DeadLetter: lambda e: f"d.{e.exchange}.{e.recv_ts}",
     ControlCommand: lambda e: f"c.{e.target}.{e.exchange}.{e.symbol}.{e.action}.{e.ts}",
+    ConnectorStatus: lambda e: f"s.{e.instance}.{e.exchange}.{e.ts}",
 }
 
 

@@ -9,6 +9,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from market_ingestor.api.app import build_web_app
 from market_ingestor.api.keys import KeyVerifier
+from market_ingestor.api.monitor import PanelMonitor
 from market_ingestor.api.store import Store
 from market_ingestor.api.ticker import MemoryTicker, TickerView
 from market_ingestor.config import Config
@@ -33,14 +34,17 @@ async def write(database_url: str, events: Sequence[Trade | Kline | IndicatorVal
 
 @contextlib.asynccontextmanager
 async def serve(
-    config: Config, ticker: TickerView | None = None, verifier_ttl_s: float | None = None
+    config: Config,
+    ticker: TickerView | None = None,
+    verifier_ttl_s: float | None = None,
+    monitor: PanelMonitor | None = None,
 ) -> AsyncIterator[tuple[TestClient, Store]]:
     """The API app on a real server (a free localhost port) with a real database pool; a MemoryTicker unless
-    another ticker view is given."""
+    another ticker view is given; the control panel's monitor if given (started and stopped by the caller)."""
     store = Store(config.database.url, pool_size=4)
     await store.start()
     verifier = KeyVerifier(store.pool, verifier_ttl_s or config.api.key_cache_ttl_s)
-    app = build_web_app(config, store, ticker or MemoryTicker(), verifier)
+    app = build_web_app(config, store, ticker or MemoryTicker(), verifier, monitor)
     client = TestClient(TestServer(app, host="127.0.0.1"))
     await client.start_server()
     try:

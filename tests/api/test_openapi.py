@@ -108,27 +108,47 @@ def example_request(path: str, params: list[dict[str, Any]]) -> str:
 
 
 async def test_documented_examples_are_accepted_and_answers_match_their_schemas(client, document):
-    for (_, path), operation in documented_operations(document).items():
+    for (method, path), operation in documented_operations(document).items():
         request = example_request(path, operation["parameters"])
+        if method != "get":
+            continue  # commands: see the next test (an accepted one would publish to the control topic)
         response = await client.get(request)
-        if "application/json" not in operation["responses"]["200"]["content"]:  # /metrics: Prometheus text
-            assert (response.status, response.content_type) == (200, "text/plain"), request
-            assert "# TYPE api_requests_total counter" in await response.text()
+        content = operation["responses"]["200"]["content"]
+        if "application/json" not in content:  # the control panel's page and files
+            assert response.status == 200, request
+            assert response.content_type in content, (request, response.content_type)
+            assert len(await response.read()) > 100, request
             continue
         body = await response.json()
         assert response.status == 200, (request, body)
-        schema = operation["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+        schema = content["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
         schema_validator(document, schema).validate(body)
         if "data" in body:
             assert body["data"], (request, body)  # the example found rows: the schema saw real items
 
 
+async def test_documented_commands_take_their_body_and_refuse_a_bad_one_naming_the_field(client, document):
+    commands = {key: op for key, op in documented_operations(document).items() if key[0] == "post"}
+    assert {path for _, path in commands} == {"/api/v1/control/symbols", "/api/v1/control/exchanges"}
+    for (_, path), operation in commands.items():
+        body_schema = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+        unknown_exchange = {"action": "add", "exchange": "nasdaq", "symbol": "BTCUSDT"}
+        if body_schema == "ExchangeCommand":
+            del unknown_exchange["symbol"]
+        schema_validator(document, body_schema).validate(unknown_exchange)  # well-formed, but no such exchange
+        response = await client.post(path, json=unknown_exchange)
+        body = await response.json()
+        assert (response.status, body["parameter"]) == (400, "exchange"), (path, body)
+        assert "nasdaq" in body["error"] and "400" in operation["responses"]
+        schema_validator(document, "Error").validate(body)
+
+
 async def test_undocumented_query_parameters_are_refused_and_errors_match_their_schema(client, document):
-    for (_, path), operation in documented_operations(document).items():
+    for (method, path), operation in documented_operations(document).items():
         if operation.get("security") == [] and not path.startswith("/api/"):
             continue  # /healthz & co.: nothing to refuse
         request = example_request(path, operation["parameters"])
-        response = await client.get(request + ("&" if "?" in request else "?") + "undocumented=1")
+        response = await client.request(method, request + ("&" if "?" in request else "?") + "undocumented=1")
         body = await response.json()
         assert (response.status, body["parameter"]) == (400, "undocumented"), request
         assert "400" in operation["responses"]

@@ -9,5 +9,7 @@ catalog.py    which instruments exist (stored or live), for 404s and /symbols
 ticker.py     the live ticker: a Faust agent and GlobalTable
 keys.py       API keys: create/list/revoke, cached verification (shared with the push gateway)
 ratelimit.py  per-key token buckets
+monitor.py    the control panel's view of the bus: connector status, control state, offsets (offsets.py)
+panel.py      the control panel's page (static/), its status endpoint and control commands
 service.py    the process: Faust worker + web server
 """

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 import msgspec
 from aiohttp import web
 
-from market_ingestor.api import metrics, render
+from market_ingestor.api import metrics, panel, render
 from market_ingestor.api.catalog import Catalog
 from market_ingestor.api.keys import KeyInfo, KeyVerifier
+from market_ingestor.api.monitor import PanelMonitor
 from market_ingestor.api.params import decode_cursor, parse_choice, parse_limit, time_range
 from market_ingestor.api.ratelimit import RateLimiter, retry_after
 from market_ingestor.api.spec import Route, openapi_document, routes
@@ -257,16 +258,27 @@ HANDLERS: dict[str, Handler] = {
     "klines": klines,
     "trades": trades,
     "indicators": indicators,
+    "panel": panel.page,
+    "panel_asset": panel.asset,
+    "status": panel.status,
+    "control_symbols": panel.control_symbols,
+    "control_exchanges": panel.control_exchanges,
 }
 
 
 def build_web_app(
-    config: Config, store: Store, ticker_view: TickerView, verifier: KeyVerifier | None
+    config: Config,
+    store: Store,
+    ticker_view: TickerView,
+    verifier: KeyVerifier | None,
+    monitor: PanelMonitor | None = None,
 ) -> web.Application:
-    """The aiohttp app; ``verifier`` None serves without keys (``api.auth_enabled = false``)."""
+    """The aiohttp app; ``verifier`` None serves without keys (``api.auth_enabled = false``). The caller starts
+    and stops ``monitor`` (the control panel's view of the bus); without one the panel shows no live state."""
     app = web.Application(middlewares=[errors_as_json, keys_and_parameters])
     ctx = ApiContext(config, store, ticker_view, verifier if config.api.auth_enabled else None)
     app[CONTEXT] = ctx
+    app[panel.PANEL] = panel.Panel(config, monitor or PanelMonitor(config))
     for route in ctx.routes.values():
-        app.router.add_get(route.path, HANDLERS[route.name], name=route.name, allow_head=False)
+        app.router.add_route(route.method.upper(), route.path, HANDLERS[route.name], name=route.name)
     return app

@@ -18,6 +18,7 @@ from mode import Service
 
 from market_ingestor.api.app import build_web_app
 from market_ingestor.api.keys import KeyVerifier
+from market_ingestor.api.monitor import PanelMonitor
 from market_ingestor.api.store import Store
 from market_ingestor.api.ticker import TickerView, build_ticker_app
 from market_ingestor.config import Config
@@ -37,6 +38,7 @@ class WebService(Service):
         self.host, self.port = host, port
         api = config.api
         self.store = Store(config.database.url, api.db_pool_size, api.query_timeout_s)
+        self.monitor = PanelMonitor(config)
         self.runner: web.AppRunner | None = None
 
     async def on_start(self) -> None:
@@ -44,12 +46,14 @@ class WebService(Service):
         if self.config.storage.migrate_on_start:
             await self._migrate()
         await self.store.start()
+        await self.monitor.start()
         verifier = KeyVerifier(self.store.pool, api.key_cache_ttl_s, api.key_cache_size) if api.auth_enabled else None
-        self.runner = web.AppRunner(build_web_app(self.config, self.store, self.ticker, verifier), access_log=None)
+        app = build_web_app(self.config, self.store, self.ticker, verifier, self.monitor)
+        self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         await web.TCPSite(self.runner, self.host, self.port).start()
         log.info(
-            "query API listening",
+            "query API listening (control panel at /panel/)",
             extra={"host": self.host, "port": self.port, "auth": api.auth_enabled, "ticker_app": self.ticker_app_id},
         )
 
@@ -69,6 +73,7 @@ class WebService(Service):
     async def on_stop(self) -> None:
         if self.runner is not None:
             await self.runner.cleanup()  # stops accepting, lets running requests finish
+        await self.monitor.stop()
         await self.store.stop()
 
 

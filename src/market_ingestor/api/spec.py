@@ -34,7 +34,9 @@ class Route:
     public: bool = False  # no API key needed
     errors: tuple[int, ...] = ()  # statuses besides 200 (and 401/429 on keyed routes)
     description: str = ""
-    media_type: str = "application/json"  # of a 200 answer
+    method: Literal["get", "post"] = "get"
+    body: str | None = None  # the component schema of a JSON request body
+    media: tuple[str, ...] = ("application/json",)  # what a 200 answer is; other than JSON: ``response`` is ""
     query_names: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -92,9 +94,9 @@ def routes(config: Config) -> tuple[Route, ...]:
             "/metrics",
             "metrics",
             "Prometheus metrics of this process (text exposition format).",
-            "Metrics",
+            "",
             public=True,
-            media_type="text/plain",
+            media=("text/plain",),
         ),
         Route(
             "/api/v1/symbols",
@@ -161,7 +163,57 @@ def routes(config: Config) -> tuple[Route, ...]:
             (indicator, exchange, symbol, interval, *series),
             errors=bad,
         ),
+        *panel_routes(),
     )
+
+
+def panel_routes() -> tuple[Route, ...]:
+    """The control panel: its page, the page's files, the state it shows and the commands it sends."""
+    asset = Param(
+        "asset", "path", "A file of the page.", {"type": "string", "enum": list(PANEL_ASSETS)}, True, "panel.js"
+    )
+    return (
+        Route("/panel/", "panel", "The control panel (an HTML page).", "", public=True, media=("text/html",)),
+        Route(
+            "/panel/{asset}",
+            "panel_asset",
+            "The control panel's script and style sheet.",
+            "",
+            (asset,),
+            public=True,
+            errors=(404,),
+            media=tuple(sorted(set(PANEL_ASSETS.values()))),
+        ),
+        Route(
+            "/api/v1/status",
+            "status",
+            "Connectors, subscriptions, throughput per stage and consumer lag (what the control panel shows).",
+            "PanelStatus",
+            errors=(400,),
+        ),
+        Route(
+            "/api/v1/control/symbols",
+            "control_symbols",
+            "Add or remove a symbol of an exchange through the control topic; running ingestors apply it live.",
+            "ControlResult",
+            errors=(400, 415, 503),
+            method="post",
+            body="SymbolCommand",
+        ),
+        Route(
+            "/api/v1/control/exchanges",
+            "control_exchanges",
+            "Enable or disable an exchange through the control topic (its symbols are kept).",
+            "ControlResult",
+            errors=(400, 415, 503),
+            method="post",
+            body="ExchangeCommand",
+        ),
+    )
+
+
+# The panel's files (package data in market_ingestor/api/panel/) and their media types.
+PANEL_ASSETS: dict[str, str] = {"panel.js": "text/javascript", "panel.css": "text/css"}
 
 
 _TIME_PARAM: dict[str, Any] = {
@@ -196,12 +248,79 @@ def _page(item: str, *series: str) -> dict[str, Any]:
     return _obj({**head, "data": {"type": "array", "items": _ref(item)}, "next": _nullable(_STR)})
 
 
+_NUM = {"type": "number"}
+_ACTION = {"enum": ["add", "remove"]}
+PANEL_SCHEMAS: dict[str, Any] = {
+    "ExchangeState": _obj(
+        {"exchange": _STR, "enabled": {"type": "boolean"}, "symbols": {"type": "array", "items": _STR}}
+    ),
+    "Connector": _obj(
+        {
+            "instance": _STR,
+            "exchange": _STR,
+            "state": {"enum": ["starting", "idle", "connected", "degraded", "disconnected", "stopped"]},
+            "stale": {"type": "boolean", "description": "No report for three intervals: the last state known."},
+            "report_age_s": _NUM,
+            "connections": _INT,
+            "connected": _INT,
+            "reconnects": _INT,
+            "last_message_age_s": _nullable(_NUM),
+            "frames_per_s": _nullable(_NUM),
+            "events_per_s": _nullable(_NUM),
+            "symbols": {"type": "array", "items": _STR},
+        }
+    ),
+    "Throughput": _obj(
+        {"stage": _STR, "direction": {"enum": ["in", "out"]}, "topic": _STR, "per_s": _NUM},
+    ),
+    "PartitionLag": _obj({"partition": _INT, "end": _INT, "committed": _INT, "lag": _INT}),
+    "Lag": _obj(
+        {
+            "stage": _STR,
+            "group": _STR,
+            "topic": _STR,
+            "lag": _INT,
+            "partitions": {"type": "array", "items": _ref("PartitionLag")},
+        }
+    ),
+    "PanelStatus": _obj(
+        {
+            "time_ms": _MS,
+            "exchanges": {"type": "array", "items": _ref("ExchangeState")},
+            "connectors": {"type": "array", "items": _ref("Connector")},
+            "throughput": {"type": "array", "items": _ref("Throughput")},
+            "lag": {"type": "array", "items": _ref("Lag")},
+            "push": _obj({"url": _nullable(_STR), "port": _INT, "auth": {"type": "boolean"}}),
+            "intervals": {"type": "array", "items": _STR},
+            "errors": {"type": "array", "items": _STR, "description": "What the API could not read just now."},
+        }
+    ),
+    "SymbolCommand": _obj({"action": _ACTION, "exchange": _STR, "symbol": _STR}),
+    "ExchangeCommand": _obj({"action": _ACTION, "exchange": _STR}),
+    "ControlResult": _obj(
+        {
+            "command": _obj(
+                {
+                    "action": _ACTION,
+                    "target": {"enum": ["exchange", "symbol"]},
+                    "exchange": _STR,
+                    "symbol": _nullable(_STR),
+                }
+            ),
+            "applied": {
+                "type": "boolean",
+                "description": "This API has read the command back from the control topic (else: sent, not seen yet).",
+            },
+            "state": _ref("ExchangeState"),
+        }
+    ),
+}
+
 SCHEMAS: dict[str, Any] = {
     "Error": _obj({"error": _STR, "parameter": _nullable(_STR)}),
     "Health": _obj({"status": {"const": "ok"}}),
     "Ready": _obj({"ready": {"type": "boolean"}, "database": _STR, "ticker": _STR}),
     "OpenApi": {"type": "object"},
-    "Metrics": {"type": "string", "description": "Prometheus text exposition format 0.0.4."},
     "Symbol": _obj(
         {"exchange": _STR, "symbol": _STR, "id": _STR, "stored": {"type": "boolean"}, "live": {"type": "boolean"}}
     ),
@@ -278,22 +397,23 @@ SCHEMAS: dict[str, Any] = {
         }
     ),
     "IndicatorPage": _page("IndicatorValue", "interval", "name"),
+    **PANEL_SCHEMAS,
 }
 
 _STATUS_TEXT = {
     200: "OK",
     400: "A parameter is invalid; `parameter` names it.",
     401: "No valid API key.",
-    404: "Unknown symbol or indicator; `parameter` names it.",
+    404: "Unknown symbol, indicator or file; `parameter` names it.",
+    415: "The request body is not sent as application/json.",
     429: "Rate limit of the key exceeded; see Retry-After.",
-    503: "The database is unavailable (or, for /readyz, the service is not ready).",
+    503: "The database (or, for control commands, the bus) is unavailable; for /readyz: not ready.",
 }
 
 
 def _operation(route: Route, auth: bool) -> dict[str, Any]:
-    responses: dict[str, Any] = {
-        "200": {"description": "OK", "content": {route.media_type: {"schema": _ref(route.response)}}}
-    }
+    content = {media: {"schema": _ref(route.response) if route.response else _STR} for media in route.media}
+    responses: dict[str, Any] = {"200": {"description": "OK", "content": content}}
     statuses = list(route.errors) + ([401, 429] if auth and not route.public else [])
     for status in sorted(statuses):
         schema = _ref("Ready") if route.name == "readyz" else _ref("Error")
@@ -313,9 +433,21 @@ def _operation(route: Route, auth: bool) -> dict[str, Any]:
         ],
         "responses": responses,
     }
+    if route.body is not None:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": _ref(route.body)}},
+        }
     if route.public or not auth:
         operation["security"] = []
     return operation
+
+
+def _paths(declared: tuple[Route, ...], auth: bool) -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    for route in declared:
+        paths.setdefault(route.path, {})[route.method] = _operation(route, auth)
+    return paths
 
 
 def openapi_document(config: Config) -> dict[str, Any]:
@@ -332,7 +464,7 @@ def openapi_document(config: Config) -> dict[str, Any]:
             ),
         },
         "servers": [{"url": "/"}],
-        "paths": {route.path: {"get": _operation(route, auth)} for route in routes(config)},
+        "paths": _paths(routes(config), auth),
         "components": {
             "schemas": SCHEMAS,
             "securitySchemes": {

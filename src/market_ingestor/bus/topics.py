@@ -26,6 +26,7 @@ PIPELINE_TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(Topics.INDICATORS, retention_s=30 * DAY_S),
     TopicSpec(Topics.CONTROL, compacted=True, partitions=1),
     TopicSpec(Topics.DEADLETTER, retention_s=14 * DAY_S, partitions=3),
+    TopicSpec(Topics.STATUS, compacted=True, partitions=1),
 )
 
 

@@ -3,54 +3,13 @@
 from __future__ import annotations
 
 import json
-import logging
 
 import click
-import msgspec
 
-from market_ingestor.bus import PIPELINE_TOPICS, open_bus
-from market_ingestor.bus.topics import prefixed
 from market_ingestor.cli.context import CliContext, pass_cli, run
-from market_ingestor.config import Config
 from market_ingestor.errors import MarketIngestorError
-from market_ingestor.ingestor.control import ControlState, command, fold, initial_state
-from market_ingestor.model import ControlCommand, Topics, bus_key, decode, encode, event_id
-
-log = logging.getLogger(__name__)
-
-
-def _control_topic(config: Config) -> str:
-    return config.bus.topic_prefix + Topics.CONTROL
-
-
-async def _publish(config: Config, cmd: ControlCommand) -> None:
-    bus = open_bus(config.bus)
-    await bus.ensure_topics(prefixed(PIPELINE_TOPICS, config.bus.topic_prefix))
-    publisher = bus.publisher()
-    await publisher.start()
-    try:
-        await publisher.publish(_control_topic(config), bus_key(cmd), encode(cmd), msg_id=event_id(cmd))
-    finally:
-        await publisher.stop()
-
-
-async def read_state(config: Config) -> ControlState:
-    bus = open_bus(config.bus)
-    await bus.ensure_topics(prefixed(PIPELINE_TOPICS, config.bus.topic_prefix))
-    commands = []
-    for delivery in await bus.read_topic(_control_topic(config)):
-        try:
-            event = decode(delivery.value)
-        except msgspec.MsgspecError as exc:
-            # Someone else's bytes on our topic must not take the control plane down; say what was skipped.
-            log.warning(
-                "skipped a record that is not a control command",
-                extra={"topic": Topics.CONTROL, "position": delivery.position, "error": str(exc)},
-            )
-            continue
-        if isinstance(event, ControlCommand):
-            commands.append(event)
-    return fold(initial_state(config), commands)
+from market_ingestor.ingestor.control import command, read_state, send_command
+from market_ingestor.model import Topics
 
 
 def _send(cli_ctx: CliContext, action: str, target: str, exchange: str, symbol: str | None = None) -> None:
@@ -58,7 +17,7 @@ def _send(cli_ctx: CliContext, action: str, target: str, exchange: str, symbol: 
         cmd = command(action, target, exchange, symbol)
     except MarketIngestorError as exc:
         raise click.BadParameter(str(exc)) from exc
-    run(_publish(cli_ctx.config, cmd))
+    run(send_command(cli_ctx.config, cmd))
     what = f"{exchange} {symbol}" if symbol else exchange
     click.echo(f"{action} {target} {what}: sent to {Topics.CONTROL}; running ingestors apply it live")
 

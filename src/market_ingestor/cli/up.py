@@ -1,7 +1,8 @@
-"""``up``: the whole pipeline in one process, and ``tail``: watch a topic.
+"""``up``: the whole pipeline from one command, and ``tail``: watch a topic.
 
-Today the pipeline is the ingest service; the stream worker, sinks and push gateway join it as they land.
-With ``--simulate`` the exchanges are the local simulator, so the demo needs no internet.
+``up`` runs the ingest service in this process and, with ``--with``, the other services (worker, sink, push, api)
+as child processes on the same config. With ``--simulate`` the exchanges are the local simulator, so the demo
+needs no internet; the children are told the simulator's endpoints through the environment.
 """
 
 from __future__ import annotations
@@ -10,17 +11,21 @@ import asyncio
 import contextlib
 import signal
 import sys
+from pathlib import Path
 
 import click
 import msgspec
 
 from market_ingestor.bus import open_bus
 from market_ingestor.cli.context import CliContext, pass_cli, run
-from market_ingestor.config import Config, ExchangeConfig
+from market_ingestor.cli.services import SERVICES, Children, parse_services
+from market_ingestor.config import ENV_PREFIX, Config, ExchangeConfig
 from market_ingestor.ingestor.service import IngestService, metrics_server
 from market_ingestor.ingestor.simulator import DIALECTS, Simulator, SimulatorConfig
 
 DEMO_SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
+# Listed by the simulator but not subscribed: there to be added live (`symbols add`, the control panel).
+SPARE_SYMBOLS = ("XRPUSDT", "DOGEUSDT")
 
 
 def _pointed_at(config: Config, sim: Simulator) -> Config:
@@ -37,53 +42,102 @@ def _pointed_at(config: Config, sim: Simulator) -> Config:
     return msgspec.structs.replace(config, exchanges=exchanges)
 
 
-async def _up(config: Config, simulate: bool, rate: float, port: int) -> None:  # float-ok: trades/s
+def _started(
+    config: Config,
+    sim: Simulator | None,
+    rate: float,  # float-ok: trades/s
+    services: tuple[str, ...],
+    metrics_port: int,
+) -> str:
+    prefix = config.bus.topic_prefix
+    where = "the exchanges"
+    if sim is not None:
+        where = f"the simulator (port {sim.port}, {rate:g} trades/s over {', '.join(sim.exchanges)})"
+    lines = [
+        f"pipeline running on {where}",
+        f"  bus: {config.bus.kind}; topics {prefix}market.trades, {prefix}market.quotes, {prefix}market.book",
+        f"  metrics: http://127.0.0.1:{metrics_port}/metrics, health: /healthz (ingest)",
+    ]
+    if services:
+        lines.append(f"  services: {', '.join(services)} (child processes, same config)")
+    if "api" in services:
+        lines.append(f"  control panel: http://127.0.0.1:{config.api.port}/panel/")
+    if "push" in services:
+        lines.append(f"  push gateway: ws://127.0.0.1:{config.push.port}/")
+    lines += [
+        f"  watch it:  market-ingestor tail {prefix}market.trades",
+        "  add a symbol live:  market-ingestor symbols add binance XRPUSDT",
+        "Ctrl-C stops it (flushes everything first).",
+    ]
+    return "\n".join(lines)
+
+
+async def _up(
+    config: Config,
+    config_path: Path | None,
+    simulate: bool,
+    rate: float,  # float-ok: trades/s
+    port: int,
+    services: tuple[str, ...],
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    if not simulate:
+    async with contextlib.AsyncExitStack() as stack:
+        env: dict[str, str] = {}
+        sim: Simulator | None = None
+        if simulate:
+            symbols = tuple(sorted({s for ex in config.exchanges.values() for s in ex.symbols} or DEMO_SYMBOLS))
+            # The configured exchanges, or all of them when the config names none.
+            exchanges = tuple(name for name, ex in config.exchanges.items() if ex.enabled) or tuple(DIALECTS)
+            listed = tuple(dict.fromkeys(symbols + SPARE_SYMBOLS))
+            sim_config = SimulatorConfig(port=port, symbols=listed, exchanges=exchanges, trades_per_s=rate)
+            sim = await stack.enter_async_context(Simulator(sim_config))
+            config = _pointed_at(config, sim)
+            # The children must see the same exchanges (the API folds the control topic onto them).
+            env[f"{ENV_PREFIX}EXCHANGES"] = msgspec.json.encode(config.exchanges).decode()
+        children = Children(services, config_path, env)
+        stack.push_async_callback(children.stop)
+        await children.start()
         service = IngestService(config)
-        async with metrics_server(config, service):
-            await service.run(stop)
-        return
-    symbols = tuple(sorted({s for ex in config.exchanges.values() for s in ex.symbols} or DEMO_SYMBOLS))
-    # The configured exchanges, or all of them when the config names none.
-    exchanges = tuple(name for name, ex in config.exchanges.items() if ex.enabled) or tuple(DIALECTS)
-    sim_config = SimulatorConfig(port=port, symbols=symbols, exchanges=exchanges, trades_per_s=rate)
-    async with Simulator(sim_config) as sim:
-        config = _pointed_at(config, sim)
-        service = IngestService(config)
-        async with metrics_server(config, service) as metrics:
-            task = asyncio.create_task(service.run(stop))
-            await service.ready.wait()
-            _banner(config, sim, rate, metrics.port)
-            await task
-
-
-def _banner(config: Config, sim: Simulator, rate: float, metrics_port: int) -> None:  # float-ok: trades/s
-    prefix = config.bus.topic_prefix
-    click.echo(
-        f"pipeline running on the simulator (port {sim.port}, {rate:g} trades/s over {', '.join(sim.exchanges)})\n"
-        f"  bus: {config.bus.kind}; topics {prefix}market.trades, {prefix}market.quotes, {prefix}market.book\n"
-        f"  metrics: http://127.0.0.1:{metrics_port}/metrics, health: /healthz\n"
-        f"  watch it:  market-ingestor tail {prefix}market.trades\n"
-        f"  add a symbol live:  market-ingestor symbols add binance XRPUSDT\n"
-        f"Ctrl-C stops it (flushes everything first)."
-    )
+        metrics = await stack.enter_async_context(metrics_server(config, service))
+        ingesting = asyncio.create_task(service.run(stop), name="up-ingest")
+        watching = asyncio.create_task(children.watch(stop), name="up-children")
+        ready = asyncio.create_task(service.ready.wait(), name="up-ready")
+        try:
+            # An ingest service that fails while starting (no broker) ends here with its error, not a hang.
+            await asyncio.wait([ready, ingesting], return_when=asyncio.FIRST_COMPLETED)
+            if ready.done():
+                click.echo(_started(config, sim, rate, services, metrics.port))
+            await ingesting
+        finally:
+            for task in (ready, watching, ingesting):
+                task.cancel()
+            await asyncio.gather(ready, watching, ingesting, return_exceptions=True)
+    if children.failed is not None:
+        raise click.ClickException(f"stopped: {children.failed}")
 
 
 @click.command()
 @click.option("--simulate/--live", default=False, help="Use the local exchange simulator instead of the exchanges.")
 @click.option("--rate", type=float, default=200.0, show_default=True, help="Simulated trades per second in total.")
 @click.option("--port", type=int, default=9100, show_default=True, help="The simulator's port.")
+@click.option(
+    "--with",
+    "with_",
+    default="",
+    metavar="SERVICES",
+    help=f"Also run these services as child processes: comma-separated {', '.join(SERVICES)}, or all.",
+)
 @pass_cli
-def up(cli_ctx: CliContext, simulate: bool, rate: float, port: int) -> None:  # float-ok: trades/s
-    """Run the whole pipeline until SIGINT/SIGTERM (ingest today; worker, sinks and push as they land)."""
+def up(cli_ctx: CliContext, simulate: bool, rate: float, port: int, with_: str) -> None:  # float-ok: trades/s
+    """Run the pipeline until SIGINT/SIGTERM: ingest, and the services named by --with."""
+    services = parse_services(with_)
     config = cli_ctx.config
     if not simulate and not any(ex.enabled for ex in config.exchanges.values()):
         raise click.ClickException("no exchange is configured: add [exchanges.NAME] sections, or use --simulate")
-    run(_up(config, simulate, rate, port))
+    run(_up(config, cli_ctx.config_path, simulate, rate, port, services))
 
 
 @click.command()

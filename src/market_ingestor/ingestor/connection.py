@@ -75,6 +75,7 @@ class Connection:
         self.subscriptions: set[Subscription] = set(subscriptions)
         self.connected = asyncio.Event()
         self.opened_count = 0
+        self.reconnects = 0
         self._on_frame = on_frame
         self._on_open = on_open
         self._backoff = Backoff(settings.backoff_initial_s, settings.backoff_max_s)
@@ -108,9 +109,14 @@ class Connection:
             if opened_at is not None and time.monotonic() - opened_at >= self.settings.healthy_after_s:
                 self._backoff.reset()
             metrics.RECONNECTS.labels(self.spec.name).inc()
+            self.reconnects += 1
             delay_s = self._backoff.next_delay_s()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay_s)
+
+    def silence_s(self) -> float | None:  # float-ok: a duration
+        """Seconds since the last frame (or since the socket opened, before its first); None if it never opened."""
+        return time.monotonic() - self._last_frame_at if self.opened_count else None
 
     async def _serve(self, ws: ClientConnection) -> None:
         self._ws = ws

@@ -1,18 +1,24 @@
 """What the ingestors should subscribe to: the config's static lists, changed at runtime by the commands on
-the compacted control topic. Folding is a pure function, so the CLI, the ingest service and tests agree."""
+the compacted control topic. Folding is a pure function, so the CLI, the ingest service, the control panel and
+tests agree; sending a command and reading the topic back are here too, for the CLI and the panel alike."""
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Iterable
 
 import msgspec
 
+from market_ingestor.bus import PIPELINE_TOPICS, Delivery, Publisher, open_bus
+from market_ingestor.bus.topics import prefixed
 from market_ingestor.config import Config
 from market_ingestor.errors import SymbolError
 from market_ingestor.ingestor.exchanges import REGISTRY
-from market_ingestor.model import ControlCommand
+from market_ingestor.model import ControlCommand, Topics, bus_key, decode, encode, event_id
+
+log = logging.getLogger(__name__)
 
 KNOWN_EXCHANGES: tuple[str, ...] = tuple(REGISTRY)
 _SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,30}(-[A-Z0-9]{1,12})?$")
@@ -82,3 +88,51 @@ def fold(state: ControlState, commands: Iterable[ControlCommand]) -> ControlStat
             current = symbols.get(cmd.exchange, frozenset())
             symbols[cmd.exchange] = current | {cmd.symbol} if cmd.action == "add" else current - {cmd.symbol}
     return ControlState(enabled=frozenset(enabled), symbols=symbols)
+
+
+# --- the control topic ----------------------------------------------------------------------------------------
+
+
+def control_topic(config: Config) -> str:
+    return config.bus.topic_prefix + Topics.CONTROL
+
+
+def commands_in(deliveries: Iterable[Delivery]) -> list[ControlCommand]:
+    """The control commands among these records; anything else is skipped with a warning (someone else's bytes
+    on our topic must not take the control plane down)."""
+    commands = []
+    for delivery in deliveries:
+        try:
+            event = decode(delivery.value)
+        except msgspec.MsgspecError as exc:
+            log.warning(
+                "skipped a record that is not a control command",
+                extra={"topic": delivery.topic, "position": delivery.position, "error": str(exc)},
+            )
+            continue
+        if isinstance(event, ControlCommand):
+            commands.append(event)
+    return commands
+
+
+async def send_command(config: Config, cmd: ControlCommand, publisher: Publisher | None = None) -> None:
+    """Publishes ``cmd`` and returns once the broker has it; with no ``publisher``, one is opened for it."""
+    if publisher is not None:
+        await publisher.publish(control_topic(config), bus_key(cmd), encode(cmd), msg_id=event_id(cmd))
+        await publisher.flush()
+        return
+    bus = open_bus(config.bus)
+    await bus.ensure_topics(prefixed(PIPELINE_TOPICS, config.bus.topic_prefix))
+    own = bus.publisher()
+    await own.start()
+    try:
+        await send_command(config, cmd, own)
+    finally:
+        await own.stop()
+
+
+async def read_state(config: Config) -> ControlState:
+    """The configured state with every command on the control topic applied."""
+    bus = open_bus(config.bus)
+    await bus.ensure_topics(prefixed(PIPELINE_TOPICS, config.bus.topic_prefix))
+    return fold(initial_state(config), commands_in(await bus.read_topic(control_topic(config))))

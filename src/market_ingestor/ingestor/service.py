@@ -13,8 +13,6 @@ import contextlib
 import logging
 import time
 
-import msgspec
-
 from market_ingestor.bus import PIPELINE_TOPICS, Bus, Publisher, open_bus
 from market_ingestor.bus.topics import prefixed
 from market_ingestor.config import Config, ExchangeConfig
@@ -23,22 +21,21 @@ from market_ingestor.ingestor import metrics
 from market_ingestor.ingestor.capture import CaptureWriter
 from market_ingestor.ingestor.connection import ConnectionSettings
 from market_ingestor.ingestor.connector import ConnectorSettings, ExchangeConnector
-from market_ingestor.ingestor.control import ControlState, fold, initial_state
+from market_ingestor.ingestor.control import ControlState, commands_in, fold, initial_state
 from market_ingestor.ingestor.exchanges import Channel, get_spec
 from market_ingestor.ingestor.exchanges.base import ExchangeSpec
 from market_ingestor.ingestor.rest import RestClient
+from market_ingestor.ingestor.status import StatusReporter, instance_name
 from market_ingestor.instruments import InstrumentRegistry
 from market_ingestor.model import (
     BookDelta,
     BookSnapshot,
-    ControlCommand,
     DeadLetter,
     MarketEvent,
     Quote,
     Topics,
     Trade,
     bus_key,
-    decode,
     encode,
     event_id,
     topic_of,
@@ -81,14 +78,18 @@ class IngestService:
                 publishing = group.create_task(self._publish_loop(publisher), name="ingest-publisher")
                 following = group.create_task(self._follow_control(), name="ingest-control")
                 await self._apply(self.state)
+                reporter = self._status_reporter(publisher)
+                reporting = group.create_task(reporter.run(self._connector_states), name="ingest-status")
                 self.ready.set()
                 await stop.wait()
                 self.stopping = True
                 log.info("stopping: closing exchange connections")
                 following.cancel()
+                reporting.cancel()
                 await self._stop_connectors(list(self._connector_tasks))
                 await self.queue.join()  # everything taken in is handed to the publisher
                 publishing.cancel()
+                await reporter.report_stopped()
         finally:
             self._group = None
             await publisher.stop()  # flush: every event acknowledged by the broker, or an error
@@ -136,6 +137,16 @@ class IngestService:
                 queue.task_done()
             metrics.QUEUE_DEPTH.set(queue.qsize())
 
+    # --- status (the control panel) ---------------------------------------------------------------------------
+
+    def _status_reporter(self, publisher: Publisher) -> StatusReporter:
+        ingest = self.config.ingest
+        topic = self.prefix + Topics.STATUS
+        return StatusReporter(publisher, topic, instance_name(ingest.instance), ingest.status_interval_s)
+
+    def _connector_states(self) -> dict[str, ExchangeConnector | None]:
+        return {name: self.connectors.get(name) for name in self._connector_tasks}
+
     # --- control ---------------------------------------------------------------------------------------------
 
     async def _follow_control(self) -> None:
@@ -143,16 +154,7 @@ class IngestService:
         await follower.start()
         try:
             while True:
-                deliveries = await follower.fetch(max_records=500, timeout_s=5.0)
-                commands = []
-                for delivery in deliveries:
-                    try:
-                        event = decode(delivery.value)
-                    except msgspec.MsgspecError as exc:
-                        log.warning("skipped a bad control record", extra={"error": str(exc)})
-                        continue
-                    if isinstance(event, ControlCommand):
-                        commands.append(event)
+                commands = commands_in(await follower.fetch(max_records=500, timeout_s=5.0))
                 if commands:
                     await self._apply(fold(self.state, commands))
         finally:

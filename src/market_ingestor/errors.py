@@ -10,7 +10,8 @@
     ├── StorageError           the database refused a statement (bad data, schema not migrated)
     │   └── StorageUnavailable the database cannot be reached or went away: retry with backoff
     ├── DevStackError          a local development server failed to start or stop
-    └── RequestError           a bad query API request (parameter, unknown symbol); carries the HTTP status
+    ├── RequestError           a bad query API request (parameter, unknown symbol); carries the HTTP status
+    └── PushRequestError       a push client's message that cannot be served (push/protocol.py): an error reply
 
 Library errors are wrapped at the boundary with ``raise ... from exc`` so the cause stays visible, and every
 message says what the operator can do about it.

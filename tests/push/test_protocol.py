@@ -15,7 +15,7 @@ from websockets.uri import parse_uri
 from market_ingestor.model import encode
 from market_ingestor.push.protocol import (
     Ping,
-    RequestError,
+    PushRequestError,
     Subscribe,
     Subscribed,
     Unsubscribe,
@@ -93,14 +93,14 @@ def test_unsubscribe_and_ping_parse_to_their_types():
     ],
 )
 def test_a_bad_request_is_a_coded_error_with_a_reason(body, code, reason):
-    with pytest.raises(RequestError) as caught:
+    with pytest.raises(PushRequestError) as caught:
         parse(body)
     assert caught.value.code == code
     assert reason in caught.value.reason
 
 
 def test_an_oversize_message_is_refused_before_it_is_parsed():
-    with pytest.raises(RequestError) as caught:
+    with pytest.raises(PushRequestError) as caught:
         parse(b"x" * 513, max_bytes=512)
     assert caught.value.code == "oversize"
     assert caught.value.reason == "message of 513 bytes is over the limit of 512 bytes"
@@ -108,7 +108,7 @@ def test_an_oversize_message_is_refused_before_it_is_parsed():
 
 
 def test_an_error_keeps_the_request_id_when_there_is_one():
-    with pytest.raises(RequestError) as caught:
+    with pytest.raises(PushRequestError) as caught:
         parse({"action": "subscribe", "channels": ["nope"], "symbols": ["binance.BTCUSDT"], "id": "req-1"})
     reply = json.loads(error_reply(caught.value).payload)
     assert reply == {"type": "error", "code": "unknown_channel", "reason": caught.value.reason, "id": "req-1"}

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import click
 import msgspec
+from prometheus_client import REGISTRY
 
 from market_ingestor.cli.context import CliContext, pass_cli, run
 from market_ingestor.config import Config
 from market_ingestor.errors import MarketIngestorError
+from market_ingestor.observability import Health, MetricsServer
+
+if TYPE_CHECKING:
+    from market_ingestor.push import Gateway
 
 
 async def _serve(config: Config) -> None:
@@ -20,7 +28,8 @@ async def _serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    async with Gateway(config) as gateway:
+    gateway = Gateway(config)
+    async with _metrics(config, gateway, stop), gateway:
         prefix = config.bus.topic_prefix
         click.echo(
             f"push gateway listening on ws://{config.push.host}:{gateway.port}/ "
@@ -32,6 +41,26 @@ async def _serve(config: Config) -> None:
             waiter.cancel()
     if gateway.failure is not None:
         raise MarketIngestorError(f"push gateway stopped: {gateway.failure!r}") from gateway.failure
+
+
+@contextlib.asynccontextmanager
+async def _metrics(config: Config, gateway: Gateway, stop: asyncio.Event) -> AsyncIterator[None]:
+    """``/metrics`` and ``/healthz`` on ``push.metrics_port``, apart from the public WebSocket port: Prometheus
+    scrapes each gateway process on its own port, also when several share the WebSocket port (reuse_port)."""
+
+    def health() -> Health:
+        state = "failed" if gateway.failed.is_set() else "stopping" if stop.is_set() else "running"
+        return Health(state == "running", {"state": state, "clients": gateway.metrics.clients})
+
+    from market_ingestor.push.metrics import PushCollector
+
+    collector = PushCollector(gateway.metrics)
+    REGISTRY.register(collector)
+    try:
+        async with MetricsServer(config.metrics.host, config.push.metrics_port, health, "push.metrics_port"):
+            yield
+    finally:
+        REGISTRY.unregister(collector)
 
 
 @click.command()

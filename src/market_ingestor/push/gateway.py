@@ -39,7 +39,7 @@ from market_ingestor.push.metrics import PushMetrics
 from market_ingestor.push.protocol import (
     Pair,
     Ping,
-    RequestError,
+    PushRequestError,
     Subscribe,
     Subscribed,
     Unsubscribe,
@@ -292,7 +292,7 @@ class Gateway:
                 self._subscribe(client, request)
             elif isinstance(request, Unsubscribe):
                 self._unsubscribe(client, request)
-        except RequestError as error:
+        except PushRequestError as error:
             self.metrics.request_errors_total[error.code] += 1
             client.deliver(error_reply(error))
 
@@ -300,7 +300,7 @@ class Gateway:
         limit = self.settings.max_subscriptions
         asked = len(set(request.channels)) * len(set(request.symbols))
         if asked > limit:  # refused before the pairs are built: a small message can name very many
-            raise RequestError(
+            raise PushRequestError(
                 "too_many_subscriptions",
                 f"{asked} (channel, symbol) pairs asked; the limit is {limit} per connection",
                 request.id,
@@ -308,7 +308,7 @@ class Gateway:
         pairs = request.pairs()
         new = [pair for pair in pairs if pair not in client.subscriptions]
         if len(client.subscriptions) + len(new) > limit:
-            raise RequestError(
+            raise PushRequestError(
                 "too_many_subscriptions",
                 f"{len(new)} new subscription(s) on top of {len(client.subscriptions)} would exceed the limit of "
                 f"{limit} (channel, symbol) pairs per connection",

@@ -1,6 +1,6 @@
 """The push gateway's client protocol (documented for clients in docs/push.md): requests, replies, update frames.
 
-Everything here is pure: a request is bytes in, a validated request (or a :class:`RequestError` naming what is
+Everything here is pure: a request is bytes in, a validated request (or a :class:`PushRequestError` naming what is
 wrong) out, and every reply and update is encoded once, to an :class:`Outgoing` (its JSON and its WebSocket
 frame). Updates embed the bus record as it is (already JSON, Decimal prices as strings), so a record is never
 re-encoded, neither per client nor at all.
@@ -16,6 +16,8 @@ from typing import Literal, NamedTuple
 import msgspec
 from websockets.frames import Frame, Opcode
 
+from market_ingestor.errors import MarketIngestorError
+
 Pair = tuple[str, str]  # (channel, symbol): the unit of subscription
 
 TRADE, QUOTE = "trade", "quote"
@@ -29,7 +31,9 @@ ErrorCode = Literal[
 ]
 
 
-class RequestError(Exception):
+class PushRequestError(MarketIngestorError):
+    """A client message the gateway cannot serve; ``code`` and ``reason`` go back in an error reply."""
+
     def __init__(self, code: ErrorCode, reason: str, request_id: str | int | None = None) -> None:
         super().__init__(reason)
         self.code = code
@@ -80,25 +84,25 @@ def _request_id(obj: dict[str, object]) -> str | int | None:
 
 
 def parse_request(data: bytes, max_bytes: int, channels: frozenset[str]) -> Request:
-    """One client message -> a valid request; raises :class:`RequestError` with a code and a reason."""
+    """One client message -> a valid request; raises :class:`PushRequestError` with a code and a reason."""
     if len(data) > max_bytes:
-        raise RequestError("oversize", f"message of {len(data)} bytes is over the limit of {max_bytes} bytes")
+        raise PushRequestError("oversize", f"message of {len(data)} bytes is over the limit of {max_bytes} bytes")
     try:
         obj = msgspec.json.decode(data)
     except msgspec.DecodeError as exc:
-        raise RequestError("bad_json", f"not valid JSON: {exc}") from None
+        raise PushRequestError("bad_json", f"not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
-        raise RequestError("bad_request", f"expected a JSON object, got {type(obj).__name__}")
+        raise PushRequestError("bad_request", f"expected a JSON object, got {type(obj).__name__}")
     request_id = _request_id(obj)
     action = obj.get("action")
     cls = ACTIONS.get(action) if isinstance(action, str) else None
     if cls is None:
         expected = ", ".join(ACTIONS)
-        raise RequestError("unknown_action", f"unknown action {action!r} (expected one of: {expected})", request_id)
+        raise PushRequestError("unknown_action", f"unknown action {action!r} (expected one of: {expected})", request_id)
     try:
         request = msgspec.convert(obj, cls)
     except msgspec.ValidationError as exc:
-        raise RequestError("bad_request", f"invalid {action} request: {exc}", request_id) from None
+        raise PushRequestError("bad_request", f"invalid {action} request: {exc}", request_id) from None
     if isinstance(request, PairsRequest):
         _check_pairs(request, channels)
     return request
@@ -106,17 +110,17 @@ def parse_request(data: bytes, max_bytes: int, channels: frozenset[str]) -> Requ
 
 def _check_pairs(request: PairsRequest, channels: frozenset[str]) -> None:
     if not request.channels or not request.symbols:
-        raise RequestError("bad_request", f"{request.action} needs at least one channel and one symbol", request.id)
+        raise PushRequestError("bad_request", f"{request.action} needs at least one channel and one symbol", request.id)
     unknown = [channel for channel in request.channels if channel not in channels]
     if unknown:
-        raise RequestError(
+        raise PushRequestError(
             "unknown_channel",
             f"unknown channel(s) {', '.join(map(repr, unknown))} (known: {', '.join(sorted(channels))})",
             request.id,
         )
     malformed = [symbol for symbol in request.symbols if not SYMBOL_RE.fullmatch(symbol)]
     if malformed:
-        raise RequestError(
+        raise PushRequestError(
             "bad_symbol",
             f"malformed symbol(s) {', '.join(map(repr, malformed))}: write exchange.SYMBOL, e.g. binance.BTCUSDT",
             request.id,
@@ -180,7 +184,7 @@ def encode_reply(reply: _Reply) -> Outgoing:
     return outgoing(_encoder.encode(reply))
 
 
-def error_reply(error: RequestError) -> Outgoing:
+def error_reply(error: PushRequestError) -> Outgoing:
     return encode_reply(ErrorReply(code=error.code, reason=error.reason, id=error.request_id))
 
 

@@ -17,6 +17,7 @@ from faust.types import TP
 
 from market_ingestor.errors import MarketIngestorError
 from market_ingestor.model import IndicatorValue, Kline, Topics, bus_key, decoder_for, encode
+from market_ingestor.streams import metrics
 from market_ingestor.streams.outputs import PartitionWriter
 from market_ingestor.tables.indicators import Indicator, from_bytes, parse_spec
 
@@ -72,7 +73,9 @@ class IndicatorAgent:
                 if value is not None:
                     values.append((event.message.tp, value))
             sources[event.key] = event.message.tp
+        sent = metrics.INDICATORS.counts
         for source, value in values:
+            sent[(value.name,)] += 1
             await self.writer.send(self.out.get_topic_name(), bus_key(value).encode(), encode(value), source)
         await self.writer.flush()  # values acknowledged before the states that produced them are saved
         for key, source in sources.items():

@@ -51,8 +51,9 @@ COPY --from=build /opt/venv /opt/venv
 WORKDIR /var/lib/market-ingestor
 USER ${APP_UID}:${APP_UID}
 
-# push gateway (WebSocket) and HTTP API; the other subcommands listen on nothing public.
-EXPOSE 8765 8000
+# push gateway (WebSocket) and HTTP API (with its /metrics); /metrics and /healthz of ingest, worker, sink
+# and push (their config's metrics_port).
+EXPOSE 8765 8000 9101 9102 9103 9104
 
 # Exec form, so the CLI (not a shell) receives SIGTERM and can flush before exiting; compose adds an
 # init process (`init: true`) to forward signals and reap children.

@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install system-deps test test-unit lint demo dev-up dev-down bench bench-sink bench-sink-service clean
+.PHONY: install system-deps test test-unit lint demo dev-up dev-down bench bench-sink bench-sink-service bench-metrics clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,9 @@ bench-sink: install
 bench-sink-service: install
 	$(BIN)/market-ingestor dev up
 	$(BIN)/python bench/sink_service.py
+
+bench-metrics: install
+	$(BIN)/python bench/metrics.py
 
 clean:
 	-$(BIN)/market-ingestor dev down

@@ -4,7 +4,9 @@ Docker is not available where these run, so nothing is started. Instead the test
 `docker compose up` would, what breaks a stack at start-up: a bind mount whose host file is missing
 (Docker silently creates an empty directory in its place), a dependency on a service that does not
 exist or can never become healthy, an undeclared volume, and a topic script that creates the wrong
-topics or fails on its second run. create-topics.sh is executed for real against a stub `rpk`.
+topics or fails on its second run. create-topics.sh is executed for real against a stub `rpk`. Prometheus
+must scrape every service with metrics at the port its configuration really serves them on, and the app
+healthchecks must ask that port (the Grafana dashboards are checked in test_grafana.py).
 """
 
 from __future__ import annotations
@@ -21,11 +23,16 @@ from typing import Any
 import pytest
 import yaml
 
+from market_ingestor.config import Config, load_config
+
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 CREATE_TOPICS = REPO / "redpanda" / "create-topics.sh"
 BOOTSTRAP = REPO / "redpanda" / "bootstrap.yaml"
 NATS_CONF = REPO / "nats" / "nats-server.conf"
+PROMETHEUS_CONF = REPO / "prometheus" / "prometheus.yml"
+GRAFANA_DATASOURCES = REPO / "grafana" / "provisioning" / "datasources" / "datasources.yml"
+GRAFANA_PROVIDERS = REPO / "grafana" / "provisioning" / "dashboards" / "dashboards.yml"
 DOCKERIGNORE = REPO / ".dockerignore"
 
 EXPECTED_TOPICS = frozenset(
@@ -55,7 +62,17 @@ EXPECTED_TOPIC_SETTINGS = {
 }
 assert set(EXPECTED_TOPIC_SETTINGS) == EXPECTED_TOPICS
 
-INFRA_SERVICES = ("redpanda", "redpanda-init", "redpanda-console", "timescaledb", "nats")
+INFRA_SERVICES = (
+    "redpanda",
+    "redpanda-init",
+    "redpanda-console",
+    "timescaledb",
+    "nats",
+    "prometheus",
+    "grafana",
+    "nats-exporter",
+    "postgres-exporter",
+)
 APP_SERVICES = ("ingest", "worker", "sink", "push", "api")
 
 APP_ENVIRONMENT = {
@@ -399,3 +416,136 @@ def test_create_topics_fails_on_other_errors(tmp_path: Path) -> None:
     # redpanda-init must not report success (and let the app services start) when nothing was created.
     assert result.returncode != 0
     assert "connection refused" in result.stderr
+
+
+# --- Prometheus, Grafana, health ---------------------------------------------------------------------------
+
+# Services Prometheus does not scrape, and why; every other service is a target (or exported by one).
+NOT_SCRAPED = {
+    "redpanda-init": "a one-shot that creates the topics and exits",
+    "redpanda-console": "a UI without a Prometheus endpoint",
+}
+EXPORTED_BY = {"nats": "nats-exporter", "timescaledb": "postgres-exporter"}  # no Prometheus endpoint of their own
+
+
+def _resolved(value: str) -> str:
+    """``${VAR:-default}`` as compose resolves it with VAR unset."""
+    return re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*:-([^}]*)\}", r"\1", value)
+
+
+def _app_config(service: dict[str, Any]) -> Config:
+    """The configuration the service's process loads in its container: the mounted config file, then the
+    service's environment (the defaults of ${...} variables), as ``load_config`` does at start."""
+    source, target = next((s, t) for kind, s, t in _mounts(service) if t == "/etc/market-ingestor/market-ingestor.toml")
+    assert service["environment"]["MARKET_INGESTOR_CONFIG"] == target
+    environ = {key: _resolved(str(value)) for key, value in service["environment"].items()}
+    return load_config(_host_path(source), environ={k: v for k, v in environ.items() if k != "MARKET_INGESTOR_CONFIG"})
+
+
+def _metrics_port(service: dict[str, Any]) -> int:
+    config = _app_config(service)
+    ports = {
+        "ingest": config.ingest.metrics_port,
+        "worker": config.streams.metrics_port,
+        "sink": config.sink.metrics_port,
+        "push": config.push.metrics_port,
+        "api": config.api.port,  # /metrics on the API's own port
+    }
+    return ports[service["command"][0]]
+
+
+def _container_ports(service: dict[str, Any]) -> set[int]:
+    """Ports the service listens on, as compose declares them (``expose`` and the container side of ``ports``)."""
+    declared = {int(str(port)) for port in service.get("expose", [])}
+    for port in service.get("ports", []):
+        declared.add(int(str(port).rsplit(":", 1)[-1].split("/")[0]))
+    return declared
+
+
+def _scrape_targets() -> dict[str, list[tuple[str, int, str]]]:
+    """job -> (host, port, metrics path) of each target, static or found through DNS."""
+    config = yaml.safe_load(PROMETHEUS_CONF.read_text())
+    jobs: dict[str, list[tuple[str, int, str]]] = {}
+    for job in config["scrape_configs"]:
+        path = job.get("metrics_path", "/metrics")
+        targets = jobs.setdefault(job["job_name"], [])
+        for static in job.get("static_configs", []):
+            for target in static["targets"]:
+                host, port = target.rsplit(":", 1)
+                targets.append((host, int(port), path))
+        for dns in job.get("dns_sd_configs", []):
+            assert dns.get("type") == "A", f"{job['job_name']}: compose's DNS answers A records"
+            targets.extend((name, int(dns["port"]), path) for name in dns["names"])
+        assert targets, f"job {job['job_name']} has no target"
+    return jobs
+
+
+def test_prometheus_targets_are_compose_services_at_the_ports_they_serve_metrics_on(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for job, targets in _scrape_targets().items():
+        for host, port, path in targets:
+            assert host in services, f"job {job}: target {host} is not a service of docker-compose.yml"
+            service = services[host]
+            if host in APP_SERVICES:
+                want = _metrics_port(service)
+                assert (port, path) == (want, "/metrics"), f"job {job}: {host} serves /metrics on {want}, not {port}"
+            assert port in _container_ports(service), f"job {job}: {host} does not declare port {port} (expose)"
+
+
+def test_every_service_is_scraped_or_has_a_reason_not_to_be(compose: dict[str, Any]) -> None:
+    scraped = {host for targets in _scrape_targets().values() for host, _, _ in targets}
+    assert set(APP_SERVICES) <= scraped
+    for name in compose["services"]:
+        if name in NOT_SCRAPED:
+            assert name not in scraped
+        else:
+            assert EXPORTED_BY.get(name, name) in scraped, f"{name} is not scraped by Prometheus"
+    for name, exporter in EXPORTED_BY.items():  # the exporter reads the service it stands for
+        assert name in yaml.safe_dump(compose["services"][exporter]), f"{exporter} does not read {name}"
+
+
+def test_the_worker_is_scraped_in_every_replica(compose: dict[str, Any]) -> None:
+    jobs = yaml.safe_load(PROMETHEUS_CONF.read_text())["scrape_configs"]
+    worker = next(job for job in jobs if job["job_name"] == "worker")
+    # A static target would resolve to one replica of `--scale worker=N`; DNS discovery finds them all.
+    assert "static_configs" not in worker and worker["dns_sd_configs"][0]["names"] == ["worker"]
+
+
+def test_app_healthchecks_ask_healthz_on_the_metrics_port(compose: dict[str, Any]) -> None:
+    for name in APP_SERVICES:
+        service = compose["services"][name]
+        test = " ".join(service["healthcheck"]["test"])
+        match = re.search(r"http://127\.0\.0\.1:(\d+)/healthz", test)
+        assert match, f"{name}: healthcheck does not ask /healthz: {test}"
+        assert int(match.group(1)) == _metrics_port(service), f"{name}: healthcheck port"
+        assert service["healthcheck"]["test"][:2] == ["CMD", "python"]  # the image has python, not curl or wget
+
+
+def test_prometheus_reads_the_mounted_config(compose: dict[str, Any]) -> None:
+    service = compose["services"]["prometheus"]
+    flag = next(arg for arg in service["command"] if arg.startswith("--config.file="))
+    assert ("./prometheus/prometheus.yml", flag.split("=", 1)[1]) in {(s, t) for _, s, t in _mounts(service)}
+
+
+def test_grafana_provisioning_is_mounted_and_points_at_the_stack(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    grafana = services["grafana"]
+    mounts = {target: source for _, source, target in _mounts(grafana)}
+    assert mounts["/etc/grafana/provisioning"] == "./grafana/provisioning"
+    providers = yaml.safe_load(GRAFANA_PROVIDERS.read_text())["providers"]
+    for provider in providers:
+        path = provider["options"]["path"]
+        assert path in mounts, f"dashboards provider reads {path}, which is not mounted"
+        assert any(_host_path(mounts[path]).glob("*.json")), f"no dashboards in {mounts[path]}"
+    datasources = {d["uid"]: d for d in yaml.safe_load(GRAFANA_DATASOURCES.read_text())["datasources"]}
+    prometheus = re.fullmatch(r"http://([\w-]+):(\d+)", datasources["prometheus"]["url"])
+    assert prometheus and prometheus.group(1) == "prometheus"
+    assert int(prometheus.group(2)) in _container_ports(services["prometheus"])
+    host, port = datasources["timescaledb"]["url"].split(":")
+    assert host == "timescaledb" and port == "5432"
+    database = services["timescaledb"]["environment"]
+    assert datasources["timescaledb"]["user"] == database["POSTGRES_USER"]
+    assert datasources["timescaledb"]["jsonData"]["database"] == database["POSTGRES_DB"]
+    # Grafana expands ${POSTGRES_PASSWORD} from its own environment: compose must pass the database's.
+    assert datasources["timescaledb"]["secureJsonData"]["password"] == "${POSTGRES_PASSWORD}"
+    assert grafana["environment"]["POSTGRES_PASSWORD"] == database["POSTGRES_PASSWORD"]

@@ -33,6 +33,7 @@ DEFAULT_CONFIG_FILE = "market-ingestor.toml"
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
 NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
 PositiveSeconds = Annotated[float, msgspec.Meta(gt=0)]
+PortNumber = Annotated[int, msgspec.Meta(ge=0, le=65535)]  # 0: any free port (tests)
 
 
 class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -124,6 +125,7 @@ class IngestConfig(_Section, frozen=True):
     capture_path: str | None = None  # write every raw frame here, in the recorded-session format
     status_interval_s: PositiveSeconds = 2.0  # connector state onto market.status (the control panel) this often
     instance: str = ""  # names this process in those records; "" = the host name
+    metrics_port: PortNumber = 9101  # /metrics and /healthz of ingest (and up)
 
 
 class StreamsConfig(_Section, frozen=True):
@@ -151,6 +153,7 @@ class StreamsConfig(_Section, frozen=True):
         ]
     )
     web_port: PositiveInt = 6066
+    metrics_port: PortNumber = 9102  # /metrics and /healthz of the worker
 
 
 class SinkConfig(_Section, frozen=True):
@@ -164,6 +167,7 @@ class SinkConfig(_Section, frozen=True):
     shutdown_timeout_s: PositiveSeconds = 30.0  # on SIGTERM, wait this long for the last batch to be written
     maintain_interval_s: PositiveSeconds = 3600.0  # partitions ahead and retention (RowWriter.maintain), this often
     data_dir: str = ".devstack/sink-data"  # Faust's data directory (the sink keeps no tables)
+    metrics_port: PortNumber = 9103  # /metrics and /healthz of the sink
 
 
 class ApiConfig(_Section, frozen=True):
@@ -214,6 +218,17 @@ class PushConfig(_Section, frozen=True):
     auth_enabled: bool = False  # require an API key (?api_key= or X-API-Key header) at the handshake
     state_max_entries: PositiveInt = 100_000  # latest kline/quote/indicator per (channel, symbol), for subscribe
     prime_records: NonNegativeInt = 2_000  # read back per partition at start to fill that state
+    metrics_port: PortNumber = 9104  # /metrics and /healthz, not on the public WebSocket port
+
+
+class MetricsConfig(_Section, frozen=True):
+    """Prometheus ``/metrics`` and ``/healthz``: ingest, worker, sink and push serve them on their section's
+    ``metrics_port`` (the api on its own port)."""
+
+    host: str = "0.0.0.0"
+    # Symbols with their own label value, over all exchanges; later ones are counted under symbol="other".
+    max_symbols: PositiveInt = 1_000
+    sample_interval_s: PositiveSeconds = 5.0  # consumer lag and table sizes are read this often
 
 
 class Config(_Section, frozen=True):
@@ -226,6 +241,7 @@ class Config(_Section, frozen=True):
     sink: SinkConfig = msgspec.field(default_factory=SinkConfig)
     api: ApiConfig = msgspec.field(default_factory=ApiConfig)
     push: PushConfig = msgspec.field(default_factory=PushConfig)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     exchanges: dict[str, ExchangeConfig] = msgspec.field(default_factory=dict)  # names: the exchange registry
 
 

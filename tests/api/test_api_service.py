@@ -166,6 +166,7 @@ async def test_the_ticker_follows_kafka_and_survives_a_restart(setup):
         await api.start()
         assert await api.status("/api/v1/ticker/binance/BTCUSDT", 404)  # nothing seen yet: unknown
         assert await api.status("/healthz", 200)
+        assert await api.status("/metrics", 200)  # the process's own metrics, served by the API app
 
         # A new consumer group starts at the live edge once its partitions are assigned: send probes until one
         # shows, then everything sent afterwards is read.

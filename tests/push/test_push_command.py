@@ -51,7 +51,7 @@ async def push_process(config_file: Path) -> AsyncIterator[tuple[asyncio.subproc
 def write_config(path: Path, kafka_bootstrap: str, extra: str = "") -> Path:
     path.write_text(
         f'[bus]\ntopic_prefix = "t{uuid.uuid4().hex[:8]}."\n[bus.kafka]\nbootstrap = "{kafka_bootstrap}"\n'
-        f'partitions = 2\n[push]\nhost = "127.0.0.1"\n{extra}'
+        f'partitions = 2\n[push]\nhost = "127.0.0.1"\nmetrics_port = 0\n{extra}'
     )
     return path
 

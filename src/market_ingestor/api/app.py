@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import msgspec
 from aiohttp import web
 
-from market_ingestor.api import panel, render
+from market_ingestor.api import metrics, panel, render
 from market_ingestor.api.catalog import Catalog
 from market_ingestor.api.keys import KeyInfo, KeyVerifier
 from market_ingestor.api.monitor import PanelMonitor
@@ -28,6 +28,7 @@ from market_ingestor.api.ticker import TickerView
 from market_ingestor.config import Config
 from market_ingestor.errors import RequestError, StorageError
 from market_ingestor.ingestor.exchanges import REGISTRY
+from market_ingestor.observability.server import metrics_response
 from market_ingestor.streams.windows import Interval, parse_interval
 
 log = logging.getLogger(__name__)
@@ -85,8 +86,12 @@ def error_response(status: int, message: str, parameter: str | None = None, **he
 async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
     start = time.perf_counter()
     response = await _answer(request, handler)
+    elapsed_s = time.perf_counter() - start
     # How long the server took (not the network): what a client or a load balancer can tell from queueing.
-    response.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - start) * 1000:.2f}"
+    response.headers["Server-Timing"] = f"app;dur={elapsed_s * 1000:.2f}"
+    route = request.match_info.route.name or metrics.UNMATCHED
+    metrics.REQUESTS.labels(route, str(response.status)).inc()
+    metrics.REQUEST_SECONDS.labels(route).observe(elapsed_s)
     return response
 
 
@@ -158,6 +163,10 @@ async def readyz(request: web.Request) -> web.Response:
     ticker = "recovered" if ctx.ticker.recovered else "recovering"
     ready = database == "ok" and ctx.ticker.recovered
     return json_response({"ready": ready, "database": database, "ticker": ticker}, 200 if ready else 503)
+
+
+async def prometheus(request: web.Request) -> web.Response:
+    return await metrics_response(request)
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -242,6 +251,7 @@ HANDLERS: dict[str, Handler] = {
     "healthz": healthz,
     "readyz": readyz,
     "openapi": openapi,
+    "metrics": prometheus,
     "symbols": symbols,
     "ticker": ticker,
     "tickers": tickers,

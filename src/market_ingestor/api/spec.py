@@ -91,6 +91,14 @@ def routes(config: Config) -> tuple[Route, ...]:
         ),
         Route("/openapi.json", "openapi", "This document.", "OpenApi", public=True),
         Route(
+            "/metrics",
+            "metrics",
+            "Prometheus metrics of this process (text exposition format).",
+            "",
+            public=True,
+            media=("text/plain",),
+        ),
+        Route(
             "/api/v1/symbols",
             "symbols",
             "Instruments with stored data or a live ticker.",

@@ -3,23 +3,49 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 import click
 import msgspec
+from prometheus_client import REGISTRY
 
 from market_ingestor.cli.context import CliContext, pass_cli, run
 from market_ingestor.config import Config
 from market_ingestor.errors import MarketIngestorError
+from market_ingestor.observability import Health, MetricsServer
 
 if TYPE_CHECKING:
-    from market_ingestor.push import Verifier
+    from market_ingestor.push import Gateway, Verifier
 
 
-@asynccontextmanager
+async def _serve(config: Config) -> None:
+    from market_ingestor.push import Gateway
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async with _key_verifier(config) as verify:
+        gateway = Gateway(config, verify)
+        async with _metrics(config, gateway, stop), gateway:
+            prefix = config.bus.topic_prefix
+            click.echo(
+                f"push gateway listening on ws://{config.push.host}:{gateway.port}/ "
+                f"(bus: {config.bus.kind}, topics {prefix}market.trades/quotes/klines/indicators, "
+                f"API keys {'required' if verify else 'not required'}); see docs/push.md",
+            )
+            stopped, failed = asyncio.ensure_future(stop.wait()), asyncio.ensure_future(gateway.failed.wait())
+            await asyncio.wait([stopped, failed], return_when=asyncio.FIRST_COMPLETED)
+            for waiter in (stopped, failed):
+                waiter.cancel()
+    if gateway.failure is not None:
+        raise MarketIngestorError(f"push gateway stopped: {gateway.failure!r}") from gateway.failure
+
+
+@contextlib.asynccontextmanager
 async def _key_verifier(config: Config) -> AsyncIterator[Verifier | None]:
     """The API keys of ``market-ingestor apikeys`` (cached per ``api.key_cache_ttl_s``), when push.auth_enabled."""
     if not config.push.auth_enabled:
@@ -42,26 +68,24 @@ async def _key_verifier(config: Config) -> AsyncIterator[Verifier | None]:
         await pool.close()
 
 
-async def _serve(config: Config) -> None:
-    from market_ingestor.push import Gateway
+@contextlib.asynccontextmanager
+async def _metrics(config: Config, gateway: Gateway, stop: asyncio.Event) -> AsyncIterator[None]:
+    """``/metrics`` and ``/healthz`` on ``push.metrics_port``, apart from the public WebSocket port: Prometheus
+    scrapes each gateway process on its own port, also when several share the WebSocket port (reuse_port)."""
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    async with _key_verifier(config) as verify, Gateway(config, verify) as gateway:
-        prefix = config.bus.topic_prefix
-        click.echo(
-            f"push gateway listening on ws://{config.push.host}:{gateway.port}/ "
-            f"(bus: {config.bus.kind}, topics {prefix}market.trades/quotes/klines/indicators, "
-            f"API keys {'required' if verify else 'not required'}); see docs/push.md",
-        )
-        stopped, failed = asyncio.ensure_future(stop.wait()), asyncio.ensure_future(gateway.failed.wait())
-        await asyncio.wait([stopped, failed], return_when=asyncio.FIRST_COMPLETED)
-        for waiter in (stopped, failed):
-            waiter.cancel()
-    if gateway.failure is not None:
-        raise MarketIngestorError(f"push gateway stopped: {gateway.failure!r}") from gateway.failure
+    def health() -> Health:
+        state = "failed" if gateway.failed.is_set() else "stopping" if stop.is_set() else "running"
+        return Health(state == "running", {"state": state, "clients": gateway.metrics.clients})
+
+    from market_ingestor.push.metrics import PushCollector
+
+    collector = PushCollector(gateway.metrics)
+    REGISTRY.register(collector)
+    try:
+        async with MetricsServer(config.metrics.host, config.push.metrics_port, health, "push.metrics_port"):
+            yield
+    finally:
+        REGISTRY.unregister(collector)
 
 
 @click.command()

@@ -43,6 +43,6 @@ def sink(cli_ctx: CliContext, data_dir: Path | None) -> None:
     from market_ingestor.sinks.writer import RowWriter
 
     run(open_bus(config.bus).ensure_topics(prefixed(PIPELINE_TOPICS, config.bus.topic_prefix)))
-    app = SinkApp(config, RowWriter(config.database.url, config.storage), data_dir).app
+    sink_app = SinkApp(config, RowWriter(config.database.url, config.storage), data_dir)
     # override_logging=False: Faust's lines go through our structured formatter, not its own handler.
-    faust.Worker(app, quiet=True, override_logging=False).execute_from_commandline()
+    faust.Worker(sink_app.app, sink_app.metrics, quiet=True, override_logging=False).execute_from_commandline()

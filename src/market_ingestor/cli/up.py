@@ -20,7 +20,7 @@ from market_ingestor.bus import open_bus
 from market_ingestor.cli.context import CliContext, pass_cli, run
 from market_ingestor.cli.services import SERVICES, Children, parse_services
 from market_ingestor.config import ENV_PREFIX, Config, ExchangeConfig
-from market_ingestor.ingestor.service import IngestService
+from market_ingestor.ingestor.service import IngestService, metrics_server
 from market_ingestor.ingestor.simulator import DIALECTS, Simulator, SimulatorConfig
 
 DEMO_SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
@@ -42,7 +42,13 @@ def _pointed_at(config: Config, sim: Simulator) -> Config:
     return msgspec.structs.replace(config, exchanges=exchanges)
 
 
-def _started(config: Config, sim: Simulator | None, rate: float, services: tuple[str, ...]) -> str:  # float-ok
+def _started(
+    config: Config,
+    sim: Simulator | None,
+    rate: float,  # float-ok: trades/s
+    services: tuple[str, ...],
+    metrics_port: int,
+) -> str:
     prefix = config.bus.topic_prefix
     where = "the exchanges"
     if sim is not None:
@@ -50,6 +56,7 @@ def _started(config: Config, sim: Simulator | None, rate: float, services: tuple
     lines = [
         f"pipeline running on {where}",
         f"  bus: {config.bus.kind}; topics {prefix}market.trades, {prefix}market.quotes, {prefix}market.book",
+        f"  metrics: http://127.0.0.1:{metrics_port}/metrics, health: /healthz (ingest)",
     ]
     if services:
         lines.append(f"  services: {', '.join(services)} (child processes, same config)")
@@ -94,6 +101,7 @@ async def _up(
         stack.push_async_callback(children.stop)
         await children.start()
         service = IngestService(config)
+        metrics = await stack.enter_async_context(metrics_server(config, service))
         ingesting = asyncio.create_task(service.run(stop), name="up-ingest")
         watching = asyncio.create_task(children.watch(stop), name="up-children")
         ready = asyncio.create_task(service.ready.wait(), name="up-ready")
@@ -101,7 +109,7 @@ async def _up(
             # An ingest service that fails while starting (no broker) ends here with its error, not a hang.
             await asyncio.wait([ready, ingesting], return_when=asyncio.FIRST_COMPLETED)
             if ready.done():
-                click.echo(_started(config, sim, rate, services))
+                click.echo(_started(config, sim, rate, services, metrics.port))
             await ingesting
         finally:
             for task in (ready, watching, ingesting):

@@ -24,7 +24,7 @@ def worker(cli_ctx: CliContext, data_dir: Path | None, web_port: int | None) -> 
     """Run the stream worker: trades -> klines -> indicators (RocksDB tables, changelogs) until SIGINT/SIGTERM."""
     import faust  # heavy: only the worker needs it
 
-    from market_ingestor.streams.app import build_app
+    from market_ingestor.streams.app import build_app, worker_metrics
     from market_ingestor.streams.outputs import mark_clean_stop, prepare_data_dir
 
     config = cli_ctx.config
@@ -36,7 +36,10 @@ def worker(cli_ctx: CliContext, data_dir: Path | None, web_port: int | None) -> 
     app = build_app(config, directory, web_port)
     try:
         # override_logging=False: Faust's lines go through our structured formatter, not its own handler.
-        faust.Worker(app, quiet=True, override_logging=False).execute_from_commandline()
+        level = config.log.level.lower().replace("warning", "warn")
+        faust.Worker(
+            app, worker_metrics(app, config), loglevel=level, quiet=True, override_logging=False
+        ).execute_from_commandline()
     except SystemExit as exc:
         if exc.code in (0, None):
             mark_clean_stop(directory)

@@ -23,6 +23,7 @@ from market_ingestor.ingestor.exchanges.base import Channel, ExchangeSpec, Parse
 from market_ingestor.ingestor.rest import RestClient
 from market_ingestor.instruments import InstrumentRegistry
 from market_ingestor.model import BookDelta, BookSnapshot, DeadLetter, MarketEvent, Trade
+from market_ingestor.observability import SYMBOLS
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class ExchangeConnector:
         self._rest = rest
         self._sink = sink
         self._pending: list[MarketEvent | DeadLetter] = []
-        self._exchange_label = (spec.name,)
+        self._frame_labels: dict[str, tuple[str, str]] = {}  # symbol -> (exchange, symbol label)
         self._event_labels: dict[tuple[str, type], tuple[str, str, str]] = {}
         self._raw_tap = raw_tap
         self._native_of: dict[str, str] = {}
@@ -148,7 +149,6 @@ class ExchangeConnector:
     # --- frames ----------------------------------------------------------------------------------------------
 
     async def _on_frame(self, frame: str | bytes, recv_ts: int) -> None:
-        metrics.FRAMES.counts[self._exchange_label] += 1
         if self._raw_tap is not None:
             self._raw_tap(self.settings.ws_url, frame, recv_ts)
         try:
@@ -160,6 +160,8 @@ class ExchangeConnector:
             log.exception("parser failed", extra={"exchange": self.spec.name})
             self._dead_letter(frame, f"internal parser error: {exc!r}", recv_ts)
             events = []
+        symbol = events[0].symbol if events and events[0].symbol in self.symbols else metrics.NO_SYMBOL
+        metrics.FRAMES.counts[self._frame_label(symbol)] += 1
         for event in events:
             if event.symbol not in self.symbols:
                 continue  # in flight after an unsubscribe, or not ours
@@ -173,11 +175,19 @@ class ExchangeConnector:
                 self._emit(event)
         await self._flush()
 
+    def _frame_label(self, symbol: str) -> tuple[str, str]:
+        labels = self._frame_labels.get(symbol)
+        if labels is None:
+            labels = self._frame_labels[symbol] = (
+                (self.spec.name, symbol) if symbol == metrics.NO_SYMBOL else SYMBOLS(self.spec.name, symbol)
+            )
+        return labels
+
     def _emit(self, event: MarketEvent) -> None:
         key = (event.symbol, type(event))
         labels = self._event_labels.get(key)
         if labels is None:
-            labels = self._event_labels[key] = (self.spec.name, event.symbol, type(event).__name__)
+            labels = self._event_labels[key] = (*SYMBOLS(self.spec.name, event.symbol), type(event).__name__)
         metrics.EVENTS.counts[labels] += 1
         self._pending.append(event)
 
@@ -198,7 +208,7 @@ class ExchangeConnector:
             return
         last = self._last_trade_id.get(trade.symbol)
         if last is not None and trade_id > last + 1:
-            metrics.SEQUENCE_GAPS.labels(self.spec.name, trade.symbol, "trade").inc()
+            metrics.SEQUENCE_GAPS.labels(*SYMBOLS(self.spec.name, trade.symbol), "trade").inc()
             log.warning(
                 "trade id gap",
                 extra={"exchange": self.spec.name, "symbol": trade.symbol, "after": last, "got": trade_id},
@@ -233,7 +243,7 @@ class ExchangeConnector:
         if verdict is BookVerdict.OK:
             self._emit(delta)
         elif verdict in (BookVerdict.GAP, BookVerdict.CHECKSUM):
-            metrics.SEQUENCE_GAPS.labels(self.spec.name, delta.symbol, "book").inc()
+            metrics.SEQUENCE_GAPS.labels(*SYMBOLS(self.spec.name, delta.symbol), "book").inc()
             await self._resync(delta.symbol, f"book {verdict.value}")
             return False
         return True  # STALE (older than the snapshot) and WAITING (no snapshot yet) are skipped

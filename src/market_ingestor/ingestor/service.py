@@ -40,6 +40,7 @@ from market_ingestor.model import (
     event_id,
     topic_of,
 )
+from market_ingestor.observability import SYMBOLS, Health, MetricsServer
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class IngestService:
         self.connectors: dict[str, ExchangeConnector] = {}
         self.state: ControlState = initial_state(config)
         self.ready = asyncio.Event()  # connectors started (for tests and the demo)
+        self.stopping = False
         self._connector_tasks: dict[str, asyncio.Task[None]] = {}
         self._wanted_symbols: dict[str, set[str]] = {}
         self._capture: CaptureWriter | None = None
@@ -80,6 +82,7 @@ class IngestService:
                 reporting = group.create_task(reporter.run(self._connector_states), name="ingest-status")
                 self.ready.set()
                 await stop.wait()
+                self.stopping = True
                 log.info("stopping: closing exchange connections")
                 following.cancel()
                 reporting.cancel()
@@ -93,6 +96,20 @@ class IngestService:
             if self._capture is not None:
                 self._capture.close()
         log.info("stopped")
+
+    def health(self) -> Health:
+        """``/healthz``: healthy from the connectors' start until shutdown; each exchange's connections are
+        reported (an exchange being unreachable is its problem, not a reason to restart ingest)."""
+        exchanges = {
+            name: {
+                "symbols": len(connector.symbols),
+                "connections": len(connector.connections),
+                "connected": sum(connection.connected.is_set() for connection in connector.connections),
+            }
+            for name, connector in sorted(self.connectors.items())
+        }
+        state = "stopping" if self.stopping else "running" if self.ready.is_set() else "starting"
+        return Health(state == "running", {"state": state, "queued": self.queue.qsize(), "exchanges": exchanges})
 
     # --- publishing ------------------------------------------------------------------------------------------
 
@@ -228,7 +245,17 @@ async def run_until_signalled(config: Config) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
-        await IngestService(config).run(stop)
+        service = IngestService(config)
+        async with metrics_server(config, service):
+            await service.run(stop)
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
+
+
+def metrics_server(config: Config, service: IngestService) -> MetricsServer:
+    """``/metrics`` and ``/healthz`` of ingest on ``ingest.metrics_port``; the configured symbols get their own
+    label values first."""
+    configured = [(name, symbol) for name, exchange in config.exchanges.items() for symbol in exchange.symbols]
+    SYMBOLS.configure(config.metrics.max_symbols, configured)
+    return MetricsServer(config.metrics.host, config.ingest.metrics_port, service.health, "ingest.metrics_port")

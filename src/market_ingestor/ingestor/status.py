@@ -32,8 +32,9 @@ def instance_name(configured: str = "") -> str:
 
 def _counts(exchange: str) -> tuple[int, int]:
     """Frames and events of the exchange since the process started (the metrics' own counters)."""
+    frames = sum(count for (name, _), count in list(metrics.FRAMES.counts.items()) if name == exchange)
     events = sum(count for (name, _, _), count in list(metrics.EVENTS.counts.items()) if name == exchange)
-    return metrics.FRAMES.value(exchange), events
+    return frames, events
 
 
 def _without_connector(instance: str, exchange: str, state: ConnectorState) -> ConnectorStatus:

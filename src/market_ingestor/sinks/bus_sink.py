@@ -20,6 +20,7 @@ from market_ingestor.bus.topics import prefixed
 from market_ingestor.config import Config
 from market_ingestor.errors import MarketIngestorError
 from market_ingestor.model import DeadLetter, Topics, encode, event_id
+from market_ingestor.observability import Health, MetricsServer
 from market_ingestor.sinks.batching import Batcher
 from market_ingestor.sinks.persist import Backoff, Persister, RowDecoder, Writer, sink_group, sink_topics
 
@@ -43,6 +44,10 @@ class BusSink:
             topic: Batcher(self._flusher(topic), settings.batch_size, settings.flush_interval_s)
             for topic in self.decoders
         }
+        self.state = "starting"
+
+    def health(self) -> Health:
+        return Health(self.state == "running", {"state": self.state, **self.persister.database_state()})
 
     def _flusher(self, topic: str) -> Callable[[list[Delivery]], Awaitable[None]]:
         async def flush(deliveries: list[Delivery]) -> None:
@@ -62,7 +67,9 @@ class BusSink:
             maintenance = self.persister.maintain_every(self.config.sink.maintain_interval_s)
             background.append(group.create_task(maintenance))
             intake = group.create_task(self._intake(stop), name="sink-intake")
+            self.state = "running"
             await stop.wait()
+            self.state = "stopping"
             try:
                 # The intake finishes its fetch (or the write it waits for), then everything buffered is written.
                 await asyncio.wait_for(self._finish(intake), self.config.sink.shutdown_timeout_s)
@@ -103,7 +110,9 @@ async def run_bus_sink(config: Config, stop: asyncio.Event | None = None) -> Non
     subscriber = bus.subscriber(topics, sink_group(config))
     publisher = bus.publisher()
     sink = BusSink(config, RowWriter(config.database.url, config.storage), subscriber, publisher)
+    server = MetricsServer(config.metrics.host, config.sink.metrics_port, sink.health, "sink.metrics_port")
     try:
+        await server.start()
         await publisher.start()
         await subscriber.start()
         await sink.run(stop)
@@ -116,5 +125,6 @@ async def run_bus_sink(config: Config, stop: asyncio.Event | None = None) -> Non
         await subscriber.stop()
         await publisher.stop()
         await sink.persister.close()
+        await server.stop()
         for signum in signals:
             loop.remove_signal_handler(signum)

@@ -32,6 +32,7 @@ from market_ingestor.errors import StorageError, StorageUnavailable
 from market_ingestor.model import DeadLetter, IndicatorValue, Kline, Quote, Topics, Trade, decoder_for, encode
 from market_ingestor.sinks import metrics
 from market_ingestor.sinks.schema import SchemaMode, migrate
+from market_ingestor.sinks.writer import TABLES
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ class RowDecoder:
 
     def __init__(self, row_type: type[Row]) -> None:
         self.row_type = row_type
+        self.table = TABLES[row_type].name
         self._decoder = decoder_for(row_type)
 
     def decode(self, values: Sequence[bytes | None], now_ns: int) -> tuple[list[Row], list[DeadLetter]]:
@@ -142,6 +144,15 @@ class Persister:
         self._started = False
         self._closed = False
         self._start_lock = asyncio.Lock()
+        self.failing_since: float | None = None  # float-ok: monotonic time of the first failed write of a streak
+        self.last_error = ""
+
+    def database_state(self) -> dict[str, object]:
+        """For ``/healthz``: whether writes currently succeed, and why not."""
+        if self.failing_since is None:
+            return {"database": "ok"}
+        failing_s = round(time.monotonic() - self.failing_since, 1)
+        return {"database": "retrying", "failing_s": failing_s, "error": self.last_error}
 
     async def close(self) -> None:
         """Closes the writer for good: a write after this waits (retrying) until it is cancelled."""
@@ -164,11 +175,16 @@ class Persister:
 
     async def persist(self, decoder: RowDecoder, topic: str, values: Sequence[bytes | None]) -> None:
         """Returns once each record is either stored or dead-lettered (see the module docstring)."""
+        metrics.BATCH_SIZE.labels(topic).observe(len(values))
+        with metrics.FLUSH_SECONDS.labels(topic).time():
+            await self._persist(decoder, topic, values)
+
+    async def _persist(self, decoder: RowDecoder, topic: str, values: Sequence[bytes | None]) -> None:
         now = time.time_ns()
         rows, dead = decoder.decode(values, now)
         if rows:
             refused = await self._write_splitting(rows, topic, now)
-            metrics.ROWS.labels(topic).inc(len(rows) - len(refused))
+            metrics.ROWS.labels(decoder.table).inc(len(rows) - len(refused))
             dead.extend(refused)
         if dead:
             metrics.DEAD_LETTERS.labels(topic).inc(len(dead))
@@ -196,6 +212,7 @@ class Persister:
                 await self._ensure_started()
                 with metrics.WRITE_SECONDS.time():
                     await self.writer.write(rows)
+                self.failing_since = None
                 if attempt:
                     log.info("database write succeeded after retries", extra={"topic": topic, "attempts": attempt})
                 return
@@ -205,6 +222,9 @@ class Persister:
                 attempt += 1
                 delay = next(delays)
                 metrics.RETRIES.labels(topic).inc()
+                self.last_error = f"{type(exc).__name__}: {exc}"[:500]
+                if self.failing_since is None:
+                    self.failing_since = time.monotonic()
                 log.warning(
                     "database write failed, retrying",
                     extra={"topic": topic, "rows": len(rows), "attempt": attempt, "retry_in_s": delay,

@@ -44,6 +44,7 @@ from faust.types import TP
 
 from market_ingestor.config import Config
 from market_ingestor.model import DeadLetter, Topics, encode
+from market_ingestor.observability.consumer import MetricsService, metrics_service
 from market_ingestor.sinks.batching import Batcher
 from market_ingestor.sinks.persist import Backoff, Persister, Row, RowDecoder, Writer, sink_group, sink_topics
 from market_ingestor.streams.faust_app import StreamApp
@@ -88,6 +89,14 @@ class SinkApp:
         self.agents = [TopicSink(self, prefix + name, row_type) for name, row_type in sink_topics(config).items()]
         self.app.on_before_shutdown.connect(self.on_shutdown)
         self.app.task(self.maintain)
+        self.metrics: MetricsService = metrics_service(
+            self.app,
+            config.metrics,
+            sink.metrics_port,
+            "sink.metrics_port",
+            [agent.topic_name for agent in self.agents],
+            details=self.persister.database_state,
+        )
 
     async def maintain(self) -> None:
         await self.persister.maintain_every(self.settings.maintain_interval_s)

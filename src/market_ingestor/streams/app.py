@@ -33,6 +33,9 @@ from faust.types import TP
 
 from market_ingestor.config import Config
 from market_ingestor.model import DeadLetter, Kline, Topics, Trade, bus_key, decoder_for, encode
+from market_ingestor.observability import OTHER, SYMBOLS
+from market_ingestor.observability.consumer import MetricsService, metrics_service
+from market_ingestor.streams import metrics
 from market_ingestor.streams.faust_app import StreamApp
 from market_ingestor.streams.indicators import IndicatorAgent
 from market_ingestor.streams.klines import InstrumentKlines, KlineSettings, exact_context, trade_problem
@@ -42,6 +45,9 @@ log = logging.getLogger(__name__)
 
 trade_decoder = decoder_for(Trade)
 FETCH_MAX_WAIT_MS = 20  # short long-polls: see streams/faust_app.py
+# Faust's RocksDB defaults (64 MB x 3 memtables and a 2 GB block cache per partition store) let a worker with a
+# backlog grow past 400 MB; our rows are a few KB per instrument, rewritten in place, so small buffers suffice.
+TABLE_OPTIONS = {"write_buffer_size": 1 << 20, "max_write_buffer_number": 2, "block_cache_size": 2 << 20}
 
 
 def kline_settings(config: Config) -> KlineSettings:
@@ -77,8 +83,23 @@ def build_app(config: Config, data_dir: str | Path | None = None, web_port: int 
     worker = KlineAgent(app, prefix, kline_settings(config), streams.batch_size, streams.batch_within_s)
     app.timer(streams.timer_interval_s, name="kline-clock")(worker.tick)
     if streams.indicators:
-        IndicatorAgent(app, prefix, streams.indicators, streams.batch_size, streams.batch_within_s)
+        IndicatorAgent(app, prefix, streams.indicators, streams.batch_size, streams.batch_within_s, TABLE_OPTIONS)
     return app
+
+
+def worker_metrics(app: faust.App, config: Config) -> MetricsService:
+    """``/metrics`` and ``/healthz`` of the worker on ``streams.metrics_port``: the counters above, the lag of the
+    trades (and klines) partitions it consumes, and the size of its tables."""
+    configured = [(name, symbol) for name, exchange in config.exchanges.items() for symbol in exchange.symbols]
+    SYMBOLS.configure(config.metrics.max_symbols, configured)
+    prefix, streams = config.bus.topic_prefix, config.streams
+    topics = [prefix + Topics.TRADES, *([prefix + Topics.KLINES] if streams.indicators else [])]
+
+    async def table_sizes() -> None:
+        for name, table in app.tables.items():
+            metrics.TABLE_ROWS.labels(name).set(len(table))  # the rows of the active partitions
+
+    return metrics_service(app, config.metrics, streams.metrics_port, "streams.metrics_port", topics, table_sizes)
 
 
 class KlineAgent:
@@ -88,13 +109,16 @@ class KlineAgent:
         self.trades = app.topic(prefix + Topics.TRADES, key_type=bytes, value_type=bytes)
         self.klines = app.topic(prefix + Topics.KLINES, key_type=bytes, value_type=bytes)
         self.deadletter = app.topic(prefix + Topics.DEADLETTER, key_type=bytes, value_type=bytes)
-        self.table = app.Table("kline-state", default=None, key_type=bytes, value_type=bytes, use_partitioner=True)
+        self.table = app.Table(
+            "kline-state", default=None, key_type=bytes, value_type=bytes, use_partitioner=True, options=TABLE_OPTIONS
+        )
         self.table.on_recover(self.on_recovered)
         self.writer = PartitionWriter(app)
         # The working set: instruments of this worker's partitions, and the trades partition of each.
         self.states: dict[bytes, InstrumentKlines] = {}
         self.sources: dict[bytes, TP] = {}
         self.batch, self.within_s = batch, within_s
+        self._exchange_labels: dict[str, tuple[str]] = {}
         app.agent(self.trades, name="klines")(self.aggregate)
         app.on_partitions_revoked.connect(self.on_revoked)  # type: ignore[arg-type]
 
@@ -109,6 +133,7 @@ class KlineAgent:
         out: list[tuple[bytes, Kline]] = []
         touched: dict[bytes, TP] = {}
         dead: list[tuple[TP, DeadLetter]] = []
+        processed = metrics.TRADES.counts
         with exact_context():
             for event in events:
                 key, source = event.key, event.message.tp
@@ -116,10 +141,13 @@ class KlineAgent:
                     trade = trade_decoder.decode(event.value)
                 except msgspec.MsgspecError as exc:
                     dead.append((source, DeadLetter("worker", repr(event.value)[:2000], f"not a trade: {exc}", now)))
+                    metrics.DEAD_LETTERS.labels(OTHER, OTHER, "undecodable").inc()
                     continue
+                processed[self._exchange_label(trade.exchange)] += 1
                 problem = trade_problem(trade)  # e.g. a NaN price: refused before it touches the state
                 if problem is not None:
                     dead.append((source, DeadLetter(trade.exchange, encode(trade).decode(), problem, now)))
+                    metrics.DEAD_LETTERS.labels(*SYMBOLS(trade.exchange, trade.symbol), "invalid").inc()
                     continue
                 state = self.states.get(key) or self._load(key, trade)
                 applied = state.apply(trade, position=event.message.offset, wall_ns=now)
@@ -127,15 +155,24 @@ class KlineAgent:
                 if applied.too_late:
                     letter = DeadLetter(trade.exchange, encode(trade).decode(), applied.reason or "too late", now)
                     dead.append((source, letter))
+                    metrics.DEAD_LETTERS.labels(*SYMBOLS(trade.exchange, trade.symbol), "too_late").inc()
                 touched[key] = source
         self.sources.update(touched)
+        sent = metrics.KLINES.counts
         for key, kline in out:
+            sent[(kline.interval,)] += 1
             await self.writer.send(self.klines.get_topic_name(), bus_key(kline).encode(), encode(kline), touched[key])
         for source, letter in dead:
             await self.writer.send(self.deadletter.get_topic_name(), letter.exchange.encode(), encode(letter), source)
         await self.writer.flush()  # outputs acknowledged before the state says their trades are done
         for key, source in touched.items():
             await self.writer.save(self.table, key, self.states[key].to_bytes(), source)
+
+    def _exchange_label(self, exchange: str) -> tuple[str]:
+        label = self._exchange_labels.get(exchange)
+        if label is None:
+            label = self._exchange_labels[exchange] = (SYMBOLS.exchange(exchange),)
+        return label
 
     def _load(self, key: bytes, trade: Trade) -> InstrumentKlines:
         stored = self.table.get(key)
@@ -176,6 +213,7 @@ class KlineAgent:
                 closed = state.on_time(now)
                 updates = state.in_progress(now)
             for kline in (*closed, *updates):
+                metrics.KLINES.counts[(kline.interval,)] += 1
                 await self.writer.send(self.klines.get_topic_name(), key, encode(kline), source)
             if closed:
                 closed_keys.append(key)

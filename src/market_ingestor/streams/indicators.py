@@ -17,6 +17,7 @@ from faust.types import TP
 
 from market_ingestor.errors import MarketIngestorError
 from market_ingestor.model import IndicatorValue, Kline, Topics, bus_key, decoder_for, encode
+from market_ingestor.streams import metrics
 from market_ingestor.streams.outputs import PartitionWriter
 from market_ingestor.tables.indicators import Indicator, from_bytes, parse_spec
 
@@ -28,13 +29,17 @@ Row = dict[str, dict[str, Indicator]]  # interval -> indicator name -> state
 
 
 class IndicatorAgent:
-    def __init__(self, app: faust.App, prefix: str, specs: Sequence[str], batch: int, within_s: float) -> None:
+    def __init__(
+        self, app: faust.App, prefix: str, specs: Sequence[str], batch: int, within_s: float, options: dict[str, int]
+    ) -> None:
         self.specs = tuple(specs)
         for spec in self.specs:
             parse_spec(spec)  # a bad spec fails at start, naming it
         self.klines = app.topic(prefix + Topics.KLINES, key_type=bytes, value_type=bytes)
         self.out = app.topic(prefix + Topics.INDICATORS, key_type=bytes, value_type=bytes)
-        self.table = app.Table("indicator-state", default=None, key_type=bytes, value_type=bytes, use_partitioner=True)
+        self.table = app.Table(
+            "indicator-state", default=None, key_type=bytes, value_type=bytes, use_partitioner=True, options=options
+        )
         self.writer = PartitionWriter(app)
         self.batch, self.within_s = batch, within_s
         app.agent(self.klines, name="indicators")(self.compute)
@@ -68,7 +73,9 @@ class IndicatorAgent:
                 if value is not None:
                     values.append((event.message.tp, value))
             sources[event.key] = event.message.tp
+        sent = metrics.INDICATORS.counts
         for source, value in values:
+            sent[(value.name,)] += 1
             await self.writer.send(self.out.get_topic_name(), bus_key(value).encode(), encode(value), source)
         await self.writer.flush()  # values acknowledged before the states that produced them are saved
         for key, source in sources.items():

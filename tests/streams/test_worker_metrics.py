@@ -1,0 +1,67 @@
+"""The worker serves /metrics and /healthz over HTTP: trades processed, dead letters, klines sent, the lag of each
+partition it consumes and the rows of its tables follow what was published."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from worker_harness import SYMBOLS, make_trades, publish, start_worker, stop_worker, worker_config
+
+from market_ingestor.bus import open_bus
+from market_ingestor.config import BusConfig, KafkaConfig
+from market_ingestor.model import Topics
+from metrics_helpers import Scrape, answering, free_port, healthz, scrape, until
+
+pytestmark = pytest.mark.kafka
+
+
+async def test_worker_metrics_follow_the_trades_it_processed(dev_stack, tmp_path, monkeypatch):
+    prefix = f"w{uuid.uuid4().hex[:8]}."
+    bus_config = BusConfig(topic_prefix=prefix, kafka=KafkaConfig(bootstrap=dev_stack.kafka_bootstrap, partitions=3))
+    trades = make_trades(600, seed=11)
+    await publish(bus_config, trades)
+    publisher = open_bus(bus_config).publisher()
+    await publisher.start()
+    await publisher.publish(prefix + Topics.TRADES, "binance.AAAUSDT", b"not a trade")
+    await publisher.stop()
+
+    port = free_port()
+    monkeypatch.setenv("MARKET_INGESTOR__STREAMS__METRICS_PORT", str(port))
+    monkeypatch.setenv("MARKET_INGESTOR__METRICS__SAMPLE_INTERVAL_S", "0.2")
+    config_path = worker_config(tmp_path, dev_stack.kafka_bootstrap, prefix, "at_least_once")
+    worker = await start_worker(config_path, tmp_path / "data")
+    trades_topic = prefix + Topics.TRADES
+
+    def died() -> str | None:
+        return None if worker.returncode is None else f"exit code {worker.returncode}"
+
+    async def caught_up() -> bool:
+        got = await scrape(port)
+        lag = got.matching("consumer_lag", topic=trades_topic)
+        return (
+            got.value("trade_process_total", exchange="binance") == len(trades)
+            and len(lag) == 3
+            and sum(sample.value for sample in lag) == 0
+            and got.value("worker_table_rows", table="kline-state") == len(SYMBOLS)
+        )
+
+    try:
+        await until(lambda: answering(port), "/healthz answers 200", timeout_s=90, alive=died)
+        await until(caught_up, "every trade processed, no lag, one table row per symbol", timeout_s=90, alive=died)
+        got: Scrape = await scrape(port)
+        assert {sample.labels["partition"] for sample in got.matching("consumer_lag", topic=trades_topic)} == {
+            "0",
+            "1",
+            "2",
+        }
+        assert got.matching("consumer_lag", group=prefix.rstrip("."), topic=prefix + Topics.KLINES)  # indicators
+        assert got.value("worker_dead_letters_total", exchange="other", symbol="other", reason="undecodable") == 1
+        assert got.value("worker_klines_total", interval="1m") > 0 and got.value("worker_klines_total") > 0
+        status, health = await healthz(port)
+        assert status == 200 and health["state"] == "running" and health["partitions"] > 0
+        await stop_worker(worker)
+    finally:
+        if worker.returncode is None:
+            worker.kill()
+            await worker.wait()

@@ -6,18 +6,17 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
+from db_helpers import fresh_database
 from market_ingestor.api import metrics as api_metrics
 from market_ingestor.devstack import StackInfo
 from market_ingestor.ingestor import metrics as ingest_metrics
@@ -26,7 +25,6 @@ from market_ingestor.observability import Tally
 from market_ingestor.observability import consumer as consumer_metrics
 from market_ingestor.push.metrics import PushCollector, PushMetrics
 from market_ingestor.sinks import metrics as sink_metrics
-from market_ingestor.sinks.schema import migrate
 from market_ingestor.sinks.writer import RowWriter
 from market_ingestor.streams import metrics as worker_metrics
 
@@ -179,12 +177,7 @@ def _kline(minute: int, close: str) -> Kline:
 @pytest.fixture(scope="module")
 async def database(dev_stack: StackInfo) -> AsyncIterator[str]:
     """A migrated database with two closed klines, their indicator values and a trade."""
-    name = f"test_grafana_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(dev_stack.database_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        url = urlunsplit(urlsplit(dev_stack.database_url)._replace(path=f"/{name}"))
-        await migrate(url)
+    async with fresh_database(dev_stack, "grafana", migrated=True) as url:
         writer = RowWriter(url)
         await writer.start()
         values = {
@@ -205,9 +198,6 @@ async def database(dev_stack: StackInfo) -> AsyncIterator[str]:
         finally:
             await writer.close()
         yield url
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 @pytest.mark.postgres

@@ -13,13 +13,8 @@ from market_ingestor.api.monitor import PanelMonitor
 from market_ingestor.api.store import Store
 from market_ingestor.api.ticker import MemoryTicker, TickerView
 from market_ingestor.config import Config
-from market_ingestor.devstack import StackInfo
 from market_ingestor.model import IndicatorValue, Kline, Trade
 from market_ingestor.sinks.writer import RowWriter
-
-
-def database_url_for(stack: StackInfo, name: str) -> str:
-    return stack.database_url.rsplit("/", 1)[0] + "/" + name
 
 
 async def write(database_url: str, events: Sequence[Trade | Kline | IndicatorValue]) -> None:

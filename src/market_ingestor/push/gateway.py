@@ -375,5 +375,7 @@ class Gateway:
             # probing a zero window, and the client would not notice either.
             sock = conn.transport.get_extra_info("socket")
             if sock is not None:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                # The client may have gone in the meantime: its socket is then closed already.
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             conn.transport.abort()

@@ -44,11 +44,13 @@ async def test_worker_metrics_follow_the_trades_it_processed(dev_stack, tmp_path
             and len(lag) == 3
             and sum(sample.value for sample in lag) == 0
             and got.value("worker_table_rows", table="kline-state") == len(SYMBOLS)
+            and got.value("worker_dead_letters_total", exchange="other", symbol="other", reason="undecodable") == 1
         )
 
     try:
         await until(lambda: answering(port), "/healthz answers 200", timeout_s=90, alive=died)
-        await until(caught_up, "every trade processed, no lag, one table row per symbol", timeout_s=90, alive=died)
+        wanted = "all trades processed, the bad one dead-lettered, no lag, a row per symbol"
+        await until(caught_up, wanted, timeout_s=90, alive=died)
         got: Scrape = await scrape(port)
         assert {sample.labels["partition"] for sample in got.matching("consumer_lag", topic=trades_topic)} == {
             "0",

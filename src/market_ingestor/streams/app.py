@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from market_ingestor.streams import metrics
 from market_ingestor.streams.faust_app import StreamApp
 from market_ingestor.streams.indicators import IndicatorAgent
 from market_ingestor.streams.klines import InstrumentKlines, KlineSettings, exact_context, trade_problem
-from market_ingestor.streams.outputs import PartitionWriter
+from market_ingestor.streams.outputs import PartitionWriter, next_offsets
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +106,9 @@ class KlineAgent:
     def __init__(self, app: faust.App, prefix: str, settings: KlineSettings, batch: int, within_s: float) -> None:
         self.app = app
         self.settings = settings
-        self.trades = app.topic(prefix + Topics.TRADES, key_type=bytes, value_type=bytes)
-        self.klines = app.topic(prefix + Topics.KLINES, key_type=bytes, value_type=bytes)
+        # acks=False: the agent commits the offsets of what it processed itself (PartitionWriter.commit_input).
+        self.trades = app.topic(prefix + Topics.TRADES, key_type=bytes, value_type=bytes, acks=False)
+        self.klines = app.topic(prefix + Topics.KLINES, key_type=bytes, value_type=bytes, acks=False)
         self.deadletter = app.topic(prefix + Topics.DEADLETTER, key_type=bytes, value_type=bytes)
         self.table = app.Table(
             "kline-state", default=None, key_type=bytes, value_type=bytes, use_partitioner=True, options=TABLE_OPTIONS
@@ -126,7 +127,7 @@ class KlineAgent:
         async for events in stream.take_events(self.batch, within=self.within_s):
             await self.process(events)
 
-    async def process(self, events: Iterable[Any]) -> None:
+    async def process(self, events: Sequence[Any]) -> None:
         if self.writer.closed:
             return
         now = time.time_ns()
@@ -167,6 +168,7 @@ class KlineAgent:
         await self.writer.flush()  # outputs acknowledged before the state says their trades are done
         for key, source in touched.items():
             await self.writer.save(self.table, key, self.states[key].to_bytes(), source)
+        await self.writer.commit_input(next_offsets(events))
 
     def _exchange_label(self, exchange: str) -> tuple[str]:
         label = self._exchange_labels.get(exchange)

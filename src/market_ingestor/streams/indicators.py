@@ -8,7 +8,7 @@ harmless. Writes go through :class:`~market_ingestor.streams.outputs.PartitionWr
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import faust
@@ -18,7 +18,7 @@ from faust.types import TP
 from market_ingestor.errors import MarketIngestorError
 from market_ingestor.model import IndicatorValue, Kline, Topics, bus_key, decoder_for, encode
 from market_ingestor.streams import metrics
-from market_ingestor.streams.outputs import PartitionWriter
+from market_ingestor.streams.outputs import PartitionWriter, next_offsets
 from market_ingestor.tables.indicators import Indicator, from_bytes, parse_spec
 
 kline_decoder = decoder_for(Kline)
@@ -35,7 +35,8 @@ class IndicatorAgent:
         self.specs = tuple(specs)
         for spec in self.specs:
             parse_spec(spec)  # a bad spec fails at start, naming it
-        self.klines = app.topic(prefix + Topics.KLINES, key_type=bytes, value_type=bytes)
+        # acks=False: the agent commits the offsets of what it processed itself (PartitionWriter.commit_input).
+        self.klines = app.topic(prefix + Topics.KLINES, key_type=bytes, value_type=bytes, acks=False)
         self.out = app.topic(prefix + Topics.INDICATORS, key_type=bytes, value_type=bytes)
         self.table = app.Table(
             "indicator-state", default=None, key_type=bytes, value_type=bytes, use_partitioner=True, options=options
@@ -48,7 +49,7 @@ class IndicatorAgent:
         async for events in stream.take_events(self.batch, within=self.within_s):
             await self.process(events)
 
-    async def process(self, events: Iterable[Any]) -> None:
+    async def process(self, events: Sequence[Any]) -> None:
         if self.writer.closed:
             return
         rows: dict[bytes, Row] = {}
@@ -80,6 +81,7 @@ class IndicatorAgent:
         await self.writer.flush()  # values acknowledged before the states that produced them are saved
         for key, source in sources.items():
             await self.writer.save(self.table, key, _encode_row(rows[key]), source)
+        await self.writer.commit_input(next_offsets(events))
 
     def _load(self, key: bytes) -> Row:
         stored = self.table.get(key)

@@ -56,6 +56,8 @@ class PartitionWriter:
         self.app = app
         self._pending: list[Awaitable[Any]] = []
         self._touched: set[TP] = set()
+        self._committed: dict[TP, int] = {}  # input offsets this writer committed (the next offset to read)
+        self._unpersisted: dict[TP, tuple[Any, int]] = {}  # changelog partition -> (store, offset), exactly_once
 
     @property
     def closed(self) -> bool:
@@ -97,8 +99,12 @@ class PartitionWriter:
             return
         offset = done.result().offset
         if self.app.in_transaction:
-            # The offset a restart replays the changelog from is stored once the transaction commits.
-            self.app.tables.persist_offset_on_commit(table.data, changelog, offset)
+            # The offset a restart replays the changelog from is stored once the transaction commits. (Faust's
+            # own persist_offset_on_commit keys it by changelog partition but flushes it by source partition, so
+            # it never stores it.)
+            stored = self._unpersisted.get(changelog)
+            if stored is None or stored[1] < offset:
+                self._unpersisted[changelog] = (table.data, offset)
         else:
             table.data.set_persisted_offset(changelog, offset)
 
@@ -107,6 +113,25 @@ class PartitionWriter:
         pending, self._pending = self._pending, []
         if pending:
             await asyncio.gather(*pending)
+
+    async def commit_input(self, offsets: dict[TP, int]) -> None:
+        """Commits the input ``offsets`` (next offset to read per partition) of events fully processed.
+
+        The agents' input topics are declared ``acks=False``: Faust acks events it skips without processing them
+        (those fetched before a rebalance, e.g. when a restarted worker's killed predecessor leaves the group), and
+        its commit would then cover them; a trade was lost that way. Committing here only what was processed keeps
+        skipped events for the next read after Faust's seek.
+        """
+        if not offsets or self.closed:
+            return
+        consumer: Any = self.app.consumer
+        if self.app.in_transaction:
+            await consumer.transactions.commit(_aiokafka_tps(offsets), start_new_transaction=True)
+            self._persist(offsets)
+        else:
+            await self.flush()  # the rows recording these events as done are on their changelogs first
+            await consumer._commit(offsets)
+        self._committed.update(offsets)
 
     async def commit_idle(self) -> None:
         """Commits the transactions a timer wrote into, for partitions whose input is quiet.
@@ -119,20 +144,45 @@ class PartitionWriter:
         if not self.app.in_transaction or not touched or self.closed:
             return
         consumer: Any = self.app.consumer
-        await consumer.commit()  # whatever has acknowledged input goes through Faust's own commit first
-        committed = consumer._committed_offset  # the offsets Faust itself last committed
         assigned = consumer.assignment()
-        # aiokafka wants its own TopicPartition here; Faust's TP is an equal tuple of another type.
-        idle = {
-            TopicPartition(tp.topic, tp.partition): committed[tp]
-            for tp in touched
-            if committed.get(tp) is not None and tp in assigned
-        }
+        idle = {}
+        for tp in touched:
+            # What this writer committed last, else what Faust found committed when the partition was assigned.
+            offset = self._committed.get(tp, consumer._committed_offset.get(tp))
+            if offset is not None and tp in assigned:
+                idle[tp] = offset
         if idle:
-            await consumer.transactions.commit(idle, start_new_transaction=True)
+            await consumer.transactions.commit(_aiokafka_tps(idle), start_new_transaction=True)
+            self._persist(idle)
+
+    def _persist(self, committed: dict[TP, int]) -> None:
+        """Stores the changelog offsets of rows whose transactions just committed (a row's changelog partition
+        is the number of its source partition)."""
+        partitions = {tp.partition for tp in committed}
+        for changelog, (store, offset) in list(self._unpersisted.items()):
+            if changelog.partition in partitions:
+                store.set_persisted_offset(changelog, offset)
+                del self._unpersisted[changelog]
 
     def forget(self, sources: Iterable[TP]) -> None:
         self._touched.difference_update(sources)
+        for tp in sources:
+            self._committed.pop(tp, None)
+
+
+def _aiokafka_tps(offsets: dict[TP, int]) -> dict[TopicPartition, int]:
+    # aiokafka wants its own TopicPartition; Faust's TP is an equal tuple of another type.
+    return {TopicPartition(tp.topic, tp.partition): offset for tp, offset in offsets.items()}
+
+
+def next_offsets(events: Iterable[Any]) -> dict[TP, int]:
+    """The offset after the last of ``events`` in each partition: what to commit once they are processed."""
+    offsets: dict[TP, int] = {}
+    for event in events:
+        tp, offset = event.message.tp, event.message.offset + 1
+        if offset > offsets.get(tp, -1):
+            offsets[tp] = offset
+    return offsets
 
 
 def prepare_data_dir(data_dir: Path, exactly_once: bool) -> None:

@@ -39,7 +39,7 @@ from market_ingestor.streams import metrics
 from market_ingestor.streams.faust_app import StreamApp
 from market_ingestor.streams.indicators import IndicatorAgent
 from market_ingestor.streams.klines import InstrumentKlines, KlineSettings, exact_context, trade_problem
-from market_ingestor.streams.outputs import PartitionWriter, next_offsets
+from market_ingestor.streams.outputs import PartitionWriter, current, next_offsets
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +130,7 @@ class KlineAgent:
     async def process(self, events: Sequence[Any]) -> None:
         if self.writer.closed:
             return
+        events = current(self.app, events)
         now = time.time_ns()
         out: list[tuple[bytes, Kline]] = []
         touched: dict[bytes, TP] = {}
@@ -207,12 +208,18 @@ class KlineAgent:
             return
         now = time.time_ns()
         closed_keys = []
+        keeping_up: dict[TP, bool] = {}
         for key, state in list(self.states.items()):
             source = self.sources.get(key)
             if source is None:
                 continue
+            if source not in keeping_up:
+                backlog = self.writer.backlog(source)
+                keeping_up[source] = backlog is not None and backlog <= self.batch
             with exact_context():
-                closed = state.on_time(now)
+                # The wall clock stands in for event time only where the worker keeps up with the partition:
+                # behind it (after a restart, under load) a quiet-looking instrument's trades may still be waiting.
+                closed = state.on_time(now) if keeping_up[source] else []
                 updates = state.in_progress(now)
             for kline in (*closed, *updates):
                 metrics.KLINES.counts[(kline.interval,)] += 1

@@ -24,7 +24,7 @@ import asyncio
 import logging
 import shutil
 import weakref
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -147,13 +147,27 @@ class PartitionWriter:
         assigned = consumer.assignment()
         idle = {}
         for tp in touched:
-            # What this writer committed last, else what Faust found committed when the partition was assigned.
-            offset = self._committed.get(tp, consumer._committed_offset.get(tp))
+            offset = self.next_offset(tp)
             if offset is not None and tp in assigned:
                 idle[tp] = offset
         if idle:
             await consumer.transactions.commit(_aiokafka_tps(idle), start_new_transaction=True)
             self._persist(idle)
+
+    def next_offset(self, source: TP) -> int | None:
+        """The next offset to read of ``source``: what this writer committed last, else what Faust found
+        committed when the partition was assigned."""
+        consumer: Any = self.app.consumer
+        return self._committed.get(source, consumer._committed_offset.get(source))
+
+    def backlog(self, source: TP) -> int | None:
+        """Records of ``source`` in the topic and not yet processed (None while unknown)."""
+        consumer: Any = self.app.consumer
+        done = self.next_offset(source)
+        if done is None or source not in consumer.assignment():
+            return None
+        end = consumer.highwater(source)
+        return None if end is None else max(end - done, 0)
 
     def _persist(self, committed: dict[TP, int]) -> None:
         """Stores the changelog offsets of rows whose transactions just committed (a row's changelog partition
@@ -173,6 +187,18 @@ class PartitionWriter:
 def _aiokafka_tps(offsets: dict[TP, int]) -> dict[TopicPartition, int]:
     # aiokafka wants its own TopicPartition; Faust's TP is an equal tuple of another type.
     return {TopicPartition(tp.topic, tp.partition): offset for tp, offset in offsets.items()}
+
+
+def current(app: faust.App, events: Sequence[Any]) -> list[Any]:
+    """The events of ``events`` fetched in the consumer's current generation.
+
+    Faust skips events fetched before a rebalance (it seeks the partitions to their committed offsets), but a
+    ``take_events`` buffer filled before the rebalance is still handed over afterwards; processing it would apply
+    events ahead of the re-read ones, and the offset-idempotent state would then take the re-read ones for
+    duplicates. Dropped here, uncommitted (inputs are ``acks=False``), they come again in order.
+    """
+    generation = app.consumer_generation_id
+    return [event for event in events if event.message.generation_id == generation]
 
 
 def next_offsets(events: Iterable[Any]) -> dict[TP, int]:

@@ -25,6 +25,7 @@ from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 import msgspec
 
 from market_ingestor.errors import ConfigError
+from market_ingestor.tables.indicators import DEFAULT_SPECS
 
 ENV_PREFIX = "MARKET_INGESTOR__"
 CONFIG_PATH_ENV = "MARKET_INGESTOR_CONFIG"
@@ -140,18 +141,7 @@ class StreamsConfig(_Section, frozen=True):
     batch_size: PositiveInt = 2_000  # trades taken from the stream at once
     batch_within_s: PositiveSeconds = 0.05
     timer_interval_s: PositiveSeconds = 0.5  # wall-clock closing of quiet windows and in-progress updates
-    indicators: list[str] = msgspec.field(
-        default_factory=lambda: [
-            "sma_20",
-            "ema_20",
-            "wma_20",
-            "rsi_14",
-            "macd_12_26_9",
-            "bbands_20_2",
-            "atr_14",
-            "vwap",
-        ]
-    )
+    indicators: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_SPECS))
     web_port: PositiveInt = 6066
     metrics_port: PortNumber = 9102  # /metrics and /healthz of the worker
 

@@ -39,7 +39,7 @@ from market_ingestor.streams import metrics
 from market_ingestor.streams.faust_app import StreamApp
 from market_ingestor.streams.indicators import IndicatorAgent
 from market_ingestor.streams.klines import InstrumentKlines, KlineSettings, exact_context, trade_problem
-from market_ingestor.streams.outputs import PartitionWriter, current, next_offsets
+from market_ingestor.streams.outputs import PartitionWriter, next_offsets
 
 log = logging.getLogger(__name__)
 
@@ -124,13 +124,10 @@ class KlineAgent:
         app.on_partitions_revoked.connect(self.on_revoked)  # type: ignore[arg-type]
 
     async def aggregate(self, stream: Any) -> None:
-        async for events in stream.take_events(self.batch, within=self.within_s):
+        async for events in self.writer.batches(stream, self.batch, self.within_s):
             await self.process(events)
 
     async def process(self, events: Sequence[Any]) -> None:
-        if self.writer.closed:
-            return
-        events = current(self.app, events)
         now = time.time_ns()
         out: list[tuple[bytes, Kline]] = []
         touched: dict[bytes, TP] = {}

@@ -18,7 +18,7 @@ from faust.types import TP
 from market_ingestor.errors import MarketIngestorError
 from market_ingestor.model import IndicatorValue, Kline, Topics, bus_key, decoder_for, encode
 from market_ingestor.streams import metrics
-from market_ingestor.streams.outputs import PartitionWriter, current, next_offsets
+from market_ingestor.streams.outputs import PartitionWriter, next_offsets
 from market_ingestor.tables.indicators import Indicator, from_bytes, parse_spec
 
 kline_decoder = decoder_for(Kline)
@@ -41,19 +41,15 @@ class IndicatorAgent:
         self.table = app.Table(
             "indicator-state", default=None, key_type=bytes, value_type=bytes, use_partitioner=True, options=options
         )
-        self.app = app
         self.writer = PartitionWriter(app)
         self.batch, self.within_s = batch, within_s
         app.agent(self.klines, name="indicators")(self.compute)
 
     async def compute(self, stream: Any) -> None:
-        async for events in stream.take_events(self.batch, within=self.within_s):
+        async for events in self.writer.batches(stream, self.batch, self.within_s):
             await self.process(events)
 
     async def process(self, events: Sequence[Any]) -> None:
-        if self.writer.closed:
-            return
-        events = current(self.app, events)
         rows: dict[bytes, Row] = {}
         sources: dict[bytes, TP] = {}
         values: list[tuple[TP, IndicatorValue]] = []

@@ -24,7 +24,7 @@ import asyncio
 import logging
 import shutil
 import weakref
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,21 @@ class PartitionWriter:
         """True at shutdown under ``exactly_once`` once the final commit has ended the transactions: input taken
         after that is not processed (it is not committed either, so it comes again after a restart)."""
         return self.app.in_transaction and transactions_ended(self.app)
+
+    async def batches(self, stream: Any, size: int, within_s: float) -> AsyncIterator[list[Any]]:
+        """The agent's input in batches of events it may process.
+
+        Faust skips events fetched before a rebalance (it seeks the partitions to their committed offsets), but a
+        ``take_events`` buffer filled before the rebalance is still handed over afterwards; processing it would
+        apply events ahead of the re-read ones, and the offset-idempotent state would then take the re-read ones
+        for duplicates. Those are dropped, uncommitted (inputs are ``acks=False``): they come again in order. So
+        is everything once :attr:`closed`.
+        """
+        async for events in stream.take_events(size, within=within_s):
+            generation = self.app.consumer_generation_id
+            current = [event for event in events if event.message.generation_id == generation]
+            if current and not self.closed:
+                yield current
 
     def transactional_id(self, source: TP) -> str | None:
         if not self.app.in_transaction:
@@ -187,18 +202,6 @@ class PartitionWriter:
 def _aiokafka_tps(offsets: dict[TP, int]) -> dict[TopicPartition, int]:
     # aiokafka wants its own TopicPartition; Faust's TP is an equal tuple of another type.
     return {TopicPartition(tp.topic, tp.partition): offset for tp, offset in offsets.items()}
-
-
-def current(app: faust.App, events: Sequence[Any]) -> list[Any]:
-    """The events of ``events`` fetched in the consumer's current generation.
-
-    Faust skips events fetched before a rebalance (it seeks the partitions to their committed offsets), but a
-    ``take_events`` buffer filled before the rebalance is still handed over afterwards; processing it would apply
-    events ahead of the re-read ones, and the offset-idempotent state would then take the re-read ones for
-    duplicates. Dropped here, uncommitted (inputs are ``acks=False``), they come again in order.
-    """
-    generation = app.consumer_generation_id
-    return [event for event in events if event.message.generation_id == generation]
 
 
 def next_offsets(events: Iterable[Any]) -> dict[TP, int]:

@@ -187,3 +187,26 @@ async def stop_worker(worker: asyncio.subprocess.Process) -> None:
     worker.send_signal(signal.SIGTERM)
     _, stderr = await asyncio.wait_for(worker.communicate(), 60)
     assert worker.returncode == 0, stderr.decode()[-3000:]
+
+
+async def until_group_empty(bootstrap: str, group: str, timeout_s: float = 60.0) -> None:
+    """Waits until the consumer group has no member left (a killed worker's session has timed out)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+
+    async def poll() -> None:
+        while True:
+            members = 0
+            for response in await admin.describe_consumer_groups([group]):
+                for _error, group_id, _state, _kind, _protocol, group_members, *_ in response.groups:
+                    members += len(group_members) if group_id == group else 0
+            if members == 0:
+                return
+            await asyncio.sleep(0.5)
+
+    try:
+        await asyncio.wait_for(poll(), timeout_s)
+    finally:
+        await admin.close()

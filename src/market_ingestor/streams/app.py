@@ -78,6 +78,9 @@ def build_app(config: Config, data_dir: str | Path | None = None, web_port: int 
         web_port=web_port or streams.web_port,
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=1.0,
+        # A killed worker leaves the group after this, not Faust's 60 s default: its partitions move sooner.
+        broker_session_timeout=kafka.session_timeout_ms / 1000,  # float-ok: a duration
+        broker_heartbeat_interval=kafka.session_timeout_ms / 5000,  # float-ok: a duration
         fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
     )
     worker = KlineAgent(app, prefix, kline_settings(config), streams.batch_size, streams.batch_within_s)

@@ -102,6 +102,13 @@ class KlineWatcher:
             if key not in self.closed or value.revision >= self.closed[key].revision:
                 self.closed[key] = value
 
+    def series(self, key: tuple[str, str, str]) -> str:
+        """What the watcher saw of one indicator's klines: (open_time, revision, times closed, trades)."""
+        symbol, interval, _ = key
+        seen = sorted((k[2], k[3], n) for k, n in self.closings.items() if k[:2] == (symbol, interval))
+        counts = {k[2]: kline.trade_count for k, kline in self.closed.items() if k[:2] == (symbol, interval)}
+        return f"{key}: closed (time, revision, times seen, trades): {[(*s, counts.get(s[0])) for s in seen]}"
+
     async def until(self, done: Callable[[], bool], timeout_s: float = 120.0) -> None:
         async def poll() -> None:
             while not done():
@@ -187,26 +194,3 @@ async def stop_worker(worker: asyncio.subprocess.Process) -> None:
     worker.send_signal(signal.SIGTERM)
     _, stderr = await asyncio.wait_for(worker.communicate(), 60)
     assert worker.returncode == 0, stderr.decode()[-3000:]
-
-
-async def until_group_empty(bootstrap: str, group: str, timeout_s: float = 60.0) -> None:
-    """Waits until the consumer group has no member left (a killed worker's session has timed out)."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-
-    async def poll() -> None:
-        while True:
-            members = 0
-            for response in await admin.describe_consumer_groups([group]):
-                for _error, group_id, _state, _kind, _protocol, group_members, *_ in response.groups:
-                    members += len(group_members) if group_id == group else 0
-            if members == 0:
-                return
-            await asyncio.sleep(0.5)
-
-    try:
-        await asyncio.wait_for(poll(), timeout_s)
-    finally:
-        await admin.close()

@@ -34,6 +34,7 @@ from faust.streams import _current_event
 from faust.types import TP
 
 from market_ingestor.streams.faust_app import transactions_ended
+from market_ingestor.streams.sequence import InputSequence
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ class PartitionWriter:
         self._touched: set[TP] = set()
         self._committed: dict[TP, int] = {}  # input offsets this writer committed (the next offset to read)
         self._unpersisted: dict[TP, tuple[Any, int]] = {}  # changelog partition -> (store, offset), exactly_once
+        self._generation = -1
+        self.sequence = InputSequence(app)
 
     @property
     def closed(self) -> bool:
@@ -72,11 +75,18 @@ class PartitionWriter:
         ``take_events`` buffer filled before the rebalance is still handed over afterwards; processing it would
         apply events ahead of the re-read ones, and the offset-idempotent state would then take the re-read ones
         for duplicates. Those are dropped, uncommitted (inputs are ``acks=False``): they come again in order. So
-        is everything once :attr:`closed`.
+        is everything once :attr:`closed`. Within a generation, events pass only in offset order without holes
+        (:class:`~market_ingestor.streams.sequence.InputSequence`).
         """
         async for events in stream.take_events(size, within=within_s):
             generation = self.app.consumer_generation_id
+            if generation != self._generation:  # the rebalance sought every partition to its committed offset
+                self._generation = generation
+                self._committed.clear()
             current = [event for event in events if event.message.generation_id == generation]
+            if current:
+                partitions = {event.message.tp for event in current}
+                current = await self.sequence.in_order(current, {tp: self.next_offset(tp) for tp in partitions})
             if current and not self.closed:
                 yield current
 
@@ -173,7 +183,8 @@ class PartitionWriter:
         """The next offset to read of ``source``: what this writer committed last, else what Faust found
         committed when the partition was assigned."""
         consumer: Any = self.app.consumer
-        return self._committed.get(source, consumer._committed_offset.get(source))
+        committed = self._committed.get(source, consumer._committed_offset.get(source))
+        return committed if committed is not None and committed >= 0 else None  # -1: nothing committed
 
     def backlog(self, source: TP) -> int | None:
         """Records of ``source`` in the topic and not yet processed (None while unknown)."""
@@ -195,6 +206,7 @@ class PartitionWriter:
 
     def forget(self, sources: Iterable[TP]) -> None:
         self._touched.difference_update(sources)
+        self.sequence.forget(sources)
         for tp in sources:
             self._committed.pop(tp, None)
 

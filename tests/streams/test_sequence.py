@@ -1,0 +1,81 @@
+"""InputSequence: what the agents may process of the events Faust hands them (offset order, no holes). The
+Faust app is a stand-in here that records seeks; the worker tests run the real thing after a kill -9."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from faust.types import TP
+
+from market_ingestor.streams.sequence import InputSequence
+
+P0, P1 = TP("t.market.trades", 0), TP("t.market.trades", 1)
+
+
+class _Consumer:
+    def __init__(self, earliest: dict[TP, int]) -> None:
+        self.earliest = earliest
+        self.seeks: list[tuple[TP, int]] = []
+
+    async def seek_wait(self, offsets: dict[TP, int]) -> None:
+        self.seeks.extend(offsets.items())
+
+    async def earliest_offsets(self, *tps: Any) -> dict[Any, int]:
+        return {tp: self.earliest[TP(*tp)] for tp in tps}
+
+
+def _app(earliest: dict[TP, int] | None = None) -> Any:
+    return SimpleNamespace(consumer=_Consumer(earliest or {}), consumer_generation_id=1)
+
+
+def _events(tp: TP, *offsets: int) -> list[Any]:
+    return [SimpleNamespace(message=SimpleNamespace(tp=tp, offset=offset)) for offset in offsets]
+
+
+def _offsets(events: list[Any]) -> list[tuple[int, int]]:
+    return [(event.message.tp.partition, event.message.offset) for event in events]
+
+
+async def test_in_order_events_pass_and_redelivered_ones_are_dropped():
+    sequence = InputSequence(_app())
+    assert _offsets(await sequence.in_order(_events(P0, 5, 6, 7), {P0: 5})) == [(0, 5), (0, 6), (0, 7)]
+    assert _offsets(await sequence.in_order(_events(P0, 6, 7, 8), {P0: 5})) == [(0, 8)]
+
+
+async def test_a_hole_seeks_back_and_drops_until_the_expected_offset_comes():
+    app = _app()
+    sequence = InputSequence(app)
+    batch = _events(P0, 0, 1, 2, 300, 301) + _events(P1, 10, 11)
+    assert _offsets(await sequence.in_order(batch, {P0: 0, P1: 10})) == [(0, 0), (0, 1), (0, 2), (1, 10), (1, 11)]
+    assert app.consumer.seeks == [(P0, 3)]
+    assert sequence.dropped == 2
+    # More records from before the seek: dropped again, sought again; then the re-read ones pass in order.
+    assert await sequence.in_order(_events(P0, 302, 303), {}) == []
+    assert app.consumer.seeks == [(P0, 3), (P0, 3)]
+    assert _offsets(await sequence.in_order(_events(P0, 3, 4), {})) == [(0, 3), (0, 4)]
+
+
+async def test_a_hole_in_the_log_itself_is_accepted_once_the_seek_shows_it_again():
+    app = _app()
+    sequence = InputSequence(app)
+    assert _offsets(await sequence.in_order(_events(P0, 7, 9, 10), {P0: 7})) == [(0, 7)]  # 8: a transaction marker
+    assert app.consumer.seeks == [(P0, 8)]
+    assert _offsets(await sequence.in_order(_events(P0, 9, 10), {})) == [(0, 9), (0, 10)]
+    assert len(app.consumer.seeks) == 1
+
+
+async def test_nothing_committed_starts_at_the_log_start():
+    app = _app(earliest={P0: 40})
+    sequence = InputSequence(app)
+    assert await sequence.in_order(_events(P0, 45), {P0: None}) == []  # records 40..44 must come first
+    assert app.consumer.seeks == [(P0, 40)]
+
+
+async def test_a_new_generation_starts_again_from_the_committed_offsets():
+    app = _app()
+    sequence = InputSequence(app)
+    await sequence.in_order(_events(P0, 0, 1, 2), {P0: 0})
+    app.consumer_generation_id = 2
+    assert _offsets(await sequence.in_order(_events(P0, 1, 2), {P0: 1})) == [(0, 1), (0, 2)]
+    assert app.consumer.seeks == []

@@ -159,6 +159,10 @@ class KlineAgent:
                     dead.append((source, letter))
                     metrics.DEAD_LETTERS.labels(*SYMBOLS(trade.exchange, trade.symbol), "too_late").inc()
                 touched[key] = source
+            # In-progress updates right away where the throttle allows: waiting for the timer would add up to
+            # timer_interval_s to every update; the timer sends what the throttle held back.
+            for key in touched:
+                out.extend((key, kline) for kline in self.states[key].in_progress(now))
         self.sources.update(touched)
         sent = metrics.KLINES.counts
         for key, kline in out:

@@ -126,6 +126,7 @@ class Worker:
             "intervals": '["1m", "5m", "15m", "1h", "4h", "1d"]',
             "processing_guarantee": f'"{guarantee}"',
             "standby_replicas": "0",
+            "metrics_port": "0",  # a free port: benches may run beside a worker that holds the default
             **streams,
         }
         config = tmp / f"{self.app_id}.toml"

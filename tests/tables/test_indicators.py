@@ -512,14 +512,14 @@ def test_older_klines_and_older_revisions_are_stale_and_change_nothing(spec: str
     assert indicator.classify(HOURLY[30]) is Update.APPEND
 
 
-def test_compute_emits_what_the_worker_would() -> None:
+def test_compute_emits_what_a_lone_indicator_would() -> None:
     k0, k1 = flat_klines(["1", "3"])
     k1_revised = msgspec.structs.replace(k1, close=Decimal(5), revision=1)
     k0_late = msgspec.structs.replace(k0, close=Decimal(9), revision=1)
     values = compute("sma_2", [k0, k1, k1_revised, k0_late])
     assert [(v.open_time, v.revision, v.values) for v in values] == [
         (k1.open_time, 0, {"value": V(2)}),
-        (k1.open_time, 1, {"value": V(3)}),  # the late correction of k0 is stale: nothing
+        (k1.open_time, 1, {"value": V(3)}),  # the late correction of k0 is stale for it (a Series takes it)
     ]
 
 

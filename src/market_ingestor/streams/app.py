@@ -86,7 +86,10 @@ def build_app(config: Config, data_dir: str | Path | None = None, web_port: int 
     worker = KlineAgent(app, prefix, kline_settings(config), streams.batch_size, streams.batch_within_s)
     app.timer(streams.timer_interval_s, name="kline-clock")(worker.tick)
     if streams.indicators:
-        IndicatorAgent(app, prefix, streams.indicators, streams.batch_size, streams.batch_within_s, TABLE_OPTIONS)
+        IndicatorAgent(
+            app, prefix, streams.indicators, streams.batch_size, streams.batch_within_s, TABLE_OPTIONS,
+            streams.max_lateness_ms,
+        )  # fmt: skip
     return app
 
 

@@ -13,6 +13,11 @@ from market_ingestor.observability import tally
 TRADES = tally("trade_process", "Trades processed by the kline agent", ("exchange",))
 KLINES = tally("worker_klines", "Klines sent (closed, corrected and in-progress)", ("interval",))
 INDICATORS = tally("worker_indicator_values", "Indicator values sent", ("name",))
+INDICATOR_STALE = tally(
+    "worker_indicator_stale_klines",
+    "Closed klines the indicators ignored: corrections older than the klines they keep (max_lateness_ms)",
+    ("interval",),
+)
 DEAD_LETTERS = Counter(
     "worker_dead_letters_total",
     "Trades sent to the dead-letter topic: undecodable, invalid (e.g. a NaN price) or too late for their window",

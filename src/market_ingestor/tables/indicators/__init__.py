@@ -15,16 +15,19 @@ Conventions (each class's docstring has the details):
 - Revisions: a kline with the latest ``open_time`` and a revision not lower than the latest's *replaces* it: the
   value is recomputed and the state is exactly what it would be had the corrected kline come first (windowed
   indicators swap the item and adjust their exact sums; recursive ones recompute from the accumulator kept from
-  before the latest kline). A correction of an older kline, or an older revision of the latest, is *stale*: the
-  state is unchanged and ``update`` returns None. Applying it would need the whole history for the recursive
-  indicators (EMA, RSI, ATR, MACD) and would change every later value; ``classify(kline)`` tells the worker
-  beforehand, so it can count such klines. Gaps (a missing kline) are not filled: indicators count klines, as
-  every charting library does.
+  before the latest kline). For a lone indicator a correction of an older kline, or an older revision of the
+  latest, is *stale*: the state is unchanged and ``update`` returns None (``classify(kline)`` says so beforehand).
+  Applying it needs the klines since then, for the recursive indicators (EMA, RSI, ATR, MACD) and every later
+  value: ``series.Series`` keeps them, for all indicators of one (instrument, interval), as far back as the kline
+  aggregator can correct (``max_lateness_ms``), replays them on such a correction and re-emits the values that
+  changed with a higher revision; only corrections older than that stay stale. The stream worker uses it. Gaps
+  (a missing kline) are not filled: indicators count klines, as every charting library does.
 - Output keys: ``value`` for single-valued indicators; ``macd/signal/hist`` and ``lower/middle/upper``.
 - Warm-up: SMA/WMA/EMA/BBANDS/ATR emit from the ``period``-th kline, RSI from the (period + 1)-th, MACD from the
   (slow + signal - 1)-th, VWAP once its UTC-day session has volume.
 
-Adding an indicator: one class (a module of its family) and one line in ``INDICATORS``.
+Adding an indicator: one class (a module of its family) and one line in ``INDICATORS``; a new kline field it reads
+goes into ``series.Bar`` too.
 """
 
 from __future__ import annotations
@@ -121,8 +124,9 @@ def from_bytes(data: bytes) -> Indicator:
 
 
 def compute(spec: str, klines: Iterable[Kline]) -> list[IndicatorValue]:
-    """Every value a fresh ``spec`` indicator emits for ``klines`` in order, as the worker would emit them: a
-    revised kline yields a second value for its ``open_time`` (higher revision), a stale one none."""
+    """Every value a fresh ``spec`` indicator emits for ``klines`` in order: a revised latest kline yields a second
+    value for its ``open_time`` (higher revision), a stale one none. On a final series (each ``open_time`` once, at
+    its highest revision) these are the values the worker's latest ones equal (``series.Series``)."""
     indicator = parse_spec(spec)
     values = []
     for kline in klines:

@@ -52,7 +52,9 @@ class Update(enum.Enum):
     """What a kline means for an indicator's series (``Indicator.classify``)."""
 
     APPEND = "append"  # after the latest kline: extends the series
-    REPLACE = "replace"  # the latest kline again, same or higher revision: its value is recomputed
+    # The latest kline again, same or higher revision: its value is recomputed. (For a ``series.Series``: a
+    # kline of its history, or one to insert into it: the history is replayed from it on.)
+    REPLACE = "replace"
     STALE = "stale"  # an older kline, or an older revision of the latest: ignored, the state is unchanged
 
 

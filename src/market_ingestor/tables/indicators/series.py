@@ -1,0 +1,272 @@
+"""All indicators of one (instrument, interval), following corrections of older klines within a horizon.
+
+An indicator alone can only revise its latest kline (see the package docstring). The kline aggregator corrects
+klines up to ``max_lateness_ms`` back, and re-emits the flat klines that carried a corrected close forward, so a
+correction can hit a kline several intervals older than the latest. A ``Series`` keeps, next to the indicators'
+state from just before it (``base``), the last ``horizon`` closed klines (``history``, compact ``Bar``s):
+
+- a kline after the latest *appends*: the values come from the current state, which is the base replayed over the
+  history (computed on first use and kept in memory, never stored); once the history holds more than ``horizon``
+  klines the oldest is folded into the base;
+- a kline of the history (same ``open_time``, revision not lower) *replaces* it, and one between two klines of the
+  history (a backward extension of the series, or a gap filled late) is *inserted*: the history is replayed from
+  the base, and every value from that kline on that differs from the one emitted before is emitted again;
+- anything older than the history, or an older revision of a kline in it, is *stale*: nothing changes.
+
+So after any sequence of klines whose corrections stay within the horizon, the latest value emitted for each
+``open_time`` is the one ``compute(spec, final_series)`` gives (exactly: the replay is the same arithmetic). One
+exception: a value a correction makes disappear (only VWAP, if a session's volume fell back to zero, which late
+trades, adding volume, cannot do) is not retracted.
+
+Revisions of values: the first value for an ``open_time`` carries its kline's revision, as a lone indicator's
+does; each re-emission carries ``max(kline revision, last emitted + 1)``, so consumers that keep the highest
+revision (the PostgreSQL sink upserts only a higher one; the push gateway keeps the highest) take it.
+
+``horizon(interval_ns, max_lateness_ms)`` is how many klines a correction can reach back, with a margin: a trade
+can correct a window that ended up to ``max_lateness_ms`` before the watermark, and the watermark is at least the
+end of the latest closed kline.
+
+Serialization: ``to_bytes`` is msgpack ``[base, history, folded]``, each base state the indicator's own
+``to_bytes`` (Decimals as exact strings). ``from_indicators`` takes states in the previous per-indicator format:
+they become the base with an empty history, so corrections reach back only to klines that arrive from then on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from decimal import Decimal
+
+import msgspec
+
+from market_ingestor.model import IndicatorValue, Kline
+from market_ingestor.tables.indicators import from_bytes, parse_spec
+from market_ingestor.tables.indicators.base import Indicator, IndicatorInputError, Update, decode_state
+
+Values = dict[str, Decimal]
+
+
+def horizon(interval_ns: int, max_lateness_ms: int) -> int:
+    """How many closed klines a ``Series`` of this interval keeps correctable: ceil(lateness / interval) + 2."""
+    return -(-max_lateness_ms * 1_000_000 // interval_ns) + 2
+
+
+class Bar(msgspec.Struct, frozen=True, array_like=True):
+    """A closed kline as the indicators read it: an indicator that reads another ``Kline`` field must add it here
+    (``test_indicators_read_only_the_fields_a_bar_keeps`` checks that none does)."""
+
+    open_time: int
+    revision: int
+    emitted: int  # the revision of the values last emitted for this open_time
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    close: Decimal
+    volume: Decimal
+    quote_volume: Decimal
+
+    @classmethod
+    def of(cls, kline: Kline, emitted: int) -> Bar:
+        k = kline
+        return cls(k.open_time, k.revision, emitted, k.open, k.high, k.low, k.close, k.volume, k.quote_volume)
+
+    def same_kline(self, other: Bar) -> bool:
+        """The same inputs, digit for digit (``Decimal("1.0") == Decimal("1.00")``, but their sums print apart)."""
+        fields = ("open", "high", "low", "close", "volume", "quote_volume")
+        return all(getattr(self, f).compare_total(getattr(other, f)) == 0 for f in fields)
+
+    def kline(self, like: Kline) -> Kline:
+        """A closed kline with this bar's values and ``like``'s identity; the fields the bar lacks are zero."""
+        zero = Decimal(0)
+        return Kline(
+            exchange=like.exchange,
+            symbol=like.symbol,
+            interval=like.interval,
+            open_time=self.open_time,
+            close_time=self.open_time,
+            open=self.open,
+            high=self.high,
+            low=self.low,
+            close=self.close,
+            volume=self.volume,
+            quote_volume=self.quote_volume,
+            trade_count=0,
+            taker_buy_volume=zero,
+            taker_buy_quote_volume=zero,
+            first_trade_id=None,
+            last_trade_id=None,
+            vwap=zero,
+            closed=True,
+            revision=self.revision,
+        )
+
+
+class _Stored(msgspec.Struct, array_like=True):
+    base: dict[str, bytes]  # spec -> the indicator's to_bytes()
+    history: list[Bar]  # oldest first, at most the horizon
+    folded: int | None  # open_time of the latest kline folded into the base; None before the first
+
+
+_ENCODER = msgspec.msgpack.Encoder()
+_DECODER = msgspec.msgpack.Decoder(_Stored)
+
+
+class Series:
+    """The configured indicators of one (instrument, interval); see the module docstring."""
+
+    def __init__(
+        self, specs: Iterable[str], horizon: int, base: Mapping[str, Indicator], history: list[Bar], folded: int | None
+    ) -> None:
+        if horizon < 1:
+            raise ValueError(f"a series keeps at least one kline, got horizon {horizon}")
+        # Indicators no longer configured are dropped; newly configured ones start fresh from the base.
+        self.base = {spec: base[spec] if spec in base else parse_spec(spec) for spec in specs}
+        self.history = history
+        self.folded = folded
+        self.horizon = horizon
+        self._current: dict[str, Indicator] | None = None  # the base replayed over the history, once needed
+
+    @classmethod
+    def new(cls, specs: Iterable[str], horizon: int) -> Series:
+        return cls(specs, horizon, {}, [], None)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, specs: Iterable[str], horizon: int) -> Series:
+        """Raises ``IndicatorStateError`` for bytes that are not a series."""
+        stored: _Stored = decode_state(_DECODER, data)
+        base = {spec: from_bytes(state) for spec, state in stored.base.items()}
+        return cls(specs, horizon, base, stored.history, stored.folded)
+
+    @classmethod
+    def from_indicators(cls, states: Mapping[str, Indicator], specs: Iterable[str], horizon: int) -> Series:
+        """Indicators stored one by one (the previous format): the base of an empty history."""
+        applied = [state.last_open_time for state in states.values() if state.last_open_time is not None]
+        return cls(specs, horizon, states, [], max(applied, default=None))
+
+    def to_bytes(self) -> bytes:
+        base = {spec: indicator.to_bytes() for spec, indicator in self.base.items()}
+        return _ENCODER.encode(_Stored(base, self.history, self.folded))
+
+    def classify(self, kline: Kline) -> Update:
+        """``APPEND`` after the latest kline; ``REPLACE`` for a kline of the history or one to insert into it;
+        ``STALE`` for anything older than the history or an older revision of a kline in it."""
+        return self._locate(kline)[0]
+
+    def update(self, kline: Kline) -> list[IndicatorValue]:
+        """The values ``kline`` gives or changes, oldest ``open_time`` first (none for a stale kline).
+
+        An indicator that refuses a kline (digits beyond exact arithmetic) skips it, the others go on; the kline
+        is kept, so a replay skips it the same way. Raises ``IndicatorInputError`` for a kline that is not closed.
+        """
+        if not kline.closed:
+            raise IndicatorInputError(
+                f"the {kline.interval} kline of {kline.exchange} {kline.symbol} opened at {kline.open_time} is not "
+                "closed; indicators take closed klines only"
+            )
+        how, index = self._locate(kline)
+        if how is Update.STALE:
+            return []
+        if how is Update.APPEND:
+            current = self._current_states(kline)
+            values = _apply(current, kline)
+            self.history.append(Bar.of(kline, kline.revision))
+            self._fold(kline)
+            return [_value(kline, name, kline.open_time, kline.revision, v) for name, v in values.items() if v]
+        return self._revise(kline, index)
+
+    # --- internals ----------------------------------------------------------------------------------------
+
+    def _locate(self, kline: Kline) -> tuple[Update, int]:
+        """What ``kline`` means and where it goes in the history; for REPLACE, ``index`` is the kline it replaces
+        (same open_time) or the one it goes before."""
+        t, history = kline.open_time, self.history
+        if self.folded is not None and t <= self.folded:
+            return Update.STALE, -1
+        if not history or t > history[-1].open_time:
+            return Update.APPEND, len(history)
+        for index in range(len(history) - 1, -1, -1):
+            bar = history[index]
+            if bar.open_time == t:
+                return (Update.REPLACE if kline.revision >= bar.revision else Update.STALE), index
+            if bar.open_time < t:
+                return Update.REPLACE, index + 1
+        return Update.REPLACE, 0
+
+    def _current_states(self, like: Kline) -> dict[str, Indicator]:
+        if self._current is None:
+            self._current = _copy(self.base)
+            for bar in self.history:
+                _apply(self._current, bar.kline(like))
+        return self._current
+
+    def _fold(self, like: Kline) -> None:
+        while len(self.history) > self.horizon:
+            bar = self.history.pop(0)
+            _apply(self.base, bar.kline(like))
+            self.folded = bar.open_time
+
+    def _revise(self, kline: Kline, index: int) -> list[IndicatorValue]:
+        history = self.history
+        replaces = index < len(history) and history[index].open_time == kline.open_time
+        if replaces:
+            old = history[index]
+            bar = Bar.of(kline, old.emitted)
+            if bar.same_kline(old):  # a re-delivery, or a revision that changed nothing the indicators read
+                history[index] = bar
+                return []
+            following = history[index + 1 :]
+        else:
+            bar, following = Bar.of(kline, kline.revision), history[index:]
+        states = _copy(self.base)
+        for earlier in history[:index]:
+            _apply(states, earlier.kline(kline))
+        before = _copy(states)
+        emitted = {b.open_time: _apply(before, b.kline(kline)) for b in history[index:]}  # what was sent
+        revised: list[Bar] = []
+        out: list[IndicatorValue] = []
+        for later in (bar, *following):
+            values, previous = _apply(states, later.kline(kline)), emitted.get(later.open_time)
+            changed = {name: v for name, v in values.items() if v and not _same(v, (previous or {}).get(name))}
+            if changed and previous is not None:  # sent before: the new values must outrank the old ones
+                later = msgspec.structs.replace(later, emitted=max(later.revision, later.emitted + 1))
+            revised.append(later)
+            out += [_value(kline, name, later.open_time, later.emitted, v) for name, v in changed.items()]
+        self.history = history[:index] + revised
+        self._current = states
+        self._fold(kline)
+        return out
+
+
+def _copy(states: Mapping[str, Indicator]) -> dict[str, Indicator]:
+    return {name: type(indicator).from_bytes(indicator.to_bytes()) for name, indicator in states.items()}
+
+
+def _apply(states: Mapping[str, Indicator], kline: Kline) -> dict[str, Values | None]:
+    values: dict[str, Values | None] = {}
+    for name, indicator in states.items():
+        try:
+            value = indicator.update(kline)
+        except IndicatorInputError:
+            value = None  # refused; its state is unchanged (update is atomic)
+        values[name] = value.values if value is not None else None
+    return values
+
+
+def _same(a: Values, b: Values | None) -> bool:
+    if b is None or a.keys() != b.keys():
+        return False
+    return all(a[key].compare_total(b[key]) == 0 for key in a)
+
+
+def _value(kline: Kline, name: str, open_time: int, revision: int, values: Values) -> IndicatorValue:
+    return IndicatorValue(
+        exchange=kline.exchange,
+        symbol=kline.symbol,
+        interval=kline.interval,
+        name=name,
+        open_time=open_time,
+        values=values,
+        revision=revision,
+    )
+
+
+__all__ = ["Bar", "Series", "horizon"]

@@ -125,13 +125,23 @@ class KlineAgent:
         self.states: dict[bytes, InstrumentKlines] = {}
         self.sources: dict[bytes, TP] = {}
         self.batch, self.within_s = batch, within_s
+        self._reload = False
         self._exchange_labels: dict[str, tuple[str]] = {}
         app.agent(self.trades, name="klines")(self.aggregate)
         app.on_partitions_revoked.connect(self.on_revoked)  # type: ignore[arg-type]
 
     async def aggregate(self, stream: Any) -> None:
         async for events in self.writer.batches(stream, self.batch, self.within_s):
-            await self.process(events)
+            if self._reload:
+                self._reload = False
+                self.states.clear()
+                self.sources.clear()
+                await self.on_recovered()
+            try:
+                await self.process(events)
+            except BaseException:
+                self._reload = True  # the states may hold trades whose row was never saved: read the rows again
+                raise
 
     async def process(self, events: Sequence[Any]) -> None:
         now = time.time_ns()
@@ -211,7 +221,7 @@ class KlineAgent:
 
     async def tick(self) -> None:
         """Closes windows of quiet instruments and sends throttled in-progress klines."""
-        if self.writer.closed:
+        if self.writer.closed or self._reload:
             return
         now = time.time_ns()
         closed_keys = []

@@ -8,6 +8,7 @@
 - ``read_committed``: Faust picks the consumer's isolation level from ``in_transaction`` alone, so an
   ``at_least_once`` app would read records of aborted transactions (of an ``exactly_once`` worker that crashed).
   Apps that must not (the sink) set ``read_committed=True``.
+- Bounded intake (``BOUNDED_INTAKE``) unless the app says otherwise.
 - ``fetch_max_wait_ms``: aiokafka sends one fetch per broker at a time; a long poll for idle partitions (Faust
   asks for 1.5 s) holds back the refetch of the busy ones, which stalls a consumer for that long after each batch.
 
@@ -20,6 +21,11 @@ from typing import Any
 
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
+
+# Bounded intake while draining a backlog: without a limit one poll decodes everything fetched (1 MB per partition:
+# tens of thousands of records held at once). Measured on the kline worker: ~100 MB more peak RSS and half the
+# throughput. The fetch size is per partition; the broker still returns a larger first batch whole.
+BOUNDED_INTAKE = {"broker_max_poll_records": 500, "consumer_max_fetch_size": 256 * 1024}
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -64,6 +70,8 @@ class StreamApp(faust.App):
     ) -> None:
         self.read_committed = read_committed
         self.fetch_max_wait_ms = fetch_max_wait_ms
+        for setting, value in BOUNDED_INTAKE.items():
+            kwargs.setdefault(setting, value)
         super().__init__(*args, **kwargs)
 
     def _new_transport(self) -> Any:

@@ -70,6 +70,8 @@ async def test_nothing_committed_starts_at_the_log_start():
     sequence = InputSequence(app)
     assert await sequence.in_order(_events(P0, 45), {P0: None}) == []  # records 40..44 must come first
     assert app.consumer.seeks == [(P0, 40)]
+    other = InputSequence(_app(earliest={P0: 0}))
+    assert _offsets(await other.in_order(_events(P0, 0, 1), {P0: -1})) == [(0, 0), (0, 1)]  # -1: none committed
 
 
 async def test_a_new_generation_starts_again_from_the_committed_offsets():

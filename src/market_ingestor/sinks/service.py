@@ -48,6 +48,7 @@ from market_ingestor.observability.consumer import MetricsService, metrics_servi
 from market_ingestor.sinks.batching import Batcher
 from market_ingestor.sinks.persist import Backoff, Persister, Row, RowDecoder, Writer, sink_group, sink_topics
 from market_ingestor.streams.faust_app import StreamApp
+from market_ingestor.streams.sequence import InputSequence
 
 log = logging.getLogger(__name__)
 
@@ -146,11 +147,16 @@ class TopicSink:
         sink.app.agent(self.topic, name=f"sink-{row_type.__name__.lower()}")(self.consume)
 
     async def consume(self, stream: Any) -> None:
+        # In offset order without holes: a record Faust skipped must not be committed past (streams/sequence.py).
+        sequence = InputSequence(self.sink.app)
+        consumer: Any = self.sink.app.consumer
         async with asyncio.TaskGroup() as group:
             flusher = group.create_task(self.batcher.run(), name=f"{self.topic_name}-flusher")
             async for event in stream.events():
-                message = event.message
-                await self.batcher.add(Record(message.tp, message.offset, event.value))
+                tp = event.message.tp
+                for passed in await sequence.in_order([event], {tp: consumer._committed_offset.get(tp)}):
+                    message = passed.message
+                    await self.batcher.add(Record(message.tp, message.offset, passed.value))
             flusher.cancel()
 
     async def flush(self, records: list[Record]) -> None:

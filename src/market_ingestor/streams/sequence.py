@@ -73,13 +73,13 @@ class InputSequence:
         return passed
 
     async def _start(self, tps: Iterable[TP], committed: dict[TP, int | None]) -> None:
-        missing = [tp for tp in tps if committed.get(tp) is None]
+        known = {tp: offset for tp in tps if (offset := committed.get(tp)) is not None and offset >= 0}
+        missing = [tp for tp in tps if tp not in known]
         earliest: dict[Any, int] = {}
-        if missing:  # nothing committed: consumption starts at the log start (auto_offset_reset = earliest)
+        if missing:  # nothing committed (None, or -1): consumption starts at the log start (offset reset earliest)
             earliest = dict(await self.app.consumer.earliest_offsets(*(TopicPartition(*tp) for tp in missing)))
         for tp in tps:
-            start = committed.get(tp)
-            self._expected[tp] = start if start is not None else earliest.get(tp, 0)
+            self._expected[tp] = known[tp] if tp in known else earliest.get(tp, 0)
 
     def forget(self, tps: Iterable[TP]) -> None:
         for tp in tps:

@@ -156,16 +156,11 @@ def build_ticker_app(config: Config, data_dir: str) -> tuple[faust.App, TickerTa
     """The Faust app of the ticker; ``data_dir`` is scratch space (Faust wants a directory even for in-memory
     tables: the caller passes a temporary one and removes it afterwards)."""
     kafka = config.bus.kafka
-    app = StreamApp(
+    app = StreamApp.on_kafka(
         f"{config.streams.app_id}-api",
-        broker=f"kafka://{kafka.bootstrap}",
+        kafka,
         store="memory://",
         datadir=data_dir,
-        topic_partitions=kafka.partitions,
-        topic_replication_factor=kafka.replication_factor,
-        key_serializer="raw",
-        value_serializer="raw",
-        web_enabled=False,
         # A new deployment starts at the live edge: the ticker needs no history, only what happens next.
         consumer_auto_offset_reset="latest",
         broker_commit_interval=1.0,

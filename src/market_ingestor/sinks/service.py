@@ -53,7 +53,6 @@ from market_ingestor.streams.sequence import InputSequence
 log = logging.getLogger(__name__)
 
 _CLOSE_TIMEOUT_S = 10.0  # float-ok: a duration
-_FETCH_MAX_WAIT_MS = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,22 +65,13 @@ class Record:
 class SinkApp:
     def __init__(self, config: Config, writer: Writer, data_dir: str | Path | None = None) -> None:
         kafka, sink = config.bus.kafka, config.sink
-        session_s = kafka.session_timeout_ms / 1000  # float-ok: a duration
-        self.app = StreamApp(
+        self.app = StreamApp.on_kafka(
             sink_group(config),
-            broker=f"kafka://{kafka.bootstrap}",
+            kafka,
             datadir=str(data_dir or sink.data_dir),
             processing_guarantee="at_least_once",
-            topic_partitions=kafka.partitions,
-            topic_replication_factor=kafka.replication_factor,
-            key_serializer="raw",
-            value_serializer="raw",
-            web_enabled=False,
             consumer_auto_offset_reset="earliest",
-            broker_session_timeout=session_s,
-            broker_heartbeat_interval=session_s / 5,
             read_committed=True,
-            fetch_max_wait_ms=_FETCH_MAX_WAIT_MS,
         )
         self.settings = sink
         self.persister = Persister(writer, self.send_dead_letters, Backoff(sink.retry_initial_s, sink.retry_max_s))

@@ -44,7 +44,6 @@ from market_ingestor.streams.outputs import PartitionWriter, next_offsets
 log = logging.getLogger(__name__)
 
 trade_decoder = decoder_for(Trade)
-FETCH_MAX_WAIT_MS = 20  # short long-polls: see streams/faust_app.py
 # Faust's RocksDB defaults (64 MB x 3 memtables and a 2 GB block cache per partition store) let a worker with a
 # backlog grow past 400 MB; our rows are a few KB per instrument, rewritten in place, so small buffers suffice.
 # Every partition store has its own block cache (24 stores): at 2 MB each they added up to 48 MB while a backlog
@@ -65,25 +64,16 @@ def kline_settings(config: Config) -> KlineSettings:
 def build_app(config: Config, data_dir: str | Path | None = None, web_port: int | None = None) -> faust.App:
     streams, kafka = config.streams, config.bus.kafka
     prefix = config.bus.topic_prefix
-    app = StreamApp(
+    app = StreamApp.on_kafka(
         streams.app_id,
-        broker=f"kafka://{kafka.bootstrap}",
+        kafka,
         store="rocksdb://",
         datadir=str(data_dir or streams.data_dir),
         processing_guarantee=streams.processing_guarantee,
         table_standby_replicas=streams.standby_replicas,
-        topic_partitions=kafka.partitions,
-        topic_replication_factor=kafka.replication_factor,
-        key_serializer="raw",
-        value_serializer="raw",
-        web_enabled=False,
         web_port=web_port or streams.web_port,
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=1.0,
-        # A killed worker leaves the group after this, not Faust's 60 s default: its partitions move sooner.
-        broker_session_timeout=kafka.session_timeout_ms / 1000,  # float-ok: a duration
-        broker_heartbeat_interval=kafka.session_timeout_ms / 5000,  # float-ok: a duration
-        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
     )
     worker = KlineAgent(app, prefix, kline_settings(config), streams.batch_size, streams.batch_within_s)
     app.timer(streams.timer_interval_s, name="kline-clock")(worker.tick)

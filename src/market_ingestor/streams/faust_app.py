@@ -8,7 +8,8 @@
 - ``read_committed``: Faust picks the consumer's isolation level from ``in_transaction`` alone, so an
   ``at_least_once`` app would read records of aborted transactions (of an ``exactly_once`` worker that crashed).
   Apps that must not (the sink) set ``read_committed=True``.
-- Bounded intake (``BOUNDED_INTAKE``) unless the app says otherwise.
+- :meth:`StreamApp.on_kafka` holds the settings every app of ours shares, bounded intake (``BOUNDED_INTAKE``) among
+  them.
 - ``fetch_max_wait_ms``: aiokafka sends one fetch per broker at a time; a long poll for idle partitions (Faust
   asks for 1.5 s) holds back the refetch of the busy ones, which stalls a consumer for that long after each batch.
 
@@ -22,10 +23,13 @@ from typing import Any
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
+from market_ingestor.config import KafkaConfig
+
 # Bounded intake while draining a backlog: without a limit one poll decodes everything fetched (1 MB per partition:
 # tens of thousands of records held at once). Measured on the kline worker: ~100 MB more peak RSS and half the
 # throughput. The fetch size is per partition; the broker still returns a larger first batch whole.
 BOUNDED_INTAKE = {"broker_max_poll_records": 500, "consumer_max_fetch_size": 256 * 1024}
+FETCH_MAX_WAIT_MS = 20  # see fetch_max_wait_ms above
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -70,9 +74,28 @@ class StreamApp(faust.App):
     ) -> None:
         self.read_committed = read_committed
         self.fetch_max_wait_ms = fetch_max_wait_ms
-        for setting, value in BOUNDED_INTAKE.items():
-            kwargs.setdefault(setting, value)
         super().__init__(*args, **kwargs)
+
+    @classmethod
+    def on_kafka(cls, app_id: str, kafka: KafkaConfig, **settings: Any) -> StreamApp:
+        """One of our apps on ``kafka``: raw bytes in and out (msgspec decodes), no Faust web server, the topic
+        layout and session timeout of the config, bounded intake, short long-polls; ``settings`` add or override
+        Faust settings."""
+        session_s = kafka.session_timeout_ms / 1000  # float-ok: a duration
+        common: dict[str, Any] = {
+            "broker": f"kafka://{kafka.bootstrap}",
+            "topic_partitions": kafka.partitions,
+            "topic_replication_factor": kafka.replication_factor,
+            "key_serializer": "raw",
+            "value_serializer": "raw",
+            "web_enabled": False,
+            # A killed member leaves the group after this, not Faust's 60 s default: its partitions move sooner.
+            "broker_session_timeout": session_s,
+            "broker_heartbeat_interval": session_s / 5,
+            "fetch_max_wait_ms": FETCH_MAX_WAIT_MS,
+            **BOUNDED_INTAKE,
+        }
+        return cls(app_id, **{**common, **settings})
 
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self)

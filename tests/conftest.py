@@ -3,9 +3,13 @@ for the next session; `market-ingestor dev down` stops them)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import warnings
+from collections.abc import Iterator
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 
 from market_ingestor.devstack import StackInfo, ensure_stack
 
@@ -16,5 +20,33 @@ for _setting in ("INGEST", "STREAMS", "SINK", "PUSH"):
 
 
 @pytest.fixture(scope="session")
-def dev_stack() -> StackInfo:
-    return ensure_stack()
+def dev_stack() -> Iterator[StackInfo]:
+    info = ensure_stack()
+    before = asyncio.run(_topics(info.kafka_bootstrap))
+    yield info
+    # Every test makes its own topics (~1,000 partitions a run); a dev broker that lives on across runs ran out of
+    # file descriptors after about twenty, so this session's topics go at its end.
+    try:
+        asyncio.run(_delete_topics(info.kafka_bootstrap, before))
+    except Exception as exc:  # cleanup only: the results stand
+        warnings.warn(f"the test topics of this session were not deleted: {exc!r}", stacklevel=1)
+
+
+async def _topics(bootstrap: str) -> set[str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return set(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
+async def _delete_topics(bootstrap: str, keep: set[str]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        made = sorted(topic for topic in await admin.list_topics() if topic not in keep and not topic.startswith("__"))
+        for start in range(0, len(made), 100):
+            await admin.delete_topics(made[start : start + 100])
+    finally:
+        await admin.close()

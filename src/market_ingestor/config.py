@@ -78,12 +78,23 @@ class NatsConfig(_Section, frozen=True):
     ack_timeout_s: PositiveSeconds = 10.0
 
 
+class BatchConfig(_Section, frozen=True):
+    """Batch records on the hot topics (``bus/records.py``, docs/topics.md): a record holds up to ``max_events``
+    events and ``max_bytes`` of value; a partial one goes out after ``linger_ms``."""
+
+    max_events: Annotated[int, msgspec.Meta(gt=0, le=100_000)] = 1_000
+    # Well under Kafka's default message.max.bytes (1 MB) and NATS' default max_payload (1 MB).
+    max_bytes: Annotated[int, msgspec.Meta(ge=1024, le=900 * 1024)] = 256 * 1024
+    linger_ms: NonNegativeInt = 5
+
+
 class BusConfig(_Section, frozen=True):
     kind: Literal["kafka", "nats"] = "kafka"
     # Prepended to every topic name ("staging." -> "staging.market.trades"): several pipelines on one cluster.
     topic_prefix: Annotated[str, msgspec.Meta(pattern=r"^([a-z0-9_-]+\.)?$")] = ""
     kafka: KafkaConfig = msgspec.field(default_factory=KafkaConfig)
     nats: NatsConfig = msgspec.field(default_factory=NatsConfig)
+    batch: BatchConfig = msgspec.field(default_factory=BatchConfig)
 
 
 class DatabaseConfig(_Section, frozen=True):

@@ -12,10 +12,10 @@ def open_bus(config: BusConfig) -> Bus:
     if config.kind == "nats":
         from market_ingestor.bus.nats import NatsBus
 
-        return NatsBus(config.nats)
+        return NatsBus(config.nats, config.batch)
     from market_ingestor.bus.kafka import KafkaBus
 
-    return KafkaBus(config.kafka)
+    return KafkaBus(config.kafka, config.batch)
 
 
 __all__ = ["PIPELINE_TOPICS", "Bus", "Delivery", "Publisher", "Subscriber", "TopicSpec", "open_bus"]

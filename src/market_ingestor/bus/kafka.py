@@ -13,7 +13,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import defaultdict, deque
 from collections.abc import Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -22,9 +24,10 @@ from aiokafka.partitioner import murmur2
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from market_ingestor.bus.base import Delivery
+from market_ingestor.bus.records import RecordBuilder, is_batched
 from market_ingestor.bus.topics import PIPELINE_TOPICS, TopicSpec
-from market_ingestor.config import KafkaConfig
-from market_ingestor.errors import BusClosedError, BusError
+from market_ingestor.config import BatchConfig, KafkaConfig
+from market_ingestor.errors import BusClosedError, BusError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +74,9 @@ class KafkaBus:
     # The idempotent producer dedupes its own retries; an application re-send is a new record.
     deduplicates_resends = False
 
-    def __init__(self, config: KafkaConfig) -> None:
+    def __init__(self, config: KafkaConfig, batch: BatchConfig | None = None) -> None:
         self.config = config
+        self.batch = batch or BatchConfig()
 
     async def ensure_topics(self, topics: Sequence[TopicSpec] = PIPELINE_TOPICS) -> None:
         admin = AIOKafkaAdminClient(bootstrap_servers=self.config.bootstrap, client_id=self.config.client_id)
@@ -128,7 +132,7 @@ class KafkaBus:
             await consumer.stop()
 
     def publisher(self) -> KafkaPublisher:
-        return KafkaPublisher(self.config)
+        return KafkaPublisher(self.config, self.batch)
 
     def subscriber(self, topics: Sequence[str], group: str) -> KafkaSubscriber:
         return KafkaSubscriber(self.config, topics, group)
@@ -138,10 +142,20 @@ class KafkaBus:
 
 
 class KafkaPublisher:
-    def __init__(self, config: KafkaConfig) -> None:
+    """Batch records (``bus/records.py``) on the hot topics, one record per event elsewhere, in Kafka record
+    batches per partition submitted whole.
+
+    All filling is synchronous: a closed record goes into its partition's open record batch, a full record batch
+    joins the partition's ready queue, and only submitting the ready queue awaits (in queue order, under the
+    partition's lock), which is where the publisher waits while the broker is behind."""
+
+    def __init__(self, config: KafkaConfig, batch: BatchConfig | None = None) -> None:
         self.config = config
+        self.batch = batch or BatchConfig()
         self._producer: AIOKafkaProducer | None = None
-        self._open_batches: dict[tuple[str, int], object] = {}
+        self._records: dict[tuple[str, int], RecordBuilder] = {}  # open batch records of the batched topics
+        self._open_batches: dict[tuple[str, int], Any] = {}  # open Kafka record batches
+        self._ready: dict[tuple[str, int], deque[Any]] = defaultdict(deque)  # full record batches, in order
         self._submit_locks: dict[tuple[str, int], asyncio.Lock] = {}
         self._in_flight: set[asyncio.Future[object]] = set()
         self._partitions: dict[str, list[int]] = {}
@@ -151,13 +165,18 @@ class KafkaPublisher:
 
     async def start(self) -> None:
         config = self.config
+        if self.batch.max_bytes > config.max_request_size_bytes // 2:
+            raise ConfigError(
+                f"bus.batch.max_bytes ({self.batch.max_bytes}) must be at most half of "
+                f"bus.kafka.max_request_size_bytes ({config.max_request_size_bytes})"
+            )
         self._producer = AIOKafkaProducer(
             bootstrap_servers=config.bootstrap,
             client_id=config.client_id,
             acks=-1 if config.acks == "all" else 1,
             enable_idempotence=config.acks == "all",
             linger_ms=config.linger_ms,
-            max_batch_size=config.batch_size_bytes,
+            max_batch_size=max(config.batch_size_bytes, self.batch.max_bytes + 4096),
             max_request_size=config.max_request_size_bytes,
             compression_type=_compression(config),
             request_timeout_ms=config.request_timeout_ms,
@@ -183,23 +202,26 @@ class KafkaPublisher:
             self._producer = None
 
     async def publish(self, topic: str, key: str, value: bytes, msg_id: str | None = None) -> None:
-        producer = self._live_producer()
+        self._live_producer()
         partition = self._partition_of.get((topic, key))
         if partition is None:
             partition = await self._partition(topic, key)
         slot = (topic, partition)
-        key_bytes = key.encode()
-        batch = self._open_batches.get(slot)
-        if batch is None:
-            batch = self._open_batches[slot] = producer.create_batch()
-        if batch.append(timestamp=None, key=key_bytes, value=value) is None:  # type: ignore[attr-defined]
+        if is_batched(topic):
+            record = self._records.get(slot)
+            if record is None:
+                record = self._records[slot] = RecordBuilder(self.batch.max_events, self.batch.max_bytes)
+            elif not record.fits(value):
+                self._close_record(slot)
+                record = self._records[slot] = RecordBuilder(self.batch.max_events, self.batch.max_bytes)
+            record.add(key, value)
+        else:
+            self._append(slot, key.encode(), value)
+        if self._ready[slot]:
             await self._submit(slot)
-            batch = self._open_batches[slot] = producer.create_batch()
-            batch.append(timestamp=None, key=key_bytes, value=value)
 
     async def flush(self) -> None:
-        for slot in list(self._open_batches):
-            await self._submit(slot)
+        await self._submit_all()
         while self._in_flight:
             await asyncio.wait(list(self._in_flight))
         self._raise_failure()
@@ -229,21 +251,46 @@ class KafkaPublisher:
         self._partition_of[(topic, key)] = partition
         return partition
 
+    def _close_record(self, slot: tuple[str, int]) -> None:
+        record = self._records.pop(slot, None)
+        if record is not None and record.key is not None:
+            self._append(slot, record.key.encode(), record.value())
+
+    def _append(self, slot: tuple[str, int], key: bytes, value: bytes) -> None:
+        batch = self._open_batches.get(slot)
+        if batch is None:
+            batch = self._open_batches[slot] = self._live_producer().create_batch()
+        if batch.append(timestamp=None, key=key, value=value) is None:
+            self._ready[slot].append(self._open_batches.pop(slot))
+            batch = self._open_batches[slot] = self._live_producer().create_batch()
+            if batch.append(timestamp=None, key=key, value=value) is None:
+                raise BusError(f"a record of {len(value)} bytes does not fit a Kafka batch for {slot[0]}")
+
+    async def _submit_all(self) -> None:
+        for slot in list(self._records):
+            self._close_record(slot)
+        for slot in list(self._open_batches):
+            batch = self._open_batches.pop(slot)
+            if batch.record_count():
+                self._ready[slot].append(batch)
+        for slot in list(self._ready):
+            await self._submit(slot)
+
     async def _submit(self, slot: tuple[str, int]) -> None:
         # One lock per partition keeps batches of a partition in the order they were filled.
         lock = self._submit_locks.setdefault(slot, asyncio.Lock())
         async with lock:
-            batch = self._open_batches.pop(slot, None)
-            if batch is None or batch.record_count() == 0:  # type: ignore[attr-defined]
-                return
-            producer = self._live_producer()
-            try:
-                # Waits while the previous batch of this partition is undrained: the backpressure point.
-                future = await producer.send_batch(batch, slot[0], partition=slot[1])
-            except KafkaError as exc:
-                raise BusError(f"cannot queue a batch for {slot[0]}[{slot[1]}]: {exc!r}") from exc
-            self._in_flight.add(future)
-            future.add_done_callback(self._batch_done)
+            ready = self._ready[slot]
+            while ready:
+                batch = ready.popleft()
+                producer = self._live_producer()
+                try:
+                    # Waits while the previous batch of this partition is undrained: the backpressure point.
+                    future = await producer.send_batch(batch, slot[0], partition=slot[1])
+                except KafkaError as exc:
+                    raise BusError(f"cannot queue a batch for {slot[0]}[{slot[1]}]: {exc!r}") from exc
+                self._in_flight.add(future)
+                future.add_done_callback(self._batch_done)
 
     def _batch_done(self, future: asyncio.Future[object]) -> None:
         self._in_flight.discard(future)
@@ -251,14 +298,13 @@ class KafkaPublisher:
             self._failure = future.exception()
 
     async def _linger(self) -> None:
-        interval_s = max(self.config.linger_ms, 1) / 1000
+        interval_s = max(self.batch.linger_ms, 1) / 1000
         while True:
             await asyncio.sleep(interval_s)
-            for slot in list(self._open_batches):
-                try:
-                    await self._submit(slot)
-                except BusError as exc:
-                    self._failure = self._failure or exc
+            try:
+                await self._submit_all()
+            except BusError as exc:
+                self._failure = self._failure or exc
 
 
 class KafkaSubscriber:

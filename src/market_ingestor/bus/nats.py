@@ -11,6 +11,7 @@ consumers with explicit acks, one durable name per group.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from collections import deque
@@ -27,13 +28,15 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck, Storag
 from nats.js.errors import NotFoundError
 
 from market_ingestor.bus.base import Delivery
+from market_ingestor.bus.records import RecordBuilder, is_batched
 from market_ingestor.bus.topics import PIPELINE_TOPICS, TopicSpec
-from market_ingestor.config import NatsConfig
+from market_ingestor.config import BatchConfig, NatsConfig
 from market_ingestor.errors import BusClosedError, BusError
 
 log = logging.getLogger(__name__)
 
 _SUBJECT_CACHE_MAX = 100_000
+_OPEN_RECORDS_MAX = 10_000  # subjects with an open batch message, at most
 _SUBJECT_TOKEN_RE = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
 
 
@@ -77,8 +80,9 @@ def _delivery(topic: str, message: Msg) -> Delivery:
 class NatsBus:
     deduplicates_resends = True
 
-    def __init__(self, config: NatsConfig) -> None:
+    def __init__(self, config: NatsConfig, batch: BatchConfig | None = None) -> None:
         self.config = config
+        self.batch = batch or BatchConfig()
 
     def stream_config(self, spec: TopicSpec) -> StreamConfig:
         return StreamConfig(
@@ -136,7 +140,7 @@ class NatsBus:
             await client.close()
 
     def publisher(self) -> NatsPublisher:
-        return NatsPublisher(self.config)
+        return NatsPublisher(self.config, self.batch)
 
     def subscriber(self, topics: Sequence[str], group: str) -> NatsSubscriber:
         return NatsSubscriber(self.config, topics, group)
@@ -177,10 +181,16 @@ class NatsPublisher:
     be re-sent safely and are each published with an ack.
     """
 
-    def __init__(self, config: NatsConfig) -> None:
+    def __init__(self, config: NatsConfig, batch: BatchConfig | None = None) -> None:
         self.config = config
+        self.batch = batch or BatchConfig()
         self._client: NatsClient | None = None
         self._js: JetStreamContext | None = None
+        self._records: dict[str, RecordBuilder] = {}  # open batch messages per subject (hot topics)
+        self._record_topic: dict[str, str] = {}
+        self._send_lock = asyncio.Lock()  # batch messages of a subject leave in the order they were closed
+        self._linger_task: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
         self._windows: dict[str, _Window] = {}
         self._subjects: dict[tuple[str, str], str] = {}
         self._unwindowed: set[asyncio.Future[PubAck]] = set()  # publishes without a msg id, each acked
@@ -189,6 +199,7 @@ class NatsPublisher:
     async def start(self) -> None:
         self._client = await _connect(self.config, self._on_reconnect)
         self._js = self._client.jetstream(publish_async_max_pending=self.config.max_pending_publishes)
+        self._linger_task = asyncio.create_task(self._linger(), name="nats-publisher-linger")
 
     async def _on_reconnect(self) -> None:
         # What was written to the old connection after its last answered ack may never have arrived, and an
@@ -208,6 +219,11 @@ class NatsPublisher:
         try:
             await self.flush()
         finally:
+            if self._linger_task is not None:
+                self._linger_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._linger_task
+                self._linger_task = None
             await self._client.close()
             self._client = self._js = None
 
@@ -225,10 +241,49 @@ class NatsPublisher:
         return subject
 
     async def publish(self, topic: str, key: str, value: bytes, msg_id: str | None = None) -> None:
+        self._live()
+        subject = self._subject(topic, key)
+        if not is_batched(topic):
+            async with self._send_lock:
+                await self._send(topic, subject, value, msg_id)
+            return
+        record = self._records.get(subject)
+        if record is None:
+            record = self._records[subject] = RecordBuilder(self.batch.max_events, self.batch.max_bytes)
+            self._record_topic[subject] = topic
+        elif not record.fits(value):
+            await self._close_record(subject)
+            record = self._records[subject] = RecordBuilder(self.batch.max_events, self.batch.max_bytes)
+            self._record_topic[subject] = topic
+        record.add(key, value, msg_id)
+        if len(self._records) > _OPEN_RECORDS_MAX:  # many quiet subjects: bound what is held between lingers
+            await self._close_records()
+
+    async def _close_record(self, subject: str) -> None:
+        record = self._records.pop(subject, None)
+        topic = self._record_topic.pop(subject, None)
+        if record is None or topic is None or not record.events:
+            return
+        async with self._send_lock:
+            await self._send(topic, subject, record.value(), record.identity())
+
+    async def _close_records(self) -> None:
+        for subject in list(self._records):
+            await self._close_record(subject)
+
+    async def _linger(self) -> None:
+        interval_s = max(self.batch.linger_ms, 1) / 1000
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self._close_records()
+            except BusError as exc:
+                self._failure = self._failure or exc
+
+    async def _send(self, topic: str, subject: str, value: bytes, msg_id: str | None) -> None:
         client, js = self._live()
         if self._reconnected:
             await self._resend_after_reconnect()
-        subject = self._subject(topic, key)
         try:
             if msg_id is None:
                 future = await js.publish_async(subject, value)
@@ -289,6 +344,9 @@ class NatsPublisher:
 
     async def flush(self) -> None:
         self._live()
+        await self._close_records()
+        if self._failure is not None:
+            raise BusError(f"a NATS publish failed: {self._failure!r}") from self._failure
         if self._reconnected:
             await self._resend_after_reconnect()
         for window in self._windows.values():

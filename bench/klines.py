@@ -80,6 +80,7 @@ from aiokafka.errors import KafkaError
 
 from market_ingestor.bus import PIPELINE_TOPICS, open_bus
 from market_ingestor.bus.base import Publisher
+from market_ingestor.bus.records import split_events
 from market_ingestor.bus.topics import prefixed
 from market_ingestor.config import BusConfig, KafkaConfig
 from market_ingestor.devstack import ensure_stack
@@ -200,29 +201,77 @@ def end_profile(proc: subprocess.Popen[bytes] | None) -> None:
         proc.wait(10)
 
 
+class TradeCounts:
+    """How many trades the records of a topic hold before each offset, per partition (records are batches of
+    trades): turns a group's committed offsets into trades. Reads the topic as far as it goes when asked."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.topic = topic
+        self.partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        self.before: dict[int, list[int]] = {p: [0] for p in range(PARTITIONS)}  # offset -> trades before it
+        self.started = False
+
+    async def catch_up(self) -> None:
+        if not self.started:
+            await self.consumer.start()
+            self.consumer.assign(self.partitions)
+            await self.consumer.seek_to_beginning(*self.partitions)
+            self.started = True
+        end = await self.consumer.end_offsets(self.partitions)
+        while [tp for tp in self.partitions if await self.consumer.position(tp) < end[tp]]:
+            for tp, records in (await self.consumer.getmany(timeout_ms=200, max_records=50_000)).items():
+                before = self.before[tp.partition]
+                for record in records:
+                    before.extend([before[-1]] * (record.offset + 1 - len(before)))  # offsets without a record
+                    before.append(before[record.offset] + len(split_events(record.value or b"[]")))
+
+    def trades(self, partition: int, offset: int) -> int:
+        before = self.before[partition]
+        return before[min(max(offset, 0), len(before) - 1)]
+
+    def total(self) -> int:
+        return sum(before[-1] for before in self.before.values())
+
+    async def stop(self) -> None:
+        if self.started:
+            await self.consumer.stop()
+
+
 class Offsets:
     """The admin client's view of a group's progress and of topics."""
 
     def __init__(self, bootstrap: str) -> None:
         self.bootstrap = bootstrap
         self.admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        self.counts: dict[str, TradeCounts] = {}
+
+    def counts_of(self, topic: str) -> TradeCounts:
+        if topic not in self.counts:
+            self.counts[topic] = TradeCounts(self.bootstrap, topic)
+        return self.counts[topic]
 
     async def committed(self, group: str, topic: str) -> int:
-        """Sum of the group's committed offsets on ``topic``; 0 until the group has a coordinator and commits."""
+        """Trades before the group's committed offsets on ``topic``; 0 until the group has a coordinator and
+        commits."""
         try:
             offsets = await self.admin.list_consumer_group_offsets(group)
         except KafkaError:
             return 0
-        return sum(max(meta.offset, 0) for tp, meta in offsets.items() if tp.topic == topic)
+        counts = self.counts_of(topic)
+        await counts.catch_up()
+        return sum(counts.trades(tp.partition, meta.offset) for tp, meta in offsets.items() if tp.topic == topic)
 
     async def end(self, topic: str) -> int:
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap)
-        await consumer.start()
-        try:
-            partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-            return sum((await consumer.end_offsets(partitions)).values())
-        finally:
-            await consumer.stop()
+        """Trades on ``topic`` now."""
+        counts = self.counts_of(topic)
+        await counts.catch_up()
+        return counts.total()
+
+    async def close(self) -> None:
+        for counts in self.counts.values():
+            await counts.stop()
+        await self.admin.close()
 
     async def delete(self, stem: str) -> None:
         """Deletes the topics named ``stem...`` (ours: the prefix, the app ids and their changelogs)."""
@@ -338,7 +387,7 @@ def listen(bootstrap: str, topic: str, ready: Any, stop: Any, out: Any) -> None:
     """In its own process: (receive ns, bus key, open_time, newest trade index) of each 1m kline of measured trades."""
 
     async def run() -> list[tuple[int, str, int, int]]:
-        decoder = msgspec.json.Decoder(_Kline1m)
+        decoder = msgspec.json.Decoder(list[_Kline1m])
         consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
         await consumer.start()
         seen = []
@@ -350,10 +399,10 @@ def listen(bootstrap: str, topic: str, ready: Any, stop: Any, out: Any) -> None:
                 now = time.time_ns()
                 for records in batches.values():
                     for record in records:
-                        kline = decoder.decode(record.value)
-                        last = kline.last_trade_id
-                        if kline.interval == "1m" and last is not None and last.isdigit():  # warm-up ids: w<n>
-                            seen.append((now, f"{kline.exchange}.{kline.symbol}", kline.open_time, int(last)))
+                        for kline in decoder.decode(record.value):
+                            last = kline.last_trade_id
+                            if kline.interval == "1m" and last is not None and last.isdigit():  # warm-up: w<n>
+                                seen.append((now, f"{kline.exchange}.{kline.symbol}", kline.open_time, int(last)))
         finally:
             await consumer.stop()
         return seen
@@ -542,7 +591,7 @@ async def run(args: argparse.Namespace) -> None:
         else:
             for prefix in prefixes:
                 await offsets.delete(prefix.rstrip("."))  # the app ids and their changelogs start with it too
-        await offsets.admin.close()
+        await offsets.close()
     settings = " ".join(f"{k}={v}" for k, v in args.streams.items()) or "default settings"
     if rows_t:
         title = f"{args.count:,} trades of {args.instruments:,} instruments over {args.span_minutes:g} min"

@@ -24,9 +24,10 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from market_ingestor.bus import PIPELINE_TOPICS, open_bus
+from market_ingestor.bus.records import decode_events
 from market_ingestor.bus.topics import prefixed
 from market_ingestor.config import BusConfig, KafkaConfig
-from market_ingestor.model import Kline, Topics, Trade, bus_key, decode, encode
+from market_ingestor.model import Kline, Topics, Trade, bus_key, encode
 
 pytestmark = pytest.mark.kafka
 
@@ -85,10 +86,10 @@ async def test_a_thousand_instruments_of_kline_state_fit_in_200_mb(dev_stack, tm
         async def until_every_instrument_closed_minute_1() -> None:
             while len(closed) < INSTRUMENTS and worker.returncode is None:
                 for delivery in await follower.fetch(max_records=5000, timeout_s=1.0):
-                    kline = decode(delivery.value)
-                    assert isinstance(kline, Kline)
-                    if kline.closed and kline.interval == "1m" and kline.open_time == T0 + MINUTE:
-                        closed[kline.symbol] = kline
+                    for kline in decode_events(delivery.value):
+                        assert isinstance(kline, Kline)
+                        if kline.closed and kline.interval == "1m" and kline.open_time == T0 + MINUTE:
+                            closed[kline.symbol] = kline
 
         with contextlib.suppress(TimeoutError):  # the message below says which are missing
             await asyncio.wait_for(until_every_instrument_closed_minute_1(), 60)

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import uuid
 
+import msgspec
 import pytest
 from worker_harness import SYMBOLS, make_trades, publish, start_worker, stop_worker, worker_config
 
 from market_ingestor.bus import open_bus
 from market_ingestor.config import BusConfig, KafkaConfig
-from market_ingestor.model import Topics
+from market_ingestor.model import Topics, bus_key, encode
 from metrics_helpers import Scrape, answering, free_port, healthz, scrape, until
 
 pytestmark = pytest.mark.kafka
@@ -24,6 +25,14 @@ async def test_worker_metrics_follow_the_trades_it_processed(dev_stack, tmp_path
     publisher = open_bus(bus_config).publisher()
     await publisher.start()
     await publisher.publish(prefix + Topics.TRADES, "binance.AAAUSDT", b"not a trade")
+    await publisher.flush()
+    # One record with a bad event between two good ones: the good ones count, the bad one is dead-lettered.
+    late = make_trades(2, seed=12)
+    await publisher.publish(prefix + Topics.TRADES, bus_key(late[0]), encode(late[0]))
+    await publisher.publish(prefix + Topics.TRADES, bus_key(late[0]), b'{"type":"trade","exchange":"binance"}')
+    await publisher.publish(
+        prefix + Topics.TRADES, bus_key(late[0]), encode(msgspec.structs.replace(late[1], symbol=late[0].symbol))
+    )
     await publisher.stop()
 
     port = free_port()
@@ -40,16 +49,16 @@ async def test_worker_metrics_follow_the_trades_it_processed(dev_stack, tmp_path
         got = await scrape(port)
         lag = got.matching("consumer_lag", topic=trades_topic)
         return (
-            got.value("trade_process_total", exchange="binance") == len(trades)
+            got.value("trade_process_total", exchange="binance") == len(trades) + 2
             and len(lag) == 3
             and sum(sample.value for sample in lag) == 0
             and got.value("worker_table_rows", table="kline-state") == len(SYMBOLS)
-            and got.value("worker_dead_letters_total", exchange="other", symbol="other", reason="undecodable") == 1
+            and got.value("worker_dead_letters_total", exchange="other", symbol="other", reason="undecodable") == 2
         )
 
     try:
         await until(lambda: answering(port), "/healthz answers 200", timeout_s=90, alive=died)
-        wanted = "all trades processed, the bad one dead-lettered, no lag, a row per symbol"
+        wanted = "all trades processed, the bad ones dead-lettered, no lag, a row per symbol"
         await until(caught_up, wanted, timeout_s=90, alive=died)
         got: Scrape = await scrape(port)
         assert {sample.labels["partition"] for sample in got.matching("consumer_lag", topic=trades_topic)} == {
@@ -58,7 +67,7 @@ async def test_worker_metrics_follow_the_trades_it_processed(dev_stack, tmp_path
             "2",
         }
         assert got.matching("consumer_lag", group=prefix.rstrip("."), topic=prefix + Topics.KLINES)  # indicators
-        assert got.value("worker_dead_letters_total", exchange="other", symbol="other", reason="undecodable") == 1
+        assert got.value("worker_dead_letters_total", exchange="other", symbol="other", reason="undecodable") == 2
         assert got.value("worker_klines_total", interval="1m") > 0 and got.value("worker_klines_total") > 0
         status, health = await healthz(port)
         assert status == 200 and health["state"] == "running" and health["partitions"] > 0

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from market_ingestor.bus import PIPELINE_TOPICS, open_bus
+from market_ingestor.bus.records import decode_events
 from market_ingestor.bus.topics import prefixed
 from market_ingestor.config import BusConfig
-from market_ingestor.model import IndicatorValue, Kline, Topics, Trade, bus_key, decode, encode, event_id
+from market_ingestor.model import IndicatorValue, Kline, Topics, Trade, bus_key, encode, event_id
 from market_ingestor.streams.klines import KlineSettings, aggregate
 from market_ingestor.tables.indicators import compute
 
@@ -113,7 +114,8 @@ class KlineWatcher:
         async def poll() -> None:
             while not done():
                 for delivery in await self.follower.fetch(max_records=5000, timeout_s=1.0):
-                    self._take(decode(delivery.value))
+                    for event in decode_events(delivery.value):
+                        self._take(event)
 
         await asyncio.wait_for(poll(), timeout_s)
 

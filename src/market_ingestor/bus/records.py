@@ -21,7 +21,7 @@ from typing import Generic, TypeVar
 
 import msgspec
 
-from market_ingestor.model import Topics
+from market_ingestor.model import AnyEvent, Topics
 
 T = TypeVar("T")
 
@@ -145,3 +145,12 @@ def _raw_parts(value: bytes) -> list[msgspec.Raw]:
     if value.lstrip()[:1] == b"[":
         return _RAW_ARRAY.decode(value)
     return [_RAW_ONE.decode(value)]
+
+
+_ANY_EVENTS = msgspec.json.Decoder(list[AnyEvent] | AnyEvent)
+
+
+def decode_events(value: bytes) -> list[AnyEvent]:
+    """Every event of a record of any topic (a batch, or a single event), each as its tagged type."""
+    decoded = _ANY_EVENTS.decode(value)
+    return decoded if isinstance(decoded, list) else [decoded]

@@ -14,6 +14,7 @@ from market_ingestor.cli.db import db
 from market_ingestor.cli.dev import dev
 from market_ingestor.cli.ingest import ingest, parse
 from market_ingestor.cli.klines import klines
+from market_ingestor.cli.mirror import mirror_command
 from market_ingestor.cli.push import push
 from market_ingestor.cli.simulate import simulate
 from market_ingestor.cli.sink import sink
@@ -60,6 +61,7 @@ cli.add_command(sink)
 cli.add_command(api)
 cli.add_command(apikeys)
 cli.add_command(push)
+cli.add_command(mirror_command)
 
 
 if __name__ == "__main__":

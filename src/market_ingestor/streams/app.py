@@ -31,8 +31,9 @@ import msgspec
 from aiokafka.partitioner import murmur2
 from faust.types import TP
 
+from market_ingestor.bus.records import BatchDecoder
 from market_ingestor.config import Config
-from market_ingestor.model import DeadLetter, Kline, Topics, Trade, bus_key, decoder_for, encode
+from market_ingestor.model import DeadLetter, Kline, Topics, Trade, encode
 from market_ingestor.observability import OTHER, SYMBOLS
 from market_ingestor.observability.consumer import MetricsService, metrics_service
 from market_ingestor.streams import metrics
@@ -43,7 +44,9 @@ from market_ingestor.streams.outputs import PartitionWriter, next_offsets
 
 log = logging.getLogger(__name__)
 
-trade_decoder = decoder_for(Trade)
+trade_decoder = BatchDecoder(Trade)
+# Bits of a trade's position for its index in its record (bus.batch.max_events is at most 100,000 < 2^20).
+POSITION_BITS = 20
 # Faust's RocksDB defaults (64 MB x 3 memtables and a 2 GB block cache per partition store) let a worker with a
 # backlog grow past 400 MB; our rows are a few KB per instrument, rewritten in place, so small buffers suffice.
 # Every partition store has its own block cache (24 stores): at 2 MB each they added up to 48 MB while a backlog
@@ -76,12 +79,14 @@ def build_app(config: Config, data_dir: str | Path | None = None, web_port: int 
         broker_commit_interval=1.0,
     )
     worker = KlineAgent(app, prefix, kline_settings(config), streams.batch_size, streams.batch_within_s)
+    worker.writer.batch = config.bus.batch
     app.timer(streams.timer_interval_s, name="kline-clock")(worker.tick)
     if streams.indicators:
-        IndicatorAgent(
+        indicators = IndicatorAgent(
             app, prefix, streams.indicators, streams.batch_size, streams.batch_within_s, TABLE_OPTIONS,
             streams.max_lateness_ms,
         )  # fmt: skip
+        indicators.writer.batch = config.bus.batch
     return app
 
 
@@ -136,6 +141,7 @@ class KlineAgent:
                 raise
 
     async def process(self, events: Sequence[Any]) -> None:
+        """Applies the trades of a batch of records (each an array of trades of its partition, docs/topics.md)."""
         now = time.time_ns()
         out: list[tuple[bytes, Kline]] = []
         touched: dict[bytes, TP] = {}
@@ -143,36 +149,45 @@ class KlineAgent:
         processed = metrics.TRADES.counts
         with exact_context():
             for event in events:
-                key, source = event.key, event.message.tp
+                source = event.message.tp
                 try:
-                    trade = trade_decoder.decode(event.value)
-                except msgspec.MsgspecError as exc:
-                    dead.append((source, DeadLetter("worker", repr(event.value)[:2000], f"not a trade: {exc}", now)))
-                    metrics.DEAD_LETTERS.labels(OTHER, OTHER, "undecodable").inc()
-                    continue
-                processed[self._exchange_label(trade.exchange)] += 1
-                problem = trade_problem(trade)  # e.g. a NaN price: refused before it touches the state
-                if problem is not None:
-                    dead.append((source, DeadLetter(trade.exchange, encode(trade).decode(), problem, now)))
-                    metrics.DEAD_LETTERS.labels(*SYMBOLS(trade.exchange, trade.symbol), "invalid").inc()
-                    continue
-                state = self.states.get(key) or self._load(key, trade)
-                applied = state.apply(trade, position=event.message.offset, wall_ns=now)
-                out.extend((key, kline) for kline in applied.klines)
-                if applied.too_late:
-                    letter = DeadLetter(trade.exchange, encode(trade).decode(), applied.reason or "too late", now)
-                    dead.append((source, letter))
-                    metrics.DEAD_LETTERS.labels(*SYMBOLS(trade.exchange, trade.symbol), "too_late").inc()
-                touched[key] = source
+                    trades = trade_decoder.decode(event.value)
+                except msgspec.MsgspecError:
+                    trades, bad = trade_decoder.split(event.value)
+                    for raw, reason in bad:
+                        letter = DeadLetter("worker", raw.decode("utf-8", "replace")[:2000], reason, now)
+                        dead.append((source, letter))
+                        metrics.DEAD_LETTERS.labels(OTHER, OTHER, "undecodable").inc()
+                # A trade's position: its record's offset and its index in the record, so a re-delivered
+                # record changes nothing and every trade of a new one applies (docs/topics.md: max 2^20 events).
+                base = event.message.offset << POSITION_BITS
+                for index, trade in enumerate(trades):
+                    processed[self._exchange_label(trade.exchange)] += 1
+                    problem = trade_problem(trade)  # e.g. a NaN price: refused before it touches the state
+                    if problem is not None:
+                        dead.append((source, DeadLetter(trade.exchange, encode(trade).decode(), problem, now)))
+                        metrics.DEAD_LETTERS.labels(*SYMBOLS(trade.exchange, trade.symbol), "invalid").inc()
+                        continue
+                    key = f"{trade.exchange}.{trade.symbol}".encode()
+                    state = self.states.get(key) or self._load(key, trade)
+                    applied = state.apply(trade, position=base | index, wall_ns=now)
+                    if applied.klines:
+                        out.extend((key, kline) for kline in applied.klines)
+                    if applied.too_late:
+                        letter = DeadLetter(trade.exchange, encode(trade).decode(), applied.reason or "too late", now)
+                        dead.append((source, letter))
+                        metrics.DEAD_LETTERS.labels(*SYMBOLS(trade.exchange, trade.symbol), "too_late").inc()
+                    touched[key] = source
             # In-progress updates right away where the throttle allows: waiting for the timer would add up to
             # timer_interval_s to every update; the timer sends what the throttle held back.
             for key in touched:
                 out.extend((key, kline) for kline in self.states[key].in_progress(now))
         self.sources.update(touched)
         sent = metrics.KLINES.counts
+        klines_topic = self.klines.get_topic_name()
         for key, kline in out:
             sent[(kline.interval,)] += 1
-            await self.writer.send(self.klines.get_topic_name(), bus_key(kline).encode(), encode(kline), touched[key])
+            await self.writer.send(klines_topic, key, encode(kline), touched[key])
         for source, letter in dead:
             await self.writer.send(self.deadletter.get_topic_name(), letter.exchange.encode(), encode(letter), source)
         await self.writer.flush()  # outputs acknowledged before the state says their trades are done

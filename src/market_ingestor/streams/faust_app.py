@@ -104,3 +104,10 @@ class StreamApp(faust.App):
 def transactions_ended(app: faust.App) -> bool:
     """True once the worker's final commit has closed its transactions: nothing may be sent into them."""
     return bool(getattr(app.consumer, "transactions_ended", False))
+
+
+async def producer_partitions(app: faust.App, topic: str) -> list[int]:
+    """The partitions of ``topic`` from the producer's metadata (Faust's producer keeps its aiokafka producer
+    private; ``partitions_for`` waits for the metadata when the topic is new to it)."""
+    producer: Any = app.producer
+    return sorted(await producer._ensure_producer().partitions_for(topic))

@@ -21,15 +21,16 @@ import faust
 import msgspec
 from faust.types import TP
 
+from market_ingestor.bus.records import BatchDecoder
 from market_ingestor.errors import ConfigError
-from market_ingestor.model import IndicatorValue, Kline, Topics, bus_key, decoder_for, encode
+from market_ingestor.model import IndicatorValue, Kline, Topics, bus_key, encode
 from market_ingestor.streams import metrics
 from market_ingestor.streams.outputs import PartitionWriter, next_offsets
 from market_ingestor.streams.windows import parse_interval
 from market_ingestor.tables.indicators import Update, from_bytes, parse_spec
 from market_ingestor.tables.indicators.series import Series, horizon
 
-kline_decoder = decoder_for(Kline)
+kline_decoder = BatchDecoder(Kline)
 _row_encoder = msgspec.msgpack.Encoder()
 # An interval's entry: series bytes, or (the previous format) indicator name -> state bytes.
 _row_decoder = msgspec.msgpack.Decoder(dict[str, bytes | dict[str, bytes]])
@@ -100,21 +101,23 @@ class IndicatorAgent:
         stale = metrics.INDICATOR_STALE.counts
         for event in events:
             try:
-                kline = kline_decoder.decode(event.value)
+                klines = kline_decoder.decode(event.value)
             except msgspec.MsgspecError:
-                continue  # not ours to judge: the klines topic carries only what the kline agent wrote
-            size = self._horizon(kline.interval)
-            if not kline.closed or size is None:
-                continue
-            row = rows.get(event.key)
-            if row is None:
-                row = rows[event.key] = Row(self.table.get(event.key), self.specs)
-            series = row.get(kline.interval, size)
-            if series.classify(kline) is Update.STALE:
-                stale[(kline.interval,)] += 1
-                continue
-            values += [(event.message.tp, value) for value in series.update(kline)]
-            sources[event.key] = event.message.tp
+                klines, _ = kline_decoder.split(event.value)  # not ours to judge: the kline agent wrote them
+            for kline in klines:
+                size = self._horizon(kline.interval)
+                if not kline.closed or size is None:
+                    continue
+                key = f"{kline.exchange}.{kline.symbol}".encode()
+                row = rows.get(key)
+                if row is None:
+                    row = rows[key] = Row(self.table.get(key), self.specs)
+                series = row.get(kline.interval, size)
+                if series.classify(kline) is Update.STALE:
+                    stale[(kline.interval,)] += 1
+                    continue
+                values += [(event.message.tp, value) for value in series.update(kline)]
+                sources[key] = event.message.tp
         sent = metrics.INDICATORS.counts
         for source, value in values:
             sent[(value.name,)] += 1

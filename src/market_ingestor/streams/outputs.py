@@ -29,16 +29,20 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from aiokafka.partitioner import murmur2
 from aiokafka.structs import TopicPartition
 from faust.streams import _current_event
 from faust.types import TP
 
-from market_ingestor.streams.faust_app import transactions_ended
+from market_ingestor.bus.records import RecordBuilder, is_batched
+from market_ingestor.config import BatchConfig
+from market_ingestor.streams.faust_app import producer_partitions, transactions_ended
 from market_ingestor.streams.sequence import InputSequence
 
 log = logging.getLogger(__name__)
 
 RUNNING_MARKER = ".running"
+_PARTITION_CACHE_MAX = 100_000
 
 
 class _PartitionEvent:
@@ -53,8 +57,12 @@ class _PartitionEvent:
 
 
 class PartitionWriter:
-    def __init__(self, app: faust.App) -> None:
+    def __init__(self, app: faust.App, batch: BatchConfig | None = None) -> None:
         self.app = app
+        self.batch = batch or BatchConfig()
+        self._records: dict[tuple[str, int, TP], RecordBuilder] = {}  # open output records
+        self._partitions: dict[str, list[int]] = {}
+        self._partition_of: dict[tuple[str, bytes], int] = {}
         self._pending: list[Awaitable[Any]] = []
         self._touched: set[TP] = set()
         self._committed: dict[TP, int] = {}  # input offsets this writer committed (the next offset to read)
@@ -96,12 +104,46 @@ class PartitionWriter:
         group = self.app.assignor.group_for_topic(source.topic)
         return f"{self.app.conf.id}-{group}-{source.partition}"  # as faust's Consumer.commit names it
 
-    async def send(self, topic: str, key: bytes, value: bytes, source: TP, partition: int | None = None) -> None:
+    async def send(self, topic: str, key: bytes, value: bytes, source: TP) -> None:
+        """Sends one event derived from ``source``'s input. On a batched topic (``bus/records.py``) it joins the
+        open record of its output partition and source; records go out when full and at :meth:`flush`."""
+        if not is_batched(topic):
+            await self._send(topic, key, value, None, source)
+            return
+        partition = self._partition_of.get((topic, key))
+        if partition is None:
+            partition = await self._partition(topic, key)
+        slot = (topic, partition, source)
+        record = self._records.get(slot)
+        if record is None:
+            record = self._records[slot] = RecordBuilder(self.batch.max_events, self.batch.max_bytes)
+        elif not record.fits(value):
+            await self._send_record(slot)
+            record = self._records[slot] = RecordBuilder(self.batch.max_events, self.batch.max_bytes)
+        record.add(key.decode(), value)
+
+    async def _send_record(self, slot: tuple[str, int, TP]) -> None:
+        record = self._records.pop(slot)
+        if record.key is not None:
+            await self._send(slot[0], record.key.encode(), record.value(), slot[1], slot[2])
+
+    async def _send(self, topic: str, key: bytes, value: bytes, partition: int | None, source: TP) -> None:
         future = await self.app.producer.send(
             topic, key, value, partition, None, None, transactional_id=self.transactional_id(source)
         )
         self._pending.append(future)
         self._touched.add(source)
+
+    async def _partition(self, topic: str, key: bytes) -> int:
+        """The partition of ``key`` on ``topic``: Kafka's murmur2, as every publisher of ours."""
+        partitions = self._partitions.get(topic)
+        if partitions is None:
+            partitions = self._partitions[topic] = await producer_partitions(self.app, topic)
+        partition = partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+        if len(self._partition_of) >= _PARTITION_CACHE_MAX:
+            self._partition_of.clear()
+        self._partition_of[(topic, key)] = partition
+        return partition
 
     async def save(self, table: Any, key: bytes, value: bytes, source: TP) -> None:
         """Writes a row to the local store and its changelog, in the partition of ``source``."""
@@ -134,7 +176,10 @@ class PartitionWriter:
             table.data.set_persisted_offset(changelog, offset)
 
     async def flush(self) -> None:
-        """Waits until every output sent so far is acknowledged (or raises the first failure)."""
+        """Sends the open records, then waits until every output sent so far is acknowledged (or raises the
+        first failure)."""
+        for slot in list(self._records):
+            await self._send_record(slot)
         pending, self._pending = self._pending, []
         if pending:
             await asyncio.gather(*pending)
@@ -205,6 +250,8 @@ class PartitionWriter:
                 del self._unpersisted[changelog]
 
     def forget(self, sources: Iterable[TP]) -> None:
+        for slot in [slot for slot in self._records if slot[2] in sources]:
+            del self._records[slot]  # outputs of input that is no longer ours: the new owner derives them again
         self._touched.difference_update(sources)
         self.sequence.forget(sources)
         for tp in sources:

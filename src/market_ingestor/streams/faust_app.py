@@ -13,7 +13,7 @@
 - ``fetch_max_wait_ms``: aiokafka sends one fetch per broker at a time; a long poll for idle partitions (Faust
   asks for 1.5 s) holds back the refetch of the busy ones, which stalls a consumer for that long after each batch.
 
-Both consumer settings are private attributes of Faust and aiokafka: check them on an upgrade.
+Both consumer settings reach private attributes of Faust and aiokafka: they live in ``streams/faust_internals.py``.
 """
 
 from __future__ import annotations
@@ -21,51 +21,15 @@ from __future__ import annotations
 from typing import Any
 
 import faust
-from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from market_ingestor.config import KafkaConfig
+from market_ingestor.streams.faust_internals import Transport
 
 # Bounded intake while draining a backlog: without a limit one poll decodes everything fetched (1 MB per partition:
 # tens of thousands of records held at once). Measured on the kline worker: ~100 MB more peak RSS and half the
 # throughput. The fetch size is per partition; the broker still returns a larger first batch whole.
 BOUNDED_INTAKE = {"broker_max_poll_records": 500, "consumer_max_fetch_size": 256 * 1024}
 FETCH_MAX_WAIT_MS = 20  # see fetch_max_wait_ms above
-
-
-class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    def _create_worker_consumer(self, transport: Any) -> Any:
-        consumer: Any = self.consumer
-        app: Any = consumer.app
-        saved = consumer.in_transaction
-        consumer.in_transaction = saved or getattr(app, "read_committed", False)
-        try:
-            client = super()._create_worker_consumer(transport)
-        finally:
-            consumer.in_transaction = saved
-        wait_ms = getattr(app, "fetch_max_wait_ms", None)
-        if wait_ms is not None:
-            client._fetch_max_wait_ms = wait_ms
-        return client
-
-
-class _Consumer(faust_aiokafka.Consumer):
-    transactions_ended = False
-
-    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
-        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
-
-    async def commit_and_end_transactions(self) -> None:
-        await super().commit_and_end_transactions()
-        self.transactions_ended = True
-
-    async def commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
-        if self.transactions_ended and self.in_transaction:
-            return False
-        return await super().commit(topics, start_new_transaction=start_new_transaction)
-
-
-class _Transport(faust_aiokafka.Transport):
-    Consumer = _Consumer
 
 
 class StreamApp(faust.App):
@@ -98,16 +62,4 @@ class StreamApp(faust.App):
         return cls(app_id, **{**common, **settings})
 
     def _new_transport(self) -> Any:
-        return _Transport(self.conf.broker_consumer, self)
-
-
-def transactions_ended(app: faust.App) -> bool:
-    """True once the worker's final commit has closed its transactions: nothing may be sent into them."""
-    return bool(getattr(app.consumer, "transactions_ended", False))
-
-
-async def producer_partitions(app: faust.App, topic: str) -> list[int]:
-    """The partitions of ``topic`` from the producer's metadata (Faust's producer keeps its aiokafka producer
-    private; ``partitions_for`` waits for the metadata when the topic is new to it)."""
-    producer: Any = app.producer
-    return sorted(await producer._ensure_producer().partitions_for(topic))
+        return Transport(self.conf.broker_consumer, self)

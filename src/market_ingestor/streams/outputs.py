@@ -23,37 +23,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Iterable
 from pathlib import Path
 from typing import Any
 
 import faust
 from aiokafka.partitioner import murmur2
-from aiokafka.structs import TopicPartition
-from faust.streams import _current_event
 from faust.types import TP
 
 from market_ingestor.bus.records import RecordBuilder, is_batched
 from market_ingestor.config import BatchConfig
-from market_ingestor.streams.faust_app import producer_partitions, transactions_ended
+from market_ingestor.streams import faust_internals
 from market_ingestor.streams.sequence import InputSequence
 
 log = logging.getLogger(__name__)
 
 RUNNING_MARKER = ".running"
 _PARTITION_CACHE_MAX = 100_000
-
-
-class _PartitionEvent:
-    """What Faust's RocksDB store reads from the "current event" when it writes: the partition of the row."""
-
-    class _Message:
-        def __init__(self, tp: TP) -> None:
-            self.tp, self.topic, self.partition = tp, tp.topic, tp.partition
-
-    def __init__(self, tp: TP) -> None:
-        self.message = self._Message(tp)
 
 
 class PartitionWriter:
@@ -74,7 +60,7 @@ class PartitionWriter:
     def closed(self) -> bool:
         """True at shutdown under ``exactly_once`` once the final commit has ended the transactions: input taken
         after that is not processed (it is not committed either, so it comes again after a restart)."""
-        return self.app.in_transaction and transactions_ended(self.app)
+        return self.app.in_transaction and faust_internals.transactions_ended(self.app)
 
     async def batches(self, stream: Any, size: int, within_s: float) -> AsyncIterator[list[Any]]:
         """The agent's input in batches of events it may process.
@@ -101,8 +87,7 @@ class PartitionWriter:
     def transactional_id(self, source: TP) -> str | None:
         if not self.app.in_transaction:
             return None
-        group = self.app.assignor.group_for_topic(source.topic)
-        return f"{self.app.conf.id}-{group}-{source.partition}"  # as faust's Consumer.commit names it
+        return faust_internals.transactional_id(self.app, source)
 
     async def send(self, topic: str, key: bytes, value: bytes, source: TP) -> None:
         """Sends one event derived from ``source``'s input. On a batched topic (``bus/records.py``) it joins the
@@ -138,7 +123,7 @@ class PartitionWriter:
         """The partition of ``key`` on ``topic``: Kafka's murmur2, as every publisher of ours."""
         partitions = self._partitions.get(topic)
         if partitions is None:
-            partitions = self._partitions[topic] = await producer_partitions(self.app, topic)
+            partitions = self._partitions[topic] = await faust_internals.producer_partitions(self.app, topic)
         partition = partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
         if len(self._partition_of) >= _PARTITION_CACHE_MAX:
             self._partition_of.clear()
@@ -147,12 +132,7 @@ class PartitionWriter:
 
     async def save(self, table: Any, key: bytes, value: bytes, source: TP) -> None:
         """Writes a row to the local store and its changelog, in the partition of ``source``."""
-        stand_in = _PartitionEvent(source)
-        token = _current_event.set(weakref.ref(stand_in))  # type: ignore[arg-type]
-        try:
-            table.data[key] = value
-        finally:
-            _current_event.reset(token)
+        faust_internals.write_row(table, key, value, source)
         changelog = TP(table.changelog_topic.get_topic_name(), source.partition)
         future = await self.app.producer.send(
             changelog.topic, key, value, changelog.partition, None, None, transactional_id=self.transactional_id(source)
@@ -171,9 +151,9 @@ class PartitionWriter:
             # it never stores it.)
             stored = self._unpersisted.get(changelog)
             if stored is None or stored[1] < offset:
-                self._unpersisted[changelog] = (table.data, offset)
+                self._unpersisted[changelog] = (faust_internals.table_store(table), offset)
         else:
-            table.data.set_persisted_offset(changelog, offset)
+            faust_internals.persist_offset(faust_internals.table_store(table), changelog, offset)
 
     async def flush(self) -> None:
         """Sends the open records, then waits until every output sent so far is acknowledged (or raises the
@@ -194,13 +174,12 @@ class PartitionWriter:
         """
         if not offsets or self.closed:
             return
-        consumer: Any = self.app.consumer
         if self.app.in_transaction:
-            await consumer.transactions.commit(_aiokafka_tps(offsets), start_new_transaction=True)
+            await faust_internals.commit_transaction(self.app, offsets)
             self._persist(offsets)
         else:
             await self.flush()  # the rows recording these events as done are on their changelogs first
-            await consumer._commit(offsets)
+            await faust_internals.commit_offsets(self.app, offsets)
         self._committed.update(offsets)
 
     async def commit_idle(self) -> None:
@@ -221,14 +200,15 @@ class PartitionWriter:
             if offset is not None and tp in assigned:
                 idle[tp] = offset
         if idle:
-            await consumer.transactions.commit(_aiokafka_tps(idle), start_new_transaction=True)
+            await faust_internals.commit_transaction(self.app, idle)
             self._persist(idle)
 
     def next_offset(self, source: TP) -> int | None:
         """The next offset to read of ``source``: what this writer committed last, else what Faust found
         committed when the partition was assigned."""
-        consumer: Any = self.app.consumer
-        committed = self._committed.get(source, consumer._committed_offset.get(source))
+        committed = self._committed.get(source)
+        if committed is None:
+            committed = faust_internals.committed_offset(self.app, source)
         return committed if committed is not None and committed >= 0 else None  # -1: nothing committed
 
     def backlog(self, source: TP) -> int | None:
@@ -246,7 +226,7 @@ class PartitionWriter:
         partitions = {tp.partition for tp in committed}
         for changelog, (store, offset) in list(self._unpersisted.items()):
             if changelog.partition in partitions:
-                store.set_persisted_offset(changelog, offset)
+                faust_internals.persist_offset(store, changelog, offset)
                 del self._unpersisted[changelog]
 
     def forget(self, sources: Iterable[TP]) -> None:
@@ -256,11 +236,6 @@ class PartitionWriter:
         self.sequence.forget(sources)
         for tp in sources:
             self._committed.pop(tp, None)
-
-
-def _aiokafka_tps(offsets: dict[TP, int]) -> dict[TopicPartition, int]:
-    # aiokafka wants its own TopicPartition; Faust's TP is an equal tuple of another type.
-    return {TopicPartition(tp.topic, tp.partition): offset for tp, offset in offsets.items()}
 
 
 def next_offsets(events: Iterable[Any]) -> dict[TP, int]:

@@ -23,8 +23,9 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import faust
-from aiokafka.structs import TopicPartition
 from faust.types import TP
+
+from market_ingestor.streams import faust_internals
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class InputSequence:
             self._hole_at.setdefault(tp, first)
             log.debug("%s: record %d came before %d: reading again from %d", tp, first, expected, expected)
         if holes:  # in the consumer's thread, as Faust's own seeks (aiokafka is not thread-safe)
-            await self.app.consumer.seek_wait({tp: expected for tp, (expected, _) in holes.items()})
+            await faust_internals.seek_back(self.app, {tp: expected for tp, (expected, _) in holes.items()})
         return passed
 
     async def _start(self, tps: Iterable[TP], committed: dict[TP, int | None]) -> None:
@@ -77,7 +78,7 @@ class InputSequence:
         missing = [tp for tp in tps if tp not in known]
         earliest: dict[Any, int] = {}
         if missing:  # nothing committed (None, or -1): consumption starts at the log start (offset reset earliest)
-            earliest = dict(await self.app.consumer.earliest_offsets(*(TopicPartition(*tp) for tp in missing)))
+            earliest = await faust_internals.log_start_offsets(self.app, missing)
         for tp in tps:
             self._expected[tp] = known[tp] if tp in known else earliest.get(tp, 0)
 

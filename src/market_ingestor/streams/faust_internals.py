@@ -1,0 +1,182 @@
+"""Every private attribute and undocumented call of faust-streaming and aiokafka that we use, in one place.
+
+faust-streaming is pinned (pyproject.toml, requirements.lock) to the version these were read in: 0.15.3, with
+aiokafka 0.14. Each use below says why it is needed; ``tests/streams/test_faust_internals.py`` checks every one
+of them against the installed packages and fails naming the internal if an upgrade changes it. Nothing outside
+this module touches a private name of either package.
+
+What they are for, in short (the long story: the docstrings of ``streams/outputs.py``, ``streams/sequence.py``
+and ``streams/faust_app.py``):
+
+- the consumer Faust builds: ``read_committed`` for at-least-once apps, a short fetch long-poll, and no commit
+  into a transaction that the final commit already ended (:class:`Transport`);
+- the worker's outputs and table rows join the Kafka transaction of their source partition under
+  ``exactly_once`` (:func:`transactional_id`, :func:`commit_transaction`), and its rows are written to the local
+  store in the partition of their source (:func:`write_row`, :func:`persist_offset`);
+- agents commit what they processed themselves (:func:`commit_offsets`, :func:`committed_offset`), and seek a
+  partition back over a hole (:func:`seek_back`, :func:`log_start_offsets`);
+- output records are built per partition (:func:`producer_partitions`).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable
+from typing import Any
+
+import faust
+from aiokafka.structs import TopicPartition
+from faust.streams import _current_event  # the event whose partition a table write goes to
+from faust.transport.consumer import TopicPartitionGroup, TransactionManager
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+
+TESTED_FAUST = "0.15.3"
+
+
+# --- the consumer ------------------------------------------------------------------------------------------------
+
+
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    # ``_create_worker_consumer`` builds the aiokafka consumer; Faust derives its isolation level from
+    # ``in_transaction`` alone, so it is set for the call, and aiokafka's ``_fetch_max_wait_ms`` (no Faust setting
+    # reaches it) is set on the result before it starts.
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer: Any = self.consumer
+        app: Any = consumer.app
+        saved = consumer.in_transaction
+        consumer.in_transaction = saved or getattr(app, "read_committed", False)
+        try:
+            client = super()._create_worker_consumer(transport)
+        finally:
+            consumer.in_transaction = saved
+        wait_ms = getattr(app, "fetch_max_wait_ms", None)
+        if wait_ms is not None:
+            client._fetch_max_wait_ms = wait_ms
+        return client
+
+
+class _Consumer(faust_aiokafka.Consumer):
+    transactions_ended = False
+
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:  # the hook for our thread class
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def commit_and_end_transactions(self) -> None:
+        await super().commit_and_end_transactions()
+        self.transactions_ended = True
+
+    async def commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
+        if self.transactions_ended and self.in_transaction:
+            return False  # the periodic commit after the final one: there is no transaction left to commit into
+        return await super().commit(topics, start_new_transaction=start_new_transaction)
+
+
+class Transport(faust_aiokafka.Transport):
+    """Faust's aiokafka transport with our consumer (``App._new_transport`` returns it)."""
+
+    Consumer = _Consumer
+
+
+def transactions_ended(app: faust.App) -> bool:
+    """True once the worker's final commit has closed its transactions: nothing may be sent into them."""
+    return bool(getattr(app.consumer, "transactions_ended", False))
+
+
+# --- commits -----------------------------------------------------------------------------------------------------
+
+
+async def commit_offsets(app: faust.App, offsets: dict[TP, int]) -> bool:
+    """Commits ``offsets`` (next offset to read) outside a transaction: ``Consumer._commit`` is the call Faust's
+    own commits end in; it drops partitions no longer assigned. False if nothing was committed."""
+    consumer: Any = app.consumer
+    return bool(await consumer._commit(offsets))
+
+
+async def commit_transaction(app: faust.App, offsets: dict[TP, int]) -> None:
+    """Commits the transaction of each source partition with its input ``offsets`` and opens the next one
+    (Faust's ``TransactionManager.commit`` wants aiokafka's TopicPartition)."""
+    consumer: Any = app.consumer
+    tps = {TopicPartition(tp.topic, tp.partition): offset for tp, offset in offsets.items()}
+    await consumer.transactions.commit(tps, start_new_transaction=True)
+
+
+def committed_offset(app: faust.App, tp: TP) -> int | None:
+    """What Faust found committed for ``tp`` when it was assigned (``Consumer._committed_offset``); None when
+    unknown, -1 when nothing is committed."""
+    consumer: Any = app.consumer
+    offset = consumer._committed_offset.get(tp)
+    return None if offset is None else int(offset)
+
+
+def transactional_id(app: faust.App, source: TP) -> str:
+    """The transactional id of ``source``'s producer, as Faust's ``TransactionManager`` builds it (its
+    ``transactional_id_format`` with a ``TopicPartitionGroup``; no public call gives it)."""
+    group = app.assignor.group_for_topic(source.topic)
+    tpg = TopicPartitionGroup(source.topic, source.partition, group)
+    return TransactionManager.transactional_id_format.format(tpg=tpg, group_id=app.conf.id)
+
+
+# --- seeks -------------------------------------------------------------------------------------------------------
+
+
+async def seek_back(app: faust.App, offsets: dict[TP, int]) -> None:
+    """Seeks partitions in the consumer's own thread (aiokafka is not thread-safe) and waits for it:
+    ``Consumer.seek_wait`` is undocumented."""
+    await app.consumer.seek_wait(offsets)
+
+
+async def log_start_offsets(app: faust.App, tps: Iterable[TP]) -> dict[TP, int]:
+    """The first offset in the log of each partition (``Consumer.earliest_offsets``, undocumented)."""
+    found = await app.consumer.earliest_offsets(*(TopicPartition(*tp) for tp in tps))
+    return {TP(tp.topic, tp.partition): offset for tp, offset in found.items()}
+
+
+# --- tables ------------------------------------------------------------------------------------------------------
+
+
+class _PartitionEvent:
+    """What Faust's RocksDB store reads from the "current event" when it writes: the partition of the row."""
+
+    class _Message:
+        def __init__(self, tp: TP) -> None:
+            self.tp, self.topic, self.partition = tp, tp.topic, tp.partition
+
+    def __init__(self, tp: TP) -> None:
+        self.message = self._Message(tp)
+
+
+def table_store(table: Any) -> Any:
+    """The table's store (``Table.data``): written directly, so Faust sends no changelog record of its own."""
+    return table.data
+
+
+def write_row(table: Any, key: bytes, value: bytes, source: TP) -> None:
+    """Writes a row to the table's local store in the partition of ``source``: the store takes the partition
+    from ``faust.streams._current_event``, which is set to a stand-in for the call."""
+    stand_in = _PartitionEvent(source)
+    token = _current_event.set(weakref.ref(stand_in))  # type: ignore[arg-type]
+    try:
+        table.data[key] = value
+    finally:
+        _current_event.reset(token)
+
+
+def persist_offset(store: Any, changelog: TP, offset: int) -> None:
+    """Records the changelog offset a restart replays from (``Store.set_persisted_offset``)."""
+    store.set_persisted_offset(changelog, offset)
+
+
+def recovery_completed(app: faust.App) -> bool:
+    """True once the tables' recovery has finished (``TableManager.recovery.completed``)."""
+    return bool(app.tables.recovery.completed.is_set())  # type: ignore[attr-defined]
+
+
+# --- the producer ------------------------------------------------------------------------------------------------
+
+
+async def producer_partitions(app: faust.App, topic: str) -> list[int]:
+    """The partitions of ``topic`` from the producer's metadata: Faust keeps its aiokafka producer private
+    (``Producer._ensure_producer``); ``partitions_for`` waits for the metadata of a topic new to it."""
+    producer: Any = app.producer
+    return sorted(await producer._ensure_producer().partitions_for(topic))

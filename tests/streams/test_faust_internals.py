@@ -1,0 +1,155 @@
+"""Every private name of faust-streaming and aiokafka that ``streams/faust_internals.py`` uses is still there and
+still does what we rely on. Each test names the internal, so an upgrade that changes one fails by that name."""
+
+from __future__ import annotations
+
+import inspect
+from importlib import metadata
+
+import aiokafka
+import faust
+import faust.streams
+import pytest
+from aiokafka.producer.producer import AIOKafkaProducer
+from faust.stores.rocksdb import Store as RocksStore
+from faust.transport import consumer as faust_consumer
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+from market_ingestor.streams import faust_internals
+
+
+def source_of(obj: object) -> str:
+    return inspect.getsource(obj)  # type: ignore[arg-type]
+
+
+def test_the_tested_faust_version_is_installed() -> None:
+    assert metadata.version("faust-streaming") == faust_internals.TESTED_FAUST, (
+        "faust-streaming was upgraded: re-read every internal in streams/faust_internals.py, then update "
+        "TESTED_FAUST and the pin"
+    )
+    assert aiokafka.__version__.startswith("0.14."), f"aiokafka {aiokafka.__version__}: re-check the internals"
+
+
+def test_AIOKafkaConsumerThread__create_worker_consumer_reads_in_transaction_for_the_isolation_level() -> None:
+    method = faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer
+    source = source_of(method)
+    assert "in_transaction" in source and "read_committed" in source, "_create_worker_consumer changed"
+    assert list(inspect.signature(method).parameters) == ["self", "transport"]
+
+
+async def test_AIOKafkaConsumer__fetch_max_wait_ms_is_read_when_the_consumer_starts() -> None:
+    consumer = aiokafka.AIOKafkaConsumer(fetch_max_wait_ms=123)  # not started: no connection
+    assert consumer._fetch_max_wait_ms == 123, "AIOKafkaConsumer._fetch_max_wait_ms was renamed"
+    assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in source_of(aiokafka.AIOKafkaConsumer.start), (
+        "AIOKafkaConsumer.start no longer passes _fetch_max_wait_ms to its fetcher"
+    )
+
+
+def test_Consumer__new_consumer_thread_is_the_hook_for_the_thread_class() -> None:
+    assert "AIOKafkaConsumerThread(" in source_of(faust_aiokafka.Consumer._new_consumer_thread)
+    assert "def _new_consumer_thread" not in source_of(faust_internals._Consumer).replace(
+        "def _new_consumer_thread", "", 1
+    )
+
+
+def test_Consumer_commit_and_end_transactions_and_commit_exist_with_our_signatures() -> None:
+    assert inspect.iscoroutinefunction(faust_aiokafka.Consumer.commit_and_end_transactions)
+    params = list(inspect.signature(faust_consumer.Consumer.commit).parameters)
+    assert params == ["self", "topics", "start_new_transaction"], f"Consumer.commit changed: {params}"
+
+
+def test_Consumer__commit_takes_offsets_and_returns_whether_it_committed() -> None:
+    method = faust_consumer.Consumer._commit
+    assert inspect.iscoroutinefunction(method), "Consumer._commit is gone or no longer async"
+    assert list(inspect.signature(method).parameters)[:2] == ["self", "offsets"]
+
+
+def test_Consumer__committed_offset_is_the_map_filled_at_assignment() -> None:
+    source = source_of(faust_consumer.Consumer)
+    assert "self._committed_offset" in source, "Consumer._committed_offset was renamed"
+    assert (
+        "_committed_offset[tp]" in source
+        or "_committed_offset.update" in source
+        or ("self._committed_offset[" in source)
+    )
+
+
+def test_TransactionManager_commit_takes_offsets_and_start_new_transaction() -> None:
+    params = list(inspect.signature(faust_consumer.TransactionManager.commit).parameters)
+    assert params == ["self", "offsets", "start_new_transaction"], f"TransactionManager.commit changed: {params}"
+
+
+def test_TransactionManager_transactional_id_format_and_TopicPartitionGroup_are_what_we_format() -> None:
+    manager = faust_consumer.TransactionManager
+    assert manager.transactional_id_format == "{group_id}-{tpg.group}-{tpg.partition}", "the format changed"
+    assert faust_consumer.TopicPartitionGroup._fields == ("topic", "partition", "group")
+    assert ".transactional_id_format.format(" in source_of(manager._tps_to_transactional_ids)
+
+
+def test_transactional_id_is_the_one_faust_gives_the_partitions_producer() -> None:
+    from types import SimpleNamespace
+
+    from faust.types import TP
+
+    app = SimpleNamespace(assignor=SimpleNamespace(group_for_topic=lambda topic: 3), conf=SimpleNamespace(id="w1"))
+    assert faust_internals.transactional_id(app, TP("market.trades", 7)) == "w1-3-7"  # type: ignore[arg-type]
+
+
+def test_Consumer_seek_wait_and_earliest_offsets_exist() -> None:
+    assert inspect.iscoroutinefunction(faust_consumer.Consumer.seek_wait), "Consumer.seek_wait is gone"
+    assert inspect.iscoroutinefunction(faust_aiokafka.Consumer.earliest_offsets), "earliest_offsets is gone"
+
+
+def test_faust_streams__current_event_is_what_the_rocksdb_store_reads_for_the_partition() -> None:
+    assert isinstance(faust.streams._current_event, type(faust_internals._current_event))
+    store_source = source_of(RocksStore)
+    assert "current_event()" in store_source and "event.message.partition" in store_source, (
+        "the RocksDB store no longer takes a write's partition from the current event"
+    )
+
+
+def test_Store_set_persisted_offset_exists() -> None:
+    params = list(inspect.signature(RocksStore.set_persisted_offset).parameters)
+    assert params == ["self", "tp", "offset"], f"Store.set_persisted_offset changed: {params}"
+
+
+def test_Table_data_is_the_store() -> None:
+    from faust.tables.base import Collection
+
+    assert isinstance(inspect.getattr_static(Collection, "data"), property), "Collection.data is gone"
+
+
+def test_TableManager_recovery_completed_exists() -> None:
+    from faust.tables.recovery import Recovery
+
+    assert "self.completed = Event()" in source_of(Recovery.__init__), "Recovery.completed changed"
+
+
+def test_Producer__ensure_producer_returns_the_aiokafka_producer_with_partitions_for() -> None:
+    assert "return self._producer" in source_of(faust_aiokafka.Producer._ensure_producer)
+    assert inspect.iscoroutinefunction(AIOKafkaProducer.partitions_for), "AIOKafkaProducer.partitions_for changed"
+
+
+@pytest.mark.parametrize("name", ["commit_offsets", "commit_transaction", "seek_back", "log_start_offsets"])
+def test_our_wrappers_are_coroutines(name: str) -> None:
+    assert inspect.iscoroutinefunction(getattr(faust_internals, name))
+
+
+def test_no_other_module_touches_a_private_faust_or_aiokafka_name() -> None:
+    import pathlib
+    import re
+
+    root = pathlib.Path(faust_internals.__file__).parent.parent
+    pattern = re.compile(
+        r"consumer\._commit\b|_committed_offset|_current_event|_ensure_producer|_fetch_max_wait_ms|"
+        r"_create_worker_consumer|_new_consumer_thread|set_persisted_offset|\.seek_wait\(|\.earliest_offsets\(|"
+        r"recovery\.completed|transactions\.commit\(|table\.data\b"
+    )
+    offenders = [
+        f"{path.relative_to(root)}:{number}"
+        for path in root.rglob("*.py")
+        if path.name != "faust_internals.py"
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if pattern.search(line) and not line.lstrip().startswith(("#", '"', "'", "-", "(``", "``"))
+    ]
+    assert offenders == [], f"private Faust/aiokafka names outside streams/faust_internals.py: {offenders}"

@@ -233,6 +233,9 @@ class TradeCounts:
     def total(self) -> int:
         return sum(before[-1] for before in self.before.values())
 
+    def records(self) -> int:
+        return sum(len(before) - 1 for before in self.before.values())
+
     async def stop(self) -> None:
         if self.started:
             await self.consumer.stop()
@@ -565,7 +568,8 @@ async def run_throughput(offsets: Offsets, tmp: Path, args: argparse.Namespace, 
         await prefill(bus_config(offsets.bootstrap, prefix), args)
         say(f"pre-filled {topic} in {time.perf_counter() - started:.1f}s")
     total = await offsets.end(topic)
-    say(f"{total:,} trades on {topic}")
+    records = offsets.counts_of(topic).records()
+    say(f"{total:,} trades on {topic} in {records:,} records ({total / max(records, 1):,.0f} trades per record)")
     rows = []
     for guarantee in ["at_least_once", "exactly_once"] if args.guarantee == "both" else [args.guarantee]:
         rows.append(await throughput(offsets, prefix, guarantee, total, tmp, args))

@@ -108,8 +108,9 @@ class PartitionWriter:
         record.add(key.decode(), value)
 
     async def _send_record(self, slot: tuple[str, int, TP]) -> None:
-        record = self._records.pop(slot)
-        if record.key is not None:
+        # The agent and the timer share this writer: the other one may have sent this record meanwhile.
+        record = self._records.pop(slot, None)
+        if record is not None and record.key is not None:
             await self._send(slot[0], record.key.encode(), record.value(), slot[1], slot[2])
 
     async def _send(self, topic: str, key: bytes, value: bytes, partition: int | None, source: TP) -> None:

@@ -10,8 +10,10 @@ LOCK_VENV := .venv-lock
 UV_VERSION := 0.13.9
 # Extra arguments for `make lock`: LOCK_ARGS=--upgrade (everything) or LOCK_ARGS="--upgrade-package aiohttp".
 LOCK_ARGS ?=
+# Quix Streams for bench/quix_peer.py: its own venv, since it conflicts with the lock (pydantic-settings).
+BENCH_VENV := .venv-bench
 
-.PHONY: install lock system-deps test test-unit lint demo dev-up dev-down bench bench-sink bench-sink-service bench-metrics clean
+.PHONY: install lock bench-venv system-deps test test-unit lint demo dev-up dev-down bench bench-sink bench-sink-service bench-metrics clean
 
 # Exactly the locked set: the lock's packages (hash-checked, no resolution), then the project itself without
 # dependencies, then anything the lock no longer names is removed. Re-runs when the lock or pyproject changes.
@@ -33,6 +35,17 @@ lock:
 	$(LOCK_VENV)/bin/uv pip compile pyproject.toml --extra dev --generate-hashes \
 	  --python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
 	  --custom-compile-command 'make lock' $(LOCK_ARGS) -o $(LOCK)
+
+# Quix Streams 3.28 for the side-by-side bench: the pyproject's `bench` extra, without the project.
+$(BENCH_VENV)/.installed-stamp: pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q --upgrade pip
+	$(BENCH_VENV)/bin/python -c "import tomllib; print('\\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['bench']))" > $(BENCH_VENV)/requirements.txt
+	$(BENCH_VENV)/bin/python -m pip install -q -r $(BENCH_VENV)/requirements.txt
+	$(BENCH_VENV)/bin/python -m pip check
+	touch $@
+
+bench-venv: $(BENCH_VENV)/.installed-stamp
 
 # PostgreSQL server binaries, Java and Maven (for Apache Kafka), installed when missing and we may.
 system-deps:
@@ -83,4 +96,4 @@ bench-metrics: install
 
 clean:
 	-$(BIN)/market-ingestor dev down
-	rm -rf $(VENV) $(LOCK_VENV) .devstack .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) $(LOCK_VENV) $(BENCH_VENV) .devstack .pytest_cache .ruff_cache .mypy_cache

@@ -149,7 +149,10 @@ class StreamsConfig(_Section, frozen=True):
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     standby_replicas: NonNegativeInt = 1
     data_dir: str = ".devstack/worker-data"  # RocksDB tables live here, per worker
-    batch_size: PositiveInt = 2_000  # trades taken from the stream at once
+    # Input batches: records taken from the stream at once (each record a batch of trades or klines), and more
+    # such takes while a backlog lasts, up to batch_max_bytes of records; a partial take is processed at once.
+    batch_size: PositiveInt = 32
+    batch_max_bytes: PositiveInt = 4 * 1024 * 1024
     batch_within_s: PositiveSeconds = 0.05
     timer_interval_s: PositiveSeconds = 0.5  # wall-clock closing of quiet windows and in-progress updates
     indicators: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_SPECS))

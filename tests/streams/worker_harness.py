@@ -176,7 +176,7 @@ def worker_config(tmp_path: Path, bootstrap: str, prefix: str, guarantee: str, s
     path.write_text(
         f'[log]\nlevel = "WARNING"\n[bus]\ntopic_prefix = "{prefix}"\n[bus.kafka]\nbootstrap = "{bootstrap}"\n'
         f'partitions = 3\n[streams]\napp_id = "{prefix.rstrip(".")}"\nintervals = {list(INTERVALS)!r}\n'
-        f'processing_guarantee = "{guarantee}"\nstandby_replicas = {standby_replicas}\nbatch_size = 200\n'
+        f'processing_guarantee = "{guarantee}"\nstandby_replicas = {standby_replicas}\nbatch_size = 4\n'
         f"indicators = {list(INDICATOR_SPECS)!r}\n".replace("'", '"')
     )
     return path

@@ -210,10 +210,10 @@ class KafkaPublisher:
         if is_batched(topic):
             record = self._records.get(slot)
             if record is None:
-                record = self._records[slot] = RecordBuilder(self.batch.max_events, self.batch.max_bytes)
+                record = self._records[slot] = self._new_record()
             elif not record.fits(value):
                 self._close_record(slot)
-                record = self._records[slot] = RecordBuilder(self.batch.max_events, self.batch.max_bytes)
+                record = self._records[slot] = self._new_record()
             record.add(key, value)
         else:
             self._append(slot, key.encode(), value)
@@ -251,6 +251,9 @@ class KafkaPublisher:
         self._partition_of[(topic, key)] = partition
         return partition
 
+    def _new_record(self) -> RecordBuilder:
+        return RecordBuilder(self.batch.max_events, self.batch.max_bytes, time.monotonic())
+
     def _close_record(self, slot: tuple[str, int]) -> None:
         record = self._records.pop(slot, None)
         if record is not None and record.key is not None:
@@ -266,9 +269,12 @@ class KafkaPublisher:
             if batch.append(timestamp=None, key=key, value=value) is None:
                 raise BusError(f"a record of {len(value)} bytes does not fit a Kafka batch for {slot[0]}")
 
-    async def _submit_all(self) -> None:
-        for slot in list(self._records):
-            self._close_record(slot)
+    async def _submit_all(self, opened_before_s: float | None = None) -> None:
+        """Closes the open records (those started before ``opened_before_s`` only, when given) and submits
+        every record batch."""
+        for slot, record in list(self._records.items()):
+            if opened_before_s is None or record.opened_s <= opened_before_s:
+                self._close_record(slot)
         for slot in list(self._open_batches):
             batch = self._open_batches.pop(slot)
             if batch.record_count():
@@ -302,7 +308,8 @@ class KafkaPublisher:
         while True:
             await asyncio.sleep(interval_s)
             try:
-                await self._submit_all()
+                # A record goes out once its first event has waited linger_ms: between one and two lingers.
+                await self._submit_all(opened_before_s=time.monotonic() - interval_s)
             except BusError as exc:
                 self._failure = self._failure or exc
 

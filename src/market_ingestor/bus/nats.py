@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -248,12 +249,12 @@ class NatsPublisher:
                 await self._send(topic, subject, value, msg_id)
             return
         record = self._records.get(subject)
-        if record is None:
-            record = self._records[subject] = RecordBuilder(self.batch.max_events, self.batch.max_bytes)
-            self._record_topic[subject] = topic
-        elif not record.fits(value):
-            await self._close_record(subject)
-            record = self._records[subject] = RecordBuilder(self.batch.max_events, self.batch.max_bytes)
+        if record is None or not record.fits(value):
+            if record is not None:
+                await self._close_record(subject)
+            record = self._records[subject] = RecordBuilder(
+                self.batch.max_events, self.batch.max_bytes, time.monotonic()
+            )
             self._record_topic[subject] = topic
         record.add(key, value, msg_id)
         if len(self._records) > _OPEN_RECORDS_MAX:  # many quiet subjects: bound what is held between lingers
@@ -267,16 +268,17 @@ class NatsPublisher:
         async with self._send_lock:
             await self._send(topic, subject, record.value(), record.identity())
 
-    async def _close_records(self) -> None:
-        for subject in list(self._records):
-            await self._close_record(subject)
+    async def _close_records(self, opened_before_s: float | None = None) -> None:
+        for subject, record in list(self._records.items()):
+            if opened_before_s is None or record.opened_s <= opened_before_s:
+                await self._close_record(subject)
 
     async def _linger(self) -> None:
         interval_s = max(self.batch.linger_ms, 1) / 1000
         while True:
             await asyncio.sleep(interval_s)
             try:
-                await self._close_records()
+                await self._close_records(opened_before_s=time.monotonic() - interval_s)
             except BusError as exc:
                 self._failure = self._failure or exc
 

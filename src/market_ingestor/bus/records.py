@@ -60,11 +60,12 @@ class RecordBuilder:
     One event larger than ``max_bytes`` still makes a record of its own: the bound is there to stay well under
     the broker's message size limit, which the caller checks against its own setting."""
 
-    __slots__ = ("event_ids", "events", "key", "max_bytes", "max_events", "size")
+    __slots__ = ("event_ids", "events", "key", "max_bytes", "max_events", "opened_s", "size")
 
-    def __init__(self, max_events: int, max_bytes: int) -> None:
+    def __init__(self, max_events: int, max_bytes: int, opened_s: float = 0.0) -> None:  # float-ok: a clock
         self.max_events = max_events
         self.max_bytes = max_bytes
+        self.opened_s = opened_s  # when it was started (a monotonic clock): a partial record lingers from then
         self.key: str | None = None
         self.events: list[bytes] = []
         self.event_ids: list[str] = []

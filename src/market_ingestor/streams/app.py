@@ -32,7 +32,7 @@ from aiokafka.partitioner import murmur2
 from faust.types import TP
 
 from market_ingestor.bus.records import BatchDecoder
-from market_ingestor.config import Config
+from market_ingestor.config import BatchConfig, Config
 from market_ingestor.model import DeadLetter, Kline, Topics, Trade, encode
 from market_ingestor.observability import OTHER, SYMBOLS
 from market_ingestor.observability.consumer import MetricsService, metrics_service
@@ -40,7 +40,7 @@ from market_ingestor.streams import metrics
 from market_ingestor.streams.faust_app import StreamApp
 from market_ingestor.streams.indicators import IndicatorAgent
 from market_ingestor.streams.klines import InstrumentKlines, KlineSettings, exact_context, trade_problem
-from market_ingestor.streams.outputs import PartitionWriter, next_offsets
+from market_ingestor.streams.outputs import InputLimits, PartitionWriter, next_offsets
 
 log = logging.getLogger(__name__)
 
@@ -78,15 +78,13 @@ def build_app(config: Config, data_dir: str | Path | None = None, web_port: int 
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=1.0,
     )
-    worker = KlineAgent(app, prefix, kline_settings(config), streams.batch_size, streams.batch_within_s)
-    worker.writer.batch = config.bus.batch
+    limits = InputLimits(streams.batch_size, streams.batch_max_bytes, streams.batch_within_s)
+    worker = KlineAgent(app, prefix, kline_settings(config), limits, config.bus.batch)
     app.timer(streams.timer_interval_s, name="kline-clock")(worker.tick)
     if streams.indicators:
-        indicators = IndicatorAgent(
-            app, prefix, streams.indicators, streams.batch_size, streams.batch_within_s, TABLE_OPTIONS,
-            streams.max_lateness_ms,
-        )  # fmt: skip
-        indicators.writer.batch = config.bus.batch
+        IndicatorAgent(
+            app, prefix, streams.indicators, limits, TABLE_OPTIONS, streams.max_lateness_ms, config.bus.batch
+        )
     return app
 
 
@@ -106,7 +104,9 @@ def worker_metrics(app: faust.App, config: Config) -> MetricsService:
 
 
 class KlineAgent:
-    def __init__(self, app: faust.App, prefix: str, settings: KlineSettings, batch: int, within_s: float) -> None:
+    def __init__(
+        self, app: faust.App, prefix: str, settings: KlineSettings, limits: InputLimits, records: BatchConfig
+    ) -> None:
         self.app = app
         self.settings = settings
         # acks=False: the agent commits the offsets of what it processed itself (PartitionWriter.commit_input).
@@ -117,18 +117,18 @@ class KlineAgent:
             "kline-state", default=None, key_type=bytes, value_type=bytes, use_partitioner=True, options=TABLE_OPTIONS
         )
         self.table.on_recover(self.on_recovered)
-        self.writer = PartitionWriter(app)
+        self.writer = PartitionWriter(app, records)
         # The working set: instruments of this worker's partitions, and the trades partition of each.
         self.states: dict[bytes, InstrumentKlines] = {}
         self.sources: dict[bytes, TP] = {}
-        self.batch, self.within_s = batch, within_s
+        self.limits = limits
         self._reload = False
         self._exchange_labels: dict[str, tuple[str]] = {}
         app.agent(self.trades, name="klines")(self.aggregate)
         app.on_partitions_revoked.connect(self.on_revoked)  # type: ignore[arg-type]
 
     async def aggregate(self, stream: Any) -> None:
-        async for events in self.writer.batches(stream, self.batch, self.within_s):
+        async for events in self.writer.batches(stream, self.limits):
             if self._reload:
                 self._reload = False
                 self.states.clear()
@@ -249,7 +249,7 @@ class KlineAgent:
                 continue
             if source not in keeping_up:
                 backlog = self.writer.backlog(source)
-                keeping_up[source] = backlog is not None and backlog <= self.batch
+                keeping_up[source] = backlog is not None and backlog <= self.limits.records
             with exact_context():
                 # The wall clock stands in for event time only where the worker keeps up with the partition:
                 # behind it (after a restart, under load) a quiet-looking instrument's trades may still be waiting.

@@ -28,7 +28,12 @@ from market_ingestor.streams.faust_internals import Transport
 # Bounded intake while draining a backlog: without a limit one poll decodes everything fetched (1 MB per partition:
 # tens of thousands of records held at once). Measured on the kline worker: ~100 MB more peak RSS and half the
 # throughput. The fetch size is per partition; the broker still returns a larger first batch whole.
-BOUNDED_INTAKE = {"broker_max_poll_records": 500, "consumer_max_fetch_size": 256 * 1024}
+# Records are batches of events (docs/topics.md), up to bus.batch.max_bytes each: the stream buffer holds records.
+BOUNDED_INTAKE = {
+    "broker_max_poll_records": 500,
+    "consumer_max_fetch_size": 256 * 1024,
+    "stream_buffer_maxsize": 64,
+}
 FETCH_MAX_WAIT_MS = 20  # see fetch_max_wait_ms above
 
 

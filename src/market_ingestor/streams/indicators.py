@@ -22,10 +22,11 @@ import msgspec
 from faust.types import TP
 
 from market_ingestor.bus.records import BatchDecoder
+from market_ingestor.config import BatchConfig
 from market_ingestor.errors import ConfigError
 from market_ingestor.model import IndicatorValue, Kline, Topics, bus_key, encode
 from market_ingestor.streams import metrics
-from market_ingestor.streams.outputs import PartitionWriter, next_offsets
+from market_ingestor.streams.outputs import InputLimits, PartitionWriter, next_offsets
 from market_ingestor.streams.windows import parse_interval
 from market_ingestor.tables.indicators import Update, from_bytes, parse_spec
 from market_ingestor.tables.indicators.series import Series, horizon
@@ -69,10 +70,10 @@ class IndicatorAgent:
         app: faust.App,
         prefix: str,
         specs: Sequence[str],
-        batch: int,
-        within_s: float,
+        limits: InputLimits,
         options: dict[str, int],
         max_lateness_ms: int,
+        records: BatchConfig,
     ) -> None:
         self.specs = tuple(specs)
         for spec in self.specs:
@@ -84,12 +85,12 @@ class IndicatorAgent:
         self.table = app.Table(
             "indicator-state", default=None, key_type=bytes, value_type=bytes, use_partitioner=True, options=options
         )
-        self.writer = PartitionWriter(app)
-        self.batch, self.within_s = batch, within_s
+        self.writer = PartitionWriter(app, records)
+        self.limits = limits
         app.agent(self.klines, name="indicators")(self.compute)
 
     async def compute(self, stream: Any) -> None:
-        async for events in self.writer.batches(stream, self.batch, self.within_s):
+        async for events in self.writer.batches(stream, self.limits):
             await self.process(events)
 
     async def process(self, events: Sequence[Any]) -> None:

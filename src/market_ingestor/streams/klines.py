@@ -426,7 +426,9 @@ class InstrumentKlines:
         self._cur_open = opened
         self._deadline = min(self._deadline, opened + self._bucket_ns - 1 + self._grace_ns)
         for interval, level in self._levels:
-            self._reopen(interval, level, interval.open_time(opened))
+            # Windows are aligned: the bucket's window is before next_open only if the bucket is.
+            if level.next_open is None or opened < level.next_open:
+                self._reopen(interval, level, interval.open_time(opened))
         if s.start is None or opened < s.start:
             s.start = opened
         self._changes += 1
@@ -519,16 +521,16 @@ class InstrumentKlines:
                 window = interval.open_time(opened)
                 partial = level.open.get(window)
                 if partial is None:
-                    level.open[window] = copy.copy(bucket)
+                    level.open[window] = bucket.__copy__()
                 else:
                     _merge(partial, bucket)
         if due:
             self._cur_open = None
         out: list[Kline] = []
         for interval, level in self._levels:
-            if level.next_open is None:
-                continue
             window = level.next_open
+            if window is None or window + interval.ns - 1 + grace >= watermark:
+                continue  # nothing of this interval closes (nor can anything new expire: it is done at closes)
             last = interval.open_time(s.max_ts) if last_trade_window else _NEVER
             while window + interval.ns - 1 + grace < watermark and window <= last:
                 agg = level.open.pop(window, None)

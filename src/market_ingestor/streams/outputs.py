@@ -24,6 +24,7 @@ import asyncio
 import logging
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,16 @@ log = logging.getLogger(__name__)
 
 RUNNING_MARKER = ".running"
 _PARTITION_CACHE_MAX = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class InputLimits:
+    """How an agent batches its input: ``records`` per take from the stream, more takes while they come full
+    (a backlog) up to ``max_bytes`` of record values, at most ``within_s`` waiting for a take to fill."""
+
+    records: int = 32
+    max_bytes: int = 4 * 1024 * 1024
+    within_s: float = 0.05  # float-ok: seconds
 
 
 class PartitionWriter:
@@ -62,27 +73,39 @@ class PartitionWriter:
         after that is not processed (it is not committed either, so it comes again after a restart)."""
         return self.app.in_transaction and faust_internals.transactions_ended(self.app)
 
-    async def batches(self, stream: Any, size: int, within_s: float) -> AsyncIterator[list[Any]]:
-        """The agent's input in batches of events it may process.
+    async def batches(self, stream: Any, limits: InputLimits) -> AsyncIterator[list[Any]]:
+        """The agent's input in batches of events (records) it may process.
+
+        Takes of ``limits.records`` records are held while they come full (a backlog: one batch then amortizes
+        the per-batch costs, state rows and commits, over more trades), up to ``limits.max_bytes``; a take that
+        is not full means the agent caught up, and what is held is processed at once.
 
         Faust skips events fetched before a rebalance (it seeks the partitions to their committed offsets), but a
         ``take_events`` buffer filled before the rebalance is still handed over afterwards; processing it would
         apply events ahead of the re-read ones, and the offset-idempotent state would then take the re-read ones
         for duplicates. Those are dropped, uncommitted (inputs are ``acks=False``): they come again in order. So
-        is everything once :attr:`closed`. Within a generation, events pass only in offset order without holes
-        (:class:`~market_ingestor.streams.sequence.InputSequence`).
+        is what was held across the rebalance, and everything once :attr:`closed`. Within a generation, events
+        pass only in offset order without holes (:class:`~market_ingestor.streams.sequence.InputSequence`).
         """
-        async for events in stream.take_events(size, within=within_s):
+        held: list[Any] = []
+        held_bytes = 0
+        async for events in stream.take_events(limits.records, within=limits.within_s):
             generation = self.app.consumer_generation_id
             if generation != self._generation:  # the rebalance sought every partition to its committed offset
                 self._generation = generation
                 self._committed.clear()
+                held, held_bytes = [], 0
             current = [event for event in events if event.message.generation_id == generation]
             if current:
                 partitions = {event.message.tp for event in current}
                 current = await self.sequence.in_order(current, {tp: self.next_offset(tp) for tp in partitions})
-            if current and not self.closed:
-                yield current
+            if self.closed:
+                continue
+            held += current
+            held_bytes += sum(len(event.value or b"") for event in current)
+            if held and (len(events) < limits.records or held_bytes >= limits.max_bytes):
+                yield held
+                held, held_bytes = [], 0
 
     def transactional_id(self, source: TP) -> str | None:
         if not self.app.in_transaction:

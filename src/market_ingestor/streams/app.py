@@ -146,7 +146,7 @@ class KlineAgent:
         out: list[tuple[bytes, Kline]] = []
         touched: dict[bytes, TP] = {}
         dead: list[tuple[TP, DeadLetter]] = []
-        processed = metrics.TRADES.counts
+        processed: dict[str, int] = {}  # trades per exchange, added to the metric once per batch
         with exact_context():
             for event in events:
                 source = event.message.tp
@@ -162,7 +162,8 @@ class KlineAgent:
                 # record changes nothing and every trade of a new one applies (docs/topics.md: max 2^20 events).
                 base = event.message.offset << POSITION_BITS
                 for index, trade in enumerate(trades):
-                    processed[self._exchange_label(trade.exchange)] += 1
+                    exchange = trade.exchange
+                    processed[exchange] = processed.get(exchange, 0) + 1
                     problem = trade_problem(trade)  # e.g. a NaN price: refused before it touches the state
                     if problem is not None:
                         dead.append((source, DeadLetter(trade.exchange, encode(trade).decode(), problem, now)))
@@ -183,6 +184,8 @@ class KlineAgent:
             for key in touched:
                 out.extend((key, kline) for kline in self.states[key].in_progress(now))
         self.sources.update(touched)
+        for exchange, count in processed.items():
+            metrics.TRADES.counts[self._exchange_label(exchange)] += count
         sent = metrics.KLINES.counts
         klines_topic = self.klines.get_topic_name()
         for key, kline in out:

@@ -50,7 +50,6 @@ Semantics
 
 from __future__ import annotations
 
-import copy
 import functools
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
@@ -521,16 +520,16 @@ class InstrumentKlines:
                 window = interval.open_time(opened)
                 partial = level.open.get(window)
                 if partial is None:
-                    level.open[window] = bucket.__copy__()
+                    level.open[window] = msgspec.structs.replace(bucket)
                 else:
                     _merge(partial, bucket)
         if due:
             self._cur_open = None
         out: list[Kline] = []
         for interval, level in self._levels:
-            window = level.next_open
-            if window is None or window + interval.ns - 1 + grace >= watermark:
+            if level.next_open is None or level.next_open + interval.ns - 1 + grace >= watermark:
                 continue  # nothing of this interval closes (nor can anything new expire: it is done at closes)
+            window = level.next_open
             last = interval.open_time(s.max_ts) if last_trade_window else _NEVER
             while window + interval.ns - 1 + grace < watermark and window <= last:
                 agg = level.open.pop(window, None)
@@ -616,13 +615,13 @@ class InstrumentKlines:
 
     def _open_views(self, interval: Interval, level: _Level) -> dict[int, _Agg]:
         """Each open window's aggregate so far: its folded part plus its open buckets (copies)."""
-        views = {window: copy.copy(agg) for window, agg in level.open.items()}
+        views = {window: msgspec.structs.replace(agg) for window, agg in level.open.items()}
         for opened in sorted(self._s.buckets):
             bucket = self._s.buckets[opened]
             window = interval.open_time(opened)
             view = views.get(window)
             if view is None:
-                views[window] = copy.copy(bucket)
+                views[window] = msgspec.structs.replace(bucket)
             else:
                 _merge(view, bucket)
         return views

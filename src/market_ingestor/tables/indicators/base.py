@@ -154,7 +154,7 @@ class Indicator(msgspec.Struct, kw_only=True, tag_field="kind"):
 
     def _apply(self, kline: Kline, replace: bool) -> dict[str, Decimal] | None:
         """Fold ``kline`` into the state, replacing the latest kline's contribution when ``replace``; return the
-        values for it, or None while warming up. Runs inside ``localcontext(EXACT)``. Must compute everything that
+        values for it, or None while warming up. Runs in the ``EXACT`` context. Must compute everything that
         can raise before it assigns anything, so that a failed update leaves the state as it was."""
         raise NotImplementedError
 
@@ -200,20 +200,7 @@ class Indicator(msgspec.Struct, kw_only=True, tag_field="kind"):
                 f"{self.name}: the {kline.interval} kline of {kline.exchange} {kline.symbol} opened at "
                 f"{kline.open_time} is not closed; indicators take closed klines only"
             )
-        how = self.classify(kline)
-        if how is Update.STALE:
-            return None
-        try:
-            with decimal.localcontext(EXACT):
-                values = self._apply(kline, how is Update.REPLACE)
-        except decimal.DecimalException as exc:
-            raise IndicatorInputError(
-                f"{self.name}: the kline of {kline.exchange} {kline.symbol} {kline.interval} opened at "
-                f"{kline.open_time} has values beyond exact decimal arithmetic ({type(exc).__name__}); "
-                "the state is unchanged"
-            ) from exc
-        self.last_open_time = kline.open_time
-        self.last_revision = kline.revision
+        values = self.step(kline)
         if values is None:
             return None
         return IndicatorValue(
@@ -225,6 +212,30 @@ class Indicator(msgspec.Struct, kw_only=True, tag_field="kind"):
             values=values,
             revision=kline.revision,
         )
+
+    def step(self, kline: Kline) -> dict[str, Decimal] | None:
+        """``update`` without the ``IndicatorValue`` (for callers that build their own): the values for a closed
+        ``kline``, or None while warming up and for a stale kline. Atomic, as ``update``."""
+        how = self.classify(kline)
+        if how is Update.STALE:
+            return None
+        saved = decimal.getcontext()
+        try:
+            if saved is not EXACT:  # switched only where the caller has not: localcontext() copies a context
+                decimal.setcontext(EXACT)
+            values = self._apply(kline, how is Update.REPLACE)
+        except decimal.DecimalException as exc:
+            raise IndicatorInputError(
+                f"{self.name}: the kline of {kline.exchange} {kline.symbol} {kline.interval} opened at "
+                f"{kline.open_time} has values beyond exact decimal arithmetic ({type(exc).__name__}); "
+                "the state is unchanged"
+            ) from exc
+        finally:
+            if saved is not EXACT:
+                decimal.setcontext(saved)
+        self.last_open_time = kline.open_time
+        self.last_revision = kline.revision
+        return values
 
     def to_bytes(self) -> bytes:
         """The whole state as msgpack, Decimals as their exact strings."""

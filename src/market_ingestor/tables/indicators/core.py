@@ -24,7 +24,7 @@ ROUNDING = decimal.Context(
     rounding=decimal.ROUND_HALF_EVEN,
     traps=[decimal.InvalidOperation, decimal.DivisionByZero, decimal.Overflow],
 )
-# Everything else runs inside ``decimal.localcontext(EXACT)`` (the base class enters it), so `+ - *` never round and
+# Everything else runs in the EXACT context (``Indicator.step`` enters it), so `+ - *` never round and
 # results never depend on whichever context the calling thread happens to have. An accidental inexact `/` traps.
 EXACT = decimal.Context(
     prec=200,

@@ -33,6 +33,7 @@ they become the base with an empty history, so corrections reach back only to kl
 
 from __future__ import annotations
 
+import decimal
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
 
@@ -41,6 +42,7 @@ import msgspec
 from market_ingestor.model import IndicatorValue, Kline
 from market_ingestor.tables.indicators import from_bytes, parse_spec
 from market_ingestor.tables.indicators.base import Indicator, IndicatorInputError, Update, decode_state
+from market_ingestor.tables.indicators.core import EXACT
 
 Values = dict[str, Decimal]
 
@@ -242,12 +244,16 @@ def _copy(states: Mapping[str, Indicator]) -> dict[str, Indicator]:
 
 def _apply(states: Mapping[str, Indicator], kline: Kline) -> dict[str, Values | None]:
     values: dict[str, Values | None] = {}
-    for name, indicator in states.items():
-        try:
-            value = indicator.update(kline)
-        except IndicatorInputError:
-            value = None  # refused; its state is unchanged (update is atomic)
-        values[name] = value.values if value is not None else None
+    saved = decimal.getcontext()
+    decimal.setcontext(EXACT)  # once for all indicators (each would switch to it otherwise)
+    try:
+        for name, indicator in states.items():
+            try:
+                values[name] = indicator.step(kline)
+            except IndicatorInputError:
+                values[name] = None  # refused; its state is unchanged (step is atomic)
+    finally:
+        decimal.setcontext(saved)
     return values
 
 

@@ -129,6 +129,7 @@ async def _decide_mode(conn: asyncpg.Connection, wanted: str) -> SchemaMode:
                 async with conn.transaction():
                     await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
                 mode = SchemaMode.TIMESCALE
+                await timescale.check_version(conn)
             except asyncpg.PostgresError as exc:  # e.g. not allowed to create extensions
                 problem = f"CREATE EXTENSION timescaledb failed: {exc}"
         if problem is not None and wanted == "timescaledb":

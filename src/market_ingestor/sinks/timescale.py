@@ -34,6 +34,11 @@ from market_ingestor.sinks.partitions import LONG_LIVED
 
 logger = logging.getLogger(__name__)
 
+#: The TimescaleDB release and PostgreSQL major the suite runs against (the dev stack builds this release; the
+#: compose file's image is this pair). Other versions work as far as their SQL API agrees; migrate warns.
+TESTED_VERSION = "2.28.3"
+TESTED_POSTGRES = "15"
+
 # (segmentby, orderby) per table: the key columns before the time column segment, the time column (newest
 # first, as the API reads) and the key columns after it order. Tables not listed segment by exchange, symbol.
 COMPRESSION: dict[str, tuple[str, str]] = {
@@ -71,6 +76,20 @@ def wanted_policy(table: str, column: str, settings: StorageConfig) -> TablePoli
         compress_after=timedelta(days=settings.compression_after_days) if settings.compression_after_days else None,
         drop_after=timedelta(days=keep_days) if keep_days else None,
     )
+
+
+async def check_version(conn: asyncpg.Connection) -> None:
+    """Warns when the database runs a TimescaleDB or PostgreSQL other than the tested pair."""
+    version = await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'")
+    server = await conn.fetchval("SELECT current_setting('server_version_num')::int / 10000")
+    if (version, str(server)) != (TESTED_VERSION, TESTED_POSTGRES):
+        logger.warning(
+            "untested TimescaleDB %s on PostgreSQL %s (tested: %s on PostgreSQL %s)",
+            version,
+            server,
+            TESTED_VERSION,
+            TESTED_POSTGRES,
+        )
 
 
 async def make_hypertable(conn: asyncpg.Connection, table: str, column: str, settings: StorageConfig) -> None:

@@ -1,8 +1,10 @@
 """Sink throughput: trades/s into PostgreSQL from one process through RowWriter (the sink's write path).
 
     .venv/bin/python bench/sink.py [--rows 1000000] [--batch-size 50000] [--concurrency 2] [--ladder]
+                                   [--server postgres|timescaledb|both]
 
-On a freshly created database of the dev stack (dropped afterwards): migrate, then write ``--rows`` distinct
+On a freshly created database of each dev-stack server (plain PostgreSQL, and the TimescaleDB one where the dev
+stack has it; dropped afterwards): migrate, then write ``--rows`` distinct
 trades (50 instruments, numeric ids, realistic prices, 1 ms apart) in batches through ``--concurrency`` writers
 sharing one RowWriter (its pool), and report rows/s of the whole run (record building, binary COPY into the
 staging table and the insert all included), then the same batches again (all duplicates). ``--ladder`` measures
@@ -39,7 +41,10 @@ from market_ingestor.sinks.schema import migrate
 from market_ingestor.sinks.writer import RowWriter
 
 SYMBOLS = [f"SYM{n}USDT" for n in range(50)]
-T0 = 1_767_225_600 * 10**9  # 2026-01-01 00:00 UTC
+DAY_NS = 86_400 * 10**9
+# Today (UTC) from midnight, as a live sink writes: older rows would be in TimescaleDB's compression policy's
+# range, and its job could compress chunks in the middle of a run.
+T0 = time.time_ns() // DAY_NS * DAY_NS
 
 
 def make_trades(count: int) -> list[Trade]:
@@ -165,13 +170,19 @@ LADDER = [
 
 
 async def main(args: argparse.Namespace) -> None:
-    server_url = ensure_stack().database_url
-    if not args.ladder:
-        await run(server_url, args.rows, args.batch_size, args.concurrency, "RowWriter")
-        return
-    for label, binary_decimals, always_upsert, batch_size, concurrency in LADDER:
-        with variant(binary_decimals, always_upsert):
-            await run(server_url, args.rows, batch_size, concurrency, label)
+    stack = ensure_stack()
+    servers = {"postgres": stack.database_url, "timescaledb": stack.timescaledb_url}
+    for server in ("postgres", "timescaledb") if args.server == "both" else (args.server,):
+        server_url = servers[server]
+        if server_url is None:
+            print(f"{server}: not in this dev stack ({stack.timescaledb_missing})")
+            continue
+        if not args.ladder:
+            await run(server_url, args.rows, args.batch_size, args.concurrency, f"RowWriter, {server}")
+            continue
+        for label, binary_decimals, always_upsert, batch_size, concurrency in LADDER:
+            with variant(binary_decimals, always_upsert):
+                await run(server_url, args.rows, batch_size, concurrency, f"{label}, {server}")
 
 
 if __name__ == "__main__":
@@ -180,4 +191,5 @@ if __name__ == "__main__":
     parser.add_argument("--batch-size", type=int, default=50_000)
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--ladder", action="store_true", help="Measure the optimizations one at a time.")
+    parser.add_argument("--server", choices=("postgres", "timescaledb", "both"), default="both")
     asyncio.run(main(parser.parse_args()))

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
+from db_helpers import PgServer
 from market_ingestor.devstack import StackInfo, ensure_stack
 
 # Services started by tests (in this process or as children, which inherit the environment) serve /metrics on a
@@ -30,6 +31,17 @@ def dev_stack() -> Iterator[StackInfo]:
         asyncio.run(_delete_topics(info.kafka_bootstrap, before))
     except Exception as exc:  # cleanup only: the results stand
         warnings.warn(f"the test topics of this session were not deleted: {exc!r}", stacklevel=1)
+
+
+@pytest.fixture(scope="module", params=["postgres", "timescaledb"])
+def pg_server(request: pytest.FixtureRequest, dev_stack: StackInfo) -> PgServer:
+    """The PostgreSQL server a storage test runs against: every such test runs twice, on plain PostgreSQL
+    (partitioned mode) and on the dev stack's TimescaleDB cluster (TimescaleDB mode)."""
+    if request.param == "postgres":
+        return PgServer("postgres", dev_stack.database_url)
+    if dev_stack.timescaledb_url is None:
+        pytest.skip(f"no TimescaleDB server in the dev stack: {dev_stack.timescaledb_missing}")
+    return PgServer("timescaledb", dev_stack.timescaledb_url)
 
 
 async def _topics(bootstrap: str) -> set[str]:

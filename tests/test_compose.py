@@ -549,3 +549,12 @@ def test_grafana_provisioning_is_mounted_and_points_at_the_stack(compose: dict[s
     # Grafana expands ${POSTGRES_PASSWORD} from its own environment: compose must pass the database's.
     assert datasources["timescaledb"]["secureJsonData"]["password"] == "${POSTGRES_PASSWORD}"
     assert grafana["environment"]["POSTGRES_PASSWORD"] == database["POSTGRES_PASSWORD"]
+
+
+def test_the_timescaledb_image_is_the_tested_pair_the_dev_stack_builds(compose: dict[str, Any]) -> None:
+    from market_ingestor.devstack.timescaledb_build import TIMESCALEDB_VERSION
+    from market_ingestor.sinks.timescale import TESTED_POSTGRES, TESTED_VERSION
+
+    image = compose["services"]["timescaledb"]["image"]
+    assert TIMESCALEDB_VERSION == TESTED_VERSION
+    assert image == f"timescale/timescaledb:{TESTED_VERSION}-pg{TESTED_POSTGRES}"

@@ -46,6 +46,11 @@ def test_file_values_and_env_overrides_layer_in_order(tmp_path):
         ('[bus.kafka]\nlinger_ms = "soon"\n', {}, r"Expected `int`, got `str` - at `\$.bus.kafka.linger_ms`"),
         ("[bus.kafka]\nlinger_ms = -1\n", {}, r">= 0 - at `\$.bus.kafka.linger_ms`"),
         ('[bus]\nkind = "rabbit"\n', {}, r"'rabbit' - at `\$.bus.kind` \(expected one of: 'kafka', 'nats'\)"),
+        (
+            '[storage]\nmode = "timescale"\n',
+            {},
+            r"'timescale' - at `\$.storage.mode` \(expected one of: 'auto', 'timescaledb', 'postgres'\)",
+        ),
         ("[bus.kafka]\nlinger = 5\n", {}, r"unknown field `linger` - at `\$.bus.kafka`"),
         ("[exchanges.binanse]\n", {}, r"'binanse' - at `key` in `\$.exchanges` \(expected one of: 'binance', 'okx'"),
         ("", {"MARKET_INGESTOR__BUS__NATS__REPLICAS": "zero"}, r"\$.bus.nats.replicas"),

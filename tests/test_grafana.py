@@ -16,9 +16,8 @@ import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
-from db_helpers import fresh_database
+from db_helpers import PgServer, fresh_database
 from market_ingestor.api import metrics as api_metrics
-from market_ingestor.devstack import StackInfo
 from market_ingestor.ingestor import metrics as ingest_metrics
 from market_ingestor.model import IndicatorValue, Kline, Trade
 from market_ingestor.observability import Tally
@@ -175,9 +174,9 @@ def _kline(minute: int, close: str) -> Kline:
 
 
 @pytest.fixture(scope="module")
-async def database(dev_stack: StackInfo) -> AsyncIterator[str]:
+async def database(pg_server: PgServer) -> AsyncIterator[str]:
     """A migrated database with two closed klines, their indicator values and a trade."""
-    async with fresh_database(dev_stack, "grafana", migrated=True) as url:
+    async with fresh_database(pg_server, "grafana", migrated=True) as url:
         writer = RowWriter(url)
         await writer.start()
         values = {

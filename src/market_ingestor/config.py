@@ -104,6 +104,10 @@ class DatabaseConfig(_Section, frozen=True):
 class StorageConfig(_Section, frozen=True):
     """The PostgreSQL/TimescaleDB tables (``sinks/``): partitioning, retention, what to store."""
 
+    # Chosen once per database at its first migration (and recorded there): "auto" takes TimescaleDB when the
+    # server preloads it, else partitions (warning when the extension is there but not preloaded);
+    # "timescaledb" fails instead of falling back; "postgres" never uses the extension.
+    mode: Literal["auto", "timescaledb", "postgres"] = "auto"
     partition_interval_days: PositiveInt = 1  # plain PostgreSQL: range partitions; TimescaleDB: chunk interval
     partitions_ahead_days: NonNegativeInt = 3  # plain PostgreSQL: partitions created this far ahead of today
     retention_days: NonNegativeInt = 0  # trades and quotes older than this are dropped by partition; 0 = keep

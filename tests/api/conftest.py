@@ -7,12 +7,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from db_helpers import fresh_database
-from market_ingestor.devstack import StackInfo
+from db_helpers import PgServer, fresh_database
 
 
 @pytest.fixture(scope="module")
-async def database_url(dev_stack: StackInfo) -> AsyncIterator[str]:
+async def database_url(pg_server: PgServer) -> AsyncIterator[str]:
     """A migrated database of this test module's own, dropped afterwards."""
-    async with fresh_database(dev_stack, "api", migrated=True) as url:
+    async with fresh_database(pg_server, "api", migrated=True) as url:
         yield url

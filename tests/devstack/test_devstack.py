@@ -19,14 +19,15 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from click.testing import CliRunner
 
 from market_ingestor.cli.dev import dev
-from market_ingestor.devstack import DevStackError, StackInfo, ensure_stack, stack_status, stop_stack
+from market_ingestor.devstack import DevStackError, StackInfo, ensure_stack, stack_status, stop_stack, timescaledb_build
 from market_ingestor.devstack.config import HOST, StackConfig
 from market_ingestor.devstack.nats import NatsServer
+from market_ingestor.devstack.postgres import TimescaleServer
 from market_ingestor.devstack.process import pid_alive, port_open, spawn_detached, terminate, wait_until
 
 # Far enough from the default ports that the isolated stack never meets the shared one.
 ISOLATED_PORT_OFFSET = 1000
-EXTERNAL_ENVS = ("KAFKA_BOOTSTRAP", "DATABASE_URL", "NATS_URL")
+EXTERNAL_ENVS = ("KAFKA_BOOTSTRAP", "DATABASE_URL", "TIMESCALEDB_URL", "NATS_URL")
 
 
 # -- the shared stack ------------------------------------------------------------------------------------
@@ -37,12 +38,14 @@ def test_status_prints_json_for_every_server(dev_stack: StackInfo) -> None:
 
     assert result.exit_code == 0, result.output
     status = json.loads(result.output)
-    assert set(status) == {"kafka", "postgres", "nats"}
+    assert set(status) == {"kafka", "postgres", "timescaledb", "nats"}
     assert status["kafka"]["bootstrap"] == dev_stack.kafka_bootstrap
     assert status["kafka"]["kind"] in {"apache-kafka", "tansu", "external"}
     assert status["postgres"]["url"] == dev_stack.database_url
+    assert status["timescaledb"]["url"] == dev_stack.timescaledb_url
     assert status["nats"]["url"] == dev_stack.nats_url
-    assert all(server["running"] is True for server in status.values())
+    running = {name: server["running"] for name, server in status.items()}
+    assert running == {"kafka": True, "postgres": True, "nats": True, "timescaledb": bool(dev_stack.timescaledb_url)}
 
 
 def test_ensure_stack_reuses_running_servers(dev_stack: StackInfo) -> None:
@@ -95,6 +98,40 @@ async def test_postgres_answers(dev_stack: StackInfo) -> None:
         assert await connection.fetchval("select 1") == 1
     finally:
         await connection.close()
+
+
+@pytest.mark.postgres
+async def test_plain_postgres_has_no_timescaledb_and_the_other_preloads_it(dev_stack: StackInfo) -> None:
+    plain = await asyncpg.connect(dev_stack.database_url)
+    try:
+        assert "timescaledb" not in await plain.fetchval("SHOW shared_preload_libraries")
+    finally:
+        await plain.close()
+    if dev_stack.timescaledb_url is None:
+        pytest.skip(f"no TimescaleDB in this dev stack: {dev_stack.timescaledb_missing}")
+    timescale = await asyncpg.connect(dev_stack.timescaledb_url)
+    try:
+        assert await timescale.fetchval("SHOW shared_preload_libraries") == "timescaledb"
+        version = "SELECT default_version FROM pg_available_extensions WHERE name = 'timescaledb'"
+        assert await timescale.fetchval(version) == timescaledb_build.TIMESCALEDB_VERSION
+    finally:
+        await timescale.close()
+
+
+def test_without_the_source_timescaledb_stays_down_and_status_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A user's fresh clone: no ../shared beside it and nothing cached.
+    monkeypatch.setenv(timescaledb_build.ENV_SOURCE, str(tmp_path / "absent.tar.gz"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("TIMESCALEDB_URL", raising=False)
+    server = TimescaleServer(StackConfig(tmp_path / "stack", port_offset=ISOLATED_PORT_OFFSET))
+
+    assert server.ensure(timeout=10) is False
+    status = server.status()
+    assert status["running"] is False and status["kind"] == "unavailable"
+    assert "no TimescaleDB source" in str(status["reason"]) and "absent.tar.gz" in str(status["reason"])
+    assert not (tmp_path / "stack" / "timescaledb" / "data").exists()
 
 
 @pytest.mark.nats
@@ -164,19 +201,21 @@ def isolated_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 def test_down_leaves_no_process_behind(isolated_dir: Path) -> None:
     info = ensure_stack(isolated_dir, port_offset=ISOLATED_PORT_OFFSET)
-    assert set(info.started) == {"kafka", "postgres", "nats"}
+    assert set(info.started) == {"kafka", "postgres", "nats"} | ({"timescaledb"} if info.timescaledb_url else set())
     status = stack_status(isolated_dir, port_offset=ISOLATED_PORT_OFFSET)
     pids = [server["pid"] for server in status.values()]
     assert all(isinstance(pid, int) and pid_alive(pid) for pid in pids)
-    postmaster = status["postgres"]["pid"]
-    assert isinstance(postmaster, int)
-    pids += _children_of(postmaster)
+    for cluster in ("postgres", "timescaledb") if info.timescaledb_url else ("postgres",):
+        postmaster = status[cluster]["pid"]
+        assert isinstance(postmaster, int)
+        pids += _children_of(postmaster)
 
     cli_args = ["down", "--dir", str(isolated_dir), "--port-offset", str(ISOLATED_PORT_OFFSET)]
     result = CliRunner().invoke(dev, cli_args)
 
     assert result.exit_code == 0, result.output
     assert "kafka" in result.output and "postgres" in result.output and "nats" in result.output
+    assert ("timescaledb" in result.output) == bool(info.timescaledb_url)
     assert [pid for pid in pids if isinstance(pid, int) and pid_alive(pid)] == []
     after = stack_status(isolated_dir, port_offset=ISOLATED_PORT_OFFSET)
     assert not any(server["running"] for server in after.values())

@@ -6,11 +6,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from db_helpers import fresh_database
-from market_ingestor.devstack import StackInfo
+from db_helpers import PgServer, fresh_database
 
 
 @pytest.fixture(scope="module")
-async def database_url(dev_stack: StackInfo) -> AsyncIterator[str]:
-    async with fresh_database(dev_stack, "sinks") as url:
+async def database_url(pg_server: PgServer) -> AsyncIterator[str]:
+    async with fresh_database(pg_server, "sinks") as url:
         yield url

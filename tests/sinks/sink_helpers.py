@@ -13,18 +13,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from decimal import Decimal
 from pathlib import Path
 from typing import IO
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
+from db_helpers import PgServer, fresh_database
 from market_ingestor.bus import PIPELINE_TOPICS, open_bus
 from market_ingestor.bus.topics import prefixed
 from market_ingestor.config import BusConfig, KafkaConfig, NatsConfig
 from market_ingestor.devstack import StackInfo
 from market_ingestor.model import Kline, Topics, Trade, bus_key, decoder_for, encode, event_id, topic_of
-from market_ingestor.sinks.schema import migrate
 from market_ingestor.streams.klines import InstrumentKlines, KlineSettings
 
 SECOND = 10**9
@@ -83,22 +83,10 @@ def with_klines(trades: list[Trade]) -> tuple[list[Trade | Kline], dict[KlineKey
 
 
 @pytest.fixture
-async def database(dev_stack: StackInfo) -> AsyncIterator[str]:
-    """A fresh, migrated database for this test alone."""
-    name = f"test_sink_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(dev_stack.database_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    url = urlunsplit(urlsplit(dev_stack.database_url)._replace(path=f"/{name}"))
-    await migrate(url)
-    yield url
-    admin = await asyncpg.connect(dev_stack.database_url)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+async def database(pg_server: PgServer) -> AsyncIterator[str]:
+    """A fresh, migrated database for this test alone (on plain PostgreSQL, then on TimescaleDB)."""
+    async with fresh_database(pg_server, "sink", migrated=True) as url:
+        yield url
 
 
 @pytest.fixture

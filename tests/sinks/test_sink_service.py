@@ -34,6 +34,7 @@ from sink_helpers import (
     with_klines,
 )
 
+from db_helpers import with_database
 from market_ingestor.bus import open_bus
 from market_ingestor.model import DeadLetter, Topics, Trade, bus_key, decode, encode
 
@@ -132,7 +133,7 @@ async def test_a_database_that_stays_down_holds_the_stream_and_sigterm_still_exi
     await stack.ensure_topics()
     await stack.publish(trades)
     name = database_name(database)
-    admin = await asyncpg.connect(dev_stack.database_url)
+    admin = await asyncpg.connect(with_database(database, "postgres"))  # the test database's server
     try:
         sink = await start_sink(stack, sinks)
         conn = await asyncpg.connect(database)

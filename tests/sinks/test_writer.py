@@ -1,4 +1,5 @@
-"""RowWriter on the dev stack's PostgreSQL: idempotence, upsert rules, exact values, partitions on demand."""
+"""RowWriter on both PostgreSQL servers of the dev stack: idempotence, upsert rules, exact values, partitions or
+chunks on demand, writes into compressed chunks (TimescaleDB)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from db_helpers import PgServer
 from market_ingestor.config import StorageConfig
 from market_ingestor.errors import StorageError, StorageUnavailable
 from market_ingestor.model import IndicatorValue, Kline, Quote, Trade
@@ -84,12 +86,23 @@ async def test_decimals_and_nanoseconds_round_trip_exactly(writer: RowWriter, co
     assert {t.microsecond for *_, t in got} == {micros}  # truncated, not rounded
 
 
-async def test_a_day_without_a_partition_is_created_for_a_backfill(writer: RowWriter, conn: asyncpg.Connection) -> None:
+async def test_a_day_without_a_partition_is_created_for_a_backfill(
+    pg_server: PgServer, writer: RowWriter, conn: asyncpg.Connection
+) -> None:
     old = 946_684_800 * 10**9 + 3 * 3600 * 10**9  # 2000-01-01 03:00 UTC
     result = await writer.write(
         [trade(1, old, symbol="OLDUSDT"), kline(old - old % MINUTE, closed=True, symbol="OLDUSDT")]
     )
     assert result == WriteResult(trades=1, klines=1)
+    if pg_server.timescale:  # TimescaleDB makes the chunk itself: one day, as configured
+        chunks = await rows(
+            conn,
+            "SELECT hypertable_name, range_start, range_end FROM timescaledb_information.chunks"
+            " WHERE range_start = '2000-01-01 00:00+00' ORDER BY 1",
+        )
+        day = (datetime(2000, 1, 1, tzinfo=UTC), datetime(2000, 1, 2, tzinfo=UTC))
+        assert chunks == [("market_klines", *day), ("market_trades", *day)]
+        return
     parts = await rows(conn, "SELECT relname FROM pg_class WHERE relname LIKE '%_p20000101'")
     assert sorted(p for (p,) in parts) == ["market_klines_p20000101", "market_trades_p20000101"]
 
@@ -156,10 +169,19 @@ async def test_quotes_are_stored_once_and_only_when_enabled(
         await off.close()
 
 
-async def test_a_partition_dropped_under_the_writer_is_made_again(writer: RowWriter, conn: asyncpg.Connection) -> None:
+async def test_a_partition_dropped_under_the_writer_is_made_again(
+    pg_server: PgServer, writer: RowWriter, conn: asyncpg.Connection
+) -> None:
     day = 1_893_456_000 * 10**9  # 2030-01-01
     assert (await writer.write([trade(1, day, symbol="RETUSDT")])).trades == 1
-    assert await drop_before(conn, "market_trades", datetime(2030, 1, 2, tzinfo=UTC)) != []
+    if pg_server.timescale:
+        dropped = await conn.fetch(
+            "SELECT drop_chunks('market_trades', older_than => '2030-01-02 00:00+00'::timestamptz,"
+            " newer_than => '2030-01-01 00:00+00'::timestamptz)"
+        )
+        assert len(dropped) == 1
+    else:
+        assert await drop_before(conn, "market_trades", datetime(2030, 1, 2, tzinfo=UTC)) != []
     assert (await writer.write([trade(2, day + 10**9, symbol="RETUSDT")])).trades == 1  # its cache said "exists"
     assert await rows(conn, "SELECT trade_id FROM market_trades WHERE symbol = 'RETUSDT'") == [("2",)]
 
@@ -183,3 +205,33 @@ async def test_a_value_the_column_cannot_hold_is_a_storage_error_and_nothing_of_
         await writer.write([trade(1, T0, symbol="ERRUSDT"), bad])
     assert not isinstance(caught.value, StorageUnavailable)
     assert await rows(conn, "SELECT * FROM market_trades WHERE symbol = 'ERRUSDT'") == []
+
+
+async def test_writes_into_a_compressed_chunk_stay_idempotent_and_follow_the_upsert_rules(
+    pg_server: PgServer, writer: RowWriter, conn: asyncpg.Connection
+) -> None:
+    if not pg_server.timescale:
+        pytest.skip("TimescaleDB only: plain PostgreSQL has no compression")
+    day = 1_262_304_000 * 10**9  # 2010-01-01: a chunk of its own
+    trades = [trade(i, day + i * 10**6, price=f"7.{i}", symbol="CMPUSDT") for i in range(1, 101)]
+    assert (await writer.write([*trades, kline(day, closed=False, count=3, symbol="CMPUSDT")])).trades == 100
+    compressed = await conn.fetch(
+        "SELECT compress_chunk(c) FROM show_chunks('market_trades', older_than => '2010-01-02 00:00+00'::timestamptz,"
+        " newer_than => '2010-01-01 00:00+00'::timestamptz) c"
+        " UNION ALL SELECT compress_chunk(c) FROM show_chunks('market_klines',"
+        " older_than => '2010-01-02 00:00+00'::timestamptz, newer_than => '2010-01-01 00:00+00'::timestamptz) c"
+    )
+    assert len(compressed) == 2
+    before = await rows(conn, "SELECT * FROM market_trades WHERE symbol = 'CMPUSDT' ORDER BY ts_ns")
+    assert (await writer.write(trades[::-1])) == WriteResult(unchanged=100)
+    assert (await writer.write([*trades[:3], trade(101, day + 101 * 10**6, symbol="CMPUSDT")])) == WriteResult(
+        trades=1, unchanged=3
+    )
+    after = await rows(conn, "SELECT * FROM market_trades WHERE symbol = 'CMPUSDT' ORDER BY ts_ns")
+    assert after[:100] == before and len(after) == 101
+    # A kline in a compressed chunk: the closed one replaces the in-progress one, an older update does not.
+    assert (await writer.write([kline(day, closed=True, count=5, close="101", symbol="CMPUSDT")])).klines == 1
+    assert (await writer.write([kline(day, closed=False, count=9, symbol="CMPUSDT")])).unchanged == 1
+    assert await rows(conn, "SELECT trade_count, closed, close FROM market_klines WHERE symbol = 'CMPUSDT'") == [
+        (5, True, D(101))
+    ]

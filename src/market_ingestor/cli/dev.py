@@ -34,7 +34,7 @@ def _stack_options(command: F) -> F:
 
 @click.group()
 def dev() -> None:
-    """Local development servers: Kafka, PostgreSQL, NATS JetStream."""
+    """Local development servers: Kafka, PostgreSQL (plain and with TimescaleDB), NATS JetStream."""
 
 
 @dev.command()
@@ -78,7 +78,11 @@ def _print_endpoints(info: StackInfo, seconds: float) -> None:
     click.echo(f"dev stack ready in {seconds:.1f}s; started: {started}")
     transactions = "" if info.supports_transactions else ", no transactions"
     click.echo(f"  kafka     {info.kafka_bootstrap}  ({info.kafka_kind}{transactions})")
-    click.echo(f"  postgres  {info.database_url}")
+    click.echo(f"  postgres  {info.database_url}  (plain PostgreSQL)")
+    if info.timescaledb_url:
+        click.echo(f"  timescaledb  {info.timescaledb_url}  (PostgreSQL with TimescaleDB preloaded)")
+    else:
+        click.echo(f"  timescaledb  not available: {info.timescaledb_missing}")
     click.echo(f"  nats      {info.nats_url}")
     click.echo("environment:")
     for name, value in info.env().items():

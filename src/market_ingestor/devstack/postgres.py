@@ -1,6 +1,10 @@
-"""A throwaway PostgreSQL cluster for the dev stack, or ``$DATABASE_URL`` when set.
+"""Throwaway PostgreSQL clusters for the dev stack: plain (or ``$DATABASE_URL``) and with TimescaleDB.
 
-Built with the machine's own ``initdb``/``pg_ctl``. PostgreSQL refuses to run as root, so under root every
+:class:`PostgresServer` is plain PostgreSQL, built with the machine's own ``initdb``/``pg_ctl``; it never
+preloads TimescaleDB, so the partitioned storage mode always has a server to run on. :class:`TimescaleServer`
+runs a second cluster from a private copy of the installation with TimescaleDB added (built once from the
+vendored source, :mod:`.timescaledb_build`) and ``shared_preload_libraries = 'timescaledb'``; where it cannot be
+built it stays down and ``dev status`` says why. PostgreSQL refuses to run as root, so under root every
 server-side command runs as an unprivileged user (``postgres`` if it exists, else a created system user
 ``market-ingestor``) via ``runuser``. Durability is traded for speed (fsync off): this is dev data only.
 """
@@ -15,6 +19,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from market_ingestor.devstack import timescaledb_build
 from market_ingestor.devstack.config import HOST
 from market_ingestor.devstack.process import (
     fail,
@@ -67,14 +72,16 @@ class PostgresServer(LocalServer):
             return None
         return super().running_pid()
 
-    def status(self) -> Status:
-        status = super().status()
-        if status["running"] and status["kind"] == self.local_kind:
-            status["timescaledb"] = _timescaledb_available(_bin_dir())
-        return status
+    def bin_dir(self) -> Path:
+        """Where this cluster's server programs are (built or copied first where needed)."""
+        return _bin_dir()
+
+    def settings(self) -> dict[str, str]:
+        """postgresql.conf settings beyond the dev stack's common ones."""
+        return {}
 
     def _launch(self, timeout: float) -> int:
-        bin_dir = _bin_dir()
+        bin_dir = self.bin_dir()
         os_user = _os_user()
         if not (self.home / _INITIALIZED_MARKER).exists():
             self._init_cluster(bin_dir, os_user)
@@ -132,9 +139,8 @@ class PostgresServer(LocalServer):
             "synchronous_commit": "off",
             "full_page_writes": "off",
             "max_connections": "200",
+            **self.settings(),
         }
-        if _timescaledb_available(bin_dir):
-            settings["shared_preload_libraries"] = "timescaledb"
         text = "".join(f"{key} = '{_quote(value)}'\n" for key, value in settings.items())
         path = self.data_dir / "devstack.conf"
         path.write_text(text)
@@ -146,6 +152,7 @@ class PostgresServer(LocalServer):
         (self.home / _INITIALIZED_MARKER).touch()
 
     def _shutdown(self, pid: int) -> None:
+        # The system's pg_ctl stops a cluster of the private copy too (same major): no build or copy on the way out.
         stop = [str(_bin_dir() / "pg_ctl"), "stop", "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "30"]
         try:
             run_tool(_as_user(_os_user(), stop), what="pg_ctl stop", logfile=self.home / "pg_ctl.log", timeout=40)
@@ -154,6 +161,56 @@ class PostgresServer(LocalServer):
         # pg_ctl returns when the pidfile is gone; make sure the postmaster and its children really are.
         if pid_alive(pid) and not wait_for_exit(pid, 5.0):
             terminate(pid, grace_s=self.stop_grace_s)
+
+
+class TimescaleServer(PostgresServer):
+    """A second cluster whose installation has TimescaleDB and whose server preloads it."""
+
+    name = "timescaledb"
+    external_env = "TIMESCALEDB_URL"
+
+    @property
+    def port(self) -> int:
+        return self.config.timescaledb_port
+
+    @property
+    def local_kind(self) -> str:
+        return f"postgresql+timescaledb-{timescaledb_build.TIMESCALEDB_VERSION}"
+
+    def unavailable(self) -> str | None:
+        """Why there is no local TimescaleDB server on this machine, or None."""
+        if self.external_url:
+            return None
+        try:
+            return timescaledb_build.missing(_bin_dir())
+        except DevStackError as exc:
+            return str(exc)
+
+    def bin_dir(self) -> Path:
+        return timescaledb_build.private_installation(_bin_dir(), self.home / "pg")
+
+    def settings(self) -> dict[str, str]:
+        # Every database with the extension gets a job scheduler, a background worker of its own; test sessions
+        # make dozens of databases.
+        return {
+            "shared_preload_libraries": "timescaledb",
+            "timescaledb.telemetry_level": "off",
+            "max_worker_processes": "64",
+            "timescaledb.max_background_workers": "48",
+        }
+
+    def ensure(self, timeout: float = 120.0) -> bool:
+        reason = self.unavailable()
+        if reason is not None:
+            logger.warning("timescaledb: not started: %s", reason)
+            return False
+        return super().ensure(timeout)
+
+    def status(self) -> Status:
+        reason = None if self.live_pid() is not None else self.unavailable()
+        if reason is not None:
+            return {self.url_key: None, "kind": "unavailable", "running": False, "reason": reason}
+        return super().status()
 
 
 def _bin_dir() -> Path:
@@ -180,10 +237,6 @@ def _major_version(bin_path: str) -> tuple[int, ...]:
         return tuple(int(part) for part in version.split("."))
     except ValueError:
         return ()
-
-
-def _timescaledb_available(bin_dir: Path) -> bool:
-    return (bin_dir.parent / "lib" / "timescaledb.so").exists()
 
 
 def _os_user() -> str | None:

@@ -17,7 +17,7 @@ from market_ingestor.devstack.apache_kafka import ApacheKafka
 from market_ingestor.devstack.config import StackConfig
 from market_ingestor.devstack.kafka import KafkaBroker, recorded_kind
 from market_ingestor.devstack.nats import NatsServer
-from market_ingestor.devstack.postgres import PostgresServer
+from market_ingestor.devstack.postgres import PostgresServer, TimescaleServer
 from market_ingestor.devstack.server import LocalServer, Status
 from market_ingestor.devstack.tansu import TansuBroker
 from market_ingestor.errors import DevStackError
@@ -43,6 +43,9 @@ class StackInfo:
     supports_transactions: bool
     #: Servers this call started (empty when everything was reused or external).
     started: tuple[str, ...] = ()
+    #: A PostgreSQL server that preloads TimescaleDB, or None (then ``timescaledb_missing`` says why).
+    timescaledb_url: str | None = None
+    timescaledb_missing: str = ""
 
     def env(self) -> dict[str, str]:
         """The environment variables the rest of the project reads its endpoints from."""
@@ -59,10 +62,11 @@ def ensure_stack(
     one-time Maven download of Kafka. Raises DevStackError with the failing server's log tail.
     """
     config = StackConfig.from_env(state_dir, port_offset)
-    kafka, postgres, nats = servers = stack_servers(config)
+    kafka, postgres, timescale, nats = servers = stack_servers(config)
     with _locked(config):
         # Independent servers: start them side by side so a warm start costs the slowest one, not the sum.
         started = _each(servers, lambda server: server.ensure(timeout))
+    missing = timescale.unavailable()
     return StackInfo(
         kafka_bootstrap=kafka.url(),
         kafka_kind=kafka.kind,
@@ -70,6 +74,8 @@ def ensure_stack(
         nats_url=nats.url(),
         supports_transactions=kafka.supports_transactions,
         started=tuple(server.name for server, did_start in zip(servers, started, strict=True) if did_start),
+        timescaledb_url=timescale.url() if missing is None else None,
+        timescaledb_missing=missing or "",
     )
 
 
@@ -93,13 +99,13 @@ def stop_stack(
 
 
 def stack_status(state_dir: str | Path | None = None, *, port_offset: int | None = None) -> dict[str, Status]:
-    """Per server: connection string, kind, whether it runs, pid and log path."""
+    """Per server: connection string, kind, whether it runs, pid and log path (TimescaleDB: or why it cannot)."""
     config = StackConfig.from_env(state_dir, port_offset)
     return {server.name: server.status() for server in stack_servers(config)}
 
 
-def stack_servers(config: StackConfig) -> tuple[KafkaBroker, PostgresServer, NatsServer]:
-    return select_kafka(config), PostgresServer(config), NatsServer(config)
+def stack_servers(config: StackConfig) -> tuple[KafkaBroker, PostgresServer, TimescaleServer, NatsServer]:
+    return select_kafka(config), PostgresServer(config), TimescaleServer(config), NatsServer(config)
 
 
 def select_kafka(config: StackConfig) -> KafkaBroker:

@@ -99,12 +99,12 @@ def _name(table: str, lo: datetime) -> str:
     return f"{table}_p{suffix}"
 
 
-async def ensure_days(conn: asyncpg.Connection, table: str, buckets: Iterable[int], interval_days: int) -> int:
-    """Creates the partitions that the ranges ``buckets`` (see :func:`bucket_of`) lack; returns how many."""
+async def ensure_days(conn: asyncpg.Connection, table: str, buckets: Iterable[int], interval_days: int) -> list[str]:
+    """Creates the partitions that the ranges ``buckets`` (see :func:`bucket_of`) lack; returns their names."""
     wanted = sorted(set(buckets))
     if not wanted:
-        return 0
-    created = 0
+        return []
+    created: list[str] = []
     async with conn.transaction():
         # Creating a partition locks the parent exclusively: rather than queue every reader and writer behind a
         # long query for minutes, give up after a while (the caller retries; partitions are normally made ahead).
@@ -121,7 +121,7 @@ async def ensure_days(conn: asyncpg.Connection, table: str, buckets: Iterable[in
                 )
                 existing.append(Partition(name, gap_lo, gap_hi))
                 existing.sort(key=lambda p: p.lo)
-                created += 1
+                created.append(name)
                 logger.info("partition created", extra={"table": table, "partition": name})
     return created
 
@@ -141,15 +141,18 @@ async def drop_before(conn: asyncpg.Connection, table: str, cutoff: datetime) ->
 
 async def maintain_partitions(
     conn: asyncpg.Connection, tables: Iterable[str], settings: StorageConfig, now: datetime | None = None
-) -> None:
-    """Creates partitions from yesterday to ``partitions_ahead_days`` ahead and drops those past retention."""
+) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """Creates partitions from yesterday to ``partitions_ahead_days`` ahead and drops those past retention;
+    returns the names created and dropped, per table."""
     now = now or datetime.now(UTC)
     now_ns = (now - EPOCH) // timedelta(microseconds=1) * 1000
     days = settings.partition_interval_days
     first = bucket_of(now_ns - DAY_NS, days)
     last = bucket_of(now_ns + settings.partitions_ahead_days * DAY_NS, days)
+    created: dict[str, list[str]] = {}
+    dropped: dict[str, list[str]] = {}
     for table in tables:
-        await ensure_days(conn, table, range(first, last + 1), days)
+        created[table] = await ensure_days(conn, table, range(first, last + 1), days)
         keep_days = settings.kline_retention_days if table in LONG_LIVED else settings.retention_days
-        if keep_days:
-            await drop_before(conn, table, now - timedelta(days=keep_days))
+        dropped[table] = await drop_before(conn, table, now - timedelta(days=keep_days)) if keep_days else []
+    return created, dropped

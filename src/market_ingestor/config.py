@@ -158,6 +158,8 @@ class StreamsConfig(_Section, frozen=True):
     batch_size: PositiveInt = 32
     batch_max_bytes: PositiveInt = 4 * 1024 * 1024
     batch_within_s: PositiveSeconds = 0.05
+    # State rows saved and input committed (under exactly_once: transactions committed) at most this often.
+    commit_interval_s: PositiveSeconds = 1.0
     timer_interval_s: PositiveSeconds = 0.5  # wall-clock closing of quiet windows and in-progress updates
     indicators: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_SPECS))
     web_port: PositiveInt = 6066

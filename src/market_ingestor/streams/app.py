@@ -20,6 +20,7 @@ so windows of instruments that stay quiet still close by the wall clock.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -79,7 +80,7 @@ def build_app(config: Config, data_dir: str | Path | None = None, web_port: int 
         broker_commit_interval=1.0,
     )
     limits = InputLimits(streams.batch_size, streams.batch_max_bytes, streams.batch_within_s)
-    worker = KlineAgent(app, prefix, kline_settings(config), limits, config.bus.batch)
+    worker = KlineAgent(app, prefix, kline_settings(config), limits, config.bus.batch, streams.commit_interval_s)
     app.timer(streams.timer_interval_s, name="kline-clock")(worker.tick)
     if streams.indicators:
         IndicatorAgent(
@@ -105,7 +106,13 @@ def worker_metrics(app: faust.App, config: Config) -> MetricsService:
 
 class KlineAgent:
     def __init__(
-        self, app: faust.App, prefix: str, settings: KlineSettings, limits: InputLimits, records: BatchConfig
+        self,
+        app: faust.App,
+        prefix: str,
+        settings: KlineSettings,
+        limits: InputLimits,
+        records: BatchConfig,
+        commit_interval_s: float = 1.0,  # float-ok: seconds
     ) -> None:
         self.app = app
         self.settings = settings
@@ -124,21 +131,56 @@ class KlineAgent:
         self.limits = limits
         self._reload = False
         self._exchange_labels: dict[str, tuple[str]] = {}
+        # Processing and the timer take turns; rows and input offsets wait here for the next checkpoint.
+        self._lock = asyncio.Lock()
+        self._dirty: dict[bytes, TP] = {}
+        self._done: dict[TP, int] = {}
+        self._checkpointed = time.monotonic()
+        self.commit_interval_s = commit_interval_s
         app.agent(self.trades, name="klines")(self.aggregate)
         app.on_partitions_revoked.connect(self.on_revoked)  # type: ignore[arg-type]
+        app.on_before_shutdown.connect(self.on_shutdown)
 
     async def aggregate(self, stream: Any) -> None:
         async for events in self.writer.batches(stream, self.limits):
-            if self._reload:
-                self._reload = False
-                self.states.clear()
-                self.sources.clear()
-                await self.on_recovered()
-            try:
-                await self.process(events)
-            except BaseException:
-                self._reload = True  # the states may hold trades whose row was never saved: read the rows again
-                raise
+            async with self._lock:
+                if self._reload:
+                    self._reload = False
+                    self.states.clear()
+                    self.sources.clear()
+                    self._dirty.clear()
+                    self._done.clear()
+                    await self.on_recovered()
+                try:
+                    await self.process(events)
+                    await self._checkpoint()
+                except BaseException:
+                    self._reload = True  # the states may hold trades whose row was never saved: read them again
+                    raise
+
+    async def _checkpoint(self, force: bool = False) -> None:
+        """Saves the rows changed since the last checkpoint and commits the input they cover, at most once per
+        ``streams.commit_interval_s`` (unless ``force``): the per-instrument row writes and the commit (under
+        ``exactly_once``, a transaction per source partition) are paid per interval, not per batch. A crash
+        replays the input since the last checkpoint; the rows' positions and the processing guarantee make that
+        harmless (``streams/outputs.py``). Outputs are flushed before any row says their trades are done."""
+        if not force and time.monotonic() - self._checkpointed < self.commit_interval_s:
+            return
+        self._checkpointed = time.monotonic()
+        dirty, self._dirty = self._dirty, {}
+        done, self._done = self._done, {}
+        await self.writer.flush()
+        for key, source in dirty.items():
+            state = self.states.get(key)
+            if state is not None:
+                await self.writer.save(self.table, key, state.to_bytes(), source)
+        await self.writer.commit_input(done)
+
+    async def on_shutdown(self, sender: Any, /, *args: Any, **kwargs: Any) -> None:
+        """Before Faust stops the agents (it has stopped fetching): what was processed is saved and committed."""
+        async with self._lock:
+            if not self._reload:
+                await self._checkpoint(force=True)
 
     async def process(self, events: Sequence[Any]) -> None:
         """Applies the trades of a batch of records (each an array of trades of its partition, docs/topics.md)."""
@@ -194,9 +236,9 @@ class KlineAgent:
         for source, letter in dead:
             await self.writer.send(self.deadletter.get_topic_name(), letter.exchange.encode(), encode(letter), source)
         await self.writer.flush()  # outputs acknowledged before the state says their trades are done
-        for key, source in touched.items():
-            await self.writer.save(self.table, key, self.states[key].to_bytes(), source)
-        await self.writer.commit_input(next_offsets(events))
+        self._dirty.update(touched)
+        for tp, offset in next_offsets(events).items():
+            self._done[tp] = max(offset, self._done.get(tp, offset))
 
     def _exchange_label(self, exchange: str) -> tuple[str]:
         label = self._exchange_labels.get(exchange)
@@ -234,7 +276,9 @@ class KlineAgent:
         if self.writer.closed or self._reload or self.app.should_stop:
             return
         try:
-            await self._tick()
+            async with self._lock:
+                if not self._reload:
+                    await self._tick()
         except Exception:
             if not self.app.should_stop:
                 raise
@@ -265,12 +309,21 @@ class KlineAgent:
                 closed_keys.append(key)
         await self.writer.flush()
         for key in closed_keys:
-            await self.writer.save(self.table, key, self.states[key].to_bytes(), self.sources[key])
+            self._dirty[key] = self.sources[key]
+        # Before commit_idle commits the transactions this wrote into: their rows and input go in with them.
+        await self._checkpoint(force=True)
         await self.writer.commit_idle()
 
     async def on_revoked(self, app: faust.App, revoked: set[Any], **_: Any) -> None:
-        """Partitions moved to another worker: forget their instruments (the table keeps their rows)."""
+        """Partitions moved to another worker: forget their instruments (the table keeps their rows) and what was
+        processed of them since the last checkpoint (the new owner reads it again from the committed offset;
+        under ``exactly_once`` the open transaction is aborted when it takes over)."""
         self.writer.forget(revoked)
+        for tp in revoked:
+            self._done.pop(tp, None)
+        for key, source in list(self._dirty.items()):
+            if source in revoked:
+                del self._dirty[key]
         for key, source in list(self.sources.items()):
             if source in revoked:
                 self.sources.pop(key, None)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import time
 from collections.abc import AsyncIterator, Awaitable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,9 +77,10 @@ class PartitionWriter:
     async def batches(self, stream: Any, limits: InputLimits) -> AsyncIterator[list[Any]]:
         """The agent's input in batches of events (records) it may process.
 
-        Takes of ``limits.records`` records are held while they come full (a backlog: one batch then amortizes
-        the per-batch costs, state rows and commits, over more trades), up to ``limits.max_bytes``; a take that
-        is not full means the agent caught up, and what is held is processed at once.
+        Takes of ``limits.records`` records are held while more than a take's worth of records waits behind them
+        in their partitions (a backlog: one batch then amortizes the per-batch costs, state rows and commits,
+        over more trades), up to ``limits.max_bytes`` and ``limits.within_s``; once the agent has caught up, what
+        it holds is processed at once.
 
         Faust skips events fetched before a rebalance (it seeks the partitions to their committed offsets), but a
         ``take_events`` buffer filled before the rebalance is still handed over afterwards; processing it would
@@ -88,7 +90,7 @@ class PartitionWriter:
         pass only in offset order without holes (:class:`~market_ingestor.streams.sequence.InputSequence`).
         """
         held: list[Any] = []
-        held_bytes = 0
+        held_bytes, held_since = 0, 0.0
         async for events in stream.take_events(limits.records, within=limits.within_s):
             generation = self.app.consumer_generation_id
             if generation != self._generation:  # the rebalance sought every partition to its committed offset
@@ -101,11 +103,31 @@ class PartitionWriter:
                 current = await self.sequence.in_order(current, {tp: self.next_offset(tp) for tp in partitions})
             if self.closed:
                 continue
+            if current and not held:
+                held_since = time.monotonic()
             held += current
             held_bytes += sum(len(event.value or b"") for event in current)
-            if held and (len(events) < limits.records or held_bytes >= limits.max_bytes):
+            if held and (
+                held_bytes >= limits.max_bytes
+                or time.monotonic() - held_since >= limits.within_s
+                or not self._behind(held, limits.records)
+            ):
                 yield held
                 held, held_bytes = [], 0
+
+    def _behind(self, held: list[Any], records: int) -> bool:
+        """Whether more than ``records`` records wait in the log behind the ``held`` events' partitions (False
+        where the end of a partition is not known yet)."""
+        consumer: Any = self.app.consumer
+        last: dict[TP, int] = {}
+        for event in held:
+            last[event.message.tp] = event.message.offset
+        waiting = 0
+        for tp, offset in last.items():
+            end = consumer.highwater(tp)
+            if end is not None:
+                waiting += max(end - offset - 1, 0)
+        return waiting > records
 
     def transactional_id(self, source: TP) -> str | None:
         if not self.app.in_transaction:

@@ -161,7 +161,8 @@ class SinkConfig(_Section, frozen=True):
     """The sink service (``market-ingestor sink``): topics -> PostgreSQL/TimescaleDB. Its consumer group is
     ``{streams.app_id}-sink``, so a slow database never holds back the stream worker."""
 
-    batch_size: PositiveInt = 1_000  # rows per database transaction, at most
+    batch_size: PositiveInt = 10_000  # rows per database transaction, at most (a bus record is never split)
+    writes_in_flight: PositiveInt = 2  # transactions of one topic at the same time; commits stay in order
     flush_interval_s: PositiveSeconds = 1.0  # a partial batch is written once its oldest row is this old
     retry_initial_s: PositiveSeconds = 0.1  # database write retries: exponential backoff from here...
     retry_max_s: PositiveSeconds = 10.0  # ...to here, forever (the batch is held, intake stops meanwhile)

@@ -9,8 +9,11 @@ aiokafka, ``read_committed``, explicit commits; NATS: a durable pull consumer wi
   array at once; a record that fails is read event by event so its good events are stored and its bad ones
   dead-lettered) and hands it to its topic's batcher weighed by its rows: a batch holds up to ``sink.batch_size``
   rows and never splits a record, so a record is committed only once all its rows are in the database.
-- While a batch is being written (or retried) and the next one is full, the intake waits and fetches nothing:
-  at most about two batches per topic are held, and a database outage stops consumption instead of filling memory.
+- Up to ``sink.writes_in_flight`` batches of a topic are written at the same time (the database stores one
+  while this process encodes the next; trades and quotes are insert-only, klines and indicator values upserts
+  whose result does not depend on the order), and their records are committed one batch at a time, in order.
+  While those are being written (or retried) and the next batch is full, the intake waits and fetches nothing:
+  a database outage stops consumption instead of filling memory.
 - Commits follow the transactions. After a Kafka rebalance, records of a partition that moved are not committed
   by this member (``KafkaSubscriber.commit`` leaves them out) and the new owner reads them again; NATS
   redelivers what stays unacknowledged longer than ``bus.nats.ack_wait_s``. The idempotent writer turns such
@@ -69,7 +72,14 @@ class BusSink:
         self.persister = Persister(writer, self.send_dead_letters, backoff)
         self.decoders = {prefix + name: RowDecoder(row_type) for name, row_type in sink_topics(config).items()}
         self.batchers: dict[str, Batcher[Pending]] = {
-            topic: Batcher(self._flusher(topic), settings.batch_size, settings.flush_interval_s, _rows)
+            topic: Batcher(
+                self._writer(topic),
+                settings.batch_size,
+                settings.flush_interval_s,
+                _rows,
+                commit=self._commit,
+                writes_in_flight=settings.writes_in_flight,
+            )
             for topic in self.decoders
         }
         self.lag = SubscriberLag(subscriber, sink_group(config), config.metrics.sample_interval_s)
@@ -78,14 +88,16 @@ class BusSink:
     def health(self) -> Health:
         return Health(self.state == "running", {"state": self.state, **self.persister.database_state()})
 
-    def _flusher(self, topic: str) -> Callable[[list[Pending]], Awaitable[None]]:
+    def _writer(self, topic: str) -> Callable[[list[Pending]], Awaitable[None]]:
         table = self.decoders[topic].table
 
-        async def flush(batch: list[Pending]) -> None:
+        async def write(batch: list[Pending]) -> None:
             await self.persister.persist(table, topic, [pending.decoded for pending in batch])
-            await self.subscriber.commit([pending.delivery for pending in batch])
 
-        return flush
+        return write
+
+    async def _commit(self, batch: list[Pending]) -> None:
+        await self.subscriber.commit([pending.delivery for pending in batch])
 
     async def send_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
         for letter in letters:

@@ -118,7 +118,7 @@ class Batcher(Generic[R]):
                 elif await self._until_due():
                     batch = self._take()
                     self._space.set()
-                    writing.append((batch, asyncio.create_task(self._write([item for item, _ in batch]))))
+                    writing.append((batch, asyncio.ensure_future(self._write([item for item, _ in batch]))))
                     writing[-1][1].add_done_callback(lambda _: self._wake.set())
         except BaseException:
             for _, task in writing:

@@ -4,7 +4,7 @@
 
 For each bus it measures, on fresh topics:
 - publish: trades/s from one process, encoding included, until the broker acknowledged the last one;
-- consume: trades/s read back and decoded by one subscriber of a new group;
+- consume: trades/s read back (batch records of trades) and decoded by one subscriber of a new group;
 - latency: with trades published at a steady ``--rate``, the time from ``publish()`` to a consumer in another
   process decoding the trade, p50/p99 (the trade's ``recv_ts`` carries the publish time).
 """
@@ -24,12 +24,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from market_ingestor.bus import Bus, TopicSpec, open_bus
+from market_ingestor.bus.records import BatchDecoder
 from market_ingestor.config import BusConfig, KafkaConfig, NatsConfig
 from market_ingestor.devstack import ensure_stack
-from market_ingestor.model import Trade, bus_key, decoder_for, encode, event_id
+from market_ingestor.model import Trade, bus_key, encode, event_id
 
 SYMBOLS = [f"SYM{n}USDT" for n in range(50)]
-trade_decoder = decoder_for(Trade)
+trade_decoder = BatchDecoder(Trade)
 
 
 def make_trades(count: int) -> list[Trade]:
@@ -78,8 +79,7 @@ async def consume_all(bus: Bus, topic: str, count: int) -> float:
             raise RuntimeError(f"consumer stalled at {received}/{count}")
         started = started or time.perf_counter()
         for delivery in batch:
-            trade_decoder.decode(delivery.value)
-        received += len(batch)
+            received += len(trade_decoder.decode(delivery.value))  # a batch record of trades
         await subscriber.commit(batch)
     elapsed = time.perf_counter() - (started or 0)
     await subscriber.stop()
@@ -101,10 +101,10 @@ def latency_consumer(
                 break
             now = time.time_ns()
             for delivery in batch:
-                trade = trade_decoder.decode(delivery.value)
-                # Warm-up trades (group join, first fetch) are delivered but not counted.
-                if not trade.trade_id.startswith("w"):
-                    latencies.append(now - trade.recv_ts)
+                for trade in trade_decoder.decode(delivery.value):  # a batch record of trades
+                    # Warm-up trades (group join, first fetch) are delivered but not counted.
+                    if not trade.trade_id.startswith("w"):
+                        latencies.append(now - trade.recv_ts)
             await subscriber.commit(batch)
         await subscriber.stop()
         return latencies

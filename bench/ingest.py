@@ -4,8 +4,9 @@
 
 Starts ``market-ingestor simulate`` at ``--rate`` trades/s in total and ``market-ingestor ingest`` pointed at
 it (Kafka of the dev stack, a fresh topic prefix), then reads the trades topic for ``--seconds`` after a warm-up
-and reports trades/s arriving in Kafka and the receipt-to-publish latency: the Kafka record timestamp (set by
-our publisher when it appends the record to a batch, ms resolution) minus the trade's ``recv_ts``.
+and reports trades/s arriving in Kafka (records are batches of trades: their events are counted) and the
+receipt-to-publish latency: the Kafka record timestamp (set when the publisher appends the closed batch record to
+a Kafka batch, ms resolution) minus the ``recv_ts`` of the record's first trade, the one that waited longest.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from aiokafka import AIOKafkaConsumer
 
+from market_ingestor.bus.records import split_events
 from market_ingestor.devstack import ensure_stack
 from market_ingestor.model import Trade, decoder_for
 
@@ -57,7 +59,15 @@ def ws_url(port: int, exchange: str) -> str:
     return f"ws://127.0.0.1:{port}/{exchange}{paths[exchange]}"
 
 
-async def measure(bootstrap: str, topic: str, warmup_s: float, seconds: float) -> tuple[int, list[float]]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a running process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure(
+    bootstrap: str, topic: str, warmup_s: float, seconds: float, pids: dict[str, int]
+) -> tuple[int, list[float], dict[str, float]]:
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="latest", group_id=None)
     await consumer.start()
     try:
@@ -65,16 +75,20 @@ async def measure(bootstrap: str, topic: str, warmup_s: float, seconds: float) -
         while time.monotonic() < deadline:
             await consumer.getmany(timeout_ms=200, max_records=10_000)
         count, latencies_ms = 0, []
+        cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             batches = await consumer.getmany(timeout_ms=200, max_records=10_000)
             for records in batches.values():
-                count += len(records)
-                # Decode a sample only: the measuring consumer shares the two cores with what it measures.
+                # Each record is a batch of trades (docs/topics.md): count its events without decoding them all.
+                count += sum(len(split_events(record.value)) for record in records)
+                # Decode a sample only: the measuring consumer shares the two cores with what it measures. The
+                # first trade of a record waited longest for it to close.
                 for record in records[::20]:
-                    trade = trade_decoder.decode(record.value)
+                    trade = trade_decoder.decode(split_events(record.value)[0])
                     latencies_ms.append(record.timestamp - trade.recv_ts / 1e6)
-        return count, latencies_ms
+        cpu_s = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
+        return count, latencies_ms, cpu_s
     finally:
         await consumer.stop()
 
@@ -101,8 +115,9 @@ def main() -> None:
         )  # fmt: skip
         ingest = subprocess.Popen([str(BIN), "--config", str(config), "ingest"], env=env)
         try:
-            count, latencies = asyncio.run(
-                measure(info.kafka_bootstrap, prefix + "market.trades", args.warmup, args.seconds)
+            pids = {"simulator": simulator.pid, "ingest": ingest.pid}
+            count, latencies, cpu_s = asyncio.run(
+                measure(info.kafka_bootstrap, prefix + "market.trades", args.warmup, args.seconds, pids)
             )
         finally:
             ingest.send_signal(signal.SIGTERM)  # first, so it does not see the simulator go away
@@ -112,6 +127,10 @@ def main() -> None:
     latencies.sort()
     print(f"simulator rate {args.rate:,}/s over {len(exchanges)} exchanges x {len(symbols)} symbols, trades only")
     print(f"trades in Kafka: {count / args.seconds:,.0f}/s over {args.seconds:.0f}s")
+    for name, seconds in cpu_s.items():
+        per_trade_us = seconds * 1e6 / max(count, 1)
+        print(f"{name} CPU: {seconds / args.seconds:.0%} of a core, {per_trade_us:.1f} us per trade")
+    print("load average:", " ".join(f"{value:.1f}" for value in os.getloadavg()))
     if latencies:
         p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
         print(f"receipt->publish latency: p50 {statistics.median(latencies):.1f} ms, p99 {p99:.1f} ms")

@@ -167,16 +167,16 @@ class StreamsConfig(_Section, frozen=True):
 
 
 class SinkConfig(_Section, frozen=True):
-    """The sink service (``market-ingestor sink``): topics -> PostgreSQL/TimescaleDB. Its Faust consumer group is
+    """The sink service (``market-ingestor sink``): topics -> PostgreSQL/TimescaleDB. Its consumer group is
     ``{streams.app_id}-sink``, so a slow database never holds back the stream worker."""
 
-    batch_size: PositiveInt = 1_000  # rows per database transaction, at most
+    batch_size: PositiveInt = 10_000  # rows per database transaction, at most (a bus record is never split)
+    writes_in_flight: PositiveInt = 2  # transactions of one topic at the same time; commits stay in order
     flush_interval_s: PositiveSeconds = 1.0  # a partial batch is written once its oldest row is this old
     retry_initial_s: PositiveSeconds = 0.1  # database write retries: exponential backoff from here...
     retry_max_s: PositiveSeconds = 10.0  # ...to here, forever (the batch is held, intake stops meanwhile)
     shutdown_timeout_s: PositiveSeconds = 30.0  # on SIGTERM, wait this long for the last batch to be written
     maintain_interval_s: PositiveSeconds = 3600.0  # partitions ahead and retention (RowWriter.maintain), this often
-    data_dir: str = ".devstack/sink-data"  # Faust's data directory (the sink keeps no tables)
     metrics_port: PortNumber = 9103  # /metrics and /healthz of the sink
 
 

@@ -1,6 +1,6 @@
 """``market-ingestor api`` as a process, with the dev stack's Kafka and PostgreSQL: the ticker follows trades and
-quotes published to Kafka (skipping malformed records), survives a restart in its Faust table, and the process
-stops with status 0 on SIGTERM.
+quotes published to Kafka in batch records (skipping malformed events), survives a restart in its Faust table, and
+the process stops with status 0 on SIGTERM.
 Plus the pure rule of which event is "latest"."""
 
 from __future__ import annotations
@@ -175,8 +175,10 @@ async def test_the_ticker_follows_kafka_and_survives_a_restart(setup):
             return await api.status("/api/v1/ticker/binance/PROBEUSDT", 200)
 
         await api.until(probe_seen, "reading the trades topic")
+        await publish(bus, b"not a trade")  # a record of its own ("[not a trade]"): not JSON at all
+        # A bad event in a batch record with good ones: skipped, the good ones are applied.
         await publish(
-            bus, b"not a trade", b'{"type": "trade", "price": "NaN"}', trade("1", T + 1_000_000_000, "42000.00"),
+            bus, b'{"type": "trade", "price": "NaN"}', trade("1", T + 1_000_000_000, "42000.00"),
             trade("2", T + 2_000_000_001, "42000.20"),
             quote(T + 3_000_000_000, "42000.10", "42000.30"),
         )  # fmt: skip

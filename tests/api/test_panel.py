@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
+import msgspec
 import pytest
 from aiohttp.test_utils import TestClient
 from api_helpers import serve
@@ -23,7 +24,15 @@ from market_ingestor.api.monitor import PanelMonitor, StatusBoard
 from market_ingestor.api.offsets import Sample, lag, throughput
 from market_ingestor.bus import PIPELINE_TOPICS, open_bus
 from market_ingestor.bus.topics import prefixed
-from market_ingestor.config import ApiConfig, BusConfig, Config, DatabaseConfig, ExchangeConfig, KafkaConfig
+from market_ingestor.config import (
+    ApiConfig,
+    BatchConfig,
+    BusConfig,
+    Config,
+    DatabaseConfig,
+    ExchangeConfig,
+    KafkaConfig,
+)
 from market_ingestor.ingestor.control import read_state
 from market_ingestor.model import ConnectorStatus, Topics, Trade, bus_key, encode, event_id
 
@@ -106,8 +115,10 @@ async def setup(dev_stack, database_url) -> AsyncIterator[tuple[Config, TestClie
         await monitor.stop()
 
 
-async def publish(config: Config, topic: str, events: list[Any]) -> None:
-    publisher = open_bus(config.bus).publisher()
+async def publish(config: Config, topic: str, events: list[Any], records_of: int = 1000) -> None:
+    """Through the bus publisher; on the hot topics in batch records of up to ``records_of`` events."""
+    bus = msgspec.structs.replace(config.bus, batch=BatchConfig(max_events=records_of))
+    publisher = open_bus(bus).publisher()
     await publisher.start()
     try:
         for event in events:
@@ -152,8 +163,9 @@ async def test_status_shows_reports_subscriptions_throughput_and_lag_from_the_bu
     }  # fmt: skip
     assert body["push"] == {"url": None, "port": config.push.port, "auth": False} and body["errors"] == []
 
-    # Throughput: ingest's output grows; lag: the sink's group has committed 4 of 10 records.
-    await publish(config, Topics.TRADES, trades(0, 10))
+    # Throughput: ingest's output grows; lag: the sink's group has committed 4 of 10 records (lag counts records:
+    # offsets; these are batch records of one trade each).
+    await publish(config, Topics.TRADES, trades(0, 10), records_of=1)
     group = open_bus(config.bus).subscriber([config.bus.topic_prefix + Topics.TRADES], f"{config.streams.app_id}-sink")
     await group.start()
     try:

@@ -16,7 +16,7 @@ from market_ingestor.bus.records import (
     is_batched,
     split_events,
 )
-from market_ingestor.model import Kline, Trade, encode
+from market_ingestor.model import Kline, Quote, Trade, encode
 
 
 def trade(n: int, symbol: str = "BTCUSDT") -> Trade:
@@ -116,6 +116,15 @@ def test_split_keeps_the_good_events_and_names_the_bad_ones() -> None:
     assert events == [trade(1), trade(1)]
     assert bad == [(b'{"type":"trade","exchange":"x"}', bad[0][1])]
     assert "not a trade" in bad[0][1] and "symbol" in bad[0][1]
+
+
+def test_a_decoder_of_a_union_reads_both_types_and_names_them_in_its_reasons() -> None:
+    quote = Quote("binance", "BTCUSDT", Decimal("1"), Decimal("2"), Decimal("3"), Decimal("4"), 5, 6)
+    value = batch_value([encode(trade(1)), encode(quote), b'{"type":"kline"}'])
+    decoder: BatchDecoder[Trade | Quote] = BatchDecoder(Trade | Quote)  # type: ignore[arg-type]
+    events, bad = decoder.split(value)
+    assert events == [trade(1), quote]
+    assert [reason.split(":")[0] for _, reason in bad] == ["not a trade | quote"]
 
 
 def test_split_of_a_value_that_is_not_json_dead_letters_it_whole() -> None:

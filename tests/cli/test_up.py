@@ -1,4 +1,5 @@
-"""``up --simulate`` runs the pipeline on the simulator and stops cleanly; ``tail`` shows what it published."""
+"""``up --simulate`` runs the pipeline on the simulator and stops cleanly; ``tail`` shows what it published, one event
+per line, counting events (not records) for ``--limit``."""
 
 from __future__ import annotations
 
@@ -7,8 +8,17 @@ import os
 import signal
 import sys
 import uuid
+from decimal import Decimal
 
+import msgspec
 import pytest
+from click.testing import CliRunner
+
+from market_ingestor.bus import PIPELINE_TOPICS, open_bus
+from market_ingestor.bus.topics import prefixed
+from market_ingestor.cli.main import cli
+from market_ingestor.config import BatchConfig, BusConfig, KafkaConfig
+from market_ingestor.model import Topics, Trade, bus_key, decode, encode, event_id
 
 pytestmark = pytest.mark.kafka
 
@@ -34,5 +44,31 @@ async def test_up_on_the_simulator_publishes_and_exits_0_on_sigint(dev_stack, tm
     out, _ = await asyncio.wait_for(tail.communicate(), 60)
     lines = out.splitlines()
     assert len(lines) == 5 and all(b'"type":"trade"' in line and b'"exchange":"binance"' in line for line in lines)
+    trades = [decode(line) for line in lines]  # each line one event, not a batch record
+    assert all(isinstance(t, Trade) for t in trades) and len({t.trade_id for t in trades}) == 5  # type: ignore[union-attr]
     up.send_signal(signal.SIGINT)
     assert await asyncio.wait_for(up.wait(), 60) == 0
+
+
+def test_tail_prints_one_event_per_line_and_its_limit_counts_events(dev_stack, tmp_path):
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    bus = BusConfig(topic_prefix=prefix, kafka=KafkaConfig(bootstrap=dev_stack.kafka_bootstrap, partitions=1))
+    trades = [Trade("binance", "BTCUSDT", str(n), Decimal("1.5"), Decimal("2"), "buy", n, n) for n in range(12)]
+
+    async def publish() -> None:
+        await open_bus(bus).ensure_topics(prefixed(PIPELINE_TOPICS, prefix))
+        # Records of 4 trades: the 6 events asked for end inside the second record.
+        publisher = open_bus(msgspec.structs.replace(bus, batch=BatchConfig(max_events=4))).publisher()
+        await publisher.start()
+        for trade in trades:
+            await publisher.publish(prefix + Topics.TRADES, bus_key(trade), encode(trade), event_id(trade))
+        await publisher.stop()
+
+    asyncio.run(publish())
+    records = asyncio.run(open_bus(bus).read_topic(prefix + Topics.TRADES))
+    assert [len(msgspec.json.decode(record.value)) for record in records] == [4, 4, 4]
+    config = tmp_path / "market-ingestor.toml"
+    config.write_text(f'[bus]\ntopic_prefix = "{prefix}"\n[bus.kafka]\nbootstrap = "{dev_stack.kafka_bootstrap}"\n')
+    result = CliRunner().invoke(cli, ["--config", str(config), "tail", prefix + Topics.TRADES, "-n", "6"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout_bytes.splitlines() == [encode(trade) for trade in trades[:6]]

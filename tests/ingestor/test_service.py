@@ -14,6 +14,7 @@ from decimal import Decimal
 import pytest
 
 from market_ingestor.bus import open_bus
+from market_ingestor.bus.records import BatchDecoder
 from market_ingestor.config import BusConfig, Config, ExchangeConfig, IngestConfig, KafkaConfig, NatsConfig
 from market_ingestor.errors import ParseError
 from market_ingestor.ingestor.capture import received_frames
@@ -22,7 +23,7 @@ from market_ingestor.ingestor.exchanges import ParseContext, get_spec
 from market_ingestor.ingestor.service import IngestService
 from market_ingestor.ingestor.simulator import Simulator, SimulatorConfig
 from market_ingestor.instruments import InstrumentRegistry
-from market_ingestor.model import Topics, Trade, bus_key, decode, encode, event_id
+from market_ingestor.model import Topics, Trade, bus_key, encode, event_id
 
 pytestmark = [pytest.mark.kafka, pytest.mark.nats]
 
@@ -53,8 +54,12 @@ def service_config(sim: Simulator, dev_stack, kind: str, prefix: str, **ingest) 
 
 
 async def read_trades(config: Config, prefix: str) -> list[Trade]:
+    """Every trade on the topic: its records are batches of trades (docs/topics.md)."""
     deliveries = await open_bus(config.bus).read_topic(prefix + Topics.TRADES)
-    return [event for d in deliveries if isinstance(event := decode(d.value), Trade)]
+    return [trade for d in deliveries for trade in trades_of.decode(d.value)]
+
+
+trades_of = BatchDecoder(Trade)
 
 
 @pytest.mark.parametrize("kind", ["kafka", "nats"])

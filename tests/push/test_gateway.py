@@ -187,7 +187,7 @@ async def test_origins_outside_the_allowed_list_are_refused_at_the_handshake(gat
             assert (await request(ws, action="ping"))["type"] == "pong"
 
 
-async def test_a_record_that_does_not_decode_is_skipped_and_counted(gateway, publisher):
+async def test_an_event_that_does_not_decode_is_skipped_and_counted_and_the_rest_goes_out(gateway, publisher):
     symbol = unique_symbol()
     name = f"binance.{symbol}"
     async with open_client(gateway.port) as ws:

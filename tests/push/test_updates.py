@@ -6,8 +6,9 @@ import msgspec
 import pytest
 from push_helpers import indicator, kline, quote, trade
 
+from market_ingestor.bus.records import batch_value
 from market_ingestor.model import Topics, encode
-from market_ingestor.push.updates import LatestState, to_update
+from market_ingestor.push.updates import LatestState, to_update, to_updates
 
 
 def update_of(event):  # type: ignore[no-untyped-def]
@@ -80,3 +81,15 @@ def test_state_is_bounded_forgetting_the_least_recently_updated_pair():
     assert len(state) == 2
     assert state.messages(("quote", "binance.BUSDT")) == []
     assert state.messages(("quote", "binance.AUSDT")) == [(update_of(quote("AUSDT", 2)).message, True)]
+
+
+def test_a_batch_record_gives_an_update_per_event_in_order_skipping_the_bad_ones():
+    good = [trade("BTCUSDT", 1), trade("ETHUSDT", 2), trade("BTCUSDT", 3)]
+    bad = b'{"type":"trade","exchange":"binance"}'
+    value = batch_value([encode(good[0]), bad, encode(good[1]), encode(quote("BTCUSDT", 1)), encode(good[2])])
+    updates, problems = to_updates(Topics.TRADES, value)
+    assert updates == [update_of(event) for event in good]
+    assert problems == ["Object missing required field `symbol`", "Invalid value 'quote' - at `$.type`"]
+    updates, problems = to_updates(Topics.TRADES, b"[{oops")
+    assert updates == [] and len(problems) == 1 and problems[0].startswith("not JSON: ")
+    assert to_updates(Topics.TRADES, encode(good[0])) == ([update_of(good[0])], [])  # one event, not an array

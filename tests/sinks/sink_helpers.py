@@ -21,10 +21,11 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from db_helpers import PgServer, fresh_database
 from market_ingestor.bus import PIPELINE_TOPICS, open_bus
+from market_ingestor.bus.records import BatchDecoder
 from market_ingestor.bus.topics import prefixed
 from market_ingestor.config import BusConfig, KafkaConfig, NatsConfig
 from market_ingestor.devstack import StackInfo
-from market_ingestor.model import Kline, Topics, Trade, bus_key, decoder_for, encode, event_id, topic_of
+from market_ingestor.model import Kline, Topics, Trade, bus_key, encode, event_id, topic_of
 from market_ingestor.streams.klines import InstrumentKlines, KlineSettings
 
 SECOND = 10**9
@@ -35,7 +36,7 @@ KLINE_SETTINGS = KlineSettings(intervals=("1m", "5m"))
 COUNT = 200_000
 TERMINATE = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()"
 
-trade_decoder = decoder_for(Trade)
+trade_decoder = BatchDecoder(Trade)
 
 
 # --- data ---------------------------------------------------------------------------------------------------------
@@ -114,7 +115,6 @@ class Stack:
             nats=NatsConfig(url=self.nats_url, storage="memory"),
         )
         self.config_path = tmp_path / "market-ingestor.toml"
-        self.data_dir = tmp_path / "sink-data"
         self.log_path = tmp_path / "sink.log"
         self.configure()
 
@@ -157,7 +157,12 @@ class Stack:
         topic = self.topic(Topics.TRADES)
         committed = {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
         records = await open_bus(self.bus_config).read_topic(topic)
-        return {trade_decoder.decode(r.value).trade_id for r in records if r.position < committed.get(r.partition, 0)}
+        return {
+            trade.trade_id
+            for record in records
+            if record.position < committed.get(record.partition, 0)
+            for trade in trade_decoder.decode(record.value)
+        }
 
 
 class SinkProcess:
@@ -172,7 +177,7 @@ class SinkProcess:
         self._log = self.stack.log_path.open("ab")
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "market_ingestor.cli.main", "--config", str(self.stack.config_path), "sink",
-            "--data-dir", str(self.stack.data_dir), stdout=asyncio.subprocess.DEVNULL, stderr=self._log,
+            stdout=asyncio.subprocess.DEVNULL, stderr=self._log,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )  # fmt: skip
 

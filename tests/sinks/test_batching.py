@@ -121,3 +121,98 @@ async def test_a_cancelled_write_puts_its_batch_back_too():
     await batcher.flush()
     assert target.written == [1, 2]
     flusher.cancel()
+
+
+async def test_batches_are_bounded_in_rows_and_never_split_an_item():
+    target = Recorder()
+    # Items weigh their own value: a record of that many rows.
+    batcher: Batcher[int] = Batcher(target, size=10, interval_s=3600, weigh=lambda item: item)
+    flusher = asyncio.create_task(batcher.run())
+    await batcher.add_many([4, 4, 3, 10, 12, 1, 2])
+    # 3 does not fit next to 4 + 4; 10 fills one; 12 is heavier than a batch: a batch of its own.
+    await until(lambda: len(target.batches) == 4)  # these are due by size; 1 + 2 waits for its age
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert target.batches == [[4, 4], [3], [10], [12]]
+    assert len(batcher) == 3
+    await batcher.flush()
+    assert target.batches == [[4, 4], [3], [10], [12], [1, 2]]
+    assert len(batcher) == 0
+    flusher.cancel()
+
+
+async def test_the_intake_waits_while_a_batch_worth_of_rows_is_buffered():
+    target = Recorder()
+    target.gate.clear()  # the database hangs
+    batcher: Batcher[int] = Batcher(target, size=100, interval_s=3600, weigh=lambda item: item)
+    flusher = asyncio.create_task(batcher.run())
+    adding = asyncio.create_task(batcher.add_many([60, 60, 60]))  # being written: 60; buffered 120 >= 100
+    await until(lambda: len(batcher) == 180)
+    blocked = asyncio.create_task(batcher.add(5))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert adding.done() and not blocked.done() and len(batcher) == 180
+    target.gate.set()
+    await blocked
+    await batcher.flush()
+    assert target.written == [60, 60, 60, 5]
+    flusher.cancel()
+
+
+async def test_writes_overlap_but_commits_follow_them_in_batch_order():
+    gates = [asyncio.Event() for _ in range(3)]
+    written: list[list[int]] = []
+    committed: list[list[int]] = []
+
+    async def write(batch: list[int]) -> None:
+        await gates[batch[0] // 10].wait()
+        written.append(batch)
+
+    async def commit(batch: list[int]) -> None:
+        committed.append(batch)
+
+    batcher = Batcher(write, size=10, interval_s=3600, commit=commit, writes_in_flight=2)
+    flusher = asyncio.create_task(batcher.run())
+    adding = asyncio.create_task(batcher.add_many(list(range(30))))
+    await until(lambda: len(batcher) == 30 and adding.done())
+    gates[1].set()  # the second batch's transaction ends first...
+    await until(lambda: len(written) == 1)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert written == [list(range(10, 20))] and committed == []  # ...but it is not committed before the first
+    gates[0].set()
+    await until(lambda: len(committed) == 2)
+    assert committed == [list(range(10)), list(range(10, 20))]
+    gates[2].set()
+    await batcher.flush()
+    assert committed == [list(range(10)), list(range(10, 20)), list(range(20, 30))]
+    flusher.cancel()
+
+
+async def test_a_failed_write_puts_back_every_batch_not_committed_yet_in_order():
+    gate = asyncio.Event()
+    committed: list[list[int]] = []
+    fail = True
+
+    async def write(batch: list[int]) -> None:
+        nonlocal fail
+        if batch[0] == 0 and fail:
+            await gate.wait()
+            fail = False
+            raise ConnectionError("database went away")
+
+    async def commit(batch: list[int]) -> None:
+        committed.append(batch)
+
+    batcher = Batcher(write, size=2, interval_s=3600, commit=commit, writes_in_flight=2)
+    flusher = asyncio.create_task(batcher.run())
+    await batcher.add_many([0, 1, 2, 3])
+    await until(lambda: len(batcher) == 4)
+    gate.set()
+    with pytest.raises(ConnectionError):
+        await flusher
+    assert committed == [] and len(batcher) == 4  # the second batch was written, but not committed before the first
+    flusher = asyncio.create_task(batcher.run())
+    await batcher.flush()
+    assert committed == [[0, 1], [2, 3]]
+    flusher.cancel()

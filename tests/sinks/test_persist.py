@@ -1,5 +1,6 @@
-"""The persister with an in-memory writer: decoding and dead letters, retries with backoff, refused rows found by
-splitting the batch. (The same code against the real PostgreSQL: test_sink_service.py.)"""
+"""The row decoder and the persister with an in-memory writer: batch records decoded whole or event by event,
+dead letters, retries with backoff, refused rows found by splitting the batch. (The same code against the real
+PostgreSQL: test_sink_service.py.)"""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
+from market_ingestor.bus.records import batch_value
 from market_ingestor.errors import StorageError, StorageUnavailable
 from market_ingestor.model import DeadLetter, IndicatorValue, Trade, encode
 from market_ingestor.sinks import metrics
-from market_ingestor.sinks.persist import Backoff, Persister, Row, RowDecoder, is_data_error
+from market_ingestor.sinks.persist import Backoff, Decoded, Persister, Row, RowDecoder, is_data_error
 
 TS = 1_700_000_000_000_000_000
 
@@ -67,32 +69,58 @@ class Letters:
 FAST = Backoff(initial_s=0.001, max_s=0.004)
 
 
+def records(*values: bytes | None, row_type: type[Row] = Trade) -> list[Decoded]:
+    decoder = RowDecoder(row_type)
+    return [decoder.decode(value, TS) for value in values]
+
+
+def batch(*numbers: int) -> bytes:
+    """One batch record of these trades, as the publishers write it."""
+    return batch_value(encode(trade(n)) for n in numbers)
+
+
 def test_backoff_doubles_up_to_its_bound():
     delays = Backoff(0.1, 0.5).delays()
     assert [next(delays) for _ in range(6)] == [0.1, 0.2, 0.4, 0.5, 0.5, 0.5]
 
 
-async def test_undecodable_and_non_finite_records_become_dead_letters_and_the_rest_is_written():
+def test_a_batch_record_decodes_into_all_its_rows_in_order():
+    decoded = RowDecoder(Trade).decode(batch(1, 2, 3), TS)
+    assert decoded.rows == [trade(1), trade(2), trade(3)] and not decoded.dead
+    assert len(decoded) == 3
+    single = RowDecoder(Trade).decode(encode(trade(4)), TS)  # a record of one object: a batch of one
+    assert single.rows == [trade(4)] and len(single) == 1
+
+
+async def test_bad_events_of_a_record_become_dead_letters_and_its_good_events_are_written():
     writer, letters = MemoryWriter(), Letters()
     persister = Persister(writer, letters, FAST)
-    values = [encode(trade(1)), b'{"type":"trade","exchange":', encode(trade(2, "NaN")), None, encode(trade(3))]
-    await persister.persist(RowDecoder(Trade), "market.trades", values)
-    assert sorted(writer.rows) == ["1", "3"]
+    truncated = b'{"type":"trade","exchange":'
+    value = (
+        b"[" + b",".join([encode(trade(1)), b'{"type":"trade","exchange":"binance"}', encode(trade(2, "NaN"))]) + b"]"
+    )
+    await persister.persist("market_trades", "market.trades", records(value, batch(3, 4), truncated, None))
+    assert sorted(writer.rows) == ["1", "3", "4"]
     reasons = [letter.reason for letter in letters.sent]
-    assert reasons[0] == "not a Trade: Input data was truncated"
+    assert reasons[0] == "not a trade: Object missing required field `symbol`"
     assert reasons[1] == "trade field price is NaN"
-    assert reasons[2].startswith("not a Trade")
-    assert letters.sent[1].raw == encode(trade(2, "NaN")).decode()
-    assert [letter.exchange for letter in letters.sent] == ["sink", "binance", "sink"]
+    assert reasons[2] == "not JSON: Input data was truncated"
+    assert reasons[3].startswith("not JSON: ")
+    assert [letter.raw for letter in letters.sent[:3]] == [
+        '{"type":"trade","exchange":"binance"}',
+        encode(trade(2, "NaN")).decode(),
+        truncated.decode(),
+    ]
+    assert [letter.exchange for letter in letters.sent] == ["sink", "binance", "sink", "sink"]
 
 
 async def test_a_record_of_another_type_is_a_dead_letter_not_a_crash():
     writer, letters = MemoryWriter(), Letters()
     persister = Persister(writer, letters, FAST)
     value = encode(IndicatorValue("binance", "BTCUSDT", "1m", "rsi_14", TS, {"rsi": Decimal("50")}))
-    await persister.persist(RowDecoder(Trade), "market.trades", [value])
+    await persister.persist("market_trades", "market.trades", records(b"[" + value + b"]"))
     assert not writer.rows
-    assert letters.sent[0].reason == "not a Trade: Invalid value 'indicator' - at `$.type`"
+    assert letters.sent[0].reason == "not a trade: Invalid value 'indicator' - at `$.type`"
 
 
 async def test_an_unavailable_database_is_retried_until_it_is_back():
@@ -100,7 +128,7 @@ async def test_an_unavailable_database_is_retried_until_it_is_back():
     writer.unavailable_for = 5
     persister = Persister(writer, letters, FAST)
     before = metrics.RETRIES.labels("t.market.trades")._value.get()
-    await persister.persist(RowDecoder(Trade), "t.market.trades", [encode(trade(n)) for n in range(10)])
+    await persister.persist("market_trades", "t.market.trades", records(batch(*range(6)), batch(*range(6, 10))))
     assert len(writer.rows) == 10 and writer.transactions == 6 and not letters.sent
     assert metrics.RETRIES.labels("t.market.trades")._value.get() - before == 5
     assert writer.starts == 1  # started once, lazily, on the first write
@@ -110,7 +138,9 @@ async def test_rows_the_database_refuses_are_found_by_splitting_and_dead_lettere
     writer, letters = MemoryWriter(), Letters()
     writer.poisoned = {"13", "60"}
     persister = Persister(writer, letters, FAST)
-    await persister.persist(RowDecoder(Trade), "market.trades", [encode(trade(n)) for n in range(64)])
+    await persister.persist(
+        "market_trades", "market.trades", records(*(batch(*range(n, n + 8)) for n in range(0, 64, 8)))
+    )
     assert sorted(writer.rows, key=int) == [str(n) for n in range(64) if n not in (13, 60)]
     assert [letter.raw for letter in letters.sent] == [encode(trade(13)).decode(), encode(trade(60)).decode()]
     assert all("refused by the database" in letter.reason for letter in letters.sent)

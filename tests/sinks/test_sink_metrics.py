@@ -3,9 +3,11 @@ the batch-size and flush-duration histograms, and on Kafka the lag of its partit
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 from sink_helpers import Stack, at_least, database, db, make_trades, sinks, start_sink, trade_count, until
 
+from market_ingestor.config import BatchConfig
 from market_ingestor.model import Topics
 from metrics_helpers import answering, free_port, healthz, scrape
 
@@ -22,6 +24,8 @@ async def test_sink_metrics_count_the_rows_written(dev_stack, database, db, tmp_
     monkeypatch.setenv("MARKET_INGESTOR__METRICS__SAMPLE_INTERVAL_S", "0.2")
     stack = Stack(dev_stack, database, tmp_path, kind)
     stack.configure(batch_size=500)
+    # Records of at most 100 trades: batches of 500 rows hold whole records, never more than 500 rows.
+    stack.bus_config = msgspec.structs.replace(stack.bus_config, batch=BatchConfig(max_events=100))
     await stack.ensure_topics()
     trades = make_trades(COUNT, seed=9)
     sink = await start_sink(stack, sinks)
@@ -43,7 +47,7 @@ async def test_sink_metrics_count_the_rows_written(dev_stack, database, db, tmp_
     assert got.value("db_insert_total", table="market_trades") == COUNT
     assert got.value("sink_batch_size_sum", topic=topic) == COUNT
     batches = got.value("sink_batch_size_count", topic=topic)
-    assert COUNT / 500 <= batches <= COUNT  # batches of at most 500
+    assert COUNT / 500 <= batches <= COUNT  # batches of at most 500 rows (of whole records)
     assert got.value("sink_flush_seconds_count", topic=topic) == batches
     assert got.value("sink_write_seconds_count") >= batches
     assert got.has("sink_dead_letters_total") and got.value("sink_dead_letters_total") == 0

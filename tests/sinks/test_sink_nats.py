@@ -76,4 +76,5 @@ async def test_the_nats_sink_survives_a_sigkill_and_flushes_on_sigterm(nats_stac
     assert await sink.stop(signal.SIGTERM) == 0, sink.log()[-3000:]
     assert '"sink flushed"' in sink.log()
     await assert_trades_stored_once(db, trades)
-    assert [(letter.raw, letter.reason[:12]) for letter in letters] == [("{not json", "not a Trade:")]
+    # The publisher made it a batch record of one event, "[{not json]": not JSON at all, one dead letter.
+    assert [(letter.raw, letter.reason[:10]) for letter in letters] == [("[{not json]", "not JSON: ")]

@@ -1,7 +1,9 @@
 """``market-ingestor sink`` as a process, on the dev stack's Kafka and PostgreSQL, each test with its own database
-and topic prefix: 200,000 trades (and their klines) survive database connections killed mid-stream and a SIGKILL
-of the sink, stored exactly once; SIGTERM flushes and commits the last partial batch and exits 0; bad records go
-to the dead-letter topic; records of aborted Kafka transactions are never stored."""
+and topic prefix, fed batch records by the bus publisher: 200,000 trades (and their klines) survive database
+connections killed mid-stream and a SIGKILL of the sink, stored exactly once; SIGTERM flushes and commits the last
+partial batch and exits 0; bad events go to the dead-letter topic while the good events of their records are
+stored; records of aborted Kafka transactions are never stored; a second sink joining the group mid-stream (a
+rebalance) loses and duplicates nothing."""
 
 from __future__ import annotations
 
@@ -36,7 +38,9 @@ from sink_helpers import (
 
 from db_helpers import with_database
 from market_ingestor.bus import open_bus
+from market_ingestor.bus.records import batch_value
 from market_ingestor.model import DeadLetter, Topics, Trade, bus_key, decode, encode
+from metrics_helpers import answering, free_port, scrape
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 __all__ = ["database", "db", "sinks"]  # fixtures
@@ -179,15 +183,23 @@ async def test_bad_records_go_to_the_dead_letter_topic_and_aborted_transactions_
     good = make_trades(1000, seed=13)
     nul = Trade("binance", "AAAUSDT", "bad\x00id", Decimal("1"), Decimal("1"), "buy", T0, T0)  # text cannot hold NUL
     nan = Trade("binance", "AAAUSDT", "nan", Decimal("NaN"), Decimal("1"), "buy", T0, T0)
-    await stack.publish([*good[:500], nul, nan, *good[500:]])
-    # A transactional producer (an exactly-once worker that crashed) writes trades and aborts.
+    missing = b'{"type":"trade","exchange":"binance","symbol":"AAAUSDT"}'  # an event of a record that is not a trade
+    publisher = open_bus(stack.bus_config).publisher()
+    await publisher.start()
+    for event in [*good[:500], nul, nan, missing, *good[500:]]:
+        key, value = ("binance.AAAUSDT", event) if isinstance(event, bytes) else (bus_key(event), encode(event))
+        await publisher.publish(stack.topic(Topics.TRADES), key, value)
+    await publisher.stop()
+    # A transactional producer (an exactly-once worker that crashed) writes batch records of trades and aborts.
     producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, transactional_id=f"{stack.app_id}-tx")
     await producer.start()
     try:
         await producer.begin_transaction()
-        for n in range(50):
-            aborted = Trade("binance", "BBBUSDT", f"aborted-{n}", Decimal("1"), Decimal("1"), "buy", T0, T0)
-            await producer.send(stack.topic(Topics.TRADES), encode(aborted), key=bus_key(aborted).encode())
+        for n in range(0, 50, 10):
+            aborted = [Trade("binance", "BBBUSDT", f"aborted-{m}", Decimal("1"), Decimal("1"), "buy", T0, T0)
+                       for m in range(n, n + 10)]  # fmt: skip
+            value = batch_value(encode(trade) for trade in aborted)
+            await producer.send(stack.topic(Topics.TRADES), value, key=bus_key(aborted[0]).encode())
         await producer.abort_transaction()
     finally:
         await producer.stop()
@@ -195,7 +207,7 @@ async def test_bad_records_go_to_the_dead_letter_topic_and_aborted_transactions_
     await stack.publish([after])
     publisher = open_bus(stack.bus_config).publisher()
     await publisher.start()
-    await publisher.publish(stack.topic(Topics.TRADES), "binance.AAAUSDT", b"{not json")
+    await publisher.publish(stack.topic(Topics.TRADES), "binance.AAAUSDT", b"{not json")  # the record: [{not json]
     await publisher.stop()
 
     sink = await start_sink(stack, sinks)
@@ -205,20 +217,48 @@ async def test_bad_records_go_to_the_dead_letter_topic_and_aborted_transactions_
     letters: list[DeadLetter] = []
     try:
 
-        async def three_letters() -> bool:
+        async def four_letters() -> bool:
             for delivery in await follower.fetch(100, 0.2):
                 letter = decode(delivery.value)
                 assert isinstance(letter, DeadLetter)
                 letters.append(letter)
-            return len(letters) >= 3
+            return len(letters) >= 4
 
-        await until(three_letters, sink, "three dead letters")
+        await until(four_letters, sink, "four dead letters")
     finally:
         await follower.stop()
     assert await sink.stop() == 0
     reasons = {letter.raw: letter.reason for letter in letters}
     assert "refused by the database" in reasons[encode(nul).decode()]
     assert reasons[encode(nan).decode()] == "trade field price is NaN"
-    assert reasons["{not json"].startswith("not a Trade: ")
+    assert reasons[missing.decode()] == "not a trade: Object missing required field `trade_id`"
+    assert reasons["[{not json]"].startswith("not JSON: ")
+    assert len(letters) == 4
     stored = {row[0] for row in await db.fetch("SELECT trade_id FROM market_trades")}
     assert stored == {t.trade_id for t in good} | {"after"}  # none of the aborted ones, nothing bad
+
+
+async def test_a_second_sink_joining_mid_stream_takes_partitions_and_nothing_is_lost_or_doubled(
+    dev_stack, database, db, tmp_path, sinks, monkeypatch
+):
+    trades = make_trades(COUNT, seed=23)
+    stack = Stack(dev_stack, database, tmp_path)
+    await stack.ensure_topics()
+    await stack.publish(trades)
+    first = await start_sink(stack, sinks)
+    await until(lambda: at_least(db, 20_000), first, "20,000 trades")
+    port = free_port()
+    monkeypatch.setenv("MARKET_INGESTOR__SINK__METRICS_PORT", str(port))
+    second = await start_sink(stack, sinks)  # the group rebalances: the first sink gives up partitions
+    assert await trade_count(db) < COUNT, "the first sink finished before the second joined: not mid-stream"
+
+    async def second_stores() -> bool:
+        return await answering(port) and (await scrape(port)).value("db_insert_total", table="market_trades") > 0
+
+    await until(second_stores, second, "the second sink storing trades of its partitions")
+    # The first one leaves (another rebalance): it writes and commits what it holds; the second takes the rest.
+    assert await first.stop(signal.SIGTERM) == 0, first.log()[-3000:]
+    await until(lambda: at_least(db, COUNT), second, f"{COUNT} trades")
+    assert await second.stop(signal.SIGTERM) == 0, second.log()[-3000:]
+    await assert_trades_stored_once(db, trades)
+    assert await stack.committed_trade_ids() == {trade.trade_id for trade in trades}

@@ -16,9 +16,9 @@ of one (faust-streaming's GlobalTable docstring), which we follow. An instance a
 from the changelog, slightly after making them; the instruments it owns are therefore served from
 :attr:`TickerTable.owned`, the authoritative latest state, and only the others from the table.
 
-Writes are coalesced: the agent takes events in batches of up to ``ticker_flush_s`` and writes each touched
-instrument once per batch. "Latest" is by exchange time (a late trade never replaces a newer one), ties going to
-the later arrival.
+Writes are coalesced: the agent takes records (each a JSON array of trades or quotes, ``bus/records.py``) in
+batches of up to ``ticker_flush_s`` and writes each touched instrument once per batch. "Latest" is by exchange
+time (a late trade never replaces a newer one), ties going to the later arrival.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import faust
 import msgspec
 
+from market_ingestor.bus.records import BatchDecoder
 from market_ingestor.config import Config
 from market_ingestor.model import Quote, Topics, Trade
 from market_ingestor.streams.faust_app import StreamApp
@@ -57,7 +58,7 @@ class TickerState(msgspec.Struct, frozen=True):
 
 _state_encoder = msgspec.json.Encoder(decimal_format="string")
 _state_decoder = msgspec.json.Decoder(TickerState)
-_event_decoder = msgspec.json.Decoder(Trade | Quote)
+_events: BatchDecoder[Trade | Quote] = BatchDecoder(Trade | Quote)  # type: ignore[arg-type]
 
 
 class TickerView(Protocol):
@@ -130,21 +131,28 @@ class TickerTable:
             self.apply(event.value for event in events)
 
     def apply(self, values: Iterable[bytes]) -> None:
+        """Record values of the trades and quotes topics, each an array of events, in order."""
         touched: set[str] = set()
         for value in values:
-            try:
-                event = _event_decoder.decode(value)
-            except msgspec.MsgspecError as exc:
-                self.malformed += 1  # the worker dead-letters bad records; the ticker only skips them
-                if self.malformed == 1 or self.malformed % 1000 == 0:  # a flood must not become a log flood
-                    log.warning("ticker skipped malformed records", extra={"reason": str(exc), "count": self.malformed})
-                continue
-            key = f"{event.exchange}.{event.symbol}"
-            current = self.owned.get(key) or self.get(key) or TickerState()
-            self.owned[key] = current.updated(event)
-            touched.add(key)
+            for event in self._events(value):
+                key = f"{event.exchange}.{event.symbol}"
+                current = self.owned.get(key) or self.get(key) or TickerState()
+                self.owned[key] = current.updated(event)
+                touched.add(key)
         for key in touched:
             self.table[key.encode()] = _state_encoder.encode(self.owned[key])
+
+    def _events(self, value: bytes) -> list[Trade | Quote]:
+        """The events of one record; a bad one is skipped (the worker dead-letters them), the rest are kept."""
+        try:
+            events: list[Trade | Quote] = _events.decode(value)
+            return events
+        except msgspec.MsgspecError:
+            events, bad = _events.split(value)
+        previous, self.malformed = self.malformed, self.malformed + len(bad)
+        if previous == 0 or self.malformed // 1000 > previous // 1000:  # a flood must not become a log flood
+            log.warning("ticker skipped malformed events", extra={"reason": bad[0][1], "count": self.malformed})
+        return events
 
     async def on_revoked(self, app: faust.App, revoked: set[Any], **_: Any) -> None:
         """Source partitions moved: their instruments are now written, and served fresh, by another instance."""

@@ -54,6 +54,9 @@ class Subscriber(Protocol):
     async def commit(self, deliveries: Sequence[Delivery]) -> None:
         """Mark these records processed; they are not delivered to this group again."""
 
+    async def lag(self) -> dict[tuple[str, int], int]:
+        """Records not fetched yet, per (topic, partition) this consumer reads now (NATS: per topic, as 0)."""
+
 
 class Bus(Protocol):
     # True where the bus drops a re-send of a msg_id it has already stored (within its window).

@@ -19,7 +19,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, TopicAlreadyExistsError
 from aiokafka.partitioner import murmur2
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
@@ -323,6 +323,7 @@ class KafkaSubscriber:
         self.group = group
         self.tail = tail
         self._consumer: AIOKafkaConsumer | None = None
+        self._committed: dict[TopicPartition, int] = {}  # what this member committed, per partition
 
     async def start(self) -> None:
         self._consumer = AIOKafkaConsumer(
@@ -381,19 +382,43 @@ class KafkaSubscriber:
         return [_delivery(record) for records in batches.values() for record in records]
 
     async def commit(self, deliveries: Sequence[Delivery]) -> None:
+        """Commits ``position + 1`` of the last delivery per partition. Partitions no longer assigned (they moved
+        to another member in a rebalance) and offsets not above this member's last commit are left out: the new
+        owner reads those records again (at-least-once), and a commit never goes backwards."""
         if self.group is None:
             return  # a follower keeps no position on the server
+        consumer = self._live()
+        assigned = consumer.assignment()
         offsets: dict[TopicPartition, int] = {}
         for delivery in deliveries:
             tp = TopicPartition(delivery.topic, delivery.partition)
             offsets[tp] = max(offsets.get(tp, -1), delivery.position + 1)
+        offsets = {
+            tp: offset for tp, offset in offsets.items() if tp in assigned and offset > self._committed.get(tp, 0)
+        }
         if not offsets:
             return
         try:
-            await self._live().commit({tp: OffsetAndMetadata(offset, "") for tp, offset in offsets.items()})
-        except CommitFailedError as exc:
+            await consumer.commit({tp: OffsetAndMetadata(offset, "") for tp, offset in offsets.items()})
+        except (CommitFailedError, IllegalStateError) as exc:
             # The partitions moved to another member during a rebalance: it will get these records again,
             # which is the at-least-once contract; nothing is lost.
             log.warning("commit skipped after rebalance", extra={"group": self.group, "error": repr(exc)})
+            return
         except KafkaError as exc:
             raise BusError(f"Kafka commit failed for group {self.group!r}: {exc!r}") from exc
+        self._committed.update(offsets)
+
+    async def lag(self) -> dict[tuple[str, int], int]:
+        """Records after this consumer's position in each partition assigned to it now: the end offset (the last
+        stable offset, as the consumer reads ``read_committed``) minus the position."""
+        consumer = self._live()
+        assigned = sorted(consumer.assignment())
+        if not assigned:
+            return {}
+        try:
+            end = await consumer.end_offsets(assigned)
+            positions = {tp: await consumer.position(tp) for tp in assigned}
+        except KafkaError as exc:  # e.g. a rebalance took a partition meanwhile
+            raise BusError(f"cannot read the lag of {self.topics}: {exc!r}") from exc
+        return {(tp.topic, tp.partition): max(0, end[tp] - positions[tp]) for tp in assigned if tp in end}

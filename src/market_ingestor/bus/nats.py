@@ -451,3 +451,15 @@ class NatsSubscriber:
             await self._client.flush(timeout=max(1, round(self.config.ack_timeout_s)))
         except NatsError as exc:
             raise BusError(f"NATS ack failed for group {self.group!r}: {exc!r}") from exc
+
+    async def lag(self) -> dict[tuple[str, int], int]:
+        """Messages of each topic not delivered to this consumer yet (JetStream's ``num_pending``), as partition 0."""
+        if self._client is None:
+            raise BusClosedError("NATS subscriber is not started")
+        lag: dict[tuple[str, int], int] = {}
+        try:
+            for topic, subscription in self._subscriptions:
+                lag[(topic, 0)] = (await subscription.consumer_info()).num_pending or 0
+        except NatsError as exc:
+            raise BusError(f"cannot read the lag of {self.topics}: {exc!r}") from exc
+        return lag

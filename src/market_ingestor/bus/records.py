@@ -108,6 +108,8 @@ class BatchDecoder(Generic[T]):
 
     def __init__(self, event_type: type[T]) -> None:
         self.event_type = event_type
+        # "trade" for Trade; a union of types (a reader of two topics) is named by its members: "trade | quote".
+        self._name = " | ".join(t.__name__.lower() for t in getattr(event_type, "__args__", (event_type,)))
         self._many = msgspec.json.Decoder(list[event_type] | event_type)  # type: ignore[valid-type]
         self._one = msgspec.json.Decoder(event_type)
 
@@ -129,7 +131,7 @@ class BatchDecoder(Generic[T]):
             try:
                 good.append(self._one.decode(part))
             except msgspec.MsgspecError as exc:
-                bad.append((bytes(part), f"not a {self.event_type.__name__.lower()}: {exc}"))
+                bad.append((bytes(part), f"not a {self._name}: {exc}"))
         return good, bad
 
 

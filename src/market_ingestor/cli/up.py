@@ -17,6 +17,7 @@ import click
 import msgspec
 
 from market_ingestor.bus import open_bus
+from market_ingestor.bus.records import split_events
 from market_ingestor.cli.context import CliContext, pass_cli, run
 from market_ingestor.cli.services import SERVICES, Children, parse_services
 from market_ingestor.config import ENV_PREFIX, Config, ExchangeConfig
@@ -142,10 +143,12 @@ def up(cli_ctx: CliContext, simulate: bool, rate: float, port: int, with_: str) 
 
 @click.command()
 @click.argument("topic")
-@click.option("--limit", "-n", type=int, default=None, help="Stop after this many records.")
+@click.option("--limit", "-n", type=int, default=None, help="Stop after this many events.")
 @pass_cli
 def tail(cli_ctx: CliContext, topic: str, limit: int | None) -> None:
-    """Print TOPIC's records as JSON lines, from the beginning, following new ones (Ctrl-C stops)."""
+    """Print TOPIC's events as JSON lines, one per line, from the beginning, following new ones (Ctrl-C stops).
+
+    A record of a hot topic holds many events (docs/topics.md): each is printed on its own line."""
 
     async def follow() -> None:
         subscriber = open_bus(cli_ctx.config.bus).follower([topic])
@@ -153,9 +156,15 @@ def tail(cli_ctx: CliContext, topic: str, limit: int | None) -> None:
         printed = 0
         try:
             while limit is None or printed < limit:
-                for delivery in await subscriber.fetch(max_records=1000, timeout_s=1.0):
-                    sys.stdout.buffer.write(delivery.value + b"\n")
-                    printed += 1
+                for delivery in await subscriber.fetch(max_records=100, timeout_s=1.0):
+                    try:
+                        events = split_events(delivery.value)
+                    except msgspec.DecodeError:
+                        events = [delivery.value]  # not JSON: printed as it is
+                    if limit is not None:
+                        events = events[: limit - printed]
+                    sys.stdout.buffer.write(b"".join(event + b"\n" for event in events))
+                    printed += len(events)
                     if limit is not None and printed >= limit:
                         break
                 sys.stdout.flush()

@@ -1,5 +1,5 @@
-"""Consumer lag per topic and partition, and the metrics server as a service of a Faust worker (the stream worker
-and the sink).
+"""Consumer lag per topic and partition, and the metrics server as a service of a Faust worker (the stream
+worker; the sink, on the bus adapter, samples its lag with :mod:`market_ingestor.observability.lag`).
 
 Lag is read from this process's own consumer every ``metrics.sample_interval_s``: for each partition it is
 assigned, the high watermark (the last stable offset under ``read_committed``) minus the consumer's position,
@@ -18,18 +18,12 @@ import faust
 from aiokafka.errors import KafkaError
 from faust.types import TP
 from mode import Service
-from prometheus_client import Gauge
 
 from market_ingestor.config import MetricsConfig
+from market_ingestor.observability.lag import CONSUMER_LAG
 from market_ingestor.observability.server import Health, MetricsServer
 
 log = logging.getLogger(__name__)
-
-CONSUMER_LAG = Gauge(
-    "consumer_lag",
-    "Records after the consumer's position in an assigned partition (high watermark - position)",
-    ["group", "topic", "partition"],
-)
 
 
 class LagSampler:

@@ -5,8 +5,8 @@ any number run side by side behind a load balancer. At start it reads back the l
 records of each partition of the quotes, klines and indicators topics to know the current state; trades are
 followed from the end only.
 
-One event loop does everything. The bus readers decode each record once, build its message once and hand it to
-every subscriber with the synchronous :meth:`Client.deliver`, which never waits for a socket. The handshake
+One event loop does everything. The bus readers decode each event of a record once, build its message once and
+hand it to every subscriber with the synchronous :meth:`Client.deliver`, which never waits for a socket. The handshake
 checks (capacity, Origin, API key) run in ``process_request`` before the WebSocket upgrade; a sweeper closes
 clients that stay behind or idle; shutdown stops accepting, closes every client with 1001, then stops the
 readers.
@@ -24,7 +24,6 @@ import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qs, urlsplit
 
-import msgspec
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
@@ -50,7 +49,7 @@ from market_ingestor.push.protocol import (
     parse_request,
     pong_reply,
 )
-from market_ingestor.push.updates import LatestState, to_update
+from market_ingestor.push.updates import LatestState, to_updates
 
 log = logging.getLogger(__name__)
 
@@ -197,25 +196,25 @@ class Gateway:
                 self.dispatch(topic, delivery.value)
 
     def dispatch(self, topic: str, value: bytes) -> None:
-        """One record of the logical ``topic`` -> the latest state and every subscriber. Never waits."""
-        try:
-            update = to_update(topic, value)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        """One record of the logical ``topic`` (its events, in order) -> the latest state and every subscriber.
+        An event that is not valid is counted and skipped; the others still go out. Never waits."""
+        updates, problems = to_updates(topic, value)
+        for problem in problems:
             self.metrics.bad_records_total += 1
             if self.metrics.bad_records_total & (self.metrics.bad_records_total - 1) == 0:  # 1st, 2nd, 4th, ...
                 log.warning(
-                    "push: skipped a record that is not a valid %s",
+                    "push: skipped an event that is not a valid %s",
                     topic,
-                    extra={"topic": topic, "error": str(exc), "skipped": self.metrics.bad_records_total},
+                    extra={"topic": topic, "error": problem, "skipped": self.metrics.bad_records_total},
                 )
-            return
-        self.metrics.updates_received_total += 1
-        if update.pair[0] in self._channels:
-            self.state.offer(update)
-        subscribers = self._subscribers.get(update.pair)
-        if subscribers:
-            for client in subscribers:
-                client.deliver(update.message, update.pair, update.conflate)
+        self.metrics.updates_received_total += len(updates)
+        for update in updates:
+            if update.pair[0] in self._channels:
+                self.state.offer(update)
+            subscribers = self._subscribers.get(update.pair)
+            if subscribers:
+                for client in subscribers:
+                    client.deliver(update.message, update.pair, update.conflate)
 
     # --- the client side ---------------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ class PushMetrics:
     refused_total: Counter[str] = field(default_factory=Counter)  # by reason: max_clients, origin, auth
     messages_sent_total: int = 0  # frames handed to client sockets (updates, replies, notices)
     updates_received_total: int = 0  # bus records turned into updates
-    bad_records_total: int = 0  # bus records that did not decode as their topic's type
+    bad_records_total: int = 0  # events of bus records that did not decode as their topic's type (skipped)
     updates_dropped_total: int = 0  # updates clients lost to a full queue or to conflation
     request_errors_total: Counter[str] = field(default_factory=Counter)  # error replies, by code
     lag_disconnects_total: int = 0  # clients closed for staying behind longer than push.max_behind_s
@@ -46,7 +46,9 @@ class PushCollector(Collector):
             "push_updates_received", "Bus records turned into updates", value=m.updates_received_total
         )
         yield CounterMetricFamily(
-            "push_bad_records", "Bus records that did not decode as their topic's type", value=m.bad_records_total
+            "push_bad_records",
+            "Events of bus records that did not decode as their topic's type",
+            value=m.bad_records_total,
         )
         disconnects = CounterMetricFamily(
             "push_disconnects", "Clients closed by the gateway: staying behind (lag) or idle", labels=["reason"]

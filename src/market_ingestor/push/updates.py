@@ -1,7 +1,9 @@
 """Bus records -> updates for clients, and the latest state a new subscriber gets first.
 
-Pure: :func:`to_update` decodes one record of ``market.trades``/``quotes``/``klines``/``indicators`` (the record
-is validated by its typed decoder, then embedded in the frame as it is) and :class:`LatestState` keeps, per
+Pure: :func:`to_updates` reads one record of ``market.trades``/``quotes``/``klines``/``indicators`` (a JSON array
+of events, ``bus/records.py``) into an update per event: :func:`to_update` validates each event by its typed
+decoder and embeds it in the frame as it is, and an event that is not valid is reported and skipped without
+holding back the others of its record. :class:`LatestState` keeps, per
 (channel, symbol), the newest quote, the newest kline of each interval channel and the newest value of each
 indicator per kline interval, in a bounded map that forgets the least recently updated instruments first.
 """
@@ -14,6 +16,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
+from market_ingestor.bus.records import split_events
 from market_ingestor.model import IndicatorValue, Kline, Quote, Topics, Trade, decoder_for
 from market_ingestor.push.protocol import INDICATOR_PREFIX, KLINE_PREFIX, QUOTE, TRADE, Outgoing, Pair, update_message
 
@@ -61,11 +64,29 @@ TOPICS: tuple[str, ...] = tuple(_BY_TOPIC)
 
 
 def to_update(topic: str, value: bytes) -> Update:
-    """``topic`` is the logical name (without the configured prefix). Raises ``msgspec.DecodeError`` or
-    ``msgspec.ValidationError`` (naming the bad field) for a record that is not the topic's type, ``KeyError``
+    """One event of the logical ``topic`` (without the configured prefix). Raises ``msgspec.DecodeError`` or
+    ``msgspec.ValidationError`` (naming the bad field) for an event that is not the topic's type, ``KeyError``
     for a topic the gateway does not read."""
     decoder, build = _BY_TOPIC[topic]
     return build(decoder.decode(value), value)
+
+
+def to_updates(topic: str, value: bytes) -> tuple[list[Update], list[str]]:
+    """The updates of one record of the logical ``topic``, in order, and why each event that is not the topic's
+    type was skipped (one reason for a record that is not JSON at all). ``KeyError`` for a topic the gateway
+    does not read."""
+    try:
+        events = split_events(value)
+    except msgspec.DecodeError as exc:
+        return [], [f"not JSON: {exc}"]
+    updates: list[Update] = []
+    problems: list[str] = []
+    for event in events:
+        try:
+            updates.append(to_update(topic, event))
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            problems.append(str(exc))
+    return updates, problems
 
 
 class _Held(NamedTuple):

@@ -1,11 +1,13 @@
-"""One batch of bus records -> rows in the database, durably, whatever the database does meanwhile.
+"""Bus records -> rows in the database, durably, whatever the database does meanwhile.
 
-:meth:`Persister.persist` returns only once every record of the batch is either in the database (one
-transaction per batch, idempotent: see :mod:`market_ingestor.sinks.writer`) or on the dead-letter topic with
-its reason; only then may the caller commit the batch's offsets.
+:class:`RowDecoder` reads one record of a hot topic (a JSON array of events, ``bus/records.py``) into its rows,
+and dead letters for its events that cannot be rows. :meth:`Persister.persist` returns only once every row of a
+batch is either in the database (one transaction per batch, idempotent: see :mod:`market_ingestor.sinks.writer`)
+or on the dead-letter topic with its reason; only then may the caller commit the offsets of the batch's records.
 
-- A record that does not decode into its topic's type, or holds a non-finite number, goes to the dead-letter
-  topic; the rest of the batch is written.
+- An event that does not decode into its topic's type, or holds a non-finite number, goes to the dead-letter
+  topic; the other events of its record, and the rest of the batch, are written. A record that is not JSON at
+  all is one dead letter.
 - A batch the database refuses because of its data (SQLSTATE classes 21, 22, 23: a value out of range, a
   constraint; or a value the client cannot encode) is split in halves until the offending rows are found;
   those are dead-lettered, the others written. One bad row never blocks the stream.
@@ -22,14 +24,15 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, Protocol, get_args, get_origin
 
 import asyncpg
 import msgspec
 
+from market_ingestor.bus.records import BatchDecoder
 from market_ingestor.config import Config, StorageConfig
 from market_ingestor.errors import StorageError, StorageUnavailable
-from market_ingestor.model import DeadLetter, IndicatorValue, Kline, Quote, Topics, Trade, decoder_for, encode
+from market_ingestor.model import DeadLetter, IndicatorValue, Kline, Quote, Topics, Trade, encode
 from market_ingestor.sinks import metrics
 from market_ingestor.sinks.schema import SchemaMode, migrate
 from market_ingestor.sinks.writer import TABLES
@@ -83,7 +86,7 @@ class Backoff:
 
 def number_problem(event: Row) -> str | None:
     """A non-finite number (NaN, Infinity) cannot be a price, amount or indicator value in the database."""
-    for name in event.__struct_fields__:
+    for name in _decimal_fields(type(event)):
         value = getattr(event, name)
         values = value.values() if isinstance(value, dict) else (value,)
         for item in values:
@@ -92,30 +95,65 @@ def number_problem(event: Row) -> str | None:
     return None
 
 
+_DECIMAL_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _decimal_fields(row_type: type[Row]) -> tuple[str, ...]:
+    """The fields of ``row_type`` that hold Decimals (alone or as a dict's values): the only ones to check."""
+    fields = _DECIMAL_FIELDS.get(row_type)
+    if fields is None:
+        fields = _DECIMAL_FIELDS[row_type] = tuple(
+            field.name
+            for field in msgspec.structs.fields(row_type)
+            if field.type is Decimal or (get_origin(field.type) is dict and get_args(field.type)[1] is Decimal)
+        )
+    return fields
+
+
+@dataclass(slots=True)
+class Decoded:
+    """One bus record read by :class:`RowDecoder`: its rows, and a dead letter per event that is not one."""
+
+    rows: list[Row]
+    dead: list[DeadLetter]
+
+    def __len__(self) -> int:
+        """What the record weighs in a batch: each of its events (at least 1, so an empty record still counts)."""
+        return max(1, len(self.rows) + len(self.dead))
+
+
 class RowDecoder:
     """Decodes one topic's records; what cannot become a row becomes a dead letter."""
 
     def __init__(self, row_type: type[Row]) -> None:
         self.row_type = row_type
         self.table = TABLES[row_type].name
-        self._decoder = decoder_for(row_type)
+        self._batch: BatchDecoder[Row] = BatchDecoder(row_type)
+        self._checked = _decimal_fields(row_type)
 
-    def decode(self, values: Sequence[bytes | None], now_ns: int) -> tuple[list[Row], list[DeadLetter]]:
-        rows: list[Row] = []
-        dead: list[DeadLetter] = []
-        for value in values:
-            try:
-                row = self._decoder.decode(value or b"")
-            except msgspec.MsgspecError as exc:
-                raw = (value or b"").decode("utf-8", "replace")[:_RAW_MAX_CHARS]
-                dead.append(DeadLetter("sink", raw, f"not a {self.row_type.__name__}: {exc}", now_ns))
-                continue
-            problem = number_problem(row)
-            if problem is not None:
-                dead.append(DeadLetter(row.exchange, encode(row).decode(), problem, now_ns))
-                continue
-            rows.append(row)
-        return rows, dead
+    def decode(self, value: bytes | None, now_ns: int) -> Decoded:
+        """The rows of one record (a JSON array of events, or one event). The whole array is decoded at once;
+        only a record that fails is read event by event, so its good events are still stored."""
+        try:
+            rows: list[Row] = self._batch.decode(value or b"")
+            dead: list[DeadLetter] = []
+        except msgspec.MsgspecError:
+            rows, bad = self._batch.split(value or b"")
+            dead = [DeadLetter("sink", _text(raw), reason, now_ns) for raw, reason in bad]
+        if self._checked and any(number_problem(row) for row in rows):
+            good: list[Row] = []
+            for row in rows:
+                problem = number_problem(row)
+                if problem is None:
+                    good.append(row)
+                else:
+                    dead.append(DeadLetter(row.exchange, encode(row).decode(), problem, now_ns))
+            rows = good
+        return Decoded(rows, dead)
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")[:_RAW_MAX_CHARS]
 
 
 def is_data_error(exc: BaseException) -> bool:
@@ -173,22 +211,23 @@ class Persister:
                 log.warning("database maintenance failed", extra={"error": reason, "retry_in_s": interval_s})
             await asyncio.sleep(interval_s)
 
-    async def persist(self, decoder: RowDecoder, topic: str, values: Sequence[bytes | None]) -> None:
-        """Returns once each record is either stored or dead-lettered (see the module docstring)."""
-        metrics.BATCH_SIZE.labels(topic).observe(len(values))
+    async def persist(self, table: str, topic: str, records: Sequence[Decoded]) -> None:
+        """Returns once each row of ``records`` is either stored in ``table`` or dead-lettered (see the module
+        docstring)."""
+        rows = [row for record in records for row in record.rows]
+        dead = [letter for record in records for letter in record.dead]
+        metrics.BATCH_SIZE.labels(topic).observe(len(rows) + len(dead))
         with metrics.FLUSH_SECONDS.labels(topic).time():
-            await self._persist(decoder, topic, values)
+            await self._persist(table, topic, rows, dead)
 
-    async def _persist(self, decoder: RowDecoder, topic: str, values: Sequence[bytes | None]) -> None:
-        now = time.time_ns()
-        rows, dead = decoder.decode(values, now)
+    async def _persist(self, table: str, topic: str, rows: list[Row], dead: list[DeadLetter]) -> None:
         if rows:
-            refused = await self._write_splitting(rows, topic, now)
-            metrics.ROWS.labels(decoder.table).inc(len(rows) - len(refused))
+            refused = await self._write_splitting(rows, topic, time.time_ns())
+            metrics.ROWS.labels(table).inc(len(rows) - len(refused))
             dead.extend(refused)
         if dead:
             metrics.DEAD_LETTERS.labels(topic).inc(len(dead))
-            log.warning("records dead-lettered", extra={"topic": topic, "count": len(dead), "first": dead[0].reason})
+            log.warning("events dead-lettered", extra={"topic": topic, "count": len(dead), "first": dead[0].reason})
             await self.dead_letters(dead)
 
     async def _write_splitting(self, rows: Sequence[Row], topic: str, now_ns: int) -> list[DeadLetter]:

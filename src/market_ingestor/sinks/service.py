@@ -1,154 +1,175 @@
-"""The Kafka sink: Faust agents, one per topic, in their own app and consumer group (``{streams.app_id}-sink``), so
-a slow database holds back the sink alone, never the kline worker. Each agent buffers its topic's records in a
-:class:`~market_ingestor.sinks.batching.Batcher`; a full or old batch is written in one transaction and only
-then are its offsets committed.
+"""The sink service (``market-ingestor sink``): the hot topics -> PostgreSQL/TimescaleDB, on Kafka and on NATS alike.
 
-How Faust acks and commits (faust-streaming 0.15.3, read in ``streams.py``, ``transport/consumer.py``,
-``app/base.py``), and why the sink commits itself:
+One implementation for both buses: the bus adapter's group consumer (``{streams.app_id}-sink``; Kafka:
+aiokafka, ``read_committed``, explicit commits; NATS: a durable pull consumer with explicit acks) feeds one
+:class:`~market_ingestor.sinks.batching.Batcher` per topic, and each batch is written in one transaction by the
+:class:`~market_ingestor.sinks.persist.Persister` before its records are committed.
 
-- An event is *acked* when the stream iterator moves past it (``Stream.__aiter__``'s ``finally``),
-  ``take``/``take_events`` ack a whole buffer in their ``finally`` after the caller's loop body, *also* when the
-  body raised or the generator was closed at shutdown, and ``noack_take`` leaves it to ``Stream.ack``.
-  ``Consumer.ack`` records the offset; the commit timer (``broker_commit_interval``), ``Consumer.on_task_error``
-  (any agent error), the revocation of partitions and the shutdown (``wait_empty``) commit the highest offset
-  below the first unacked one.
-- Events the stream *skips* are acked without being processed: while flow control is suspended (during a
-  rebalance and from the start of the shutdown) and when they were fetched in an older consumer generation. On
-  shutdown, a message whose ``put`` into a full stream buffer was pending can still be delivered after the
-  buffers are cleared; it is skipped and acked, and if the record before it in its partition was acked, the
-  final commit covers it although it was never processed. Faust's gap check (``Consumer._new_offset``) does not
-  stop this: it only looks before the lowest acked offset, only when a committed offset is known and non-zero,
-  and lets a gap of one through.
-- Faust's at-least-once consumer reads ``read_uncommitted``: records of aborted transactions (an exactly-once
-  kline worker that crashed) would be stored.
-
-So the sink's topics are declared with ``acks=False``: Faust tracks, acks and commits nothing of them, and a
-skipped record is simply not written (its offset is re-read after the next seek). After each batch's transaction
-the agent commits ``offset + 1`` of the batch's last record per partition through the consumer
-(``Consumer._commit``, the call Faust's own commits end in; it drops partitions no longer assigned). A batch
-is flushed on SIGTERM from the ``on_before_shutdown`` signal, which Faust sends after it stopped fetching and
-before it stops the agents and the consumer. The consumer is built ``read_committed`` and long-polls briefly
-(see :mod:`market_ingestor.streams.faust_app`).
+- A bus record holds many rows (``bus/records.py``). The intake decodes each record as it arrives (the whole
+  array at once; a record that fails is read event by event so its good events are stored and its bad ones
+  dead-lettered) and hands it to its topic's batcher weighed by its rows: a batch holds up to ``sink.batch_size``
+  rows and never splits a record, so a record is committed only once all its rows are in the database.
+- Up to ``sink.writes_in_flight`` batches of a topic are written at the same time (the database stores one
+  while this process encodes the next; trades and quotes are insert-only, klines and indicator values upserts
+  whose result does not depend on the order), and their records are committed one batch at a time, in order.
+  While those are being written (or retried) and the next batch is full, the intake waits and fetches nothing:
+  a database outage stops consumption instead of filling memory.
+- Commits follow the transactions. After a Kafka rebalance, records of a partition that moved are not committed
+  by this member (``KafkaSubscriber.commit`` leaves them out) and the new owner reads them again; NATS
+  redelivers what stays unacknowledged longer than ``bus.nats.ack_wait_s``. The idempotent writer turns such
+  re-deliveries into no change, and no offset is ever committed past a record that is not stored.
+- SIGINT/SIGTERM: the intake stops fetching, everything buffered is written and committed (within
+  ``sink.shutdown_timeout_s``; what is not stays uncommitted and comes again), then the process exits 0.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+import signal
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-from faust.types import TP
-
+from market_ingestor.bus import PIPELINE_TOPICS, Delivery, Publisher, Subscriber, open_bus
+from market_ingestor.bus.topics import prefixed
 from market_ingestor.config import Config
-from market_ingestor.model import DeadLetter, Topics, encode
-from market_ingestor.observability.consumer import MetricsService, metrics_service
+from market_ingestor.errors import MarketIngestorError
+from market_ingestor.model import DeadLetter, Topics, encode, event_id
+from market_ingestor.observability import Health, MetricsServer
+from market_ingestor.observability.lag import SubscriberLag
 from market_ingestor.sinks.batching import Batcher
-from market_ingestor.sinks.persist import Backoff, Persister, Row, RowDecoder, Writer, sink_group, sink_topics
-from market_ingestor.streams.faust_app import StreamApp
-from market_ingestor.streams.sequence import InputSequence
+from market_ingestor.sinks.persist import Backoff, Decoded, Persister, RowDecoder, Writer, sink_group, sink_topics
 
 log = logging.getLogger(__name__)
 
-_CLOSE_TIMEOUT_S = 10.0  # float-ok: a duration
+_FETCH_WAIT_S = 0.25  # float-ok: how long one fetch waits for the first record
+# Records per fetch: a record holds up to bus.batch.max_events rows, so this bounds what one fetch adds.
+_FETCH_RECORDS = 64
 
 
 @dataclass(frozen=True, slots=True)
-class Record:
-    tp: TP
-    offset: int
-    value: bytes | None
+class Pending:
+    """A consumed record and its decoded rows, waiting for its batch's transaction."""
+
+    delivery: Delivery
+    decoded: Decoded
 
 
-class SinkApp:
-    def __init__(self, config: Config, writer: Writer, data_dir: str | Path | None = None) -> None:
-        kafka, sink = config.bus.kafka, config.sink
-        self.app = StreamApp.on_kafka(
-            sink_group(config),
-            kafka,
-            datadir=str(data_dir or sink.data_dir),
-            processing_guarantee="at_least_once",
-            consumer_auto_offset_reset="earliest",
-            read_committed=True,
-        )
-        self.settings = sink
-        self.persister = Persister(writer, self.send_dead_letters, Backoff(sink.retry_initial_s, sink.retry_max_s))
+def _rows(pending: Pending) -> int:
+    return len(pending.decoded)
+
+
+class BusSink:
+    def __init__(self, config: Config, writer: Writer, subscriber: Subscriber, publisher: Publisher) -> None:
+        self.config = config
         prefix = config.bus.topic_prefix
-        self.deadletter = self.app.topic(prefix + Topics.DEADLETTER, key_type=bytes, value_type=bytes)
-        self.agents = [TopicSink(self, prefix + name, row_type) for name, row_type in sink_topics(config).items()]
-        self.app.on_before_shutdown.connect(self.on_shutdown)
-        self.app.task(self.maintain)
-        self.metrics: MetricsService = metrics_service(
-            self.app,
-            config.metrics,
-            sink.metrics_port,
-            "sink.metrics_port",
-            [agent.topic_name for agent in self.agents],
-            details=self.persister.database_state,
-        )
+        self.deadletter_topic = prefix + Topics.DEADLETTER
+        self.subscriber = subscriber
+        self.publisher = publisher
+        settings = config.sink
+        backoff = Backoff(settings.retry_initial_s, settings.retry_max_s)
+        self.persister = Persister(writer, self.send_dead_letters, backoff)
+        self.decoders = {prefix + name: RowDecoder(row_type) for name, row_type in sink_topics(config).items()}
+        self.batchers: dict[str, Batcher[Pending]] = {
+            topic: Batcher(
+                self._writer(topic),
+                settings.batch_size,
+                settings.flush_interval_s,
+                _rows,
+                commit=self._commit,
+                writes_in_flight=settings.writes_in_flight,
+            )
+            for topic in self.decoders
+        }
+        self.lag = SubscriberLag(subscriber, sink_group(config), config.metrics.sample_interval_s)
+        self.state = "starting"
 
-    async def maintain(self) -> None:
-        await self.persister.maintain_every(self.settings.maintain_interval_s)
+    def health(self) -> Health:
+        return Health(self.state == "running", {"state": self.state, **self.persister.database_state()})
+
+    def _writer(self, topic: str) -> Callable[[list[Pending]], Awaitable[None]]:
+        table = self.decoders[topic].table
+
+        async def write(batch: list[Pending]) -> None:
+            await self.persister.persist(table, topic, [pending.decoded for pending in batch])
+
+        return write
+
+    async def _commit(self, batch: list[Pending]) -> None:
+        await self.subscriber.commit([pending.delivery for pending in batch])
 
     async def send_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
         for letter in letters:
-            await self.deadletter.send(key=letter.exchange.encode(), value=encode(letter))
-        await self.app.producer.flush()  # on the topic (acks=all) before the batch's offsets are committed
+            await self.publisher.publish(self.deadletter_topic, letter.exchange, encode(letter), event_id(letter))
+        await self.publisher.flush()  # stored on the bus before the batch's records are committed
 
-    async def commit(self, records: list[Record]) -> None:
-        offsets: dict[TP, int] = {}
-        for record in records:
-            offsets[record.tp] = max(offsets.get(record.tp, 0), record.offset + 1)
-        consumer: Any = self.app.consumer
-        if not await consumer._commit(offsets):
-            log.info("offsets not committed (partitions reassigned); they will be delivered again", extra={})
-
-    async def drain(self) -> None:
-        await asyncio.gather(*(agent.batcher.flush() for agent in self.agents))
-
-    async def on_shutdown(self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
-        try:
-            await asyncio.wait_for(self.drain(), self.settings.shutdown_timeout_s)
-            log.info("sink flushed", extra={"topics": [agent.topic_name for agent in self.agents]})
-        except TimeoutError:
-            log.warning(
-                "shutdown: buffered records could not be written in time; they stay uncommitted and will be "
-                "delivered again",
-                extra={"buffered": sum(len(agent.batcher) for agent in self.agents)},
-            )
-        try:
-            await asyncio.wait_for(self.persister.close(), _CLOSE_TIMEOUT_S)
-        except TimeoutError:
-            log.warning("shutdown: the database connections did not close in time", extra={})
-
-
-class TopicSink:
-    """The agent of one topic: records -> batches -> one transaction each -> commit."""
-
-    def __init__(self, sink: SinkApp, topic_name: str, row_type: type[Row]) -> None:
-        self.sink = sink
-        self.topic_name = topic_name
-        self.decoder = RowDecoder(row_type)
-        # acks=False: Faust must not commit these offsets; the agent does, after the transaction (module docstring).
-        self.topic = sink.app.topic(topic_name, key_type=bytes, value_type=bytes, acks=False)
-        self.batcher: Batcher[Record] = Batcher(self.flush, sink.settings.batch_size, sink.settings.flush_interval_s)
-        sink.app.agent(self.topic, name=f"sink-{row_type.__name__.lower()}")(self.consume)
-
-    async def consume(self, stream: Any) -> None:
-        # In offset order without holes: a record Faust skipped must not be committed past (streams/sequence.py).
-        sequence = InputSequence(self.sink.app)
-        consumer: Any = self.sink.app.consumer
+    async def run(self, stop: asyncio.Event) -> None:
         async with asyncio.TaskGroup() as group:
-            flusher = group.create_task(self.batcher.run(), name=f"{self.topic_name}-flusher")
-            async for event in stream.events():
-                tp = event.message.tp
-                for passed in await sequence.in_order([event], {tp: consumer._committed_offset.get(tp)}):
-                    message = passed.message
-                    await self.batcher.add(Record(message.tp, message.offset, passed.value))
-            flusher.cancel()
+            background = [group.create_task(batcher.run()) for batcher in self.batchers.values()]
+            maintenance = self.persister.maintain_every(self.config.sink.maintain_interval_s)
+            background.append(group.create_task(maintenance))
+            background.append(group.create_task(self.lag.run(), name="sink-lag"))
+            intake = group.create_task(self._intake(stop), name="sink-intake")
+            self.state = "running"
+            await stop.wait()
+            self.state = "stopping"
+            try:
+                # The intake finishes its fetch (or the write it waits for), then everything buffered is written.
+                await asyncio.wait_for(self._finish(intake), self.config.sink.shutdown_timeout_s)
+                log.info("sink flushed", extra={"topics": list(self.batchers)})
+            except TimeoutError:
+                log.warning(
+                    "shutdown: buffered records could not be written in time; they stay uncommitted and will "
+                    "be delivered again",
+                    extra={"buffered_rows": sum(len(batcher) for batcher in self.batchers.values())},
+                )
+            for task in background:
+                task.cancel()
 
-    async def flush(self, records: list[Record]) -> None:
-        await self.sink.persister.persist(self.decoder, self.topic_name, [record.value for record in records])
-        await self.sink.commit(records)
+    async def _intake(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            deliveries = await self.subscriber.fetch(_FETCH_RECORDS, _FETCH_WAIT_S)
+            now_ns = time.time_ns()
+            for delivery in deliveries:
+                decoded = self.decoders[delivery.topic].decode(delivery.value, now_ns)
+                await self.batchers[delivery.topic].add(Pending(delivery, decoded))
+
+    async def _finish(self, intake: asyncio.Task[None]) -> None:
+        await intake
+        await asyncio.gather(*(batcher.flush() for batcher in self.batchers.values()))
+
+
+async def run_sink(config: Config, stop: asyncio.Event | None = None) -> None:
+    """``market-ingestor sink``: until SIGINT/SIGTERM (or ``stop``), then flush and commit."""
+    from market_ingestor.sinks.writer import RowWriter
+
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM) if stop is None else ()
+    stop = stop or asyncio.Event()
+    for signum in signals:
+        loop.add_signal_handler(signum, stop.set)
+    bus = open_bus(config.bus)
+    await bus.ensure_topics(prefixed(PIPELINE_TOPICS, config.bus.topic_prefix))
+    topics = [config.bus.topic_prefix + name for name in sink_topics(config)]
+    subscriber = bus.subscriber(topics, sink_group(config))
+    publisher = bus.publisher()
+    sink = BusSink(config, RowWriter(config.database.url, config.storage), subscriber, publisher)
+    server = MetricsServer(config.metrics.host, config.sink.metrics_port, sink.health, "sink.metrics_port")
+    try:
+        await server.start()
+        await publisher.start()
+        await subscriber.start()
+        await sink.run(stop)
+    except ExceptionGroup as group:  # from the task group: report our error (e.g. the bus went away) plainly
+        ours = [error for error in group.exceptions if isinstance(error, MarketIngestorError)]
+        if ours:
+            raise ours[0] from group
+        raise
+    finally:
+        await subscriber.stop()
+        await publisher.stop()
+        await sink.persister.close()
+        await server.stop()
+        for signum in signals:
+            loop.remove_signal_handler(signum)

@@ -33,6 +33,7 @@ import msgspec
 from market_ingestor.bus.records import BatchDecoder
 from market_ingestor.config import Config
 from market_ingestor.model import Quote, Topics, Trade
+from market_ingestor.streams import faust_internals
 from market_ingestor.streams.faust_app import StreamApp
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ class TickerTable:
 
     @property
     def recovered(self) -> bool:
-        return bool(self.app.tables.recovery.completed.is_set())  # type: ignore[attr-defined]
+        return faust_internals.recovery_completed(self.app)
 
     def get(self, key: str) -> TickerState | None:
         state = self.owned.get(key)

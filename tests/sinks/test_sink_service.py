@@ -15,6 +15,8 @@ from decimal import Decimal
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 from sink_helpers import (
     COUNT,
     KLINE_SQL,
@@ -242,15 +244,18 @@ async def test_a_second_sink_joining_mid_stream_takes_partitions_and_nothing_is_
     dev_stack, database, db, tmp_path, sinks, monkeypatch
 ):
     trades = make_trades(COUNT, seed=23)
+    half = COUNT // 2
     stack = Stack(dev_stack, database, tmp_path)
     await stack.ensure_topics()
-    await stack.publish(trades)
+    await stack.publish(trades[:half])
     first = await start_sink(stack, sinks)
     await until(lambda: at_least(db, 20_000), first, "20,000 trades")
     port = free_port()
     monkeypatch.setenv("MARKET_INGESTOR__SINK__METRICS_PORT", str(port))
     second = await start_sink(stack, sinks)  # the group rebalances: the first sink gives up partitions
-    assert await trade_count(db) < COUNT, "the first sink finished before the second joined: not mid-stream"
+    # The rest comes once both members hold partitions, so each of them has trades of its own to store.
+    await until(lambda: members_with_partitions(stack, 2), second, "a group of two sinks with partitions")
+    await stack.publish(trades[half:])
 
     async def second_stores() -> bool:
         return await answering(port) and (await scrape(port)).value("db_insert_total", table="market_trades") > 0
@@ -262,3 +267,18 @@ async def test_a_second_sink_joining_mid_stream_takes_partitions_and_nothing_is_
     assert await second.stop(signal.SIGTERM) == 0, second.log()[-3000:]
     await assert_trades_stored_once(db, trades)
     assert await stack.committed_trade_ids() == {trade.trade_id for trade in trades}
+
+
+async def members_with_partitions(stack: Stack, count: int) -> bool:
+    """Whether the sink group has ``count`` members, each assigned at least one partition."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.bootstrap)
+    await admin.start()
+    try:
+        (response,) = await admin.describe_consumer_groups([stack.group])
+    finally:
+        await admin.close()
+    _error, _group, state, _kind, _protocol, members = response.groups[0]
+    if state != "Stable" or len(members) != count:
+        return False
+    assignments = [ConsumerProtocolMemberAssignment.decode(member[4]) for member in members]
+    return all(any(partitions for _, partitions in a.assignment) for a in assignments)

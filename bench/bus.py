@@ -51,7 +51,7 @@ def bus_config(kind: str) -> BusConfig:
 
 
 async def new_topic(bus: Bus, kind: str) -> str:
-    topic = f"bench.{kind}.{uuid.uuid4().hex[:8]}"
+    topic = f"bench{kind}{uuid.uuid4().hex[:8]}.market.trades"  # a hot topic: batch records
     await bus.ensure_topics([TopicSpec(topic, retention_s=3600, partitions=12)])
     return topic
 

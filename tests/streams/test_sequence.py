@@ -81,3 +81,15 @@ async def test_a_new_generation_starts_again_from_the_committed_offsets():
     app.consumer_generation_id = 2
     assert _offsets(await sequence.in_order(_events(P0, 1, 2), {P0: 1})) == [(0, 1), (0, 2)]
     assert app.consumer.seeks == []
+
+
+async def test_expected_is_the_next_offset_taken_in_order_within_the_generation():
+    app = _app()
+    sequence = InputSequence(app)
+    assert sequence.expected(P0) is None
+    await sequence.in_order(_events(P0, 5, 6, 7), {P0: 5})
+    assert sequence.expected(P0) == 8
+    await sequence.in_order(_events(P0, 9), {P0: 5})  # a hole: not taken
+    assert sequence.expected(P0) == 8
+    app.consumer_generation_id = 2  # a rebalance: positions of the old generation mean nothing
+    assert sequence.expected(P0) is None

@@ -222,9 +222,13 @@ class KlineAgent:
                         metrics.DEAD_LETTERS.labels(*SYMBOLS(trade.exchange, trade.symbol), "too_late").inc()
                     touched[key] = source
             # In-progress updates right away where the throttle allows: waiting for the timer would add up to
-            # timer_interval_s to every update; the timer sends what the throttle held back.
-            for key in touched:
-                out.extend((key, kline) for kline in self.states[key].in_progress(now))
+            # timer_interval_s to every update; the timer sends what the throttle held back. Not while the
+            # partition is behind (a replay): the next batch would supersede them at once; closed klines still go
+            # out, and the timer sends the in-progress ones once the worker keeps up.
+            live = {source: self._keeping_up(source) for source in set(touched.values())}
+            for key, source in touched.items():
+                if live[source]:
+                    out.extend((key, kline) for kline in self.states[key].in_progress(now))
         self.sources.update(touched)
         for exchange, count in processed.items():
             metrics.TRADES.counts[self._exchange_label(exchange)] += count
@@ -239,6 +243,11 @@ class KlineAgent:
         self._dirty.update(touched)
         for tp, offset in next_offsets(events).items():
             self._done[tp] = max(offset, self._done.get(tp, offset))
+
+    def _keeping_up(self, source: TP) -> bool:
+        """Whether at most a take's worth of records of ``source`` waits unprocessed (not while unknown)."""
+        backlog = self.writer.backlog(source)
+        return backlog is not None and backlog <= self.limits.records
 
     def _exchange_label(self, exchange: str) -> tuple[str]:
         label = self._exchange_labels.get(exchange)
@@ -295,8 +304,7 @@ class KlineAgent:
             if source is None:
                 continue
             if source not in keeping_up:
-                backlog = self.writer.backlog(source)
-                keeping_up[source] = backlog is not None and backlog <= self.limits.records
+                keeping_up[source] = self._keeping_up(source)
             with exact_context():
                 # The wall clock stands in for event time only where the worker keeps up with the partition:
                 # behind it (after a restart, under load) a quiet-looking instrument's trades may still be waiting.

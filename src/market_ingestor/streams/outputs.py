@@ -260,7 +260,9 @@ class PartitionWriter:
     def backlog(self, source: TP) -> int | None:
         """Records of ``source`` in the topic and not yet processed (None while unknown)."""
         consumer: Any = self.app.consumer
-        done = self.next_offset(source)
+        done = self.sequence.expected(source)  # taken in order so far (commits lag behind, by checkpoint)
+        if done is None:
+            done = self.next_offset(source)
         if done is None or source not in consumer.assignment():
             return None
         end = consumer.highwater(source)

@@ -82,6 +82,12 @@ class InputSequence:
         for tp in tps:
             self._expected[tp] = known[tp] if tp in known else earliest.get(tp, 0)
 
+    def expected(self, tp: TP) -> int | None:
+        """The next offset of ``tp`` to pass on in this generation (None before its first record)."""
+        if self._generation != self.app.consumer_generation_id:
+            return None
+        return self._expected.get(tp)
+
     def forget(self, tps: Iterable[TP]) -> None:
         for tp in tps:
             self._expected.pop(tp, None)

@@ -31,8 +31,9 @@ end of the latest closed kline.
 
 Serialization: ``to_bytes`` is msgpack ``[base, history, folded]``, each base state the indicator's own
 ``to_bytes`` (Decimals as exact strings), kept encoded between folds. Series written when the base was folded
-kline by kline (a history of at most ``horizon`` klines) load the same, and ones written here load there. ``from_indicators`` takes states in the previous per-indicator format:
-they become the base with an empty history, so corrections reach back only to klines that arrive from then on.
+kline by kline (a history of at most ``horizon`` klines) load the same, and ones written here load there.
+``from_indicators`` takes states in the previous per-indicator format: they become the base with an empty
+history, so corrections reach back only to klines that arrive from then on.
 """
 
 from __future__ import annotations

@@ -162,6 +162,9 @@ class StreamsConfig(_Section, frozen=True):
     commit_interval_s: PositiveSeconds = 1.0
     timer_interval_s: PositiveSeconds = 0.5  # wall-clock closing of quiet windows and in-progress updates
     indicators: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_SPECS))
+    # Instruments whose decoded indicator rows the worker keeps between batches (least recently used dropped);
+    # more instruments than this on one worker means rows are decoded and replayed again per batch.
+    indicator_cache_rows: PositiveInt = 4096
     web_port: PositiveInt = 6066
     metrics_port: PortNumber = 9102  # /metrics and /healthz of the worker
 

@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import random
 from decimal import Decimal
+from types import SimpleNamespace
+from typing import Any
 
 import msgspec
+import pytest
+from faust.types import TP
 
-from market_ingestor.model import Kline
-from market_ingestor.streams.indicators import Row
+from market_ingestor.model import IndicatorValue, Kline, encode
+from market_ingestor.streams.indicators import IndicatorAgent, Row, RowCache
+from market_ingestor.streams.outputs import InputLimits
 from market_ingestor.streams.windows import parse_interval
 from market_ingestor.tables.indicators import DEFAULT_SPECS, compute, parse_spec
 from market_ingestor.tables.indicators.series import horizon
@@ -85,3 +90,123 @@ def test_the_row_of_the_default_configuration_stays_a_few_kilobytes() -> None:
     new, old = len(row.to_bytes()), len(old_row(klines))
     assert [len(row.series[i].history) for i in INTERVALS] == [12, 4, 3, 3, 3, 3]
     assert new < old + 3000 < 16_000, (new, old)
+
+
+# --- the agent's row cache (pure: a dict for the table, a list for the bus) -------------------------------------
+
+
+class FakeWriter:
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, bytes]] = []
+        self.fail_flush = False
+
+    async def send(self, topic: str, key: bytes, value: bytes, source: TP) -> None:
+        self.sent.append((key, value))
+
+    async def flush(self) -> None:
+        if self.fail_flush:
+            raise RuntimeError("the broker is gone")
+
+    async def save(self, table: dict[bytes, bytes], key: bytes, value: bytes, source: TP) -> None:
+        table[key] = value
+
+    async def commit_input(self, offsets: dict[TP, int]) -> None:
+        pass
+
+    def forget(self, sources: object) -> None:
+        pass
+
+
+class Table(dict[bytes, bytes]):
+    pass
+
+
+def agent(cache_rows: int) -> IndicatorAgent:
+    """An IndicatorAgent without Faust: only what ``process`` touches."""
+    built = IndicatorAgent.__new__(IndicatorAgent)
+    built.specs, built.max_lateness_ms = SPECS, 600_000
+    built.out = SimpleNamespace(get_topic_name=lambda: "market.indicators")  # type: ignore[assignment]
+    built.table = Table()  # type: ignore[assignment]
+    built.writer = FakeWriter()  # type: ignore[assignment]
+    built.rows = RowCache(cache_rows)
+    built.limits = InputLimits()
+    built._horizons = {}
+    return built
+
+
+def records(symbols: int, count: int, start: int = 0) -> list[Any]:
+    """Records of 1m klines, each record one minute of every symbol (all on partition 0 of the klines topic)."""
+    series = {n: walk("1m", start + count, seed=n) for n in range(symbols)}
+    out = []
+    for i in range(start, start + count):
+        klines = [msgspec.structs.replace(series[n][i], symbol=f"S{n}USDT") for n in range(symbols)]
+        value = b"[" + b",".join(encode(k) for k in klines) + b"]"
+        out.append(SimpleNamespace(value=value, message=SimpleNamespace(tp=TP("market.klines", 0), offset=i)))
+    return out
+
+
+async def run(built: IndicatorAgent, batches: list[list[Any]]) -> None:
+    for batch in batches:
+        await built.process(batch)
+
+
+async def test_a_cache_smaller_than_a_batch_changes_no_value_and_no_row() -> None:
+    """Rows evicted from the cache while their batch runs are still the ones saved (never re-read stale)."""
+    batches = [records(5, 10, start) for start in (0, 10, 20, 30)]
+    big, small = agent(100), agent(2)
+    await run(big, batches)
+    await run(small, batches)
+    assert len(small.rows) == 2 and len(big.rows) == 5
+    assert small.writer.sent == big.writer.sent  # type: ignore[attr-defined]
+    assert small.table == big.table
+    want = [v for spec in SPECS for v in compute(spec, walk("1m", 40, seed=3))]
+    got = [
+        msgspec.json.decode(value, type=IndicatorValue) for key, value in big.writer.sent if key == b"binance.S3USDT"
+    ]  # type: ignore[attr-defined]
+    assert sorted(got, key=lambda v: (v.name, v.open_time)) == [
+        msgspec.structs.replace(v, symbol="S3USDT") for v in sorted(want, key=lambda v: (v.name, v.open_time))
+    ]
+
+
+async def test_a_failed_batch_clears_the_cache_and_its_redelivery_changes_nothing() -> None:
+    """The cached rows hold klines whose row was never saved: after the failure they are read again, so the
+    re-delivered batch gives exactly what one clean run gives."""
+    batches = [records(3, 8, start) for start in (0, 8, 16)]
+    clean, failing = agent(100), agent(100)
+    for built in (clean, failing):
+        await run(built, batches[:1])
+    failing.writer.fail_flush = True  # type: ignore[attr-defined]
+    failing.writer.batches = lambda stream, limits: _aiter([batches[1]])  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="broker"):
+        await failing.compute(SimpleNamespace())
+    assert len(failing.rows) == 0
+    failing.writer.fail_flush = False  # type: ignore[attr-defined]
+    for built in (clean, failing):
+        built.writer.sent.clear()  # type: ignore[attr-defined]
+        await run(built, batches[1:])  # batch 1 again after the failure, then batch 2
+    assert failing.table == clean.table
+    assert failing.writer.sent == clean.writer.sent  # type: ignore[attr-defined]
+    since = START + 8 * parse_interval("1m").ns  # the values of klines 8..23 of each symbol, each once
+    want = [
+        v for n in range(3) for spec in SPECS for v in compute(spec, walk("1m", 24, seed=n)) if v.open_time >= since
+    ]
+    assert len(clean.writer.sent) == len(want) > 0  # type: ignore[attr-defined]
+
+
+async def test_revoked_partitions_drop_their_cached_rows() -> None:
+    built = agent(100)
+    await run(built, [records(2, 2)])  # S0USDT and S1USDT, from partition 0
+    kline = msgspec.structs.replace(walk("1m", 1)[0], symbol="P1USDT")
+    other = SimpleNamespace(
+        value=b"[" + encode(kline) + b"]", message=SimpleNamespace(tp=TP("market.klines", 1), offset=0)
+    )
+    await built.process([other])
+    assert len(built.rows) == 3
+    await built.on_revoked(SimpleNamespace(), {TP("market.klines", 0)})  # type: ignore[arg-type]
+    assert len(built.rows) == 1 and built.rows.get(b"binance.P1USDT") is not None
+    assert built.rows.get(b"binance.S0USDT") is None and b"binance.S0USDT" in built.table  # saved, not cached
+
+
+async def _aiter(items: list[Any]) -> Any:
+    for item in items:
+        yield item

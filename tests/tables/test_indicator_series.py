@@ -141,7 +141,18 @@ def test_the_latest_values_equal_compute_on_the_final_series(case: tuple[int, li
         assert series.classify(k) is not Update.STALE
         emitted += series.update(k)
     assert exact(latest_by_open_time(emitted)) == expected(SPECS, final)
-    assert len(series.history) == min(size, len(final))
+    assert_reach(series, final, size)
+
+
+def assert_reach(series: Series, final: list[Kline], size: int) -> None:
+    """Corrections reach exactly the last ``size`` klines; the history keeps them and at most ``size - 1`` more
+    (the base moves on ``size`` klines at a time)."""
+    assert min(size, len(final)) <= len(series.history) < 2 * size
+    assert [bar.open_time for bar in series.history[-size:]] == [k.open_time for k in final[-size:]]
+    for k in final[-size:]:
+        assert series.classify(msgspec.structs.replace(k, revision=k.revision + 1)) is Update.REPLACE
+    for k in final[:-size]:
+        assert series.classify(msgspec.structs.replace(k, revision=k.revision + 1)) is Update.STALE
 
 
 @settings(max_examples=30, deadline=None)
@@ -191,9 +202,11 @@ def test_corrections_older_than_the_history_are_stale_and_change_nothing() -> No
     for k in klines:
         series.update(k)
     state = series.to_bytes()
-    assert [bar.open_time for bar in series.history] == [k.open_time for k in klines[-3:]]
+    # The history holds the last 3 klines and 2 before them (the base moves on 3 klines at a time): beyond reach
+    assert [bar.open_time for bar in series.history] == [k.open_time for k in klines[-5:]]
     for stale in (
-        msgspec.structs.replace(klines[16], close=Decimal(1), revision=1),  # just before the history
+        msgspec.structs.replace(klines[16], close=Decimal(1), revision=1),  # just before the reach
+        msgspec.structs.replace(klines[15], close=Decimal(1), revision=1),  # in the history, beyond the reach
         msgspec.structs.replace(klines[0], close=Decimal(1), revision=5),
         msgspec.structs.replace(klines[18], close=Decimal(1), revision=-1),  # an older revision of a kline in it
     ):
@@ -323,3 +336,21 @@ def test_an_indicator_that_refuses_a_kline_skips_it_in_replays_too() -> None:
     for spec, values in want.items():
         got = {t: v.values for (name, t), v in latest.items() if name == spec}
         assert got == {v.open_time: v.values for v in values}
+
+
+def test_a_series_kept_for_a_longer_horizon_loads_cut_to_the_new_one() -> None:
+    """A shorter ``max_lateness_ms`` after a restart: the stored history is longer than the new horizon allows;
+    the base moves on to the last klines the new horizon reaches, and the values go on as compute's."""
+    rng = random.Random(11)
+    klines = [kline(i, rng) for i in range(40)]
+    series = Series.new(DEFAULT_SPECS, 8)
+    for k in klines[:30]:
+        series.update(k)
+    assert len(series.history) == 14
+    loaded = Series.from_bytes(series.to_bytes(), DEFAULT_SPECS, 2)
+    assert [bar.open_time for bar in loaded.history] == [k.open_time for k in klines[28:30]]
+    assert loaded.folded == klines[27].open_time
+    emitted = [v for k in klines[30:] for v in loaded.update(k)]
+    want = {key: v for key, v in expected(DEFAULT_SPECS, klines).items() if key[1] >= klines[30].open_time}
+    assert exact(latest_by_open_time(emitted)) == want
+    assert_reach(loaded, klines, 2)

@@ -539,6 +539,25 @@ def test_a_state_restored_mid_series_continues_identically(spec: str) -> None:
     assert restored.to_bytes() == original.to_bytes()
 
 
+@pytest.mark.parametrize("spec", [*DEFAULT_SPECS, *(f"{kind}_5" for kind in ("sma", "wma", "rsi"))])
+def test_a_copy_is_independent(spec: str) -> None:
+    """``copy`` shares only immutable fields: updating either leaves the other as it was, and the copy goes on
+    as the original would (a series keeps copies as snapshots)."""
+    klines = SERIES["random_walk"][:80]
+    original = parse_spec(spec)
+    feed(original, klines[:40])
+    snapshot = original.to_bytes()
+    twin = original.copy()
+    assert twin == original and type(twin) is type(original)
+    feed(original, klines[40:60])
+    assert twin.to_bytes() == snapshot
+    feed(original, [msgspec.structs.replace(klines[59], close=klines[59].close + 1, revision=1)])  # a replace too
+    assert twin.to_bytes() == snapshot
+    restored = from_bytes(snapshot)
+    assert feed(twin, klines[40:]) == feed(restored, klines[40:])
+    assert twin.to_bytes() == restored.to_bytes()
+
+
 @pytest.mark.parametrize("spec", DEFAULT_SPECS)
 def test_the_workers_load_update_save_loop_equals_one_live_indicator(spec: str) -> None:
     klines = SERIES["random_walk"][:200]

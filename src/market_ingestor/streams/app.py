@@ -84,7 +84,14 @@ def build_app(config: Config, data_dir: str | Path | None = None, web_port: int 
     app.timer(streams.timer_interval_s, name="kline-clock")(worker.tick)
     if streams.indicators:
         IndicatorAgent(
-            app, prefix, streams.indicators, limits, TABLE_OPTIONS, streams.max_lateness_ms, config.bus.batch
+            app,
+            prefix,
+            streams.indicators,
+            limits,
+            TABLE_OPTIONS,
+            streams.max_lateness_ms,
+            config.bus.batch,
+            streams.indicator_cache_rows,
         )
     return app
 

@@ -21,6 +21,7 @@ class SMA(Indicator, tag="sma", kw_only=True):
     """Simple moving average of the last ``period`` closes: their exact sum, divided once."""
 
     PARAMS = (period(),)
+    MUTABLE = ("window",)
 
     period: int
     window: Window = msgspec.field(default_factory=Window)
@@ -51,6 +52,7 @@ class WMA(Indicator, tag="wma", kw_only=True):
     """
 
     PARAMS = (period(),)
+    MUTABLE = ("window",)
 
     period: int
     window: Window = msgspec.field(default_factory=Window)

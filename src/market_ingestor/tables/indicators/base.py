@@ -15,6 +15,7 @@ Errors (all under ``MarketIngestorError``)::
 
 from __future__ import annotations
 
+import copy
 import decimal
 import enum
 import re
@@ -143,6 +144,9 @@ class Indicator(msgspec.Struct, kw_only=True, tag_field="kind"):
 
     PARAMS: ClassVar[tuple[Param, ...]] = ()
     OUTPUTS: ClassVar[tuple[str, ...]] = ("value",)
+    # The mutable state fields (each with a ``copy()``), which ``copy`` copies; every other field is immutable
+    # (ints, Decimals, frozen accumulators) and shared. ``test_a_copy_is_independent`` checks every indicator.
+    MUTABLE: ClassVar[tuple[str, ...]] = ()
 
     last_open_time: int | None = None  # of the latest kline applied; None before the first
     last_revision: int = 0  # of that kline
@@ -236,6 +240,13 @@ class Indicator(msgspec.Struct, kw_only=True, tag_field="kind"):
         self.last_open_time = kline.open_time
         self.last_revision = kline.revision
         return values
+
+    def copy(self) -> Self:
+        """An independent copy of the state, without a round trip through bytes (a series snapshots its states)."""
+        twin = copy.copy(self)  # Struct.__copy__: the fields as they are, without __post_init__
+        for field in self.MUTABLE:
+            setattr(twin, field, getattr(self, field).copy())
+        return twin
 
     def to_bytes(self) -> bytes:
         """The whole state as msgpack, Decimals as their exact strings."""

@@ -60,6 +60,9 @@ class Window(msgspec.Struct, array_like=True):
     def __len__(self) -> int:
         return len(self.items)
 
+    def copy(self) -> Window:
+        return Window(self.items.copy(), self.start)
+
     def last(self) -> Decimal:
         # Before the ring fills start is 0 and items[-1] is the latest; after, the latest is just before start.
         return self.items[self.start - 1]

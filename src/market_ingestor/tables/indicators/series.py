@@ -6,8 +6,11 @@ correction can hit a kline several intervals older than the latest. A ``Series``
 state from just before it (``base``), the last ``horizon`` closed klines (``history``, compact ``Bar``s):
 
 - a kline after the latest *appends*: the values come from the current state, which is the base replayed over the
-  history (computed on first use and kept in memory, never stored); once the history holds more than ``horizon``
-  klines the oldest is folded into the base;
+  history (computed when the series is loaded and kept in memory, never stored). The base moves on ``horizon``
+  klines at a time, once the history holds twice that many: a copy of the state taken when the history was
+  ``horizon`` long (the *mark*) becomes the base, so no kline is applied twice. The history thus holds from
+  ``horizon`` to ``2 * horizon - 1`` klines; corrections reach the last ``horizon`` of them, and ``folded`` is
+  the ``open_time`` of the kline just before those (older ones are stale, wherever they are);
 - a kline of the history (same ``open_time``, revision not lower) *replaces* it, and one between two klines of the
   history (a backward extension of the series, or a gap filled late) is *inserted*: the history is replayed from
   the base, and every value from that kline on that differs from the one emitted before is emitted again;
@@ -27,8 +30,10 @@ can correct a window that ended up to ``max_lateness_ms`` before the watermark, 
 end of the latest closed kline.
 
 Serialization: ``to_bytes`` is msgpack ``[base, history, folded]``, each base state the indicator's own
-``to_bytes`` (Decimals as exact strings). ``from_indicators`` takes states in the previous per-indicator format:
-they become the base with an empty history, so corrections reach back only to klines that arrive from then on.
+``to_bytes`` (Decimals as exact strings), kept encoded between folds. Series written when the base was folded
+kline by kline (a history of at most ``horizon`` klines) load the same, and ones written here load there.
+``from_indicators`` takes states in the previous per-indicator format: they become the base with an empty
+history, so corrections reach back only to klines that arrive from then on.
 """
 
 from __future__ import annotations
@@ -76,13 +81,14 @@ class Bar(msgspec.Struct, frozen=True, array_like=True):
         fields = ("open", "high", "low", "close", "volume", "quote_volume")
         return all(getattr(self, f).compare_total(getattr(other, f)) == 0 for f in fields)
 
-    def kline(self, like: Kline) -> Kline:
-        """A closed kline with this bar's values and ``like``'s identity; the fields the bar lacks are zero."""
+    def kline(self, like: Kline | None = None) -> Kline:
+        """A closed kline with this bar's values and ``like``'s identity (named in errors only; indicators do not
+        read it); the fields the bar lacks are zero."""
         zero = Decimal(0)
         return Kline(
-            exchange=like.exchange,
-            symbol=like.symbol,
-            interval=like.interval,
+            exchange=like.exchange if like else "",
+            symbol=like.symbol if like else "",
+            interval=like.interval if like else "",
             open_time=self.open_time,
             close_time=self.open_time,
             open=self.open,
@@ -105,7 +111,7 @@ class Bar(msgspec.Struct, frozen=True, array_like=True):
 class _Stored(msgspec.Struct, array_like=True):
     base: dict[str, bytes]  # spec -> the indicator's to_bytes()
     history: list[Bar]  # oldest first, at most the horizon
-    folded: int | None  # open_time of the latest kline folded into the base; None before the first
+    folded: int | None  # open_time of the latest kline corrections no longer reach; None before the first
 
 
 _ENCODER = msgspec.msgpack.Encoder()
@@ -116,16 +122,25 @@ class Series:
     """The configured indicators of one (instrument, interval); see the module docstring."""
 
     def __init__(
-        self, specs: Iterable[str], horizon: int, base: Mapping[str, Indicator], history: list[Bar], folded: int | None
+        self, specs: Iterable[str], horizon: int, base: Mapping[str, bytes], history: list[Bar], folded: int | None
     ) -> None:
+        """``base``: each indicator's ``to_bytes`` (``IndicatorStateError`` if one does not decode)."""
         if horizon < 1:
             raise ValueError(f"a series keeps at least one kline, got horizon {horizon}")
         # Indicators no longer configured are dropped; newly configured ones start fresh from the base.
-        self.base = {spec: base[spec] if spec in base else parse_spec(spec) for spec in specs}
+        self._base = {spec: base[spec] if spec in base else parse_spec(spec).to_bytes() for spec in specs}
         self.history = history
         self.folded = folded
         self.horizon = horizon
-        self._current: dict[str, Indicator] | None = None  # the base replayed over the history, once needed
+        self._mark: dict[str, Indicator] | None = None  # the state after history[:horizon], once it is that long
+        states = self._decode_base()
+        if len(history) >= 2 * horizon:  # kept for a longer horizon: the base moves on to the last `horizon`
+            cut = len(history) - horizon
+            for bar in history[:cut]:
+                _apply(states, bar.kline())
+            self._base, self.folded, self.history = _encode(states), history[cut - 1].open_time, history[cut:]
+        self._current = self._replay(states, 0)
+        self._reach()
 
     @classmethod
     def new(cls, specs: Iterable[str], horizon: int) -> Series:
@@ -135,18 +150,21 @@ class Series:
     def from_bytes(cls, data: bytes, specs: Iterable[str], horizon: int) -> Series:
         """Raises ``IndicatorStateError`` for bytes that are not a series."""
         stored: _Stored = decode_state(_DECODER, data)
-        base = {spec: from_bytes(state) for spec, state in stored.base.items()}
-        return cls(specs, horizon, base, stored.history, stored.folded)
+        return cls(specs, horizon, stored.base, stored.history, stored.folded)
 
     @classmethod
     def from_indicators(cls, states: Mapping[str, Indicator], specs: Iterable[str], horizon: int) -> Series:
         """Indicators stored one by one (the previous format): the base of an empty history."""
         applied = [state.last_open_time for state in states.values() if state.last_open_time is not None]
-        return cls(specs, horizon, states, [], max(applied, default=None))
+        return cls(specs, horizon, _encode(states), [], max(applied, default=None))
+
+    @property
+    def base(self) -> dict[str, Indicator]:
+        """The indicators' state before the history (decoded on each access)."""
+        return self._decode_base()
 
     def to_bytes(self) -> bytes:
-        base = {spec: indicator.to_bytes() for spec, indicator in self.base.items()}
-        return _ENCODER.encode(_Stored(base, self.history, self.folded))
+        return _ENCODER.encode(_Stored(self._base, self.history, self.folded))
 
     def classify(self, kline: Kline) -> Update:
         """``APPEND`` after the latest kline; ``REPLACE`` for a kline of the history or one to insert into it;
@@ -168,10 +186,11 @@ class Series:
         if how is Update.STALE:
             return []
         if how is Update.APPEND:
-            current = self._current_states(kline)
-            values = _apply(current, kline)
+            values = _apply(self._current, kline)
             self.history.append(Bar.of(kline, kline.revision))
-            self._fold(kline)
+            if len(self.history) == self.horizon:
+                self._mark = _copy(self._current)
+            self._fold()
             return [_value(kline, name, kline.open_time, kline.revision, v) for name, v in values.items() if v]
         return self._revise(kline, index)
 
@@ -193,18 +212,42 @@ class Series:
                 return Update.REPLACE, index + 1
         return Update.REPLACE, 0
 
-    def _current_states(self, like: Kline) -> dict[str, Indicator]:
-        if self._current is None:
-            self._current = _copy(self.base)
-            for bar in self.history:
-                _apply(self._current, bar.kline(like))
-        return self._current
+    def _decode_base(self) -> dict[str, Indicator]:
+        return {spec: from_bytes(state) for spec, state in self._base.items()}
 
-    def _fold(self, like: Kline) -> None:
-        while len(self.history) > self.horizon:
-            bar = self.history.pop(0)
-            _apply(self.base, bar.kline(like))
-            self.folded = bar.open_time
+    def _replay(self, states: dict[str, Indicator], start: int) -> dict[str, Indicator]:
+        """``states`` (the state before ``history[start]``) after the rest of the history; takes the mark."""
+        for position in range(start, len(self.history)):
+            _apply(states, self.history[position].kline())
+            if position + 1 == self.horizon:
+                self._mark = _copy(states)
+        return states
+
+    def _state_before(self, index: int) -> dict[str, Indicator]:
+        """A copy of the state before ``history[index]``: replayed from the mark or from the base."""
+        if self._mark is not None and index >= self.horizon:
+            states, start = _copy(self._mark), self.horizon
+        else:
+            states, start = self._decode_base(), 0
+        for bar in self.history[start:index]:
+            _apply(states, bar.kline())
+        return states
+
+    def _fold(self) -> None:
+        """Moves the base on by ``horizon`` klines once the history holds twice that many: the mark (the state
+        after the first ``horizon``) becomes the base, so no kline is applied twice."""
+        if len(self.history) >= 2 * self.horizon:
+            assert self._mark is not None  # taken when the history was `horizon` long
+            self._base = _encode(self._mark)
+            self.folded = self.history[self.horizon - 1].open_time
+            del self.history[: self.horizon]
+            self._mark = _copy(self._current)  # the history is `horizon` long again: it never exceeds twice that
+        self._reach()
+
+    def _reach(self) -> None:
+        """Corrections reach the last ``horizon`` klines; ``folded`` is the one before them (stale from it on)."""
+        if len(self.history) > self.horizon:
+            self.folded = self.history[-self.horizon - 1].open_time
 
     def _revise(self, kline: Kline, index: int) -> list[IndicatorValue]:
         history = self.history
@@ -218,28 +261,34 @@ class Series:
             following = history[index + 1 :]
         else:
             bar, following = Bar.of(kline, kline.revision), history[index:]
-        states = _copy(self.base)
-        for earlier in history[:index]:
-            _apply(states, earlier.kline(kline))
+        states = self._state_before(index)
         before = _copy(states)
         emitted = {b.open_time: _apply(before, b.kline(kline)) for b in history[index:]}  # what was sent
-        revised: list[Bar] = []
+        keep_mark = index >= self.horizon  # the mark follows from history[:horizon], unchanged then
+        if not keep_mark:
+            self._mark = None
+        self.history = history[:index]
         out: list[IndicatorValue] = []
         for later in (bar, *following):
             values, previous = _apply(states, later.kline(kline)), emitted.get(later.open_time)
             changed = {name: v for name, v in values.items() if v and not _same(v, (previous or {}).get(name))}
             if changed and previous is not None:  # sent before: the new values must outrank the old ones
                 later = msgspec.structs.replace(later, emitted=max(later.revision, later.emitted + 1))
-            revised.append(later)
+            self.history.append(later)
+            if len(self.history) == self.horizon and not keep_mark:
+                self._mark = _copy(states)
             out += [_value(kline, name, later.open_time, later.emitted, v) for name, v in changed.items()]
-        self.history = history[:index] + revised
         self._current = states
-        self._fold(kline)
+        self._fold()
         return out
 
 
 def _copy(states: Mapping[str, Indicator]) -> dict[str, Indicator]:
-    return {name: type(indicator).from_bytes(indicator.to_bytes()) for name, indicator in states.items()}
+    return {name: indicator.copy() for name, indicator in states.items()}
+
+
+def _encode(states: Mapping[str, Indicator]) -> dict[str, bytes]:
+    return {name: indicator.to_bytes() for name, indicator in states.items()}
 
 
 def _apply(states: Mapping[str, Indicator], kline: Kline) -> dict[str, Values | None]:

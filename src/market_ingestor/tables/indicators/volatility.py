@@ -21,6 +21,7 @@ class BollingerBands(Indicator, tag="bbands", kw_only=True):
 
     PARAMS = (period(), multiplier("multiplier"))
     OUTPUTS = ("lower", "middle", "upper")
+    MUTABLE = ("window",)
 
     period: int
     multiplier: Decimal

@@ -210,3 +210,19 @@ async def test_revoked_partitions_drop_their_cached_rows() -> None:
 async def _aiter(items: list[Any]) -> Any:
     for item in items:
         yield item
+
+
+def test_a_closed_kline_encodes_the_mark_the_indicator_agent_looks_for() -> None:
+    from decimal import Decimal
+
+    from market_ingestor.model import Kline, encode
+    from market_ingestor.streams.indicators import CLOSED_MARK
+
+    one = Decimal(1)
+    kline = Kline(
+        exchange="binance", symbol="BTCUSDT", interval="1m", open_time=0, close_time=59, open=one, high=one, low=one,
+        close=one, volume=one, quote_volume=one, trade_count=1, taker_buy_volume=one, taker_buy_quote_volume=one,
+        first_trade_id="1", last_trade_id="1", vwap=one, closed=True, revision=0,
+    )  # fmt: skip
+    assert CLOSED_MARK in encode(kline)
+    assert CLOSED_MARK not in encode(msgspec.structs.replace(kline, closed=False))

@@ -38,6 +38,8 @@ from market_ingestor.tables.indicators import Update, from_bytes, parse_spec
 from market_ingestor.tables.indicators.series import Series, horizon
 
 kline_decoder = BatchDecoder(Kline)
+# How msgspec writes a closed kline's flag (no spaces): a record without it holds no closed kline.
+CLOSED_MARK = b'"closed":true'
 _row_encoder = msgspec.msgpack.Encoder()
 # An interval's entry: series bytes, or (the previous format) indicator name -> state bytes.
 _row_decoder = msgspec.msgpack.Decoder(dict[str, bytes | dict[str, bytes]])
@@ -157,6 +159,8 @@ class IndicatorAgent:
         topic = self.out.get_topic_name()
         for event in events:
             source = event.message.tp
+            if CLOSED_MARK not in (event.value or b""):
+                continue  # in-progress updates only (most records while the worker keeps up): nothing to decode
             try:
                 klines = kline_decoder.decode(event.value)
             except msgspec.MsgspecError:

@@ -156,7 +156,7 @@ class StreamsConfig(_Section, frozen=True):
     # Input batches: records taken from the stream at once (each record a batch of trades or klines), and more
     # such takes while a backlog lasts, up to batch_max_bytes of records; a partial take is processed at once.
     batch_size: PositiveInt = 32
-    batch_max_bytes: PositiveInt = 4 * 1024 * 1024
+    batch_max_bytes: PositiveInt = 8 * 1024 * 1024
     batch_within_s: PositiveSeconds = 0.05
     # State rows saved and input committed (under exactly_once: transactions committed) at most this often.
     commit_interval_s: PositiveSeconds = 1.0

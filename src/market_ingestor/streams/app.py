@@ -316,7 +316,7 @@ class KlineAgent:
                 # The wall clock stands in for event time only where the worker keeps up with the partition:
                 # behind it (after a restart, under load) a quiet-looking instrument's trades may still be waiting.
                 closed = state.on_time(now) if keeping_up[source] else []
-                updates = state.in_progress(now)
+                updates = state.in_progress(now) if keeping_up[source] else []
             for kline in (*closed, *updates):
                 metrics.KLINES.counts[(kline.interval,)] += 1
                 await self.writer.send(self.klines.get_topic_name(), key, encode(kline), source)
@@ -325,8 +325,9 @@ class KlineAgent:
         await self.writer.flush()
         for key in closed_keys:
             self._dirty[key] = self.sources[key]
-        # Before commit_idle commits the transactions this wrote into: their rows and input go in with them.
-        await self._checkpoint(force=True)
+        # Under exactly_once, commit_idle commits the transactions this wrote into: the rows and input processed so
+        # far must go in with them (at_least_once keeps the interval).
+        await self._checkpoint(force=self.app.in_transaction)
         await self.writer.commit_idle()
 
     async def on_revoked(self, app: faust.App, revoked: set[Any], **_: Any) -> None:

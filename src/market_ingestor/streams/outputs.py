@@ -50,7 +50,7 @@ class InputLimits:
     (a backlog) up to ``max_bytes`` of record values, at most ``within_s`` waiting for a take to fill."""
 
     records: int = 32
-    max_bytes: int = 4 * 1024 * 1024
+    max_bytes: int = 8 * 1024 * 1024
     within_s: float = 0.05  # float-ok: seconds
 
 

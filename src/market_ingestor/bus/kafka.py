@@ -154,6 +154,7 @@ class KafkaPublisher:
         self.batch = batch or BatchConfig()
         self._producer: AIOKafkaProducer | None = None
         self._records: dict[tuple[str, int], RecordBuilder] = {}  # open batch records of the batched topics
+        self._batched: dict[str, bool] = {}  # is_batched per topic, looked up once
         self._open_batches: dict[tuple[str, int], Any] = {}  # open Kafka record batches
         self._ready: dict[tuple[str, int], deque[Any]] = defaultdict(deque)  # full record batches, in order
         self._submit_locks: dict[tuple[str, int], asyncio.Lock] = {}
@@ -207,7 +208,10 @@ class KafkaPublisher:
         if partition is None:
             partition = await self._partition(topic, key)
         slot = (topic, partition)
-        if is_batched(topic):
+        batched = self._batched.get(topic)
+        if batched is None:
+            batched = self._batched[topic] = is_batched(topic)
+        if batched:
             record = self._records.get(slot)
             if record is None:
                 record = self._records[slot] = self._new_record()

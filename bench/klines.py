@@ -78,6 +78,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from child_process import ChildProcess
 from market_ingestor.bus import PIPELINE_TOPICS, open_bus
 from market_ingestor.bus.base import Publisher
 from market_ingestor.bus.records import split_events
@@ -115,7 +116,7 @@ def say(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
-class Worker:
+class Worker(ChildProcess):
     """One worker subprocess on its own config; stderr goes to a file, shown when something fails."""
 
     command: tuple[str, ...] = (str(BIN),)
@@ -149,31 +150,10 @@ class Worker:
         if self.proc.poll() is not None:
             raise RuntimeError(f"worker exited with {self.proc.returncode}: {self.tail()}")
 
-    def cpu_s(self) -> float:
-        """User + system CPU seconds so far (/proc/PID/stat, in clock ticks)."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def peak_rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
-
-    def tail(self, chars: int = 3000) -> str:
-        self._stderr.flush()
-        return self.log.read_text(errors="replace")[-chars:]
-
     def stop(self) -> str:
         """SIGTERM; returns "code (seconds to stop)" and says why if it was not a clean 0."""
         asked = time.perf_counter()
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait()
-        self._stderr.close()
+        code = self.terminate()
         self.exit = f"{code} ({time.perf_counter() - asked:.0f}s)"
         if code != 0:
             last = self.log.read_text(errors="replace").strip().splitlines()

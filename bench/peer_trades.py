@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from child_process import ChildProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 PEER = ROOT / "bench" / "quix_peer.py"
@@ -92,7 +93,7 @@ async def prefill(
     return count
 
 
-class PeerProcess:
+class PeerProcess(ChildProcess):
     """bench/quix_peer.py as its own process (in .venv-bench); stderr goes to a file, shown when it fails."""
 
     def __init__(self, bootstrap: str, input_topic: str, output_topic: str, group: str, state_dir: Path,
@@ -112,30 +113,8 @@ class PeerProcess:
         if self.proc.poll() is not None:
             raise RuntimeError(f"the Quix peer exited with {self.proc.returncode}: {self.tail()}")
 
-    def cpu_s(self) -> float:
-        """User + system CPU seconds of all its threads so far."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def peak_rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
-
-    def tail(self, chars: int = 3000) -> str:
-        self._stderr.flush()
-        return self.log.read_text(errors="replace")[-chars:]
-
     def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait()
-        self._stderr.close()
-        return code
+        return self.terminate()
 
 
 async def committed(admin: AIOKafkaAdminClient, group: str, topic: str) -> int:

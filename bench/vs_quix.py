@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from klines import PARTITIONS, Offsets, Worker, bus_config, host_busy_s, prefill, replay_trades, say
+from klines import PARTITIONS, Offsets, bus_config, host_busy_s, prefill, replay_trades, say, throughput
 from market_ingestor.bus.records import split_events
 from market_ingestor.devstack import ensure_stack
 from market_ingestor.model import Topics
@@ -46,39 +46,12 @@ GOAL_RATIO = 10.0
 
 
 async def run_ours(offsets: Offsets, prefix: str, total: int, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
-    streams = {"intervals": '["1m"]', "indicators": "[]"}
-    worker = Worker(tmp, offsets.bootstrap, prefix, args.guarantee, streams)
-    topic = prefix + Topics.TRADES
-    try:
-        deadline = time.perf_counter() + 120
-        while (first := await offsets.committed(worker.app_id, topic)) == 0:
-            worker.check_alive()
-            if time.perf_counter() > deadline:
-                raise RuntimeError(f"our worker committed nothing in 120 s: {worker.tail()}")
-            await asyncio.sleep(0.2)
-        t0, cpu0, host0 = time.perf_counter(), worker.cpu_s(), host_busy_s()
-        done = first
-        while done < total and time.perf_counter() - t0 < args.max_seconds:
-            worker.check_alive()
-            await asyncio.sleep(0.2)
-            done = await offsets.committed(worker.app_id, topic)
-        span, cpu, rss = time.perf_counter() - t0, worker.cpu_s() - cpu0, worker.peak_rss_mb()
-        others = host_busy_s() - host0 - cpu
-    finally:
-        worker.stop()
-    return {
-        "side": f"market-ingestor worker ({args.guarantee})",
-        "input": "batch records",
-        "committed": done,
-        "complete": "yes" if done >= total else "no (cap)",
-        "trades/s": (done - first) / span,
-        "cpu %": 100 * cpu / span,
-        "cpu us/trade": 1e6 * cpu / max(done - first, 1),
-        "others %": 100 * others / span,
-        "rss MB": rss,
-        "exit": worker.exit,
-        "app_id": worker.app_id,
-    }
+    """bench/klines.py's throughput measurement, on 1m klines alone."""
+    settings = argparse.Namespace(
+        streams={"intervals": '["1m"]', "indicators": "[]"}, max_seconds=args.max_seconds, profile=0
+    )
+    row = await throughput(offsets, prefix, args.guarantee, total, tmp, settings)
+    return {**row, "side": f"market-ingestor worker ({args.guarantee})", "input": "batch records"}
 
 
 async def run_peer(bootstrap: str, stem: str, total: int, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:

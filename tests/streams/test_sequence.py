@@ -93,3 +93,55 @@ async def test_expected_is_the_next_offset_taken_in_order_within_the_generation(
     assert sequence.expected(P0) == 8
     app.consumer_generation_id = 2  # a rebalance: positions of the old generation mean nothing
     assert sequence.expected(P0) is None
+
+
+class _EndsConsumer(_Consumer):
+    def __init__(self, earliest: dict[TP, int], ends: dict[TP, int]) -> None:
+        super().__init__(earliest)
+        self.ends = ends
+
+    def highwater(self, tp: TP) -> int | None:
+        return self.ends.get(tp)
+
+
+def _app_with_ends(ends: dict[TP, int], earliest: dict[TP, int] | None = None) -> Any:
+    return SimpleNamespace(consumer=_EndsConsumer(earliest or {}, ends), consumer_generation_id=1)
+
+
+async def test_records_in_the_log_that_never_come_are_read_again_after_the_stall_time():
+    # Faust fetched offsets 4 and 5 and dropped them: no later record reveals the hole, the log end does.
+    app = _app_with_ends({P0: 6, P1: 3})
+    sequence = InputSequence(app)
+    await sequence.in_order(_events(P0, 0, 1, 2, 3) + _events(P1, 0, 1, 2), {P0: 0, P1: 0})
+    assert await sequence.resume_stalled([P0, P1], {}, stall_s=5.0, now=100.0) == []  # the clock starts
+    assert await sequence.resume_stalled([P0, P1], {}, stall_s=5.0, now=104.9) == []
+    assert await sequence.resume_stalled([P0, P1], {}, stall_s=5.0, now=105.0) == [P0]  # P1 is at its end
+    assert app.consumer.seeks == [(P0, 4)]
+    assert sequence.resumed == 1
+    # The re-read records come: progress, no further seek.
+    assert _offsets(await sequence.in_order(_events(P0, 4, 5), {})) == [(0, 4), (0, 5)]
+    assert await sequence.resume_stalled([P0, P1], {}, stall_s=5.0, now=200.0) == []
+    assert app.consumer.seeks == [(P0, 4)]
+
+
+async def test_a_stall_at_an_unchanged_log_end_is_sought_once_and_again_when_the_end_moves():
+    # A transaction marker at the end of the log: past the expected offset for good, nothing to deliver.
+    app = _app_with_ends({P0: 8})
+    sequence = InputSequence(app)
+    await sequence.in_order(_events(P0, 5, 6), {P0: 5})
+    await sequence.resume_stalled([P0], {}, stall_s=5.0, now=0.0)
+    assert await sequence.resume_stalled([P0], {}, stall_s=5.0, now=5.0) == [P0]
+    assert await sequence.resume_stalled([P0], {}, stall_s=5.0, now=50.0) == []  # the same end: once
+    app.consumer.ends[P0] = 9  # a new record that does not come either
+    assert await sequence.resume_stalled([P0], {}, stall_s=5.0, now=60.0) == [P0]
+    assert app.consumer.seeks == [(P0, 7), (P0, 7)]
+
+
+async def test_a_partition_none_of_whose_records_came_is_watched_from_its_committed_offset():
+    app = _app_with_ends({P0: 10, P1: 4}, earliest={P1: 2})
+    sequence = InputSequence(app)
+    await sequence.resume_stalled([P0, P1], {P0: 7, P1: None}, stall_s=1.0, now=0.0)
+    assert sorted(await sequence.resume_stalled([P0, P1], {}, stall_s=1.0, now=1.0)) == [P0, P1]
+    assert sorted(app.consumer.seeks) == [(P0, 7), (P1, 2)]
+    app.consumer_generation_id = 2  # a rebalance: Faust seeks to the committed offsets; the clocks start again
+    assert await sequence.resume_stalled([P0], {P0: 8}, stall_s=1.0, now=1.5) == []

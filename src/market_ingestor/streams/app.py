@@ -131,7 +131,7 @@ class KlineAgent:
             "kline-state", default=None, key_type=bytes, value_type=bytes, use_partitioner=True, options=TABLE_OPTIONS
         )
         self.table.on_recover(self.on_recovered)
-        self.writer = PartitionWriter(app, records)
+        self.writer = PartitionWriter(app, records, self.trades.get_topic_name())
         # The working set: instruments of this worker's partitions, and the trades partition of each.
         self.states: dict[bytes, InstrumentKlines] = {}
         self.sources: dict[bytes, TP] = {}

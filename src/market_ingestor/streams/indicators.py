@@ -135,7 +135,7 @@ class IndicatorAgent:
         self.table = app.Table(
             "indicator-state", default=None, key_type=bytes, value_type=bytes, use_partitioner=True, options=options
         )
-        self.writer = PartitionWriter(app, records)
+        self.writer = PartitionWriter(app, records, self.klines.get_topic_name())
         self.limits = limits
         self.rows = RowCache(cache_rows)
         self._horizons: dict[str, int | None] = {}

@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 
 RUNNING_MARKER = ".running"
 _PARTITION_CACHE_MAX = 100_000
+# Records in the log past what an agent took, and none of them delivered for this long: Faust lost them on the way
+# (streams/sequence.py) and the partition is sought back. A slow batch costs a re-fetch at worst.
+INPUT_STALL_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +58,7 @@ class InputLimits:
 
 
 class PartitionWriter:
-    def __init__(self, app: faust.App, batch: BatchConfig | None = None) -> None:
+    def __init__(self, app: faust.App, batch: BatchConfig | None = None, input_topic: str | None = None) -> None:
         self.app = app
         self.batch = batch or BatchConfig()
         self._records: dict[tuple[str, int, TP], RecordBuilder] = {}  # open output records
@@ -67,6 +70,9 @@ class PartitionWriter:
         self._unpersisted: dict[TP, tuple[Any, int]] = {}  # changelog partition -> (store, offset), exactly_once
         self._generation = -1
         self.sequence = InputSequence(app)
+        self.input_topic = input_topic
+        if input_topic is not None:
+            app.timer(1.0, name=f"{input_topic}-input-watch")(self.resume_stalled_input)
 
     @property
     def closed(self) -> bool:
@@ -114,6 +120,19 @@ class PartitionWriter:
             ):
                 yield held
                 held, held_bytes = [], 0
+
+    async def resume_stalled_input(self) -> None:
+        """Seeks back input partitions whose records stopped coming while the log holds more
+        (:meth:`InputSequence.resume_stalled`); not while Faust rebalances or recovers (it seeks them itself)."""
+        if self.closed or self.app.rebalancing or self.app.in_recovery or self.app.should_stop:
+            return
+        if not faust_internals.recovery_completed(self.app):
+            return
+        consumer: Any = self.app.consumer
+        assigned = [tp for tp in consumer.assignment() if tp.topic == self.input_topic]
+        if assigned:
+            committed = {tp: self.next_offset(tp) for tp in assigned}
+            await self.sequence.resume_stalled(assigned, committed, INPUT_STALL_S)
 
     def _behind(self, held: list[Any], records: int) -> bool:
         """Whether more than ``records`` records wait in the log behind the ``held`` events' partitions (False

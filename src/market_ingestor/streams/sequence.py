@@ -14,11 +14,20 @@ dropped; after a hole the partition is sought back to the expected offset, and t
 dropped until the expected one comes. A hole that is in the log itself (transaction markers, which read_committed
 consumers never see; records removed by retention) shows up again at the same offset after the seek and is then
 accepted: a seek costs a fetch, never progress.
+
+A hole shows only when a record behind it comes. Faust can also drop a partition's last records: its fetch loop
+skips records of partitions missing from its set of active partitions, a set it changes in place while a fetch is
+under way (table recovery narrows it to the changelogs), and aiokafka's position has already moved past them. With
+no record behind, nothing would ever reveal that loss: the worker sat idle with records unread (seen after a kill
+-9 and restart, when the restarted worker's recovery began while its first fetch was under way).
+:meth:`InputSequence.resume_stalled`, run by a timer, therefore seeks back a partition whose log holds records
+past the expected offset when no record of it has been passed on for ``stall_s``.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -36,17 +45,16 @@ class InputSequence:
         self._expected: dict[TP, int] = {}  # next offset to pass on, per partition of this generation
         self._hole_at: dict[TP, int] = {}  # the first offset seen behind a hole we sought back over
         self._generation = -1
+        # Partitions with records past the expected offset: (expected, since when, log end at the last seek).
+        self._waiting: dict[TP, tuple[int, float, int | None]] = {}
         self.dropped = 0  # records dropped because of a hole (counted for tests and the log)
+        self.resumed = 0  # seeks back over records that were in the log but never delivered
 
     async def in_order(self, events: Sequence[Any], committed: dict[TP, int | None]) -> list[Any]:
         """The events that continue their partition's sequence; seeks back where a hole was found.
 
         ``committed``: the next offset to read per partition as last committed (None when unknown)."""
-        generation = self.app.consumer_generation_id
-        if generation != self._generation:  # a rebalance seeks every partition to its committed offset
-            self._generation = generation
-            self._expected.clear()
-            self._hole_at.clear()
+        self._adopt_generation()
         unknown = {event.message.tp for event in events if event.message.tp not in self._expected}
         if unknown:
             await self._start(unknown, committed)
@@ -73,6 +81,53 @@ class InputSequence:
             await faust_internals.seek_back(self.app, {tp: expected for tp, (expected, _) in holes.items()})
         return passed
 
+    async def resume_stalled(
+        self, assigned: Iterable[TP], committed: dict[TP, int | None], stall_s: float, now: float | None = None
+    ) -> list[TP]:
+        """Seeks back each of the ``assigned`` input partitions whose log end has been past the expected offset for
+        ``stall_s`` with no record passed on (records Faust fetched and never delivered); again only once the log
+        end has moved (a transaction marker at the end stays "past" forever). Returns the partitions sought.
+
+        ``committed``: as for :meth:`in_order`, for partitions with no record yet in this generation."""
+        self._adopt_generation()
+        assigned = list(assigned)
+        now = time.monotonic() if now is None else now
+        unknown = [tp for tp in assigned if tp not in self._expected]
+        if unknown:
+            await self._start(unknown, committed)
+        consumer: Any = self.app.consumer
+        stalled: dict[TP, int] = {}
+        for tp in assigned:
+            expected, end = self._expected[tp], consumer.highwater(tp)
+            if end is None or end <= expected:
+                self._waiting.pop(tp, None)
+                continue
+            waiting = self._waiting.get(tp)
+            if waiting is None or waiting[0] != expected:
+                self._waiting[tp] = (expected, now, None)
+            elif now - waiting[1] >= stall_s and waiting[2] != end:
+                log.warning(
+                    "%s: records %d..%d are in the log but none came for %.0f s; reading them again",
+                    tp,
+                    expected,
+                    end - 1,
+                    now - waiting[1],
+                )
+                stalled[tp] = expected
+                self._waiting[tp] = (expected, now, end)
+        if stalled:
+            self.resumed += len(stalled)
+            await faust_internals.seek_back(self.app, stalled)
+        return list(stalled)
+
+    def _adopt_generation(self) -> None:
+        generation = self.app.consumer_generation_id
+        if generation != self._generation:  # a rebalance seeks every partition to its committed offset
+            self._generation = generation
+            self._expected.clear()
+            self._hole_at.clear()
+            self._waiting.clear()
+
     async def _start(self, tps: Iterable[TP], committed: dict[TP, int | None]) -> None:
         known = {tp: offset for tp in tps if (offset := committed.get(tp)) is not None and offset >= 0}
         missing = [tp for tp in tps if tp not in known]
@@ -92,3 +147,4 @@ class InputSequence:
         for tp in tps:
             self._expected.pop(tp, None)
             self._hole_at.pop(tp, None)
+            self._waiting.pop(tp, None)

@@ -55,6 +55,14 @@ def test_file_values_and_env_overrides_layer_in_order(tmp_path):
         ("[exchanges.binanse]\n", {}, r"'binanse' - at `key` in `\$.exchanges` \(expected one of: 'binance', 'okx'"),
         ("", {"MARKET_INGESTOR__BUS__NATS__REPLICAS": "zero"}, r"\$.bus.nats.replicas"),
         ("[bus\n", {}, r"not valid TOML"),
+        ('[streams]\nintervals = ["1m", "1M"]\n', {}, r"'1M'.*months are not supported.* - at `\$.streams.intervals`"),
+        ('[streams]\nintervals = ["x"]\n', {}, r"interval 'x'.* - at `\$.streams.intervals`"),
+        ('[streams]\nintervals = ["1h", "60m"]\n', {}, r"'1h' and '60m' are the same window"),
+        ("[streams]\nintervals = []\n", {}, r"no kline interval configured"),
+        ('[streams]\nindicators = ["sma_3", "rsi_x"]\n', {}, r"'rsi_x'.* - at `\$.streams.indicators\[1\]`"),
+        ('[streams]\nindicators = ["nope_3"]\n', {}, r"unknown indicator 'nope'"),
+        ('[streams]\nindicators = ["sma_3", "sma_3"]\n', {}, r"'sma_3' is configured twice"),
+        ("", {"MARKET_INGESTOR__STREAMS__INTERVALS": '["5x"]'}, r"'5x'.* - at `\$.streams.intervals`"),
     ],
 )
 def test_a_bad_value_fails_at_start_naming_the_field(tmp_path, toml, env, message):

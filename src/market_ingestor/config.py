@@ -25,7 +25,8 @@ from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 import msgspec
 
 from market_ingestor.errors import ConfigError
-from market_ingestor.tables.indicators import DEFAULT_SPECS
+from market_ingestor.streams.windows import parse_intervals
+from market_ingestor.tables.indicators import DEFAULT_SPECS, IndicatorSpecError, parse_spec
 
 ENV_PREFIX = "MARKET_INGESTOR__"
 CONFIG_PATH_ENV = "MARKET_INGESTOR_CONFIG"
@@ -360,7 +361,25 @@ def from_mapping(tree: Mapping[str, Any], source: str = "config") -> Config:
             raise ConfigError(
                 f"invalid {source}: unknown exchange {name!r} - at `key` in `$.exchanges` (expected one of: {expected})"
             )
+    _check_streams(config.streams, source)
     return config
+
+
+def _check_streams(streams: StreamsConfig, source: str) -> None:
+    """Interval names and indicator specs are checked at load, naming the field, not when a worker first needs
+    them."""
+    try:
+        parse_intervals(streams.intervals)
+    except ConfigError as exc:
+        raise ConfigError(f"invalid {source}: {exc} - at `$.streams.intervals`") from exc
+    for index, spec in enumerate(streams.indicators):
+        try:
+            parse_spec(spec)
+        except IndicatorSpecError as exc:
+            raise ConfigError(f"invalid {source}: {exc} - at `$.streams.indicators[{index}]`") from exc
+    duplicates = sorted({spec for spec in streams.indicators if streams.indicators.count(spec) > 1})
+    if duplicates:
+        raise ConfigError(f"invalid {source}: indicator {duplicates[0]!r} is configured twice - at `$.streams.indicators`")
 
 
 def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:

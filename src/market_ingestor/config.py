@@ -379,7 +379,8 @@ def _check_streams(streams: StreamsConfig, source: str) -> None:
             raise ConfigError(f"invalid {source}: {exc} - at `$.streams.indicators[{index}]`") from exc
     duplicates = sorted({spec for spec in streams.indicators if streams.indicators.count(spec) > 1})
     if duplicates:
-        raise ConfigError(f"invalid {source}: indicator {duplicates[0]!r} is configured twice - at `$.streams.indicators`")
+        twice = duplicates[0]
+        raise ConfigError(f"invalid {source}: indicator {twice!r} is configured twice - at `$.streams.indicators`")
 
 
 def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:

@@ -432,13 +432,35 @@ def test_state_bytes_keep_decimals_exact() -> None:
     assert str(kline.quote_volume) == "15.2415787532388367503423718379870903950470"
 
 
-def test_restoring_with_other_intervals_is_refused_with_a_clear_message() -> None:
+def test_a_corrupt_state_is_refused_with_a_clear_message() -> None:
     stored = new().to_bytes()
     assert InstrumentKlines.from_bytes(stored, KlineSettings(intervals=("5m", "1m"))).symbol == "BTCUSDT"  # order
-    with pytest.raises(ConfigError, match="built for intervals 1m, 5m but the settings have 1m, 1h"):
-        InstrumentKlines.from_bytes(stored, KlineSettings(intervals=("1m", "1h")))
     with pytest.raises(MarketIngestorError, match="corrupt"):
         InstrumentKlines.from_bytes(b"\x93garbage", S_1M_5M)
+
+
+def test_an_added_interval_starts_after_the_watermark_and_a_removed_one_stops(caplog) -> None:
+    state = new()  # 1m and 5m
+    for n, minute in enumerate([0.5, 1.5, 2.5, 3.2]):
+        state.apply(trade(n, at(minute), f"{100 + n}", "1"))
+    caplog.set_level("WARNING")
+    restored = InstrumentKlines.from_bytes(state.to_bytes(), KlineSettings(intervals=("1m", "2m"), grace_ms=2000))
+    assert "kline intervals changed from 1m,5m to 1m,2m: 2m start" in caplog.text
+    assert "5m dropped" in caplog.text
+    # The watermark is at 3.2 min: 2m starts with the window at 4 min; the trade at 3.9 only moves the carried price.
+    klines = [
+        *restored.apply(trade(4, at(3.9), "104", "1")).klines,
+        *restored.apply(trade(5, at(9.0), "105", "1")).klines,
+    ]
+    klines += restored.flush()
+    assert {k.interval for k in klines} == {"1m", "2m"}
+    two = by_interval(klines, "2m")
+    assert [(k.open_time, k.trade_count, k.close) for k in two] == [
+        (at(4), 0, D("104")),  # flat: the last price before it
+        (at(6), 0, D("104")),
+        (at(8), 1, D("105")),
+    ]
+    assert [k.open_time for k in by_interval(klines, "1m")] == [at(m) for m in range(3, 10)]
 
 
 def test_settings_are_validated() -> None:
@@ -547,6 +569,52 @@ def test_within_the_horizon_the_last_revisions_equal_a_brute_force_recomputation
     assert final_revisions(klines) == canonical(brute_force(trades, settings_))
     split = data.draw(st.integers(0, len(trades)), label="split")
     assert run_split(trades, settings_, split) == klines
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(stream=trade_streams(lambda s: s.grace_ms), data=st.data())
+def test_restoring_under_other_intervals_keeps_kept_ones_exact_and_starts_added_ones_complete(
+    stream: tuple[KlineSettings, list[Trade]], data: st.DataObject
+) -> None:
+    old_settings, trades = stream
+    names = data.draw(st.sets(st.sampled_from(["30s", "1m", "2m", "5m", "15m", "1h"]), min_size=1), label="new")
+    new_settings = KlineSettings(
+        intervals=tuple(names), grace_ms=old_settings.grace_ms, max_lateness_ms=old_settings.max_lateness_ms
+    )
+    split = data.draw(st.integers(0, len(trades)), label="split")
+    states: dict[str, InstrumentKlines] = {}
+    before: list[Kline] = []
+    for n, t in enumerate(trades[:split]):
+        state = states.setdefault(t.symbol, InstrumentKlines.new(t.exchange, t.symbol, old_settings))
+        before += state.apply(t, position=n).klines
+    begins: dict[tuple[str, str], int] = {}  # (symbol, added interval) -> its first window
+    for symbol, state in states.items():
+        for interval in new_settings.parsed_intervals():
+            if interval.name not in old_settings.intervals and state.watermark is not None:
+                begins[(symbol, interval.name)] = interval.open_time(state.watermark) + interval.ns
+    states = {symbol: InstrumentKlines.from_bytes(state.to_bytes(), new_settings) for symbol, state in states.items()}
+    after: list[Kline] = []
+    for n, t in enumerate(trades[split:], start=split):
+        state = states.setdefault(t.symbol, InstrumentKlines.new(t.exchange, t.symbol, new_settings))
+        applied = state.apply(t, position=n)
+        assert not applied.too_late and not applied.duplicate
+        after += applied.klines
+    for state in states.values():
+        after += state.flush()
+    assert all(k.interval in new_settings.intervals for k in after)  # removed intervals stop
+    reference = canonical(brute_force(trades, new_settings))
+    for k in canonical(after):
+        begin = begins.get((k.symbol, k.interval))
+        assert begin is None or k.open_time >= begin, f"{k.interval} window {k.open_time} before {begin}"
+    kept = [name for name in new_settings.intervals if name in old_settings.intervals]
+    got = canonical(k for k in [*before, *after] if k.interval in kept)
+    assert got == [k for k in reference if k.interval in kept]
+    added = [k for k in after if k.interval not in kept]
+    wanted = [
+        k for k in reference
+        if k.interval not in kept and k.open_time >= begins.get((k.symbol, k.interval), k.open_time)
+    ]  # fmt: skip
+    assert canonical(added) == wanted
 
 
 # --- memory ------------------------------------------------------------------------------------------------------

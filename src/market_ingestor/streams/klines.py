@@ -43,6 +43,9 @@ Semantics
   The exchange parsers guarantee more than that; a consumer of a topic anyone can write checks it first.
 - Idempotence: ``apply(trade, position)`` with the trade's Kafka offset ignores positions at or below the last
   one applied (``Applied.duplicate``); too-late trades advance the position too (they are answered once).
+- Configuration changes: ``from_bytes`` under other intervals keeps the kept intervals' windows, drops removed
+  ones and starts an added one at its first window after the stored watermark (earlier windows would miss trades
+  that are no longer held), logged once per change.
 - Speed: a trade is added to its bucket only (the gcd of the intervals, one minute for the defaults); longer
   windows are folded from closed buckets, and Klines are built only when emitted. Run batches of ``apply`` inside
   ``with exact_context():`` (not across a ``yield``); outside it each call switches the decimal context itself.
@@ -51,6 +54,7 @@ Semantics
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from decimal import (
@@ -76,6 +80,8 @@ import msgspec
 from market_ingestor.errors import ConfigError, MarketIngestorError
 from market_ingestor.model import Kline, Trade
 from market_ingestor.streams.windows import Interval, bucket_ns, format_ns, parse_intervals
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Applied", "InstrumentKlines", "KlineSettings", "aggregate", "exact_context", "trade_problem"]
 
@@ -208,6 +214,10 @@ class _Level(msgspec.Struct, array_like=True):
     next_open: int | None = None  # the earliest window not yet closed; None before the first trade
     open: dict[int, _Agg] = msgspec.field(default_factory=dict)  # closed buckets folded in, plus late trades
     closed: dict[int, _Agg] = msgspec.field(default_factory=dict)  # correctable ones, and always the last one
+    # An interval added to the configuration of an instrument with history starts at its first window after the
+    # watermark of that moment (earlier windows would miss trades): its series has no window before ``begin``.
+    # ``closed[begin - ns]`` then carries the last price forward, for a flat first window; it is never emitted.
+    begin: int | None = None
 
 
 class _State(msgspec.Struct, array_like=True):
@@ -287,13 +297,8 @@ class InstrumentKlines:
 
     def __init__(self, state: _State, settings: KlineSettings) -> None:
         plan = _plan(settings)
-        names = _names(plan)
-        if state.intervals != names:
-            raise ConfigError(
-                f"the kline state of {state.exchange} {state.symbol} was built for intervals "
-                f"{', '.join(state.intervals)} but the settings have {', '.join(names)}: "
-                "restore it with the same intervals, or start this instrument afresh with InstrumentKlines.new"
-            )
+        if state.intervals != _names(plan):
+            state = _with_intervals(state, plan)
         self._s = state
         self._levels = tuple(zip(plan.intervals, state.levels, strict=True))
         self._bucket_ns = plan.bucket_ns
@@ -426,7 +431,7 @@ class InstrumentKlines:
         self._deadline = min(self._deadline, opened + self._bucket_ns - 1 + self._grace_ns)
         for interval, level in self._levels:
             # Windows are aligned: the bucket's window is before next_open only if the bucket is.
-            if level.next_open is None or opened < level.next_open:
+            if (level.next_open is None or opened < level.next_open) and (level.begin is None or opened >= level.begin):
                 self._reopen(interval, level, interval.open_time(opened))
         if s.start is None or opened < s.start:
             s.start = opened
@@ -449,6 +454,8 @@ class InstrumentKlines:
         late = False
         for interval, level in self._levels:
             window = interval.open_time(trade.ts)
+            if level.begin is not None and window < level.begin:
+                continue  # before an added interval's first window
             if window + interval.ns - 1 + self._grace_ns >= s.watermark:  # still open at this interval
                 agg = level.open.get(window)
                 if agg is None:
@@ -518,6 +525,9 @@ class InstrumentKlines:
             bucket = s.buckets.pop(opened)
             for interval, level in self._levels:
                 window = interval.open_time(opened)
+                if level.begin is not None and window < level.begin:
+                    _merge(level.closed[level.begin - interval.ns], bucket)  # only its close is ever read
+                    continue
                 partial = level.open.get(window)
                 if partial is None:
                     level.open[window] = msgspec.structs.replace(bucket)
@@ -619,6 +629,8 @@ class InstrumentKlines:
         for opened in sorted(self._s.buckets):
             bucket = self._s.buckets[opened]
             window = interval.open_time(opened)
+            if level.begin is not None and window < level.begin:
+                continue
             view = views.get(window)
             if view is None:
                 views[window] = msgspec.structs.replace(bucket)
@@ -649,6 +661,54 @@ class InstrumentKlines:
             closed=closed,
             revision=agg.revision,
         )
+
+
+_interval_changes_logged: set[tuple[tuple[str, ...], tuple[str, ...]]] = set()
+
+
+def _with_intervals(state: _State, plan: _Plan) -> _State:
+    """The state of an instrument saved under other intervals, for the configured ones: kept intervals keep their
+    windows, removed ones are dropped, added ones start at their first window after the watermark (the trades of
+    earlier windows are gone: only buckets are kept, and only until they close). Logged once per change."""
+    names = _names(plan)
+    change = (state.intervals, names)
+    if change not in _interval_changes_logged:
+        _interval_changes_logged.add(change)
+        added = [name for name in names if name not in state.intervals]
+        removed = [name for name in state.intervals if name not in names]
+        log.warning(
+            "kline intervals changed from %s to %s: %s start at their first window after each instrument's "
+            "watermark; %s dropped (their klines already sent stay where they are)",
+            ",".join(state.intervals),
+            ",".join(names),
+            ",".join(added) or "none",
+            ",".join(removed) or "none",
+        )
+    kept = dict(zip(state.intervals, state.levels, strict=True))
+    last_price = _last_price(state)
+    levels = []
+    for interval in plan.intervals:
+        level = kept.get(interval.name)
+        if level is None:
+            level = _Level()
+            if state.start is not None and last_price is not None:
+                begin = interval.open_time(state.watermark) + interval.ns
+                level = _Level(next_open=begin, closed={begin - interval.ns: _flat(last_price)}, begin=begin)
+        levels.append(level)
+    return msgspec.structs.replace(state, intervals=names, levels=levels)
+
+
+def _last_price(state: _State) -> Decimal | None:
+    """The price of the instrument's latest trade by ``ts`` still held in ``state`` (or the last carried close)."""
+    found: tuple[int, int, Decimal] | None = None
+    aggs = [(opened, agg) for opened, agg in state.buckets.items()]
+    for level in state.levels:
+        aggs += [*level.open.items(), *level.closed.items()]
+    for opened, agg in aggs:
+        candidate = (agg.last_ts if agg.count else -1, opened, agg.close)
+        if found is None or candidate[:2] > found[:2]:
+            found = candidate
+    return None if found is None else found[2]
 
 
 def trade_problem(trade: Trade) -> str | None:

@@ -16,7 +16,7 @@ from market_ingestor.bus.records import batch_value
 from market_ingestor.errors import StorageError, StorageUnavailable
 from market_ingestor.model import DeadLetter, IndicatorValue, Trade, encode
 from market_ingestor.sinks import metrics
-from market_ingestor.sinks.persist import Backoff, Decoded, Persister, Row, RowDecoder, is_data_error
+from market_ingestor.sinks.persist import Backoff, Decoded, Persister, Row, RowDecoder, is_data_error, is_outage
 
 TS = 1_700_000_000_000_000_000
 
@@ -192,3 +192,52 @@ async def test_maintenance_runs_at_once_then_periodically_and_survives_failures(
         await asyncio.sleep(0.005)
     assert not task.done()  # the failed second run did not end it
     task.cancel()
+
+
+@pytest.mark.parametrize(
+    ("error", "outage"),
+    [
+        (StorageUnavailable("writing a batch: the database is unavailable"), True),
+        (ConnectionResetError(), True),
+        (TimeoutError(), True),
+        (wrapped_error("57P01"), True),  # its cause: the server is shutting down
+        (TypeError("unsupported operand"), False),
+        (wrapped_error("42P01"), False),  # undefined table: run the migrations
+        (StorageError("the database has no market-ingestor schema"), False),
+    ],
+)
+def test_only_an_outage_is_one(error, outage):
+    assert is_outage(error) is outage
+
+
+def test_a_bug_raised_while_handling_an_outage_is_not_an_outage():
+    try:
+        try:
+            raise ConnectionResetError()
+        except ConnectionResetError:
+            raise TypeError("a bug in the handler")  # noqa: B904 - the point: only its context is an outage
+    except TypeError as error:
+        assert isinstance(error.__context__, ConnectionResetError)
+        assert not is_outage(error)
+
+
+class FaultyWriter(MemoryWriter):
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+
+    async def write(self, events: Sequence[Row]) -> None:
+        self.transactions += 1
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [TypeError("unsupported operand"), wrapped_error("42P01")])
+async def test_a_fault_that_is_not_an_outage_is_raised_at_once_not_retried(error):
+    writer, letters = FaultyWriter(error), Letters()
+    persister = Persister(writer, letters, FAST)
+    before = metrics.RETRIES.labels("t.market.trades")._value.get()
+    with pytest.raises(type(error)):
+        await persister.persist("market_trades", "t.market.trades", records(batch(1, 2)))
+    assert writer.transactions == 1 and not letters.sent
+    assert metrics.RETRIES.labels("t.market.trades")._value.get() == before
+    assert persister.database_state() == {"database": "ok"}

@@ -16,10 +16,11 @@ import asyncpg
 from market_ingestor.errors import StorageError, StorageUnavailable
 
 # SQLSTATE classes worth a retry: connection exception, insufficient resources, operator intervention
-# (admin shutdown, cannot connect now), transaction rollback (serialization failure, deadlock); and a lock
-# not obtained within lock_timeout.
+# (admin shutdown, cannot connect now), transaction rollback (serialization failure, deadlock); a lock
+# not obtained within lock_timeout; and a database not accepting connections (ALTER DATABASE ... ALLOW_CONNECTIONS
+# false: taken offline for maintenance).
 _TRANSIENT_CLASSES = ("08", "53", "57", "40")
-_TRANSIENT_STATES = ("55P03",)
+_TRANSIENT_STATES = ("55P03", "55000")
 
 
 def is_transient(exc: BaseException) -> bool:

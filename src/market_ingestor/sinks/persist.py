@@ -11,9 +11,12 @@ or on the dead-letter topic with its reason; only then may the caller commit the
 - A batch the database refuses because of its data (SQLSTATE classes 21, 22, 23: a value out of range, a
   constraint; or a value the client cannot encode) is split in halves until the offending rows are found;
   those are dead-lettered, the others written. One bad row never blocks the stream.
-- Any other failure (connection refused or terminated, server shutting down, timeout, missing table) is retried
-  with exponential backoff, forever: the batch is held and no record behind it is committed, so the sink stops
-  consuming until the database is back. Every retry is logged and counted.
+- An outage (connection refused or terminated, server shutting down or out of connections, timeout, a
+  serialization conflict: :func:`is_outage`) is retried with exponential backoff, forever: the batch is held and
+  no record behind it is committed, so the sink stops consuming until the database is back. Every retry is
+  logged and counted.
+- Anything else (a missing table, a TypeError) is a fault, not an outage: it is logged and raised, and the sink
+  stops with it (nothing of the batch is committed) rather than look like a database that is down.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from market_ingestor.config import Config, StorageConfig
 from market_ingestor.errors import StorageError, StorageUnavailable
 from market_ingestor.model import DeadLetter, IndicatorValue, Kline, Quote, Topics, Trade, encode
 from market_ingestor.sinks import metrics
+from market_ingestor.sinks.connect import is_transient
 from market_ingestor.sinks.schema import SchemaMode, migrate
 from market_ingestor.sinks.writer import TABLES
 
@@ -170,6 +174,23 @@ def is_data_error(exc: BaseException) -> bool:
     return False
 
 
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database cannot be reached for now (down, restarting, out of connections, a broken
+    connection, a serialization conflict): what a retry may cure. The writer wraps those as StorageUnavailable;
+    raw ones are classified as :func:`~market_ingestor.sinks.connect.is_transient` does. Anything else (a
+    TypeError, an undefined table) is a fault to report, not an outage to wait out."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, StorageUnavailable) or is_transient(seen):
+            return True
+        if isinstance(seen, asyncpg.InterfaceError | asyncpg.exceptions.InternalClientError):
+            # The client's view of a connection that broke under an operation ("another operation is in
+            # progress", "cannot switch to state"): a new connection cures it.
+            return True
+        seen = seen.__cause__  # not __context__: a bug raised while handling an outage is still a bug
+    return False
+
+
 class _Rejected(Exception):
     """The database refused the batch because of its data."""
 
@@ -258,6 +279,12 @@ class Persister:
             except Exception as exc:
                 if is_data_error(exc):
                     raise _Rejected(str(exc)) from exc
+                if not (self._closed or is_outage(exc)):
+                    log.error(
+                        "database write failed with an error that is not an outage: not retrying",
+                        extra={"topic": topic, "rows": len(rows), "error": f"{type(exc).__name__}: {exc}"},
+                    )
+                    raise
                 attempt += 1
                 delay = next(delays)
                 metrics.RETRIES.labels(topic).inc()

@@ -4,6 +4,8 @@
     ├── ConfigError            bad config file, field or environment override
     ├── SymbolError            a symbol that no instrument registry knows, or a malformed one
     ├── ParseError             an exchange frame that cannot be normalized (goes to the dead-letter topic)
+    │   └── NotNormalized      a well-formed frame the parser turns into no event (a channel or API version it does
+    │                          not handle, or one too incomplete for an event): counted, dead-lettered, never silent
     ├── ExchangeError          an exchange endpoint failed (REST status, timeout, refused connection)
     ├── BusError               the transport failed (Kafka, NATS); wraps the client library's error
     │   └── BusClosedError     used after stop() or before start()
@@ -16,6 +18,10 @@
 Library errors are wrapped at the boundary with ``raise ... from exc`` so the cause stays visible, and every
 message says what the operator can do about it.
 """
+
+from __future__ import annotations
+
+from typing import Literal
 
 
 class MarketIngestorError(Exception):
@@ -32,6 +38,29 @@ class SymbolError(MarketIngestorError):
 
 class ParseError(MarketIngestorError):
     """An exchange frame could not be normalized; carries the reason for the dead-letter record."""
+
+
+NotNormalizedReason = Literal["unhandled", "incomplete"]
+CHANNEL_TEXT_LIMIT = 64
+
+
+class NotNormalized(ParseError):
+    """A well-formed frame that gives no event and is not protocol chatter (each exchange module lists its chatter
+    in ``PROTOCOL_CHATTER``).
+
+    ``channel`` names what the frame is in the exchange's terms (``kline_1m``, ``orderBookL2_25``, ``last_match``)
+    for per-channel summaries; ``reason`` is one of two words, for bounded metric labels: ``unhandled`` (a channel,
+    message type or API version the parser does not read) or ``incomplete`` (a channel it reads, but this frame
+    lacks what an event needs, e.g. a ticker without sizes). ``channel`` comes from the frame, so it is cut to
+    :data:`CHANNEL_TEXT_LIMIT` characters."""
+
+    def __init__(self, exchange: str, channel: str, reason: NotNormalizedReason, detail: str = "") -> None:
+        channel = channel[:CHANNEL_TEXT_LIMIT]
+        self.exchange, self.channel, self.reason = exchange, channel, reason
+        self.detail = detail or (
+            "a channel or message type the parser does not handle" if reason == "unhandled" else "incomplete frame"
+        )
+        super().__init__(f"{exchange} {channel}: not normalized: {self.detail}")
 
 
 class ExchangeError(MarketIngestorError):

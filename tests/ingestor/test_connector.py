@@ -194,6 +194,39 @@ async def test_malformed_frames_become_dead_letters_and_the_stream_goes_on(simul
     assert simulator.stats(exchange).sessions_opened == 1  # no reconnect needed
 
 
+# Per exchange: a frame of a channel the parser does not handle, and a heartbeat (protocol chatter).
+UNHANDLED_AND_CHATTER = {
+    "binance": ('{"stream":"btcusdt@kline_1m","data":{"e":"kline"}}', '{"result":null,"id":99}'),
+    "bybit": ('{"topic":"trade.BTCUSD","data":[{"symbol":"BTCUSD","price":7800.5}]}',
+              '{"success":true,"ret_msg":"pong","conn_id":"c1","op":"ping"}'),
+    "coinbase": ('{"type":"open","product_id":"BTC-USD","price":"1","side":"buy"}',
+                 '{"type":"heartbeat","sequence":1,"last_trade_id":2,"product_id":"BTC-USD","time":"x"}'),
+    "kraken": ('{"channel":"ohlc","type":"update","data":[]}', '{"channel":"heartbeat"}'),
+    "okx": ('{"arg":{"channel":"candle1m","instId":"BTC-USDT"},"data":[["1","2","3","4","5","6","7","8","0"]]}',
+            "pong"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("exchange", EXCHANGES)
+async def test_a_frame_not_turned_into_events_is_counted_and_dead_lettered_and_chatter_is_not(
+    simulator, rest, exchange
+):
+    unhandled, chatter = UNHANDLED_AND_CHATTER[exchange]
+    sink = Collector()
+    connector = await make_connector(simulator, exchange, rest, sink)
+    before = counter(metrics.NOT_NORMALIZED, exchange, "unhandled"), counter(metrics.DEAD_LETTERS, exchange)
+    async with running(connector, {"BTCUSDT"}):
+        await sink.wait_for(lambda _: bool(sink.of(Trade)))
+        assert simulator.send_raw(exchange, chatter) == 1
+        assert simulator.send_raw(exchange, unhandled) == 1
+        await sink.wait_for(lambda _: bool(sink.of(DeadLetter)))
+    (letter,) = sink.of(DeadLetter)  # the chatter, sent first on the same socket, left no dead letter
+    assert isinstance(letter, DeadLetter)
+    assert (letter.exchange, letter.raw) == (exchange, unhandled) and "not normalized" in letter.reason
+    after = counter(metrics.NOT_NORMALIZED, exchange, "unhandled"), counter(metrics.DEAD_LETTERS, exchange)
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 1)
+
+
 async def test_symbols_beyond_the_per_connection_limit_open_another_connection(simulator, rest):
     import dataclasses
 

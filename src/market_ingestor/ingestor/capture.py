@@ -8,7 +8,8 @@ written in one place.
     configuration: <json>       what the recorder was asked to subscribe
 
 ``<ts>`` is the recorder's clock in seconds (float). Plain JSON lines (one raw received frame per line, no
-timestamp) are read too.
+timestamp) are read too. Files are read as bytes and decoded line by line: a line that is not UTF-8 becomes an
+``unreadable`` record carrying the reason, and the lines after it are read as usual.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import IO, Literal
 
-RecordKind = Literal["open", "sent", "received", "rest", "configuration"]
+RecordKind = Literal["open", "sent", "received", "rest", "configuration", "unreadable"]
 
 _OPEN = re.compile(r"^(\S+) <-> (\d+(?:\.\d+)?)$")
 _SENT = re.compile(r"^(\S+) <- (\d+(?:\.\d+)?): (.*)$")
@@ -31,7 +32,7 @@ _RECEIVED = re.compile(r"^(\d+(?:\.\d+)?): (.*)$")
 @dataclass(frozen=True, slots=True)
 class SessionRecord:
     kind: RecordKind
-    payload: str  # the frame or body as recorded; "" for "open"
+    payload: str  # the frame or body as recorded; "" for "open"; the reason for "unreadable"
     ts: float | None  # recorder clock, seconds; None for plain JSON lines
     url: str | None = None
     line_no: int = 0
@@ -67,24 +68,42 @@ def parse_line(line: str, line_no: int = 0) -> SessionRecord | None:
     return SessionRecord("received", line, None, None, line_no)
 
 
-def read_session(source: str | Path | Iterable[str]) -> Iterator[SessionRecord]:
-    lines: Iterable[str]
+def _unreadable(exc: UnicodeDecodeError, line_no: int) -> SessionRecord:
+    """A line that is not UTF-8, as a record saying where its first bad byte is."""
+    bad = exc.object[exc.start : exc.end]
+    reason = f"not UTF-8 ({exc.reason}: {bad!r} at byte {exc.start + 1} of the line)"
+    return SessionRecord("unreadable", reason, None, None, line_no)
+
+
+Source = str | Path | Iterable[str | bytes]
+
+
+def read_session(source: Source) -> Iterator[SessionRecord]:
+    """The records of a file (by path) or of lines (text, or bytes as from ``sys.stdin.buffer``)."""
     if isinstance(source, str | Path):
-        with Path(source).open(encoding="utf-8") as handle:
+        with Path(source).open("rb") as handle:
             yield from read_session(handle)
         return
-    lines = source
-    for line_no, line in enumerate(lines, 1):
+    line: str
+    for line_no, raw in enumerate(source, 1):
+        if isinstance(raw, bytes):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield _unreadable(exc, line_no)
+                continue
+        else:
+            line = raw
         record = parse_line(line, line_no)
         if record is not None:
             yield record
 
 
-def received_frames(source: str | Path | Iterable[str]) -> Iterator[SessionRecord]:
+def received_frames(source: Source) -> Iterator[SessionRecord]:
     return (record for record in read_session(source) if record.kind == "received")
 
 
-def rest_bodies(source: str | Path | Iterable[str]) -> Iterator[SessionRecord]:
+def rest_bodies(source: Source) -> Iterator[SessionRecord]:
     return (record for record in read_session(source) if record.kind == "rest")
 
 

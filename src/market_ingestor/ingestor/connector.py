@@ -2,8 +2,9 @@
 
 Frames are parsed by the exchange's pure ``parse``; this module adds what needs state: trade-id gap
 detection, the local book per symbol with the exchange's sequence and checksum rules, book resync (a REST
-snapshot or a fresh WebSocket subscription), dead-lettering of frames that cannot be parsed, live symbol
-changes, and sharding symbols over connections within the exchange's per-connection limit.
+snapshot or a fresh WebSocket subscription), dead-lettering of frames that cannot be parsed or give no event
+(anything but the exchange's protocol chatter), live symbol changes, and sharding symbols over connections within
+the exchange's per-connection limit.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from market_ingestor.errors import MarketIngestorError, ParseError, SymbolError
+from market_ingestor.errors import MarketIngestorError, NotNormalized, ParseError, SymbolError
 from market_ingestor.ingestor import metrics
 from market_ingestor.ingestor.book import BookSync, BookVerdict
 from market_ingestor.ingestor.connection import Connection, ConnectionSettings, Subscription
@@ -154,6 +155,8 @@ class ExchangeConnector:
         try:
             events = self.spec.parse(frame, ParseContext(self.registry, recv_ts))
         except ParseError as exc:
+            if isinstance(exc, NotNormalized):  # well-formed, but gives no event: counted apart, dead-lettered too
+                metrics.NOT_NORMALIZED.labels(self.spec.name, exc.reason).inc()
             self._dead_letter(frame, str(exc), recv_ts)
             events = []
         except Exception as exc:  # a parser bug must cost one frame, not the connection: keep it with the reason

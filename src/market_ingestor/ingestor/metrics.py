@@ -17,6 +17,13 @@ NO_SYMBOL = "none"  # the symbol label of frames that carry no market event (ack
 FRAMES = tally("market_frames", "WebSocket frames received, by the symbol of their events", ("exchange", "symbol"))
 EVENTS = tally("market_events", "Normalized events produced", ("exchange", "symbol", "type"))
 DEAD_LETTERS = Counter("market_dead_letters_total", "Frames that could not be normalized", ["exchange"])
+# The dead letters of well-formed frames that give no event (NotNormalized): a channel or API version the parser
+# does not handle, or a frame too incomplete for an event. reason is "unhandled" or "incomplete": bounded.
+NOT_NORMALIZED = Counter(
+    "market_frames_not_normalized_total",
+    "Well-formed frames that gave no event and are not protocol chatter (also dead-lettered)",
+    ["exchange", "reason"],
+)
 SEQUENCE_GAPS = Counter(
     "market_sequence_gaps_total", "Missing trade ids or book sequence numbers", ["exchange", "symbol", "kind"]
 )

@@ -13,7 +13,7 @@ import msgspec
 import pytest
 from hypothesis import strategies as st
 
-from market_ingestor.errors import ParseError
+from market_ingestor.errors import NotNormalized, ParseError
 from market_ingestor.ingestor.exchanges.base import ParseContext
 from market_ingestor.ingestor.simulator.dialect import SimDialect
 from market_ingestor.model import BookDelta, BookSnapshot, MarketEvent, Quote, Trade
@@ -41,6 +41,22 @@ def received_json(name: str, parse_float: Callable[[str], Any] | None = None) ->
         stamp, sep, payload = line.partition(": ")
         if sep and re.fullmatch(r"\d+(\.\d+)?", stamp):
             yield json.loads(payload, parse_float=parse_float)
+
+
+def events_or_not_normalized(parse: Parse, frame: str | bytes, ctx: ParseContext) -> list[MarketEvent] | NotNormalized:
+    """The events a frame parses to, or the :class:`NotNormalized` it raises (for tests over whole recordings,
+    which check the frames not turned into events apart)."""
+    try:
+        return parse(frame, ctx)
+    except NotNormalized as exc:
+        return exc
+
+
+def assert_not_normalized(parse: Parse, frame: str | bytes, ctx: ParseContext, channel: str, reason: str) -> None:
+    """The frame is reported as not turned into events, naming its channel and why (never ``[]`` in silence)."""
+    with pytest.raises(NotNormalized) as caught:
+        parse(frame, ctx)
+    assert (caught.value.channel, caught.value.reason) == (channel, reason)
 
 
 # --- hostile input ----------------------------------------------------------------------------------------------

@@ -10,15 +10,24 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from helpers import assert_reads_client_frame, json_strategy, mutate_field, parsed_or_refused, recording
+from helpers import (
+    assert_not_normalized,
+    assert_reads_client_frame,
+    events_or_not_normalized,
+    json_strategy,
+    mutate_field,
+    parsed_or_refused,
+    recording,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from market_ingestor.errors import ParseError, SymbolError
+from market_ingestor.errors import NotNormalized, ParseError, SymbolError
 from market_ingestor.ingestor.book import BookSync, BookVerdict
 from market_ingestor.ingestor.capture import SessionRecord, received_frames, rest_bodies
 from market_ingestor.ingestor.exchanges.base import ALL_CHANNELS, Channel, ParseContext
 from market_ingestor.ingestor.exchanges.binance import (
+    PROTOCOL_CHATTER,
     SPEC,
     book_sequence,
     book_snapshot_path,
@@ -55,8 +64,17 @@ def recorded() -> list[SessionRecord]:
 
 
 @pytest.fixture(scope="module")
-def parsed(recorded: list[SessionRecord], registry: InstrumentRegistry) -> list[list[MarketEvent]]:
-    return [parse(record.payload, ParseContext(registry, record.recv_ts_ns)) for record in recorded]
+def outcomes(recorded: list[SessionRecord], registry: InstrumentRegistry) -> list[list[MarketEvent] | NotNormalized]:
+    return [
+        events_or_not_normalized(parse, record.payload, ParseContext(registry, record.recv_ts_ns))
+        for record in recorded
+    ]
+
+
+@pytest.fixture(scope="module")
+def parsed(outcomes: list[list[MarketEvent] | NotNormalized]) -> list[list[MarketEvent]]:
+    """Each frame's events; [] for the frames not turned into events (klines: checked apart)."""
+    return [outcome if isinstance(outcome, list) else [] for outcome in outcomes]
 
 
 def _raw(record: SessionRecord) -> dict[str, Any]:
@@ -174,10 +192,14 @@ def test_first_recorded_depth_update_spot_check(parsed):
     assert delta.ts == 1633998512068_000_000
 
 
-def test_klines_parse_to_nothing_and_every_other_frame_to_one_event(recorded, parsed):
-    for record, events in zip(recorded, parsed, strict=True):
-        expected = 0 if "@kline_" in _raw(record)["stream"] else 1
-        assert len(events) == expected, record.payload
+def test_klines_are_reported_not_normalized_and_every_other_frame_is_one_event(recorded, outcomes):
+    for record, outcome in zip(recorded, outcomes, strict=True):
+        if "@kline_" in _raw(record)["stream"]:
+            assert isinstance(outcome, NotNormalized), record.payload
+            assert (outcome.channel, outcome.reason) == ("kline_1m", "unhandled")
+        else:
+            assert isinstance(outcome, list) and len(outcome) == 1, record.payload
+    assert sum(isinstance(outcome, NotNormalized) for outcome in outcomes) == 2
 
 
 def _recorded_deltas(parsed: list[list[MarketEvent]]) -> dict[str, list[BookDelta]]:
@@ -290,12 +312,22 @@ def test_the_registry_names_symbols_and_a_listed_alias_is_folded():
     assert parse(renamed, ParseContext(registry, 1))[0].symbol == "ABCUSDT"
 
 
-@pytest.mark.parametrize(
-    "frame",
-    ['{"result":null,"id":1}', '{"result":["btcusdt@trade"],"id":"x"}', '{"stream":"btcusdt@kline_1m","data":{}}'],
-)
-def test_control_frames_and_unnormalized_streams_parse_to_nothing(frame):
+@pytest.mark.parametrize("frame", ['{"result":null,"id":1}', '{"result":["btcusdt@trade"],"id":"x"}'])
+def test_request_replies_are_protocol_chatter_and_parse_to_nothing(frame):
     assert parse(frame, EMPTY) == []
+    assert {"reply"} == PROTOCOL_CHATTER and SPEC.protocol_chatter == PROTOCOL_CHATTER
+
+
+@pytest.mark.parametrize(
+    ("frame", "channel"),
+    [
+        ('{"stream":"btcusdt@kline_1m","data":{}}', "kline_1m"),
+        ('{"stream":"btcusdt@depth20@100ms","data":{"lastUpdateId":1,"bids":[],"asks":[]}}', "depth20@100ms"),
+        ('{"stream":"!miniTicker@arr","data":[]}', "arr"),
+    ],
+)
+def test_streams_not_normalized_are_reported_with_their_channel(frame, channel):
+    assert_not_normalized(parse, frame, EMPTY, channel, "unhandled")
 
 
 @pytest.mark.parametrize(

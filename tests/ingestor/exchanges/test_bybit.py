@@ -8,14 +8,21 @@ import json
 from decimal import Decimal
 
 import pytest
-from helpers import assert_reads_client_frame, json_strategy, mutate_field, parsed_or_refused
+from helpers import assert_not_normalized, assert_reads_client_frame, json_strategy, mutate_field, parsed_or_refused
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from market_ingestor.errors import ParseError, SymbolError
 from market_ingestor.ingestor.book import BookSync, BookVerdict
 from market_ingestor.ingestor.exchanges.base import ALL_CHANNELS, Channel, ParseContext
-from market_ingestor.ingestor.exchanges.bybit import SPEC, book_sequence, parse, parse_instruments, spec_for
+from market_ingestor.ingestor.exchanges.bybit import (
+    PROTOCOL_CHATTER,
+    SPEC,
+    book_sequence,
+    parse,
+    parse_instruments,
+    spec_for,
+)
 from market_ingestor.ingestor.simulator.bybit import DIALECT
 from market_ingestor.ingestor.simulator.dialect import SimBook, SimBookDelta, SimInstrument, SimQuote, SimTrade
 from market_ingestor.instruments import Instrument, InstrumentRegistry
@@ -167,14 +174,55 @@ def test_top_of_book_is_a_quote():
         '{"success":true,"ret_msg":"pong","conn_id":"465772b1","req_id":"","op":"ping"}',
         '{"args":["1672916271846"],"op":"pong"}',
         '{"success":true,"ret_msg":"subscribe","conn_id":"2324d924","req_id":"10001","op":"subscribe"}',
-        '{"topic":"tickers.BTCUSDT","ts":1673853746003,"type":"snapshot","cs":2588407389,"data":{"symbol":"BTCUSDT",'
-        '"lastPrice":"21109.77"}}',
-        '{"topic":"kline.5.BTCUSDT","data":[{"start":1672324800000,"close":"16649.5"}],"ts":1672324988882,'
-        '"type":"snapshot"}',
+        # the retired v2 API's ack and pong: the op is echoed under "request"
+        '{"success":true,"ret_msg":"","conn_id":"c0a8-1","request":{"op":"subscribe","args":["trade.BTCUSD"]}}',
+        '{"success":true,"ret_msg":"pong","conn_id":"c0a8-1","request":{"op":"ping","args":null}}',
     ],
 )
-def test_op_replies_and_unnormalized_topics_parse_to_nothing(frame):
+def test_op_replies_are_protocol_chatter_and_parse_to_nothing(frame):
     assert parse(frame, EMPTY) == []
+    assert SPEC.protocol_chatter == PROTOCOL_CHATTER == {"subscribe", "unsubscribe", "ping", "pong"}
+
+
+@pytest.mark.parametrize(
+    ("frame", "channel"),
+    [
+        (
+            '{"topic":"tickers.BTCUSDT","ts":1673853746003,"type":"snapshot","cs":2588407389,"data":{"symbol":'
+            '"BTCUSDT","lastPrice":"21109.77"}}',
+            "tickers",
+        ),
+        (
+            '{"topic":"kline.5.BTCUSDT","data":[{"start":1672324800000,"close":"16649.5"}],"ts":1672324988882,'
+            '"type":"snapshot"}',
+            "kline.5",
+        ),
+        # the retired v2 API (inverse perpetuals), in its documented formats
+        (
+            '{"topic":"trade.BTCUSD","data":[{"trade_time_ms":1583952000000,"timestamp":"2020-03-11T18:40:00.000Z",'
+            '"symbol":"BTCUSD","side":"Buy","size":10,"price":7800.5,"tick_direction":"PlusTick",'
+            '"trade_id":"a2b3c4d5-0000-5b7e-9f59-4a1c1dd4e3c1","cross_seq":1052816407}]}',
+            "trade",
+        ),
+        (
+            '{"topic":"orderBookL2_25.BTCUSD","type":"snapshot","data":[{"price":"7800.00","symbol":"BTCUSD",'
+            '"id":78000000,"side":"Buy","size":32547}],"cross_seq":1052816407,"timestamp_e6":1583952000123456}',
+            "orderBookL2_25",
+        ),
+        (
+            '{"topic":"orderBookL2_25.BTCUSD","type":"delta","data":{"delete":[],"update":[{"price":"7800.00",'
+            '"symbol":"BTCUSD","id":78000000,"side":"Buy","size":30000}],"insert":[]},"cross_seq":1052816408,'
+            '"timestamp_e6":1583952000223456}',
+            "orderBookL2_25",
+        ),
+    ],
+)
+def test_topics_not_normalized_are_reported_with_their_channel(frame, channel):
+    assert_not_normalized(parse, frame, EMPTY, channel, "unhandled")
+
+
+def test_a_successful_reply_to_another_op_is_reported():
+    assert_not_normalized(parse, '{"success":true,"ret_msg":"","conn_id":"x","op":"auth"}', EMPTY, "auth", "unhandled")
 
 
 @pytest.mark.parametrize(

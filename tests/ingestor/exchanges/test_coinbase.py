@@ -10,15 +10,23 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from helpers import assert_sane_outcome, json_strategy, mutate, received_json, recording
+from helpers import (
+    assert_not_normalized,
+    assert_sane_outcome,
+    events_or_not_normalized,
+    json_strategy,
+    mutate,
+    received_json,
+    recording,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from market_ingestor.errors import ParseError, SymbolError
+from market_ingestor.errors import NotNormalized, ParseError, SymbolError
 from market_ingestor.ingestor.book import BookSync, BookVerdict
 from market_ingestor.ingestor.capture import SessionRecord, read_session, received_frames, rest_bodies
 from market_ingestor.ingestor.exchanges.base import Channel, ParseContext
-from market_ingestor.ingestor.exchanges.coinbase import SPEC, iso_ns
+from market_ingestor.ingestor.exchanges.coinbase import PROTOCOL_CHATTER, SPEC, iso_ns
 from market_ingestor.ingestor.simulator.coinbase import DIALECT
 from market_ingestor.ingestor.simulator.dialect import SimBook, SimBookDelta, SimInstrument, SimQuote, SimTrade
 from market_ingestor.instruments import Instrument, InstrumentRegistry
@@ -37,7 +45,9 @@ def records() -> list[SessionRecord]:
 
 @pytest.fixture(scope="module")
 def events(records: list[SessionRecord]) -> list[MarketEvent]:
-    return [event for record in records for event in SPEC.parse(record.payload, CTX)]
+    """Every recorded frame's events; the frames not turned into events are checked apart."""
+    outcomes = (events_or_not_normalized(SPEC.parse, record.payload, CTX) for record in records)
+    return [event for outcome in outcomes if isinstance(outcome, list) for event in outcome]
 
 
 # --- recorded session ---------------------------------------------------------------------------------------
@@ -89,13 +99,23 @@ def test_trade_ids_are_contiguous_and_continue_from_last_match(events: list[Mark
         previous[trade.symbol] = int(trade.trade_id)
 
 
-def test_recorded_last_match_and_control_frames_give_nothing(records: list[SessionRecord]) -> None:
+def test_recorded_last_match_and_sizeless_tickers_are_reported_and_the_ack_is_chatter(
+    records: list[SessionRecord],
+) -> None:
     kinds = Counter(json.loads(r.payload)["type"] for r in records)
     assert kinds == {"l2update": 9719, "ticker": 107, "match": 97, "snapshot": 10, "last_match": 10,
                      "subscriptions": 3}  # fmt: skip
+    reported: Counter[tuple[str, str]] = Counter()
     for record in records:
-        if json.loads(record.payload)["type"] in ("last_match", "subscriptions", "ticker"):
-            assert SPEC.parse(record.payload, CTX) == []  # 2021 tickers carry no sizes: no quote is invented
+        outcome = events_or_not_normalized(SPEC.parse, record.payload, CTX)
+        if isinstance(outcome, NotNormalized):
+            reported[outcome.channel, outcome.reason] += 1
+        elif json.loads(record.payload)["type"] == "subscriptions":
+            assert outcome == []
+        else:
+            assert outcome, record.payload
+    # 2021 tickers carry no sizes: no quote is invented, and none is dropped without a word
+    assert reported == {("ticker", "incomplete"): 107, ("last_match", "unhandled"): 10}
 
 
 def test_tickers_with_sizes_give_quotes() -> None:
@@ -165,15 +185,28 @@ def test_iso_times_convert_exactly() -> None:
             iso_ns(bad)
 
 
-def test_errors_and_unknown_types_are_parse_errors() -> None:
+def test_protocol_chatter_parses_to_nothing_and_unknown_types_are_reported() -> None:
+    assert SPEC.protocol_chatter == PROTOCOL_CHATTER == {"subscriptions", "heartbeat", "status"}
     assert (
         SPEC.parse('{"type":"heartbeat","sequence":1,"last_trade_id":2,"product_id":"BTC-USD","time":"x"}', CTX) == []
     )
     assert SPEC.parse('{"type":"status","products":[],"currencies":[]}', CTX) == []
+    assert_not_normalized(SPEC.parse, '{"type":"surprise"}', CTX, "surprise", "unhandled")
+    full_channel_open = (
+        '{"type":"open","time":"2021-04-17T16:43:37.089723Z","product_id":"BTC-USD","sequence":10,'
+        '"order_id":"d50ec984-77a8-460a-b958-66f114b0de9b","price":"200.2","remaining_size":"1.00","side":"sell"}'
+    )
+    assert_not_normalized(SPEC.parse, full_channel_open, CTX, "open", "unhandled")
+    sizeless_ticker = (
+        '{"type":"ticker","sequence":1,"product_id":"BTC-USD","price":"1","best_bid":"1","best_ask":"2",'
+        '"time":"2021-04-17T16:43:37.089723Z"}'
+    )
+    assert_not_normalized(SPEC.parse, sizeless_ticker, CTX, "ticker", "incomplete")
+
+
+def test_errors_are_parse_errors() -> None:
     with pytest.raises(ParseError, match="is not a valid product"):
         SPEC.parse('{"type":"error","message":"Failed to subscribe","reason":"BTC-XYZ is not a valid product"}', CTX)
-    with pytest.raises(ParseError, match="unknown message type 'surprise'"):
-        SPEC.parse('{"type":"surprise"}', CTX)
     with pytest.raises(ParseError, match="match"):
         SPEC.parse('{"type":"match","trade_id":1,"side":"buy","size":"1","price":"1","product_id":"BTC-USD"}', CTX)
     for bad in ("", "[]", "{}", "pong", '{"type":5}'):
@@ -194,7 +227,8 @@ def test_product_listing_and_symbols(records: list[SessionRecord], events: list[
     assert SPEC.native_symbol("SKLUSD", registry) == "SKL-USD"
     with pytest.raises(SymbolError):
         SPEC.native_symbol("SKLUSD", InstrumentRegistry())
-    with_listing = [e for r in records for e in SPEC.parse(r.payload, ParseContext(registry, 7))]
+    outcomes = (events_or_not_normalized(SPEC.parse, r.payload, ParseContext(registry, 7)) for r in records)
+    with_listing = [e for outcome in outcomes if isinstance(outcome, list) for e in outcome]
     assert with_listing == events
     delisted = b'[{"id":"A-B","base_currency":"A","quote_currency":"B","status":"delisted"}]'
     assert SPEC.parse_instruments(delisted) == []

@@ -10,16 +10,17 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from helpers import json_strategy, parsed_or_refused, received_json, recording
+from helpers import assert_not_normalized, json_strategy, parsed_or_refused, received_json, recording
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from market_ingestor.errors import ParseError, SymbolError
+from market_ingestor.errors import NotNormalized, ParseError, SymbolError
 from market_ingestor.ingestor.book import BookSync, BookVerdict
 from market_ingestor.ingestor.capture import received_frames, rest_bodies
 from market_ingestor.ingestor.exchanges import get_spec
 from market_ingestor.ingestor.exchanges.base import ALL_CHANNELS, Channel, ParseContext
 from market_ingestor.ingestor.exchanges.kraken import (
+    PROTOCOL_CHATTER,
     SPEC,
     book_checksum,
     epoch_text_ns,
@@ -322,14 +323,90 @@ def test_v2_book_update_removes_and_keeps_digits() -> None:
         '"success":true,"time_in":"2023-10-06T17:35:55.219022Z","time_out":"2023-10-06T17:35:55.219067Z"}',
         '{"method":"pong","req_id":101,"time_in":"2023-09-24T14:10:23.799685Z","time_out":"2023-09-24T14:10:23.799703Z"}',
         '{"method":"unsubscribe","result":{"channel":"trade","symbol":"BTC/USD"},"success":true}',
-        '{"channel":"ohlc","type":"update","data":[{"symbol":"BTC/USD","open":1}]}',
-        '{"channel":"instrument","type":"snapshot","data":{"assets":[],"pairs":[]}}',
         '{"event":"pong","reqid":42}',
-        '[1234,{"a":["5525.40000","1","1","1534614248.123678","1.000","0.5"]},"ticker","XBT/USD"]',
+        '{"event":"heartbeat"}',
+        '{"connectionID":8628615390848610000,"event":"systemStatus","status":"online","version":"1.0.0"}',
+        '{"channelID":10001,"channelName":"ticker","event":"subscriptionStatus","pair":"XBT/EUR","status":"subscribed",'
+        '"subscription":{"name":"ticker"}}',
     ],
 )
-def test_control_and_unnormalized_frames_parse_to_nothing(frame: str) -> None:
+def test_protocol_chatter_parses_to_nothing(frame: str) -> None:
     assert parse(frame, EMPTY) == []
+    assert SPEC.protocol_chatter == PROTOCOL_CHATTER
+
+
+@pytest.mark.parametrize(
+    ("frame", "channel"),
+    [
+        ('{"channel":"ohlc","type":"update","data":[{"symbol":"BTC/USD","open":1}]}', "ohlc"),
+        ('{"channel":"instrument","type":"snapshot","data":{"assets":[],"pairs":[]}}', "instrument"),
+        (
+            '[42,["1542057314.748456","1542057360.435743","3586.70000","3586.70000","3586.60000","3586.60000",'
+            '"3586.68894","0.03373000",2],"ohlc-5","XBT/USD"]',
+            "ohlc-5",
+        ),
+        ('{"method":"edit_order","success":true,"result":{}}', "edit_order"),
+        ('{"event":"somethingNew"}', "somethingNew"),
+    ],
+)
+def test_channels_and_messages_not_normalized_are_reported(frame: str, channel: str) -> None:
+    assert_not_normalized(parse, frame, EMPTY, channel, "unhandled")
+
+
+# --- v1 ticker and spread (Kraken's documented v1 formats) ------------------------------------------------------
+
+V1_TICKER = (
+    '[340,{"a":["108172.70000",11,"11.70510914"],"b":["108172.60000",0,"0.01505750"],'
+    '"c":["108172.70000","0.00091079"],"v":["6.14876826","162.71709597"],"p":["108216.20347","108148.01677"],'
+    '"t":[890,15545],"l":["108157.50000","107829.70000"],"h":["108262.20000","108379.00000"],'
+    '"o":["108249.50000","108001.10000"]},"ticker","XBT/USD"]'
+)
+V1_SPREAD = '[0,["5698.40000","5700.00000","1542057299.545897","1.01234567","0.98765432"],"spread","XBT/USD"]'
+
+
+def test_v1_ticker_is_a_quote_of_the_best_bid_and_ask_with_their_lot_volumes() -> None:
+    # [price, wholeLotVolume, lotVolume]: the lot volume is the size; v1 tickers carry no time: the receipt time
+    (quote,) = parse(V1_TICKER, EMPTY)
+    assert quote == Quote("kraken", "BTCUSD", D("108172.60000"), D("0.01505750"), D("108172.70000"),
+                          D("11.70510914"), 7, 7, None)  # fmt: skip
+    digits = (quote.bid_price, quote.bid_qty, quote.ask_price, quote.ask_qty)
+    assert tuple(map(str, digits)) == ("108172.60000", "0.01505750", "108172.70000", "11.70510914")
+
+
+def test_v1_spread_is_a_quote_at_its_own_time() -> None:
+    (quote,) = parse(V1_SPREAD, ParseContext(InstrumentRegistry(), 99))
+    assert quote == Quote("kraken", "BTCUSD", D("5698.40000"), D("1.01234567"), D("5700.00000"), D("0.98765432"),
+                          1_542_057_299_545_897_000, 99, None)  # fmt: skip
+    digits = (quote.bid_price, quote.bid_qty, quote.ask_price, quote.ask_qty)
+    assert tuple(map(str, digits)) == ("5698.40000", "1.01234567", "5700.00000", "0.98765432")
+
+
+def test_v1_ticker_and_spread_use_the_listing_for_the_symbol() -> None:
+    registry = InstrumentRegistry([Instrument("kraken", "XDG/USD", "DOGE", "USD")])
+    spread = V1_SPREAD.replace("XBT/USD", "XDG/USD")
+    assert parse(spread, ParseContext(registry, 1))[0].symbol == "DOGEUSD"
+
+
+def test_a_v1_spread_without_volumes_is_reported_incomplete() -> None:
+    old_spread = '[0,["5698.40000","5700.00000","1542057299.545897"],"spread","XBT/USD"]'
+    assert_not_normalized(parse, old_spread, EMPTY, "spread", "incomplete")
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        V1_TICKER.replace('"0.01505750"', '"-0.01505750"'),
+        V1_TICKER.replace('"a":["108172.70000",11,"11.70510914"],', ""),
+        V1_TICKER.replace('"ticker","XBT/USD"]', '"ticker","XBT/USD",1]'),
+        V1_SPREAD.replace('"0.98765432"', '"NaN"'),
+        V1_SPREAD.replace('"1542057299.545897"', '"yesterday"'),
+        '[0,"x","spread","XBT/USD"]',
+    ],
+)
+def test_bad_v1_tickers_and_spreads_are_parse_errors(frame: str) -> None:
+    with pytest.raises(ParseError) as caught:
+        parse(frame, EMPTY)
+    assert not isinstance(caught.value, NotNormalized)
 
 
 @pytest.mark.parametrize(

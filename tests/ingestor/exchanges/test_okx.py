@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from helpers import assert_sane_outcome, json_strategy, mutate, received_json, recording
+from helpers import assert_not_normalized, assert_sane_outcome, json_strategy, mutate, received_json, recording
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -21,7 +21,7 @@ from market_ingestor.ingestor.book import BookSync, BookVerdict
 from market_ingestor.ingestor.capture import SessionRecord, read_session, received_frames, rest_bodies
 from market_ingestor.ingestor.exchanges import okx
 from market_ingestor.ingestor.exchanges.base import Channel, ParseContext
-from market_ingestor.ingestor.exchanges.okx import SPEC
+from market_ingestor.ingestor.exchanges.okx import PROTOCOL_CHATTER, SPEC
 from market_ingestor.ingestor.simulator.dialect import SimBook, SimBookDelta, SimInstrument, SimQuote, SimTrade
 from market_ingestor.ingestor.simulator.okx import DIALECT
 from market_ingestor.instruments import InstrumentRegistry
@@ -204,22 +204,25 @@ def test_bbo_tbt_gives_a_quote_with_its_sequence_id() -> None:
               1652459223143 * 10**6, 7, 363996337)
     ]  # fmt: skip
     empty_side = '{"arg":{"channel":"bbo-tbt","instId":"BTC-USDT"},"data":[{"asks":[],"bids":[],"ts":"1"}]}'
-    assert SPEC.parse(empty_side, CTX) == []
+    assert_not_normalized(SPEC.parse, empty_side, CTX, "bbo-tbt", "incomplete")
     empty_ticker = (
         '{"arg":{"channel":"tickers","instId":"BTC-USDT"},"data":[{"instId":"BTC-USDT","bidPx":"","bidSz":"",'
         '"askPx":"30228.7","askSz":"1","ts":"1"}]}'
     )
-    assert SPEC.parse(empty_ticker, CTX) == []
+    assert_not_normalized(SPEC.parse, empty_ticker, CTX, "tickers", "incomplete")
 
 
 def test_control_frames_parse_to_nothing_and_errors_are_parse_errors(records: list[SessionRecord]) -> None:
+    assert SPEC.protocol_chatter == PROTOCOL_CHATTER == {"subscribe", "unsubscribe", "notice", "channel-conn-count",
+                                                         "pong"}  # fmt: skip
     acks = [r for r in records if r.payload.startswith('{"event":"subscribe"')]
     assert len(acks) == 18
     assert all(SPEC.parse(r.payload, CTX) == [] for r in acks)
     assert SPEC.parse("pong", CTX) == [] and SPEC.parse(b"pong", CTX) == []
     assert SPEC.parse('{"event":"notice","code":"64008","msg":"The connection will soon be closed."}', CTX) == []
     candle = '{"arg":{"channel":"candle1m","instId":"BTC-USDT"},"data":[["1","2","3","4","5","6","7","8","0"]]}'
-    assert SPEC.parse(candle, CTX) == []
+    assert_not_normalized(SPEC.parse, candle, CTX, "candle1m", "unhandled")
+    assert_not_normalized(SPEC.parse, '{"event":"login","code":"0","msg":""}', CTX, "login", "unhandled")
     with pytest.raises(ParseError, match="60012"):
         SPEC.parse('{"event":"error","code":"60012","msg":"Invalid request: {}","connId":"a4d3ae55"}', CTX)
     for bad in ("ping", "", "{}", '{"arg":{"channel":"trades","instId":"BTC-USDT"}}', "[1,2]"):

@@ -5,8 +5,12 @@ An exchange module defines one :class:`ExchangeSpec` instance named ``SPEC`` and
 ``market_ingestor.ingestor.exchanges.REGISTRY``. Its functions never do I/O and never await:
 
 - ``subscribe`` / ``unsubscribe``: native symbols (and channels) -> the text frames to send;
-- ``parse``: one received frame -> normalized events, or :class:`ParseError` naming what is wrong;
-  control frames (subscription acks, pongs, heartbeats) parse to an empty list;
+- ``parse``: one received frame -> normalized events, or :class:`ParseError` naming what is wrong. Protocol
+  chatter (subscription acks, pongs, heartbeats, info/status events), and nothing else, parses to an empty list;
+  the module lists it in one declared set, ``PROTOCOL_CHATTER`` (also ``ExchangeSpec.protocol_chatter``). A
+  well-formed frame that gives no event otherwise (a channel or API version the parser does not read, a frame too
+  incomplete for an event) raises :class:`NotNormalized`, a ParseError: it is counted and dead-lettered, so no
+  frame is dropped without a word;
 - ``parse_instruments``: the REST instrument listing -> :class:`Instrument` list;
 - ``parse_book_snapshot`` (REST resync only): the REST depth body -> :class:`BookSnapshot`.
 """
@@ -76,3 +80,6 @@ class ExchangeSpec:
     keepalive_interval_s: float = 20.0
     max_symbols_per_connection: int = 100
     channels: tuple[Channel, ...] = field(default=ALL_CHANNELS)
+    # The names (channels, message types, events, reply ops, in the exchange's terms) of the protocol chatter that
+    # parses to [] without a word: the module's PROTOCOL_CHATTER.
+    protocol_chatter: frozenset[str] = frozenset()

@@ -8,8 +8,10 @@ part after the first ``@`` and picks the handler:
 - ``bookTicker`` -> :class:`Quote` with ``seq=u``. Spot book tickers carry no event time: ``ts`` is the receipt
   time (where a time ``E`` is present, as on the futures streams, it is used).
 - ``depth@100ms`` / ``depth`` (``depthUpdate``) -> :class:`BookDelta` covering update ids ``U``..``u``.
-- anything else (``kline_1m``, ...) parses to ``[]``; so do replies ``{"result": null, "id": N}``. Error replies
-  ``{"error": {"code", "msg"}}`` raise :class:`ParseError` carrying Binance's message.
+- replies ``{"result": null, "id": N}`` (acknowledged requests) are the only protocol chatter
+  (``PROTOCOL_CHATTER``) and parse to ``[]``; error replies ``{"error": {"code", "msg"}}`` raise
+  :class:`ParseError` carrying Binance's message. Any other stream (``kline_1m``, ...) raises
+  :class:`NotNormalized` naming the stream's channel: counted and dead-lettered, not dropped.
 
 Book sync follows Binance's documented procedure: the REST snapshot ``GET /api/v3/depth?symbol=X&limit=1000``
 gives ``lastUpdateId``; buffered deltas with ``u <= lastUpdateId`` are dropped (BookSync answers STALE), the first
@@ -34,6 +36,7 @@ from market_ingestor.ingestor.exchanges.wire import (
     EpochMs,
     SymbolCache,
     batches,
+    chatter_or_unhandled,
     check_trade,
     decode,
     levels_ok,
@@ -58,6 +61,12 @@ STREAMS: dict[Channel, str] = {
     Channel.QUOTES: "bookTicker",
     Channel.BOOK: "depth@100ms",
 }
+
+# Protocol chatter, parsed to [] without a word: the reply to a request (SUBSCRIBE, UNSUBSCRIBE, ...). The server's
+# keep-alive is WebSocket pings, which never reach the parser.
+REPLY = "reply"
+PROTOCOL_CHATTER: frozenset[str] = frozenset({REPLY})
+_no_events = chatter_or_unhandled(EXCHANGE, PROTOCOL_CHATTER)
 
 Levels = tuple[Level, ...]
 
@@ -215,7 +224,7 @@ def parse(frame: str | bytes, ctx: ParseContext) -> list[MarketEvent]:
             raise ParseError(f"binance: stream name {stream!r} has no '@<channel>' part")
         handler = _HANDLERS.get(stream[at + 1 :])
         if handler is None:
-            return []  # klines and other streams we do not normalize
+            return _no_events(stream[at + 1 :])  # klines and other streams: NotNormalized
         if envelope.data is NO_DATA:
             raise ParseError(f"binance: stream {stream!r} frame without data")
         return handler(envelope.data, ctx)
@@ -229,7 +238,7 @@ def _reply(envelope: _Envelope) -> list[MarketEvent]:
         raise ParseError(f"binance error reply to request {envelope.id!r}: code {error.code}: {error.msg}")
     if envelope.id is None:
         raise ParseError("binance: neither a stream event nor a reply to a request")
-    return []  # {"result": null, "id": N}: a SUBSCRIBE/UNSUBSCRIBE acknowledgement
+    return _no_events(REPLY)  # {"result": null, "id": N}: a SUBSCRIBE/UNSUBSCRIBE acknowledgement
 
 
 def parse_book_snapshot(body: bytes, symbol: str, recv_ts: int) -> BookSnapshot:
@@ -298,4 +307,5 @@ SPEC = ExchangeSpec(
     parse_book_snapshot=parse_book_snapshot,
     contiguous_trade_ids=True,
     max_symbols_per_connection=MAX_STREAMS_PER_CONNECTION // len(STREAMS),
+    protocol_chatter=PROTOCOL_CHATTER,
 )

@@ -14,11 +14,14 @@ channel (everything before the last ``.``, the symbol follows it) picks the hand
   ``type: delta`` with ``first_seq = last_seq = u``: the update id counts up by one per push, so a delta continues
   the book when ``u == last + 1``; on a gap the book is resubscribed (Bybit sends a fresh snapshot). ``seq`` is the
   cross sequence across topics, not a book sequence. No checksum.
-- other topics (``tickers``, ``kline``, ...) parse to ``[]``.
+- other topics (``tickers``, ``kline``, ..., and the retired v2 API's ``trade.X`` / ``orderBookL2_25.X``) raise
+  :class:`NotNormalized` naming the topic's channel: counted and dead-lettered, never dropped silently.
 
 The exchange time of book frames is ``cts`` (matching engine, comparable with the trades' ``T``) when sent, else
-``ts``. Op replies parse to ``[]`` (``{"success": true, "ret_msg": "pong"|"subscribe", "op": ...}``; the option
-pong ``{"op": "pong", "args": [...]}``); ``success: false`` raises :class:`ParseError` with Bybit's ``ret_msg``.
+``ts``. Replies to the ops in ``PROTOCOL_CHATTER`` (subscribe/unsubscribe acks and pongs: ``{"success": true,
+"ret_msg": "pong"|"", "op": ...}``, the option pong ``{"op": "pong", "args": [...]}``, and v2's form with the op
+under ``request``) are the only protocol chatter and parse to ``[]``; ``success: false`` raises
+:class:`ParseError` with Bybit's ``ret_msg``; a reply to another op raises :class:`NotNormalized`.
 
 Keep-alive: the client sends ``{"op":"ping"}`` every 20 s. Spot takes at most 10 topics per subscribe request, so
 requests are split.
@@ -41,6 +44,7 @@ from market_ingestor.ingestor.exchanges.wire import (
     EpochMs,
     SymbolCache,
     batches,
+    chatter_or_unhandled,
     check_trade,
     decode,
     levels_ok,
@@ -72,6 +76,11 @@ TOPICS: dict[Channel, str] = {
     Channel.BOOK: f"orderbook.{BOOK_DEPTH}",
 }
 
+# Protocol chatter, parsed to [] without a word: successful replies to these ops (acks; "ping" is answered by a
+# reply with ret_msg "pong", the option endpoints reply with op "pong").
+PROTOCOL_CHATTER: frozenset[str] = frozenset({"subscribe", "unsubscribe", "ping", "pong"})
+_no_events = chatter_or_unhandled(EXCHANGE, PROTOCOL_CHATTER)
+
 Levels = tuple[Level, ...]
 _SIDES: dict[str, Side] = {"Buy": "buy", "Sell": "sell"}
 
@@ -82,8 +91,12 @@ _SIDES: dict[str, Side] = {"Buy": "buy", "Sell": "sell"}
 # are not tracked by the garbage collector (gc=False), which makes the many short-lived ones cheaper.
 
 
+class _Request(msgspec.Struct, frozen=True, gc=False):
+    op: str = ""
+
+
 class _Envelope(msgspec.Struct, frozen=True, gc=False):
-    """A topic push, or a reply to an op (``success``, ``ret_msg``, ``op``)."""
+    """A topic push, or a reply to an op (``success``, ``ret_msg``, ``op``; v2 replies echo the ``request``)."""
 
     topic: str | None = None
     type: str = ""
@@ -93,6 +106,7 @@ class _Envelope(msgspec.Struct, frozen=True, gc=False):
     success: bool | None = None
     ret_msg: str = ""
     op: str = ""
+    request: _Request | None = None
 
 
 class BybitTrade(msgspec.Struct, frozen=True, gc=False):
@@ -218,11 +232,12 @@ _HANDLERS: dict[str, Handler] = {
 
 
 def _reply(envelope: _Envelope) -> list[MarketEvent]:
+    op = envelope.op or (envelope.request.op if envelope.request is not None else "")
     if envelope.success is False:
-        raise ParseError(f"bybit refused {envelope.op or 'a request'}: {envelope.ret_msg}")
-    if envelope.success is None and envelope.op != "pong":
+        raise ParseError(f"bybit refused {op or 'a request'}: {envelope.ret_msg}")
+    if envelope.success is None and op != "pong":
         raise ParseError("bybit: neither a topic push nor a reply to an op")
-    return []  # subscribe/unsubscribe acks and pongs
+    return _no_events(op or "reply")  # subscribe/unsubscribe acks and pongs; NotNormalized for other replies
 
 
 def make_parse(category: Category) -> ParseFn:
@@ -235,9 +250,10 @@ def make_parse(category: Category) -> ParseFn:
             topic = envelope.topic
             if topic is None:
                 return _reply(envelope)
-            handler = _HANDLERS.get(topic.rpartition(".")[0])
+            channel = topic.rpartition(".")[0]
+            handler = _HANDLERS.get(channel)
             if handler is None:
-                return []  # tickers, klines and other topics we do not normalize
+                return _no_events(channel or topic)  # tickers, klines, v2 topics: NotNormalized
             if envelope.data is NO_DATA:
                 raise ParseError(f"bybit: {topic} push without data")
             return handler(envelope, symbols, ctx)
@@ -336,6 +352,7 @@ def spec_for(category: Category) -> ExchangeSpec:
         keepalive_frame=KEEPALIVE_FRAME,
         keepalive_interval_s=20.0,
         max_symbols_per_connection=MAX_SYMBOLS_PER_CONNECTION,
+        protocol_chatter=PROTOCOL_CHATTER,
     )
 
 

@@ -6,18 +6,21 @@ Every frame is one JSON object tagged by ``type``; the exact type picks the hand
   side we report, is the opposite: ``side: "sell"`` means a buyer lifted a resting sell order -> ``"buy"``.
   ``trade_id`` counts up by one per product, so a jump is a gap. ``time`` is ISO-8601 UTC with microseconds and
   converts to nanoseconds exactly.
-- ``last_match`` replays the product's latest trade once, right after subscribing: it is not a new trade and
-  parses to ``[]``. Its ``trade_id`` is where the next ``match`` continues from; a gap detector that wants to
-  check the first live trade (or a reconnect) against it reads it from the raw frame.
+- ``last_match`` replays the product's latest trade once, right after subscribing: it is not a new trade, so it
+  gives no event and raises :class:`NotNormalized` (counted, dead-lettered). Its ``trade_id`` is where the next
+  ``match`` continues from; a gap detector that wants to check the first live trade (or a reconnect) against it
+  reads it from the raw frame (the dead letter keeps it).
 - ``ticker`` -> :class:`Quote` from ``best_bid``/``best_bid_size``/``best_ask``/``best_ask_size`` with
   ``seq=sequence``. Tickers recorded before Coinbase added the sizes (2021) carry prices only: they give no
-  quote, since a Quote without sizes would have to invent them (a size of 0 would read as an empty level).
+  quote, since a Quote without sizes would have to invent them (a size of 0 would read as an empty level), and
+  raise :class:`NotNormalized` (``incomplete``).
 - ``snapshot`` -> :class:`BookSnapshot` (the whole book; it carries no time, so ``ts`` is the receipt time) and
   ``l2update`` (``changes``: ``[side, price, size]``, size 0 removes) -> :class:`BookDelta`. ``level2_batch``
   (the unauthenticated channel we subscribe to) sends the same messages as ``level2``. There are no sequence
   numbers and no checksum: a lost update goes unnoticed until the next resubscription.
-- ``subscriptions``, ``heartbeat``, ``status`` and the ``full`` channel's order messages parse to ``[]``;
-  ``error`` raises :class:`ParseError` with Coinbase's message and reason. Any other type is a ParseError.
+- ``subscriptions``, ``heartbeat`` and ``status`` are the protocol chatter (``PROTOCOL_CHATTER``) and parse to
+  ``[]``; ``error`` raises :class:`ParseError` with Coinbase's message and reason. Any other type (the ``full``
+  channel's order messages, ``last_match``, types Coinbase adds) raises :class:`NotNormalized`.
 """
 
 from __future__ import annotations
@@ -28,11 +31,12 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from market_ingestor.errors import ParseError
+from market_ingestor.errors import NotNormalized, ParseError
 from market_ingestor.ingestor.exchanges.base import Channel, ExchangeSpec, ParseContext
 from market_ingestor.ingestor.exchanges.wire import (
     DECODE_ERRORS,
     SymbolCache,
+    chatter_or_unhandled,
     check_trade,
     decode,
     delimited_name,
@@ -56,10 +60,9 @@ CHANNELS: dict[Channel, str] = {
     Channel.QUOTES: "ticker",
     Channel.BOOK: "level2_batch",
 }
-# Message types that carry nothing we normalize.
-IGNORED_TYPES = frozenset(
-    {"subscriptions", "heartbeat", "status", "last_match", "received", "open", "done", "change", "activate"}
-)
+# Protocol chatter, parsed to [] without a word: the subscription ack, heartbeats, product/currency status.
+PROTOCOL_CHATTER: frozenset[str] = frozenset({"subscriptions", "heartbeat", "status"})
+_no_events = chatter_or_unhandled(EXCHANGE, PROTOCOL_CHATTER)
 
 Levels = tuple[Level, ...]
 _TAKER: dict[str, Side] = {"buy": "sell", "sell": "buy"}  # maker side -> taker side
@@ -102,7 +105,8 @@ class CoinbaseTicker(msgspec.Struct, frozen=True, tag="ticker", tag_field="type"
     def events(self, ctx: ParseContext) -> list[MarketEvent]:
         bid, ask, bid_size, ask_size = self.best_bid, self.best_ask, self.best_bid_size, self.best_ask_size
         if bid is None or ask is None or bid_size is None or ask_size is None:
-            return []  # no sizes (tickers before 2022) or no book: nothing to report without inventing numbers
+            # no sizes (tickers before 2022) or no book: nothing to report without inventing numbers
+            raise NotNormalized(EXCHANGE, "ticker", "incomplete", "no quote: best bid/ask or their sizes missing")
         if not quote_ok(bid, bid_size, ask, ask_size):
             raise ParseError(f"coinbase ticker {self.product_id}: prices and sizes must be finite and not negative")
         symbol, recv_ts = _symbols.get(ctx.registry, self.product_id), ctx.recv_ts
@@ -197,16 +201,17 @@ def parse(frame: str | bytes, ctx: ParseContext) -> list[MarketEvent]:
 
 
 def _not_normalized(frame: str | bytes, exc: Exception) -> list[MarketEvent]:
-    """A frame the tagged decoder refused: a type we do not normalize (``[]``) or a malformed one."""
+    """A frame the tagged decoder refused: protocol chatter (``[]``), a type we do not normalize
+    (:class:`NotNormalized`) or a malformed one (:class:`ParseError`)."""
     try:
         head = _head_decoder.decode(frame)
     except DECODE_ERRORS:
         raise ParseError(f"coinbase: malformed frame: {exc}") from exc
-    if head.type in IGNORED_TYPES:
-        return []
+    if head.type is None:
+        raise ParseError("coinbase: a message without 'type'") from exc
     if head.type in _TAGS:
         raise ParseError(f"coinbase {head.type}: {exc}") from exc
-    raise ParseError(f"coinbase: unknown message type {head.type!r}") from exc
+    return _no_events(head.type)
 
 
 # --- subscriptions, instruments -----------------------------------------------------------------------------
@@ -258,4 +263,5 @@ SPEC = ExchangeSpec(
     book_checksum=None,
     book_resync="resubscribe",
     contiguous_trade_ids=True,
+    protocol_chatter=PROTOCOL_CHATTER,
 )

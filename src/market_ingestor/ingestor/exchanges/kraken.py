@@ -10,8 +10,10 @@ v2 (live):
   present; older ticker messages carry none and get the receipt time.
 - ``book`` ``snapshot``/``update`` -> :class:`BookSnapshot`/:class:`BookDelta` with Kraken's ``checksum``; no
   sequence numbers, so integrity rests on the checksum and a resync is a fresh subscription.
-- ``heartbeat``, ``status``, other channels (``ohlc``, ``instrument``, ...) and successful replies (acks, pong)
-  -> ``[]``; a reply with ``success: false`` raises :class:`ParseError` carrying Kraken's error text.
+- protocol chatter (``PROTOCOL_CHATTER``: the ``heartbeat`` and ``status`` channels, successful replies to
+  ``subscribe``/``unsubscribe`` and ``pong``) -> ``[]``; a reply with ``success: false`` raises
+  :class:`ParseError` carrying Kraken's error text; other channels (``ohlc``, ``instrument``, ...) and replies to
+  other methods raise :class:`NotNormalized` (counted and dead-lettered).
 
 Prices and quantities are JSON numbers in v2 and strings in v1; both decode straight into ``Decimal`` from
 their text (msgspec never goes through float), so ``0.10000000`` keeps its digits. Timestamps: v2 RFC 3339
@@ -28,6 +30,15 @@ v1 (recordings):
   ``[channelID, {"a": [...]}, {"b": [...], "c": "crc"}, "book-N", pair]`` an update of one or two dicts with
   the checksum in the last. Levels are ``[price, volume, time]`` (``, "r"`` for a republish, applied like any
   update). A book event's ``ts`` is the latest level time in the frame.
+- ``[channelID, {"a": [price, wholeLotVolume, lotVolume], "b": [...], "c": ..., ...}, "ticker", pair]`` ->
+  :class:`Quote` from the best ask ``a`` and bid ``b``, sized by the lot volume (the whole-lot volume is the
+  same size rounded down to whole lots); v1 tickers carry no time, so ``ts`` is the receipt time.
+- ``[channelID, [bid, ask, time, bidVolume, askVolume], "spread", pair]`` -> :class:`Quote` at ``time``. A spread
+  without the volumes (as Kraken sent them before adding the volumes) cannot make a complete quote: it raises
+  :class:`NotNormalized` (``incomplete``).
+- events (``{"event": ...}``): ``heartbeat``, ``systemStatus``, ``subscriptionStatus`` and ``pong`` are protocol
+  chatter -> ``[]``; ``error`` (or ``status: error``) raises :class:`ParseError`; other channels (``ohlc-N``)
+  and events raise :class:`NotNormalized`.
 
 Checksum (both versions): CRC32 of the top 10 asks (lowest first) then the top 10 bids (highest first), each
 level as price then quantity with the decimal point removed and leading zeros stripped, from the numbers'
@@ -50,12 +61,13 @@ from typing import Any, Literal
 
 import msgspec
 
-from market_ingestor.errors import ParseError, SymbolError
+from market_ingestor.errors import NotNormalized, ParseError, SymbolError
 from market_ingestor.ingestor.exchanges.base import Channel, ExchangeSpec, ParseContext
 from market_ingestor.ingestor.exchanges.wire import (
     DECODE_ERRORS,
     SymbolCache,
     ascii_digits,
+    chatter_or_unhandled,
     check_trade,
     decode,
     delimited_name,
@@ -85,6 +97,13 @@ _SUBSCRIBE_PARAMS: dict[Channel, dict[str, Any]] = {
     Channel.BOOK: {"depth": BOOK_DEPTH},
 }
 _UNSUBSCRIBE_PARAMS: dict[Channel, dict[str, Any]] = {Channel.BOOK: {"depth": BOOK_DEPTH}}
+
+# Protocol chatter, parsed to [] without a word: v2 channels heartbeat and status, v2 replies to these methods, and
+# v1 events.
+PROTOCOL_CHATTER: frozenset[str] = frozenset(
+    {"heartbeat", "status", "subscribe", "unsubscribe", "pong", "systemStatus", "subscriptionStatus"}
+)
+_no_events = chatter_or_unhandled(EXCHANGE, PROTOCOL_CHATTER)
 
 Levels = tuple[Level, ...]
 _SIDES: dict[str, Side] = {"b": "buy", "s": "sell"}
@@ -160,15 +179,7 @@ class _BookMessage(msgspec.Struct, frozen=True, tag="book", tag_field="channel")
     data: list[KrakenBook]
 
 
-class _Heartbeat(msgspec.Struct, frozen=True, tag="heartbeat", tag_field="channel"):
-    pass
-
-
-class _Status(msgspec.Struct, frozen=True, tag="status", tag_field="channel"):
-    pass
-
-
-_V2Message = _TradeMessage | _TickerMessage | _BookMessage | _Heartbeat | _Status
+_V2Message = _TradeMessage | _TickerMessage | _BookMessage
 
 
 class _Reply(msgspec.Struct, frozen=True):
@@ -202,6 +213,45 @@ class KrakenV1Level(msgspec.Struct, frozen=True, array_like=True):
     flag: str = ""  # "r": a republished level
 
 
+class KrakenV1Best(msgspec.Struct, frozen=True, array_like=True):
+    """A v1 ticker's best ask ``a`` or bid ``b``: ``[price, wholeLotVolume, lotVolume]``."""
+
+    price: Decimal
+    whole_lot_volume: int | str  # the lot volume in whole lots: not used
+    lot_volume: Decimal
+
+
+class KrakenV1Ticker(msgspec.Struct, frozen=True):
+    """A v1 ticker's object; the 24 h statistics (``c``, ``v``, ``p``, ``t``, ``l``, ``h``, ``o``) are not read."""
+
+    a: KrakenV1Best
+    b: KrakenV1Best
+
+    def to_quote(self, symbol: str, recv_ts: int) -> Quote:
+        ask, bid = self.a, self.b
+        if not quote_ok(bid.price, bid.lot_volume, ask.price, ask.lot_volume):
+            raise ParseError("kraken v1 ticker: prices and volumes must be finite and not negative")
+        return Quote(EXCHANGE, symbol, bid.price, bid.lot_volume, ask.price, ask.lot_volume, recv_ts, recv_ts)
+
+
+class KrakenV1Spread(msgspec.Struct, frozen=True, array_like=True):
+    """v1 ``spread``: ``[bid, ask, time, bidVolume, askVolume]`` (the volumes are missing in old sessions)."""
+
+    bid: Decimal
+    ask: Decimal
+    time: str
+    bid_volume: Decimal | None = None
+    ask_volume: Decimal | None = None
+
+    def to_quote(self, symbol: str, recv_ts: int) -> Quote:
+        if self.bid_volume is None or self.ask_volume is None:
+            raise NotNormalized(EXCHANGE, "spread", "incomplete", "no quote: the spread carries no volumes")
+        if not quote_ok(self.bid, self.bid_volume, self.ask, self.ask_volume):
+            raise ParseError("kraken v1 spread: prices and volumes must be finite and not negative")
+        ts = epoch_text_ns(self.time)
+        return Quote(EXCHANGE, symbol, self.bid, self.bid_volume, self.ask, self.ask_volume, ts, recv_ts)
+
+
 class _V1BookPart(msgspec.Struct, frozen=True):
     snapshot_asks: list[KrakenV1Level] | None = msgspec.field(default=None, name="as")
     snapshot_bids: list[KrakenV1Level] | None = msgspec.field(default=None, name="bs")
@@ -227,6 +277,8 @@ _other_decoder = msgspec.json.Decoder(list[msgspec.Raw] | _Reply)
 _str_decoder = msgspec.json.Decoder(str)
 _v1_trades_decoder = msgspec.json.Decoder(list[KrakenV1Trade])
 _v1_book_decoder = msgspec.json.Decoder(_V1BookPart)
+_v1_ticker_decoder = msgspec.json.Decoder(KrakenV1Ticker)
+_v1_spread_decoder = msgspec.json.Decoder(KrakenV1Spread)
 _asset_pairs_decoder = msgspec.json.Decoder(_AssetPairs)
 _encoder = msgspec.json.Encoder()
 
@@ -291,16 +343,10 @@ def _on_book(message: _BookMessage, ctx: ParseContext) -> list[MarketEvent]:
     return [book.to_event(snapshot, _symbols.get(ctx.registry, book.symbol), ctx.recv_ts) for book in message.data]
 
 
-def _nothing(message: Any, ctx: ParseContext) -> list[MarketEvent]:
-    return []
-
-
 _V2_HANDLERS: dict[type, Callable[[Any, ParseContext], list[MarketEvent]]] = {
     _TradeMessage: _on_trades,
     _TickerMessage: _on_ticker,
     _BookMessage: _on_book,
-    _Heartbeat: _nothing,
-    _Status: _nothing,
 }
 _V2_DATA_CHANNELS = frozenset(CHANNELS.values())
 
@@ -355,8 +401,22 @@ def _on_v1_book(parts: list[msgspec.Raw], pair: str, ctx: ParseContext) -> list[
     return [BookDelta(EXCHANGE, symbol, bids, asks, None, None, ts, ctx.recv_ts, None, int(checksum_text))]
 
 
+def _on_v1_ticker(parts: list[msgspec.Raw], pair: str, ctx: ParseContext) -> list[MarketEvent]:
+    if len(parts) != 4:
+        raise ParseError(f"kraken v1 ticker frame has {len(parts)} elements, expected 4")
+    return [_v1_ticker_decoder.decode(parts[1]).to_quote(_symbols.get(ctx.registry, pair), ctx.recv_ts)]
+
+
+def _on_v1_spread(parts: list[msgspec.Raw], pair: str, ctx: ParseContext) -> list[MarketEvent]:
+    if len(parts) != 4:
+        raise ParseError(f"kraken v1 spread frame has {len(parts)} elements, expected 4")
+    return [_v1_spread_decoder.decode(parts[1]).to_quote(_symbols.get(ctx.registry, pair), ctx.recv_ts)]
+
+
 _V1_HANDLERS: dict[str, Callable[[list[msgspec.Raw], str, ParseContext], list[MarketEvent]]] = {
     "trade": _on_v1_trades,
+    "ticker": _on_v1_ticker,
+    "spread": _on_v1_spread,
     **{f"book-{depth}": _on_v1_book for depth in (10, 25, 100, 500, 1000)},
 }
 
@@ -367,7 +427,7 @@ def _on_v1(parts: list[msgspec.Raw], ctx: ParseContext) -> list[MarketEvent]:
     channel_name, pair = _str_decoder.decode(parts[-2]), _str_decoder.decode(parts[-1])
     handler = _V1_HANDLERS.get(channel_name)
     if handler is None:
-        return []  # ticker, spread, ohlc-N: not normalized from v1
+        return _no_events(channel_name)  # ohlc-N and other channels: NotNormalized
     return handler(parts, pair, ctx)
 
 
@@ -376,15 +436,15 @@ def _on_v1(parts: list[msgspec.Raw], ctx: ParseContext) -> list[MarketEvent]:
 
 def _on_reply(reply: _Reply) -> list[MarketEvent]:
     if reply.channel is not None:
-        return []  # a v2 channel we do not normalize (ohlc, instrument, ...)
+        return _no_events(reply.channel)  # heartbeat, status; NotNormalized for ohlc, instrument, ...
     if reply.success is False:
         raise ParseError(f"kraken rejected {reply.method or 'a request'}: {reply.error or 'no reason given'}")
     if reply.method is not None:
-        return []  # subscribe/unsubscribe acks, pong
+        return _no_events(reply.method)  # subscribe/unsubscribe acks, pong
     if reply.event is not None:
         if reply.event == "error" or reply.status == "error":
             raise ParseError(f"kraken {reply.event} error: {reply.errorMessage or 'no reason given'}")
-        return []  # v1 heartbeat, systemStatus, subscriptionStatus, pong
+        return _no_events(reply.event)  # v1 heartbeat, systemStatus, subscriptionStatus, pong
     raise ParseError("kraken: an object with neither 'channel', 'method' nor 'event'")
 
 
@@ -482,4 +542,5 @@ SPEC = ExchangeSpec(
     book_resync="resubscribe",
     contiguous_trade_ids=True,
     keepalive_frame=PING_FRAME,
+    protocol_chatter=PROTOCOL_CHATTER,
 )

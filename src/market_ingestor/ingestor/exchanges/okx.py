@@ -8,16 +8,18 @@ the exact channel name picks the handler:
 - ``bbo-tbt`` (best bid/ask, tick by tick; levels ``[px, sz, "0", orders]``, ``seqId``) -> :class:`Quote` with
   ``seq=seqId``; ``tickers`` (``bidPx``/``bidSz``/``askPx``/``askSz``, no sequence) -> :class:`Quote` too. We
   subscribe to ``bbo-tbt``; ``tickers`` is read because recorded and older sessions use it. A side with no
-  orders (empty ``bidPx``, empty level list) gives no quote.
+  orders (empty ``bidPx``, empty level list) gives no quote: such a frame raises :class:`NotNormalized`
+  (``incomplete``) when none of its entries makes a quote.
 - ``books`` (and the same-shaped ``books-l2-tbt``/``books50-l2-tbt``): ``action`` ``snapshot`` ->
   :class:`BookSnapshot`, ``update`` -> :class:`BookDelta` with ``last_seq=first_seq=seqId`` and
   ``prev_seq=prevSeqId``. A delta continues the book when its ``prevSeqId`` equals the book's ``seqId``
   (no-change heartbeats have ``seqId == prevSeqId``; after a reset ``seqId`` may be smaller: still continuous).
   Sessions recorded before OKX added ``seqId``/``prevSeqId`` (2022) carry only the checksum: the sequence fields
   are then None and the checksum alone guards the book.
-- other channels (candles, ...) parse to ``[]``; so do events (``subscribe``/``unsubscribe`` acks, ``notice``,
-  ``channel-conn-count``) and the keep-alive answer ``pong`` (plain text, not JSON). ``{"event": "error"}``
-  raises :class:`ParseError` with OKX's code and message, so it reaches the dead-letter topic.
+- protocol chatter (``PROTOCOL_CHATTER``) parses to ``[]``: the events ``subscribe``/``unsubscribe`` (acks),
+  ``notice`` and ``channel-conn-count``, and the keep-alive answer ``pong`` (plain text, not JSON).
+  ``{"event": "error"}`` raises :class:`ParseError` with OKX's code and message; other channels (candles, ...)
+  and other events raise :class:`NotNormalized`: both reach the dead-letter topic.
 
 Book checksum (OKX's documented algorithm): take the top 25 bids and asks, interleave them as
 ``bidPx:bidSz:askPx:askSz:...`` (when one side has fewer levels the other continues alone), CRC32 the text and
@@ -39,13 +41,14 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from market_ingestor.errors import ParseError, SymbolError
+from market_ingestor.errors import NotNormalized, ParseError, SymbolError
 from market_ingestor.ingestor.exchanges.base import Channel, ExchangeSpec, ParseContext
 from market_ingestor.ingestor.exchanges.wire import (
     DECODE_ERRORS,
     NO_DATA,
     EpochMs,
     SymbolCache,
+    chatter_or_unhandled,
     check_trade,
     decode,
     level_ok,
@@ -70,6 +73,11 @@ CHANNELS: dict[Channel, str] = {
     Channel.QUOTES: "bbo-tbt",
     Channel.BOOK: "books",
 }
+
+# Protocol chatter, parsed to [] without a word: events (subscription acks, notices, connection counts) and the
+# plain-text answer to our keep-alive.
+PROTOCOL_CHATTER: frozenset[str] = frozenset({"subscribe", "unsubscribe", "notice", "channel-conn-count", PONG})
+_no_events = chatter_or_unhandled(EXCHANGE, PROTOCOL_CHATTER)
 
 Levels = tuple[Level, ...]
 # Sequence ids (prevSeqId is -1 on a snapshot).
@@ -273,7 +281,7 @@ def _on_tickers(arg: _Arg, data: msgspec.Raw, action: str | None, ctx: ParseCont
     events: list[MarketEvent] = []
     for ticker in _tickers_decoder.decode(data):
         events.extend(ticker.to_quotes(_symbols.get(ctx.registry, ticker.instId), ctx.recv_ts))
-    return events
+    return events or _one_sided(arg)
 
 
 def _on_bbo(arg: _Arg, data: msgspec.Raw, action: str | None, ctx: ParseContext) -> list[MarketEvent]:
@@ -281,7 +289,11 @@ def _on_bbo(arg: _Arg, data: msgspec.Raw, action: str | None, ctx: ParseContext)
     events: list[MarketEvent] = []
     for bbo in _bbo_decoder.decode(data):
         events.extend(bbo.to_quotes(symbol, ctx.recv_ts))
-    return events
+    return events or _one_sided(arg)
+
+
+def _one_sided(arg: _Arg) -> list[MarketEvent]:
+    raise NotNormalized(EXCHANGE, arg.channel, "incomplete", "no quote: a side of the book is empty")
 
 
 def _on_books(arg: _Arg, data: msgspec.Raw, action: str | None, ctx: ParseContext) -> list[MarketEvent]:
@@ -314,7 +326,7 @@ _HANDLERS: dict[str, _Handler] = {
 
 def parse(frame: str | bytes, ctx: ParseContext) -> list[MarketEvent]:
     if frame == (PONG if isinstance(frame, str) else b"pong"):
-        return []  # the answer to our keep-alive "ping": plain text
+        return _no_events(PONG)  # the answer to our keep-alive "ping": plain text
     try:
         envelope = _envelope_decoder.decode(frame)
         arg = envelope.arg
@@ -322,7 +334,7 @@ def parse(frame: str | bytes, ctx: ParseContext) -> list[MarketEvent]:
             return _event(envelope)
         handler = _HANDLERS.get(arg.channel)
         if handler is None:
-            return []  # candles and other channels we do not normalize
+            return _no_events(arg.channel)  # candles and other channels: NotNormalized
         if envelope.data is NO_DATA:
             raise ParseError(f"okx {arg.channel}: push without data")
         return handler(arg, envelope.data, envelope.action, ctx)
@@ -335,7 +347,7 @@ def _event(envelope: _Envelope) -> list[MarketEvent]:
         raise ParseError(f"okx error {envelope.code}: {envelope.msg}")
     if envelope.event is None:
         raise ParseError("okx: neither a channel push (arg) nor an event")
-    return []  # subscribe/unsubscribe acks, notice, channel-conn-count
+    return _no_events(envelope.event)  # subscribe/unsubscribe acks, notice, channel-conn-count
 
 
 # --- subscriptions, instruments -----------------------------------------------------------------------------
@@ -405,4 +417,5 @@ SPEC = ExchangeSpec(
     contiguous_trade_ids=False,
     keepalive_frame=KEEPALIVE_FRAME,
     keepalive_interval_s=20.0,
+    protocol_chatter=PROTOCOL_CHATTER,
 )

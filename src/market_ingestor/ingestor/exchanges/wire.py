@@ -15,7 +15,7 @@ from typing import Annotated, TypeVar
 
 import msgspec
 
-from market_ingestor.errors import ParseError, SymbolError
+from market_ingestor.errors import NotNormalized, ParseError, SymbolError
 from market_ingestor.instruments import (
     Instrument,
     InstrumentKind,
@@ -24,7 +24,7 @@ from market_ingestor.instruments import (
     normalize_asset,
     split_delimited,
 )
-from market_ingestor.model import Level
+from market_ingestor.model import Level, MarketEvent
 
 T = TypeVar("T")
 
@@ -47,6 +47,21 @@ def decode(decoder: msgspec.json.Decoder[T], body: str | bytes, what: str) -> T:
         return decoder.decode(body)
     except DECODE_ERRORS as exc:
         raise ParseError(f"{what}: {exc}") from exc
+
+
+# --- frames without events ---------------------------------------------------------------------------------
+
+
+def chatter_or_unhandled(exchange: str, protocol_chatter: frozenset[str]) -> Callable[[str], list[MarketEvent]]:
+    """The answer for a well-formed frame that gives no event, by the name of its channel or message type: ``[]``
+    when the name is in the exchange's declared ``protocol_chatter``, else :class:`NotNormalized` ("unhandled")."""
+
+    def answer(name: str) -> list[MarketEvent]:
+        if name in protocol_chatter:
+            return []
+        raise NotNormalized(exchange, name, "unhandled")
+
+    return answer
 
 
 # --- numbers ------------------------------------------------------------------------------------------------

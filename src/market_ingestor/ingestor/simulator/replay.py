@@ -3,12 +3,13 @@
 Every WebSocket client of the replayed exchange gets every received frame of the recordings, in order and
 regardless of what it subscribes to, either as fast as it reads or at the recorded pace scaled by ``speed``;
 afterwards the connection stays open and quiet. REST requests whose path (and query, where the recording has
-one) matches a recorded REST response get that body.
+one) matches a recorded REST response get that body. A line that is not UTF-8 is skipped with a warning naming it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,8 @@ from urllib.parse import urlsplit
 from market_ingestor.errors import ConfigError
 from market_ingestor.ingestor.capture import read_session
 from market_ingestor.ingestor.simulator.session import FrameQueue, OutFrame
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +53,9 @@ class Recording:
             for record in records:
                 if record.kind == "received":
                     frames.append((record.ts, record.payload))
+                elif record.kind == "unreadable":
+                    skipped = {"file": str(path), "line": record.line_no, "reason": record.payload}
+                    log.warning("replay skips a line that cannot be read", extra=skipped)
                 elif record.kind == "rest" and record.url:
                     url = urlsplit(record.url)
                     body = record.payload.encode()

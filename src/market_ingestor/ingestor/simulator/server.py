@@ -237,6 +237,11 @@ class Simulator:
         """The next ``count`` data frames of ``exchange`` are each preceded by a broken copy (kinds alternate)."""
         self._venue(exchange).faults.request_malformed(count, kind)
 
+    def send_raw(self, exchange: str, text: str) -> int:
+        """Sends ``text`` as one frame to every open session of ``exchange`` (e.g. a channel the connector does not
+        handle); the number of sessions it went to."""
+        return self._venue(exchange).send_raw(text)
+
     def inject_gap(self, exchange: str, symbol: str | None = None, updates: int = 1) -> None:
         """The next update of ``symbol`` (default: every symbol) skips ``updates`` trade ids and book updates."""
         market = self._venue(exchange).market

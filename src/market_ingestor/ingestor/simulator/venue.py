@@ -233,6 +233,13 @@ class Venue:
         await self.wait_until(lambda: self.sessions.isdisjoint(dropped), _WAIT_DROPPED_S)
         return len(dropped)
 
+    def send_raw(self, text: str) -> int:
+        """Queues ``text`` as one frame on every open session (not market data: never corrupted, never counted as
+        a trade); the number of sessions."""
+        for session in self.sessions:
+            session.send(OutFrame(text, data=False))
+        return len(self.sessions)
+
     def stall(self, seconds: float | None) -> int:
         until = math.inf if seconds is None else asyncio.get_running_loop().time() + seconds
         for session in self.sessions:

@@ -12,11 +12,11 @@ import sys
 import time
 from typing import Any, Literal
 
-import msgspec
+from market_ingestor.jsontext import JsonEncoder
 
 # Attributes every LogRecord has; anything else on a record came from ``extra`` and is a field.
 _STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
-_encoder = msgspec.json.Encoder(decimal_format="string")
+_encoder = JsonEncoder()
 
 
 def _timestamp(record: logging.LogRecord) -> str:

@@ -52,3 +52,24 @@ def test_an_unparsable_line_is_reported_with_its_number_and_the_rest_still_print
     assert result.exit_code == 1
     assert "line 2:" in result.stderr
     assert json.loads(result.stdout)["trade_id"] == "7"
+
+
+def test_zero_and_tiny_amounts_come_out_with_the_exchanges_digits(tmp_path):
+    """A removed level's "0.00000000" and a trade of "0.00000010" are printed as sent, not as 0E-8 / 1.0E-7."""
+    frames = tmp_path / "frames.jsonl"
+    trade = (
+        '{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":7,"p":"64000.01000000",'
+        '"q":"0.00000010","T":1,"m":false}}'
+    )
+    depth = (
+        '{"stream":"btcusdt@depth@100ms","data":{"e":"depthUpdate","E":1,"s":"BTCUSDT","U":5,"u":6,'
+        '"b":[["64000.00000000","0.00000000"],["63999.99000000","0"]],"a":[["64000.02000000","0.000000010"]]}}'
+    )
+    frames.write_text(f"{trade}\n{depth}\n")
+    result = CliRunner().invoke(cli, ["parse", "-e", "binance", "--strict", str(frames)])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert '"price":"64000.01000000","qty":"0.00000010"' in lines[0]
+    assert '"bids":[["64000.00000000","0.00000000"],["63999.99000000","0"]]' in lines[1]
+    assert '"asks":[["64000.02000000","0.000000010"]]' in lines[1]
+    assert [json.loads(line)["type"] for line in lines] == ["trade", "book_delta"]

@@ -6,6 +6,8 @@ from decimal import Decimal
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from market_ingestor.jsontext import JsonEncoder, plain, text
 from market_ingestor.model import Trade, decode, encode
@@ -67,6 +69,12 @@ def test_exponent_form_from_an_exchange_is_accepted_and_written_in_plain_digits(
     assert isinstance(event, Trade) and event.qty == Decimal(exponent_form)  # exact, not through float
     assert encode(event) == trade_json(digits)
     assert encode(decode(encode(event))) == trade_json(digits)  # and stays so on the next hop
+
+
+@given(st.decimals())
+def test_plain_is_format_f_for_every_decimal(value: Decimal) -> None:
+    assert plain(value) == format(value, "f")
+    assert "E" not in plain(value)
 
 
 def test_text_of_anything_else_is_str() -> None:

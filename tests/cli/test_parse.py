@@ -73,3 +73,14 @@ def test_zero_and_tiny_amounts_come_out_with_the_exchanges_digits(tmp_path):
     assert '"bids":[["64000.00000000","0.00000000"],["63999.99000000","0"]]' in lines[1]
     assert '"asks":[["64000.02000000","0.000000010"]]' in lines[1]
     assert [json.loads(line)["type"] for line in lines] == ["trade", "book_delta"]
+
+
+def test_an_exchanges_exponent_form_is_accepted_exactly_and_printed_in_plain_digits(tmp_path):
+    frames = tmp_path / "frames.jsonl"
+    frames.write_text(
+        '{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":8,"p":"6.4E+4","q":"1E-8","T":1,'
+        '"m":false}}\n'
+    )
+    result = CliRunner().invoke(cli, ["parse", "-e", "binance", "--strict", str(frames)])
+    assert result.exit_code == 0, result.output
+    assert '"price":"64000","qty":"0.00000001"' in result.stdout

@@ -1,5 +1,6 @@
 import json
 import logging
+from decimal import Decimal
 
 from market_ingestor.logs import JsonFormatter, KeyValueFormatter
 
@@ -22,3 +23,9 @@ def test_json_lines_carry_the_event_and_the_extra_fields():
 def test_key_value_lines_quote_values_with_spaces():
     line = KeyValueFormatter().format(record("lost connection", url="wss://x/y"))
     assert 'event="lost connection"' in line and "url=wss://x/y" in line
+
+
+def test_decimal_fields_keep_their_digits_in_both_formats():
+    rec = record("level removed", qty=Decimal("0.00000000"), price=Decimal("1.0E-8"))
+    assert json.loads(JsonFormatter().format(rec))["qty"] == "0.00000000"
+    assert "qty=0.00000000 price=0.000000010" in KeyValueFormatter().format(rec)

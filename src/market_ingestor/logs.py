@@ -12,11 +12,11 @@ import sys
 import time
 from typing import Any, Literal
 
-import msgspec
+from market_ingestor.jsontext import JsonEncoder, text
 
 # Attributes every LogRecord has; anything else on a record came from ``extra`` and is a field.
 _STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
-_encoder = msgspec.json.Encoder(decimal_format="string")
+_encoder = JsonEncoder()
 
 
 def _timestamp(record: logging.LogRecord) -> str:
@@ -48,10 +48,10 @@ class KeyValueFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         parts = []
         for key, value in _fields(record).items():
-            text = str(value)
-            if not text or any(ch in text for ch in ' "=\n'):
-                text = _encoder.encode(text).decode()
-            parts.append(f"{key}={text}")
+            shown = text(value)  # a Decimal in plain digits
+            if not shown or any(ch in shown for ch in ' "=\n'):
+                shown = _encoder.encode(shown).decode()
+            parts.append(f"{key}={shown}")
         return " ".join(parts)
 
 

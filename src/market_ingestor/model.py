@@ -1,8 +1,9 @@
 """The normalized event model shared by every layer: ingest, bus, streams, sinks, push.
 
 Prices and quantities are ``Decimal`` from the wire to the database; on every wire (Kafka, NATS, WebSocket,
-JSON lines) they travel as JSON strings, exactly as the exchange sent them, so a consumer in any language can
-read them without float rounding. Timestamps are integers in nanoseconds since the Unix epoch (UTC).
+JSON lines) they travel as JSON strings, exactly as the exchange sent them, in plain digits (``"0.00000000"``,
+never ``"0E-8"``: :mod:`market_ingestor.jsontext`), so a consumer in any language can read them without float
+rounding. Timestamps are integers in nanoseconds since the Unix epoch (UTC).
 
 Every event is a frozen msgspec Struct tagged with a ``type`` field, so a mixed stream (``parse`` output, the
 dead-letter topic) decodes into the right class. The topic schemas are documented in ``docs/topics.md``.
@@ -15,6 +16,8 @@ from decimal import Decimal
 from typing import Literal, TypeVar
 
 import msgspec
+
+from market_ingestor.jsontext import JsonEncoder
 
 Side = Literal["buy", "sell"]
 # One price level of an L2 book: (price, quantity). A quantity of 0 in a delta removes the level.
@@ -233,12 +236,12 @@ def topic_of(event: AnyEvent) -> str:
 
 
 # Encoders/decoders are built once: msgspec's speed comes from reusing them.
-_encoder = msgspec.json.Encoder(decimal_format="string")
+_encoder = JsonEncoder()
 _any_decoder = msgspec.json.Decoder(AnyEvent)
 
-
-def encode(event: AnyEvent) -> bytes:
-    return _encoder.encode(event)
+# One JSON object, Decimals in the exchange's plain digits ("0.00000000", never "0E-8"): ``jsontext``. The bound
+# method itself, not a function calling it: this runs for every event published.
+encode: Callable[[AnyEvent], bytes] = _encoder.encode
 
 
 def decode(data: bytes | str) -> AnyEvent:

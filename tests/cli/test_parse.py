@@ -156,3 +156,35 @@ def test_a_bad_byte_on_stdin_is_reported_the_same_way():
     assert result.exit_code == 0, result.output
     assert [json.loads(line)["trade_id"] for line in result.stdout.splitlines()] == ["7", "8"]
     assert result.stderr.startswith("line 2: not UTF-8 (invalid continuation byte: b'\\xc3' at byte 1 of the line)")
+
+
+def test_zero_and_tiny_amounts_come_out_with_the_exchanges_digits(tmp_path):
+    """A removed level's "0.00000000" and a trade of "0.00000010" are printed as sent, not as 0E-8 / 1.0E-7."""
+    frames = tmp_path / "frames.jsonl"
+    trade = (
+        '{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":7,"p":"64000.01000000",'
+        '"q":"0.00000010","T":1,"m":false}}'
+    )
+    depth = (
+        '{"stream":"btcusdt@depth@100ms","data":{"e":"depthUpdate","E":1,"s":"BTCUSDT","U":5,"u":6,'
+        '"b":[["64000.00000000","0.00000000"],["63999.99000000","0"]],"a":[["64000.02000000","0.000000010"]]}}'
+    )
+    frames.write_text(f"{trade}\n{depth}\n")
+    result = CliRunner().invoke(cli, ["parse", "-e", "binance", "--strict", str(frames)])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert '"price":"64000.01000000","qty":"0.00000010"' in lines[0]
+    assert '"bids":[["64000.00000000","0.00000000"],["63999.99000000","0"]]' in lines[1]
+    assert '"asks":[["64000.02000000","0.000000010"]]' in lines[1]
+    assert [json.loads(line)["type"] for line in lines] == ["trade", "book_delta"]
+
+
+def test_an_exchanges_exponent_form_is_accepted_exactly_and_printed_in_plain_digits(tmp_path):
+    frames = tmp_path / "frames.jsonl"
+    frames.write_text(
+        '{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":8,"p":"6.4E+4","q":"1E-8","T":1,'
+        '"m":false}}\n'
+    )
+    result = CliRunner().invoke(cli, ["parse", "-e", "binance", "--strict", str(frames)])
+    assert result.exit_code == 0, result.output
+    assert '"price":"64000","qty":"0.00000001"' in result.stdout

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from decimal import Decimal
+
 import msgspec
 import pytest
 from push_helpers import indicator, kline, quote, trade
@@ -93,3 +96,20 @@ def test_a_batch_record_gives_an_update_per_event_in_order_skipping_the_bad_ones
     updates, problems = to_updates(Topics.TRADES, b"[{oops")
     assert updates == [] and len(problems) == 1 and problems[0].startswith("not JSON: ")
     assert to_updates(Topics.TRADES, encode(good[0])) == ([update_of(good[0])], [])  # one event, not an array
+
+
+def test_clients_get_zero_and_tiny_amounts_with_the_exchanges_digits():
+    """What the gateway sends (live and as the latest state) carries "0.00000000", never "0E-8"."""
+    zero_bid = msgspec.structs.replace(quote("BTCUSDT", 1), bid_qty=Decimal("0.00000000"))
+    tiny = msgspec.structs.replace(kline("BTCUSDT"), volume=Decimal("0.00000010"), taker_buy_volume=Decimal("0E-8"))
+    state = LatestState(10)
+    sent = []
+    for topic, event in ((Topics.QUOTES, zero_bid), (Topics.KLINES, tiny)):
+        (update,), problems = to_updates(topic, batch_value([encode(event)]))
+        assert problems == []
+        state.offer(update)
+        sent.append(json.loads(update.message.payload)["data"])
+    assert sent[0]["bid_qty"] == "0.00000000"
+    assert (sent[1]["volume"], sent[1]["taker_buy_volume"]) == ("0.00000010", "0.00000000")
+    ((held, _),) = state.messages(("quote", "binance.BTCUSDT"))
+    assert b'"bid_qty":"0.00000000"' in held.payload and b'"bid_qty":"0.00000000"' in held.wire

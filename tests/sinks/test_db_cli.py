@@ -178,6 +178,19 @@ def test_rebuild_klines_reports_and_repairs_a_wrong_kline(db: Any, database_url:
     assert sorted(revisions.values()) == [0, 0, 0, 1]  # the missing one was written at revision 0
 
 
+def test_rebuild_klines_prints_stored_zeros_in_plain_digits(db: Any, tmp_path: Path) -> None:
+    """NUMERIC comes back from PostgreSQL as Decimal("0E-8"): printed as the stored "0.00000000"."""
+    ts = trades("ZEROUSDT", 8)  # 12:00:07 .. 12:00:56, one window
+    (kline,) = aggregate(ts, KlineSettings(intervals=("1m",)))
+    wrong = type(kline)(**{f: getattr(kline, f) for f in kline.__struct_fields__} | {"volume": D("0.00000000")})
+    assert db("load", str(lines_file(tmp_path / "zero.jsonl", [*ts, wrong]))).exit_code == 0
+    args = ["-e", "binance", "-s", "ZEROUSDT", "-i", "1m", "--from", "2024-02-29T12:00", "--to", "2024-02-29T12:01"]
+    result = db("rebuild-klines", *args)
+    assert result.exit_code == 1, result.output
+    (found,) = [json.loads(line) for line in result.stdout.splitlines()]
+    assert found["fields"] == {"volume": ["0.00000000", "0.036"]}
+
+
 def old_trades(symbol: str, count: int, days_ago: int) -> list[Trade]:
     start = (time.time_ns() // DAY - days_ago) * DAY
     return [

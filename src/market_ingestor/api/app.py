@@ -13,7 +13,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import msgspec
 from aiohttp import web
 
 from market_ingestor.api import metrics, panel, render
@@ -28,13 +27,14 @@ from market_ingestor.api.ticker import TickerView
 from market_ingestor.config import Config
 from market_ingestor.errors import RequestError, StorageError
 from market_ingestor.ingestor.exchanges import REGISTRY
+from market_ingestor.jsontext import JsonEncoder
 from market_ingestor.observability.server import metrics_response
 from market_ingestor.streams.windows import Interval, parse_interval
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_encoder = msgspec.json.Encoder(decimal_format="string")
+_encoder = JsonEncoder()  # Decimals in plain digits: "0.00000000", never "0E-8"
 
 
 @dataclass

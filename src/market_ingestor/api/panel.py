@@ -20,11 +20,12 @@ from market_ingestor.api.spec import PANEL_ASSETS
 from market_ingestor.config import Config
 from market_ingestor.errors import BusError, RequestError, SymbolError
 from market_ingestor.ingestor.control import check_exchange, check_symbol, command
+from market_ingestor.jsontext import JsonEncoder
 from market_ingestor.model import ControlCommand
 
 T = TypeVar("T")
 MAX_BODY_BYTES = 4096
-_encoder = msgspec.json.Encoder(decimal_format="string")
+_encoder = JsonEncoder()
 _FIELD = re.compile(r"at `\$\.(\w+)`|field `(\w+)`")  # msgspec's "... - at `$.symbol`", "missing ... field `x`"
 
 

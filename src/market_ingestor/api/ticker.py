@@ -32,6 +32,7 @@ import msgspec
 
 from market_ingestor.bus.records import BatchDecoder
 from market_ingestor.config import Config
+from market_ingestor.jsontext import JsonEncoder
 from market_ingestor.model import Quote, Topics, Trade
 from market_ingestor.streams import faust_internals
 from market_ingestor.streams.faust_app import StreamApp
@@ -57,7 +58,7 @@ class TickerState(msgspec.Struct, frozen=True):
         return self
 
 
-_state_encoder = msgspec.json.Encoder(decimal_format="string")
+_state_encoder = JsonEncoder()
 _state_decoder = msgspec.json.Decoder(TickerState)
 _events: BatchDecoder[Trade | Quote] = BatchDecoder(Trade | Quote)  # type: ignore[arg-type]
 

@@ -23,6 +23,8 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from market_ingestor.jsontext import text
+
 # $1 exchange, $2 symbol, $3 from, $4 to (timestamptz, to exclusive)
 BUCKETS_SQL = """
 WITH b AS (
@@ -96,12 +98,12 @@ def _compare(row: asyncpg.Record) -> dict[str, tuple[str, str]]:
     fields: dict[str, tuple[str, str]] = {}
     for name, candidates in (("open", row["opens"]), ("close", row["closes"])):
         if row[name] not in candidates:
-            fields[name] = (str(row[name]), str(row[f"b_{name}"]))
+            fields[name] = (text(row[name]), text(row[f"b_{name}"]))
     for name in _EXACT:  # by value: 1.50 equals 1.5
         stored: Any = row[name]
         bucket: Any = row[f"b_{name}"]
         if stored != bucket:
-            fields[name] = (str(stored), str(bucket))
+            fields[name] = (text(stored), text(bucket))
     return fields
 
 

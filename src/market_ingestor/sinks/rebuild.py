@@ -26,6 +26,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from market_ingestor.jsontext import text
 from market_ingestor.model import Kline
 from market_ingestor.streams.windows import Interval
 
@@ -153,7 +154,7 @@ class Report(msgspec.Struct):
 
 
 def _text(value: Any) -> str | None:
-    return None if value is None else str(value)
+    return None if value is None else text(value)
 
 
 def _timestamptz(ns: int) -> datetime:

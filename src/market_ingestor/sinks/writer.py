@@ -48,6 +48,7 @@ import msgspec
 
 from market_ingestor.config import StorageConfig
 from market_ingestor.errors import StorageError
+from market_ingestor.jsontext import JsonEncoder
 from market_ingestor.model import IndicatorValue, Kline, Quote, Trade
 from market_ingestor.sinks.connect import storage_errors
 from market_ingestor.sinks.partitions import bucket_of, ensure_days
@@ -109,7 +110,7 @@ class _Table(msgspec.Struct, frozen=True):
         return [column.split()[0] for column in self.columns.split(",")]
 
 
-_json = msgspec.json.Encoder(decimal_format="string")
+_json = JsonEncoder()  # indicator values: jsonb strings in the exchange's plain digits
 
 
 def _trade(e: Trade) -> tuple[Any, ...]:

@@ -120,12 +120,37 @@ class KlineWatcher:
         await asyncio.wait_for(poll(), timeout_s)
 
 
+STDERR_TAIL_BYTES = 64 * 1024  # what a failing test shows of a worker's log
+
+
 async def start_worker(config_path: Path, data_dir: Path) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
+    """The worker as a child process. Its stderr is read as it comes (a full pipe would block the worker in a
+    log call and look like a stall); :func:`worker_said` gives its last ``STDERR_TAIL_BYTES``."""
+    process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "market_ingestor.cli.main", "--config", str(config_path), "worker",
         "--data-dir", str(data_dir), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip
+    tail = bytearray()
+
+    async def drain() -> None:
+        assert process.stderr is not None
+        while chunk := await process.stderr.read(65536):
+            tail.extend(chunk)
+            del tail[:-STDERR_TAIL_BYTES]
+
+    _stderr[process.pid] = (tail, asyncio.ensure_future(drain()))
+    return process
+
+
+_stderr: dict[int, tuple[bytearray, asyncio.Future[None]]] = {}
+
+
+async def worker_said(worker: asyncio.subprocess.Process) -> str:
+    """The end of what an exited worker wrote to stderr."""
+    tail, drained = _stderr.pop(worker.pid)
+    await drained
+    return tail.decode("utf-8", "replace")
 
 
 async def until_or_fail(
@@ -151,7 +176,8 @@ async def until_or_fail(
     waiting.cancel()
     if worker.returncode is None:
         worker.kill()
-    _, stderr = await worker.communicate()
+    await worker.wait()
+    stderr = await worker_said(worker)
     missing = sorted(wanted - set(watcher.closed))
     lacking = sorted(
         (key, open_time)
@@ -167,7 +193,7 @@ async def until_or_fail(
     pytest.fail(
         f"{len(missing)} klines never closed, e.g. {missing[:3]}; {len(lacking)} indicator values missing, e.g. "
         f"{lacking[:3]}{seen}; worker exit {worker.returncode}, said: "
-        f"{stderr.decode()[-3000:]}"
+        f"{stderr[-3000:]}"
     )
 
 
@@ -194,5 +220,6 @@ def assert_same_klines(got: dict[tuple[str, str, int], Kline], expected: dict[tu
 
 async def stop_worker(worker: asyncio.subprocess.Process) -> None:
     worker.send_signal(signal.SIGTERM)
-    _, stderr = await asyncio.wait_for(worker.communicate(), 60)
-    assert worker.returncode == 0, stderr.decode()[-3000:]
+    await asyncio.wait_for(worker.wait(), 60)
+    stderr = await worker_said(worker)
+    assert worker.returncode == 0, stderr[-3000:]

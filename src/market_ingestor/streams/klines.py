@@ -684,6 +684,18 @@ def _with_intervals(state: _State, plan: _Plan) -> _State:
             ",".join(added) or "none",
             ",".join(removed) or "none",
         )
+    # The bucket (the gcd of the intervals) may change size: open buckets move to the bucket of the new size that
+    # holds their start, so none closes after a window it belongs to. A finer bucket cannot be split: an old one
+    # closes early then, which only folds it into still-open windows of the kept (coarser) intervals.
+    buckets: dict[int, _Agg] = {}
+    with exact_context():
+        for opened in sorted(state.buckets):
+            key = opened - opened % plan.bucket_ns
+            if key in buckets:
+                _merge(buckets[key], state.buckets[opened])
+            else:
+                buckets[key] = state.buckets[opened]
+    start = None if state.start is None else state.start - state.start % plan.bucket_ns
     kept = dict(zip(state.intervals, state.levels, strict=True))
     last_price = _last_price(state)
     levels = []
@@ -695,7 +707,7 @@ def _with_intervals(state: _State, plan: _Plan) -> _State:
                 begin = interval.open_time(state.watermark) + interval.ns
                 level = _Level(next_open=begin, closed={begin - interval.ns: _flat(last_price)}, begin=begin)
         levels.append(level)
-    return msgspec.structs.replace(state, intervals=names, levels=levels)
+    return msgspec.structs.replace(state, intervals=names, levels=levels, buckets=buckets, start=start)
 
 
 def _last_price(state: _State) -> Decimal | None:

@@ -203,7 +203,7 @@ def test_down_leaves_no_process_behind(isolated_dir: Path) -> None:
     info = ensure_stack(isolated_dir, port_offset=ISOLATED_PORT_OFFSET)
     assert set(info.started) == {"kafka", "postgres", "nats"} | ({"timescaledb"} if info.timescaledb_url else set())
     status = stack_status(isolated_dir, port_offset=ISOLATED_PORT_OFFSET)
-    pids = [server["pid"] for server in status.values()]
+    pids = [server["pid"] for name, server in status.items() if name != "prometheus"]  # not asked for here
     assert all(isinstance(pid, int) and pid_alive(pid) for pid in pids)
     for cluster in ("postgres", "timescaledb") if info.timescaledb_url else ("postgres",):
         postmaster = status[cluster]["pid"]

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the dev stack and the tests need from the machine, when missing: PostgreSQL server binaries
 # (Debian's postgresql), Java and Maven (Apache Kafka's jars are resolved from Maven Central by the dev stack),
-# Chromium (the control panel's browser test drives it headless), and what building TimescaleDB from
-# ../shared/vendor needs (the dev stack's second cluster; only when that source is there). Skipped for a server
-# whose URL is given (DATABASE_URL, KAFKA_BOOTSTRAP, TIMESCALEDB_URL).
+# Chromium (the control panel's browser test drives it headless), Prometheus with promtool (`dev up --with
+# prometheus`; the tests check the Prometheus configs and evaluate the dashboards' queries with it), and what
+# building TimescaleDB from ../shared/vendor needs (the dev stack's second cluster; only when that source is
+# there). Skipped for a server whose URL is given (DATABASE_URL, KAFKA_BOOTSTRAP, TIMESCALEDB_URL).
 #
 # Runs before any dev-stack cluster starts (CI: .ci/run; `make test`): installing postgresql-server-dev-N
 # upgrades postgresql-N to the archive's newest minor, which a running server of the old binaries does not survive.
@@ -22,6 +23,10 @@ fi
 optional=()
 if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null && ! command -v google-chrome >/dev/null; then
   optional+=(chromium)
+fi
+# Optional: without it the Prometheus tests are skipped (they say so); `dev up --with prometheus` says what is missing.
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+  optional+=(prometheus)
 fi
 
 # The TimescaleDB build (src/market_ingestor/devstack/timescaledb_build.py): the server headers of the newest
@@ -43,7 +48,8 @@ mapfile -t build < <(command -v dpkg-query >/dev/null && timescaledb_build_packa
 
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
   if [ ${#optional[@]} -ne 0 ]; then
-    echo "not installed: ${optional[*]} (Debian: apt-get install ${optional[*]}); the browser test will be skipped" >&2
+    echo "not installed: ${optional[*]} (Debian: apt-get install ${optional[*]}); the tests that need them" \
+      "(browser, Prometheus) will be skipped" >&2
   fi
   if [ ${#build[@]} -ne 0 ]; then
     echo "not installed: ${build[*]} (Debian: apt-get install ${build[*]}); without them the dev stack cannot" \
@@ -59,12 +65,14 @@ apt-get update -qq
 missing+=("${optional[@]}")
 if [ ${#missing[@]} -ne 0 ]; then
   echo "installing ${missing[*]} with apt-get"
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # --no-upgrade: a named package that is installed already (but not on PATH) is left as it is, not upgraded.
+  apt-get install -y -qq --no-install-recommends --no-upgrade "${missing[@]}" >/dev/null
   mapfile -t build < <(timescaledb_build_packages)  # the server major is known now
 fi
 if [ ${#build[@]} -ne 0 ]; then
   echo "installing ${build[*]} with apt-get (to build TimescaleDB for the dev stack)"
   apt-get install -y -qq --no-install-recommends "${build[@]}" >/dev/null
 fi
-# Debian's package starts a cluster of its own; the dev stack runs its own throwaway one instead.
+# Debian's packages start a cluster and a Prometheus of their own; the dev stack runs its own throwaway ones instead.
 if command -v pg_ctlcluster >/dev/null; then service postgresql stop >/dev/null 2>&1 || true; fi
+if [[ " ${missing[*]} " == *" prometheus "* ]]; then service prometheus stop >/dev/null 2>&1 || true; fi

@@ -86,6 +86,10 @@ def test_the_collector_exposes_the_gateways_counters_without_counting_again():
     assert got.value("push_updates_dropped_total") == 11
     assert got.value("push_disconnects_total", reason="lag") == 1 and got.value("push_disconnects_total") == 1
     assert got.value("push_refused_total", reason="origin") == 3
+    # Every refusal reason is a series from the start (at 0 until it happens): the dashboard's panel has data.
+    assert {s.labels["reason"]: s.value for s in got.matching("push_refused_total")} == {
+        "stopping": 0, "max_clients": 0, "origin": 3, "auth": 0, "auth_unavailable": 0
+    }  # fmt: skip
     assert got.value("push_request_errors_total", code="bad_request") == 4
     metrics.clients = 0  # read at scrape time: the next scrape sees the gateway as it is now
     assert Scrape(generate_latest(registry).decode()).value("ws_clients") == 0

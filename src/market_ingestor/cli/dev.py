@@ -1,4 +1,5 @@
-"""``market-ingestor dev``: run the local Kafka, PostgreSQL and NATS the tests and the demo use."""
+"""``market-ingestor dev``: run the local Kafka, PostgreSQL and NATS the tests and the demo use, and on request a
+Prometheus scraping the services that run on the configuration (``--config``) at their metrics ports."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from typing import Any, TypeVar
 
 import click
 
+from market_ingestor.cli.context import CliContext
 from market_ingestor.devstack import DevStackError, StackInfo, ensure_stack, stack_status, stop_stack
+from market_ingestor.devstack.scrape import pipeline_jobs
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -34,17 +37,32 @@ def _stack_options(command: F) -> F:
 
 @click.group()
 def dev() -> None:
-    """Local development servers: Kafka, PostgreSQL (plain and with TimescaleDB), NATS JetStream."""
+    """Local development servers: Kafka, PostgreSQL (plain and with TimescaleDB), NATS JetStream, Prometheus."""
 
 
 @dev.command()
 @_stack_options
 @click.option("--timeout", type=float, default=120.0, show_default=True, help="Seconds per server to get ready.")
-def up(state_dir: Path | None, port_offset: int | None, timeout: float) -> None:
+@click.option(
+    "--with",
+    "with_",
+    type=click.Choice(["prometheus"]),
+    multiple=True,
+    help="Also run Prometheus, scraping ingest, worker, sink, push and api at the config's metrics ports.",
+)
+@click.pass_context
+def up(
+    ctx: click.Context, state_dir: Path | None, port_offset: int | None, timeout: float, with_: tuple[str, ...]
+) -> None:
     """Start whatever is not running yet and print how to connect."""
     began = time.monotonic()
+    scrape_jobs = None
+    if "prometheus" in with_:
+        # The services' ports come from the same config `market-ingestor --config ... up` runs them on.
+        cli_ctx = ctx.find_object(CliContext) or CliContext(None)
+        scrape_jobs = pipeline_jobs(cli_ctx.config)
     try:
-        info = ensure_stack(state_dir, port_offset=port_offset, timeout=timeout)
+        info = ensure_stack(state_dir, port_offset=port_offset, timeout=timeout, scrape_jobs=scrape_jobs)
     except DevStackError as exc:
         raise click.ClickException(str(exc)) from exc
     _print_endpoints(info, time.monotonic() - began)
@@ -84,6 +102,8 @@ def _print_endpoints(info: StackInfo, seconds: float) -> None:
     else:
         click.echo(f"  timescaledb  not available: {info.timescaledb_missing}")
     click.echo(f"  nats      {info.nats_url}")
+    if info.prometheus_url:
+        click.echo(f"  prometheus  {info.prometheus_url}  (scraping ingest, worker, sink, push, api)")
     click.echo("environment:")
     for name, value in info.env().items():
         click.echo(f"  export {name}={value}")

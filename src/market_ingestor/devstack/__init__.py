@@ -1,4 +1,5 @@
-"""Local development and test servers: a real Kafka, PostgreSQL and NATS JetStream on loopback.
+"""Local development and test servers: a real Kafka, PostgreSQL and NATS JetStream on loopback, and on request
+(``dev up --with prometheus``) a Prometheus scraping the local services.
 
 State (pidfiles, logs, data) lives in ``./.devstack`` or ``$MARKET_INGESTOR_DEVSTACK_DIR``. Fixed ports let a
 later command or test session find a running stack again; ``$MARKET_INGESTOR_DEVSTACK_PORT_OFFSET`` shifts
@@ -11,6 +12,7 @@ Kafka (KRaft)          19092, controller 19093  ``KAFKA_BOOTSTRAP``
 PostgreSQL             15432                  ``DATABASE_URL``
 PostgreSQL+TimescaleDB 15433                  ``TIMESCALEDB_URL``
 NATS JetStream         14222, monitor 18222   ``NATS_URL``
+Prometheus (optional)  19090                  ``PROMETHEUS_URL``
 =====================  =====================  ==========================================================
 
 Kafka is Apache Kafka (jars resolved once with ``mvn`` into ``~/.cache/market-ingestor``) when java and

@@ -23,6 +23,7 @@ POSTGRES_PORT = 15432
 TIMESCALEDB_PORT = 15433
 NATS_PORT = 14222
 NATS_MONITOR_PORT = 18222
+PROMETHEUS_PORT = 19090
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class StackConfig:
             "timescaledb": self.timescaledb_port,
             "nats": self.nats_port,
             "nats monitor": self.nats_monitor_port,
+            "prometheus": self.prometheus_port,
         }
 
     def check_ports(self) -> None:
@@ -91,6 +93,10 @@ class StackConfig:
     @property
     def nats_monitor_port(self) -> int:
         return NATS_MONITOR_PORT + self.port_offset
+
+    @property
+    def prometheus_port(self) -> int:
+        return PROMETHEUS_PORT + self.port_offset
 
 
 def _int_env(name: str, default: int) -> int:

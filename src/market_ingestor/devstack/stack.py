@@ -1,4 +1,5 @@
-"""The whole dev stack (Kafka, PostgreSQL, NATS) as one unit: ensure it runs, stop it, report on it."""
+"""The whole dev stack (Kafka, PostgreSQL, NATS; Prometheus on request) as one unit: ensure it runs, stop it, report
+on it."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import fcntl
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from market_ingestor.devstack.config import StackConfig
 from market_ingestor.devstack.kafka import KafkaBroker, recorded_kind
 from market_ingestor.devstack.nats import NatsServer
 from market_ingestor.devstack.postgres import PostgresServer, TimescaleServer
+from market_ingestor.devstack.prometheus import PrometheusServer
+from market_ingestor.devstack.scrape import ScrapeJob
 from market_ingestor.devstack.server import LocalServer, Status
 from market_ingestor.devstack.tansu import TansuBroker
 from market_ingestor.errors import DevStackError
@@ -46,6 +49,8 @@ class StackInfo:
     #: A PostgreSQL server that preloads TimescaleDB, or None (then ``timescaledb_missing`` says why).
     timescaledb_url: str | None = None
     timescaledb_missing: str = ""
+    #: Prometheus's URL when it was asked for (``scrape_jobs``), else None.
+    prometheus_url: str | None = None
 
     def env(self) -> dict[str, str]:
         """The environment variables the rest of the project reads its endpoints from."""
@@ -53,16 +58,23 @@ class StackInfo:
 
 
 def ensure_stack(
-    state_dir: str | Path | None = None, *, port_offset: int | None = None, timeout: float = 120.0
+    state_dir: str | Path | None = None,
+    *,
+    port_offset: int | None = None,
+    timeout: float = 120.0,
+    scrape_jobs: Sequence[ScrapeJob] | None = None,
 ) -> StackInfo:
     """Reuse the running dev stack in ``state_dir`` or start what is missing; servers keep running after.
 
     ``state_dir`` and ``port_offset`` default to ``$MARKET_INGESTOR_DEVSTACK_DIR`` (else ``./.devstack``) and
     ``$MARKET_INGESTOR_DEVSTACK_PORT_OFFSET`` (else 0). ``timeout`` bounds each server's startup, not the
-    one-time Maven download of Kafka. Raises DevStackError with the failing server's log tail.
+    one-time Maven download of Kafka. With ``scrape_jobs`` (:func:`.scrape.pipeline_jobs`) Prometheus runs too,
+    scraping them. Raises DevStackError with the failing server's log tail.
     """
     config = StackConfig.from_env(state_dir, port_offset)
-    kafka, postgres, timescale, nats = servers = stack_servers(config)
+    kafka, postgres, timescale, nats = core = stack_servers(config)
+    prometheus = None if scrape_jobs is None else PrometheusServer(config, scrape_jobs)
+    servers: tuple[LocalServer, ...] = core if prometheus is None else (*core, prometheus)
     with _locked(config):
         # Independent servers: start them side by side so a warm start costs the slowest one, not the sum.
         started = _each(servers, lambda server: server.ensure(timeout))
@@ -76,6 +88,7 @@ def ensure_stack(
         started=tuple(server.name for server, did_start in zip(servers, started, strict=True) if did_start),
         timescaledb_url=timescale.url() if missing is None else None,
         timescaledb_missing=missing or "",
+        prometheus_url=None if prometheus is None else prometheus.url(),
     )
 
 
@@ -90,7 +103,7 @@ def stop_stack(
     config = StackConfig.from_env(state_dir, port_offset)
     if not config.state_dir.is_dir():
         return []
-    servers = stack_servers(config)
+    servers = (*stack_servers(config), PrometheusServer(config))
     with _locked(config):
         stopped = _each(servers, lambda server: server.stop())
         if purge:
@@ -99,9 +112,10 @@ def stop_stack(
 
 
 def stack_status(state_dir: str | Path | None = None, *, port_offset: int | None = None) -> dict[str, Status]:
-    """Per server: connection string, kind, whether it runs, pid and log path (TimescaleDB: or why it cannot)."""
+    """Per server: connection string, kind, whether it runs, pid and log path (TimescaleDB: or why it cannot).
+    Prometheus is listed too, running only if some ``dev up --with prometheus`` started it."""
     config = StackConfig.from_env(state_dir, port_offset)
-    return {server.name: server.status() for server in stack_servers(config)}
+    return {server.name: server.status() for server in (*stack_servers(config), PrometheusServer(config))}
 
 
 def stack_servers(config: StackConfig) -> tuple[KafkaBroker, PostgresServer, TimescaleServer, NatsServer]:

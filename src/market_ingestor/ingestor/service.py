@@ -258,4 +258,8 @@ def metrics_server(config: Config, service: IngestService) -> MetricsServer:
     label values first."""
     configured = [(name, symbol) for name, exchange in config.exchanges.items() for symbol in exchange.symbols]
     SYMBOLS.configure(config.metrics.max_symbols, configured)
+    for name, exchange in config.exchanges.items():  # the exchange-labelled counters at 0 from the start
+        if exchange.enabled:
+            for counter in (metrics.RECONNECTS, metrics.BOOK_RESYNCS, metrics.DEAD_LETTERS):
+                counter.labels(name)
     return MetricsServer(config.metrics.host, config.ingest.metrics_port, service.health, "ingest.metrics_port")

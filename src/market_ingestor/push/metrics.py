@@ -11,12 +11,17 @@ from dataclasses import dataclass, field
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+#: Why the gateway refuses a handshake (gateway.py ``_refuse``; keep the two together): the label values of
+#: ``push_refused_total``.
+REFUSAL_REASONS = ("stopping", "max_clients", "origin", "auth", "auth_unavailable")
+
 
 @dataclass(slots=True)
 class PushMetrics:
     clients: int = 0  # connected now
     connections_total: int = 0  # handshakes accepted
-    refused_total: Counter[str] = field(default_factory=Counter)  # by reason: max_clients, origin, auth
+    # by reason; every reason is there at 0 from the start, so the dashboard's panel has a series before a refusal
+    refused_total: Counter[str] = field(default_factory=lambda: Counter(dict.fromkeys(REFUSAL_REASONS, 0)))
     messages_sent_total: int = 0  # frames handed to client sockets (updates, replies, notices)
     updates_received_total: int = 0  # bus records turned into updates
     bad_records_total: int = 0  # events of bus records that did not decode as their topic's type (skipped)

@@ -38,6 +38,7 @@ from market_ingestor.errors import MarketIngestorError
 from market_ingestor.model import DeadLetter, Topics, encode, event_id
 from market_ingestor.observability import Health, MetricsServer
 from market_ingestor.observability.lag import SubscriberLag
+from market_ingestor.sinks import metrics
 from market_ingestor.sinks.batching import Batcher
 from market_ingestor.sinks.persist import Backoff, Decoded, Persister, RowDecoder, Writer, sink_group, sink_topics
 
@@ -152,6 +153,9 @@ async def run_sink(config: Config, stop: asyncio.Event | None = None) -> None:
     bus = open_bus(config.bus)
     await bus.ensure_topics(prefixed(PIPELINE_TOPICS, config.bus.topic_prefix))
     topics = [config.bus.topic_prefix + name for name in sink_topics(config)]
+    for topic in topics:  # at 0 from the start: the dashboard's panels show "none yet", not "no data"
+        metrics.DEAD_LETTERS.labels(topic)
+        metrics.RETRIES.labels(topic)
     subscriber = bus.subscriber(topics, sink_group(config))
     publisher = bus.publisher()
     sink = BusSink(config, RowWriter(config.database.url, config.storage), subscriber, publisher)

@@ -163,10 +163,23 @@ async def _poll(what: str, timeout_s: int, check: Any) -> Any:
         await asyncio.sleep(0.5)
 
 
+async def listening(port: int) -> bool:
+    """Whether a server accepts connections on ``port`` (the push gateway serves /metrics on another port, which
+    can answer before its WebSocket port is bound)."""
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return False
+    writer.close()
+    await writer.wait_closed()
+    return True
+
+
 async def _traffic(http: aiohttp.ClientSession, config: Config) -> None:
     """A push client subscribed to live trades that has received one, and answered API queries."""
     for service, port in metrics_ports(config).items():
         await until(lambda port=port: answering(port), f"{service} healthy", 90)  # type: ignore[misc]
+    await until(lambda: listening(config.push.port), "the push gateway's WebSocket port listening", 60)
     async with http.ws_connect(f"ws://127.0.0.1:{config.push.port}/") as ws:
         await ws.send_json({"action": "subscribe", "channels": ["trade"], "symbols": ["binance.BTCUSDT"]})
         async with asyncio.timeout(60):

@@ -153,3 +153,12 @@ def test_no_other_module_touches_a_private_faust_or_aiokafka_name() -> None:
         if pattern.search(line) and not line.lstrip().startswith(("#", '"', "'", "-", "(``", "``"))
     ]
     assert offenders == [], f"private Faust/aiokafka names outside streams/faust_internals.py: {offenders}"
+
+
+def test_App__on_agent_error_is_what_App_agent_gives_every_agent_as_on_error() -> None:
+    assert inspect.iscoroutinefunction(faust.App._on_agent_error), "App._on_agent_error was renamed or changed"
+    assert list(inspect.signature(faust.App._on_agent_error).parameters) == ["self", "agent", "exc"]
+    assert "on_error=self._on_agent_error" in source_of(faust.App.agent), "App.agent no longer passes it"
+    assert "self._on_error(self, exc)" in source_of(faust.agents.Agent._execute_actor), (
+        "Agent._execute_actor no longer calls on_error when the agent raises"
+    )

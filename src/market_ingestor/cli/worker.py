@@ -41,6 +41,8 @@ def worker(cli_ctx: CliContext, data_dir: Path | None, web_port: int | None) -> 
             app, worker_metrics(app, config), loglevel=level, quiet=True, override_logging=False
         ).execute_from_commandline()
     except SystemExit as exc:
+        if app.agent_failure is not None:  # stopped because an agent failed (logged): not a clean stop
+            raise SystemExit(1) from app.agent_failure
         if exc.code in (0, None):
             mark_clean_stop(directory)
         raise

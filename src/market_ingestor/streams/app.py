@@ -65,7 +65,7 @@ def kline_settings(config: Config) -> KlineSettings:
     )
 
 
-def build_app(config: Config, data_dir: str | Path | None = None, web_port: int | None = None) -> faust.App:
+def build_app(config: Config, data_dir: str | Path | None = None, web_port: int | None = None) -> StreamApp:
     streams, kafka = config.streams, config.bus.kafka
     prefix = config.bus.topic_prefix
     app = StreamApp.on_kafka(
@@ -79,6 +79,7 @@ def build_app(config: Config, data_dir: str | Path | None = None, web_port: int 
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=1.0,
     )
+    app.stop_on_agent_failure = True  # a failed agent stops the worker (exit 1) rather than leave it idle
     limits = InputLimits(streams.batch_size, streams.batch_max_bytes, streams.batch_within_s)
     worker = KlineAgent(app, prefix, kline_settings(config), limits, config.bus.batch, streams.commit_interval_s)
     app.timer(streams.timer_interval_s, name="kline-clock")(worker.tick)
@@ -114,7 +115,7 @@ def worker_metrics(app: faust.App, config: Config) -> MetricsService:
 class KlineAgent:
     def __init__(
         self,
-        app: faust.App,
+        app: StreamApp,
         prefix: str,
         settings: KlineSettings,
         limits: InputLimits,

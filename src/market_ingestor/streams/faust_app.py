@@ -12,18 +12,23 @@
   them.
 - ``fetch_max_wait_ms``: aiokafka sends one fetch per broker at a time; a long poll for idle partitions (Faust
   asks for 1.5 s) holds back the refetch of the busy ones, which stalls a consumer for that long after each batch.
+- An agent that raises: Faust 0.15.3 logs "Crashed" and never runs it again, while the process lives on and its
+  partitions stay assigned to it: the worker would sit idle for good (seen with an exception injected into the
+  kline agent). The stream worker stops instead (:meth:`StreamApp.on_agent_failed`), with
+  :attr:`StreamApp.agent_failure` set: the command exits 1 and its supervisor restarts it, and a restart resumes
+  from the last checkpoint.
 
 Both consumer settings reach private attributes of Faust and aiokafka: they live in ``streams/faust_internals.py``.
 """
 
 from __future__ import annotations
 
+import logging
+import signal
 from typing import Any
 
-import faust
-
 from market_ingestor.config import KafkaConfig
-from market_ingestor.streams.faust_internals import Transport
+from market_ingestor.streams.faust_internals import AgentErrorApp, Transport
 
 # Bounded intake while draining a backlog: without a limit one poll decodes everything fetched (1 MB per partition:
 # tens of thousands of records held at once). Measured on the kline worker: ~100 MB more peak RSS and half the
@@ -36,14 +41,33 @@ BOUNDED_INTAKE = {
 }
 FETCH_MAX_WAIT_MS = 20  # see fetch_max_wait_ms above
 
+log = logging.getLogger(__name__)
 
-class StreamApp(faust.App):
+
+class StreamApp(AgentErrorApp):
     def __init__(
         self, *args: Any, read_committed: bool = False, fetch_max_wait_ms: int | None = None, **kwargs: Any
     ) -> None:
         self.read_committed = read_committed
         self.fetch_max_wait_ms = fetch_max_wait_ms
+        self.agent_failure: BaseException | None = None
+        self.stop_on_agent_failure = False  # the stream worker sets it; its command then exits 1
         super().__init__(*args, **kwargs)
+
+    async def on_agent_failed(self, agent: Any, exc: BaseException) -> None:
+        """Records the failure and stops the worker as SIGTERM would (graceful: the other agents stop, nothing
+        more is committed for the failed one); the command then exits 1."""
+        if not self.stop_on_agent_failure:
+            log.critical("agent %s failed; Faust will not run it again", getattr(agent, "name", agent), exc_info=exc)
+            return
+        if self.agent_failure is None:
+            self.agent_failure = exc
+            log.critical(
+                "agent %s failed: stopping the worker (exit 1) for its supervisor to restart it",
+                getattr(agent, "name", agent),
+                exc_info=exc,
+            )
+            signal.raise_signal(signal.SIGTERM)
 
     @classmethod
     def on_kafka(cls, app_id: str, kafka: KafkaConfig, **settings: Any) -> StreamApp:

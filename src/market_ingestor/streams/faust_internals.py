@@ -15,7 +15,8 @@ and ``streams/faust_app.py``):
   store in the partition of their source (:func:`write_row`, :func:`persist_offset`);
 - agents commit what they processed themselves (:func:`commit_offsets`, :func:`committed_offset`), and seek a
   partition back over a hole (:func:`seek_back`, :func:`log_start_offsets`);
-- output records are built per partition (:func:`producer_partitions`).
+- output records are built per partition (:func:`producer_partitions`);
+- a failed agent is reported to the app (:class:`AgentErrorApp`), which stops the worker.
 """
 
 from __future__ import annotations
@@ -81,6 +82,21 @@ class Transport(faust_aiokafka.Transport):
 def transactions_ended(app: faust.App) -> bool:
     """True once the worker's final commit has closed its transactions: nothing may be sent into them."""
     return bool(getattr(app.consumer, "transactions_ended", False))
+
+
+# --- agent errors ------------------------------------------------------------------------------------------------
+
+
+class AgentErrorApp(faust.App):
+    """``App.agent`` gives every agent ``on_error=self._on_agent_error`` (no setting or argument replaces it):
+    after Faust's own handling, :meth:`on_agent_failed` is called (our apps stop the worker there)."""
+
+    async def _on_agent_error(self, agent: Any, exc: BaseException) -> None:
+        await super()._on_agent_error(agent, exc)
+        await self.on_agent_failed(agent, exc)
+
+    async def on_agent_failed(self, agent: Any, exc: BaseException) -> None:
+        """An agent raised ``exc``: Faust will not run it again."""
 
 
 # --- commits -----------------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from market_ingestor.config import BatchConfig
 from market_ingestor.errors import ConfigError
 from market_ingestor.model import Kline, Topics, encode
 from market_ingestor.streams import metrics
+from market_ingestor.streams.faust_app import StreamApp
 from market_ingestor.streams.outputs import InputLimits, PartitionWriter, next_offsets
 from market_ingestor.streams.windows import parse_interval
 from market_ingestor.tables.indicators import Update, from_bytes, parse_spec
@@ -116,7 +117,7 @@ class RowCache:
 class IndicatorAgent:
     def __init__(
         self,
-        app: faust.App,
+        app: StreamApp,
         prefix: str,
         specs: Sequence[str],
         limits: InputLimits,

@@ -171,7 +171,7 @@ async def run(args: argparse.Namespace) -> int:
             str(journal),
             "--log-level",
             "WARNING",
-        ],  # fmt: skip
+        ],
         workdir,
     )
     services = {name: Service(name, [*cli, name], workdir) for name in ("sink", "worker", "ingest")}

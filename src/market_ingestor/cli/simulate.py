@@ -43,6 +43,12 @@ def _names(text: str) -> tuple[str, ...]:
 @click.option("--malformed-every", type=int, default=None, help="Fault: a broken frame before every Nth data frame.")
 @click.option("--gap-every", type=int, default=None, help="Fault: skip sequence numbers every N book updates.")
 @click.option("--slow-send-ms", type=float, default=0.0, show_default=True, help="Fault: sleep before each frame.")
+@click.option(
+    "--journal",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Append a line per trade, malformed frame and session start/end sent to this file (format: journal.py).",
+)
 @click.option("--log-level", default="INFO", show_default=True, help="DEBUG, INFO, WARNING or ERROR.")
 def simulate(
     host: str,
@@ -61,6 +67,7 @@ def simulate(
     malformed_every: int | None,
     gap_every: int | None,
     slow_send_ms: float,  # float-ok: a rate or a delay, not market data
+    journal: Path | None,
     log_level: str,
 ) -> None:
     """Serve a local simulator of the exchanges' WebSocket and REST APIs, on one port.
@@ -93,6 +100,7 @@ def simulate(
             book_depth=depth,
             faults=faults,
             replay=replay,
+            journal=journal,
         )
     except ConfigError as exc:
         raise click.BadParameter(str(exc)) from exc

@@ -20,6 +20,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from pathlib import Path
 from types import TracebackType
 from urllib.parse import urlsplit
 
@@ -33,6 +34,7 @@ from market_ingestor.ingestor.exchanges.base import Channel
 from market_ingestor.ingestor.simulator import DIALECTS, get_dialect
 from market_ingestor.ingestor.simulator.dialect import SimDialect, SimInstrument
 from market_ingestor.ingestor.simulator.faults import FaultConfig, MalformedKind
+from market_ingestor.ingestor.simulator.journal import Journal
 from market_ingestor.ingestor.simulator.market import Market, instrument_for
 from market_ingestor.ingestor.simulator.pacing import Pace, run_market
 from market_ingestor.ingestor.simulator.replay import Recording, ReplayConfig
@@ -58,6 +60,8 @@ class SimulatorConfig:
     session_queue_frames: int = 100_000  # a session with more frames waiting is closed as a slow consumer
     slice_ms: float = 10.0  # float-ok: a time slice
     book_interval_ms: float = 100.0
+    journal: Path | None = None  # append what is sent here (see journal.py)
+    journal_flush_interval_s: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.exchanges:
@@ -80,6 +84,7 @@ class Simulator:
         self._venues: dict[str, Venue] = {}
         self._server: Server | None = None
         self._runner: asyncio.Task[None] | None = None
+        self._journal: Journal | None = None
 
     async def __aenter__(self) -> Simulator:
         await self.start()
@@ -91,6 +96,9 @@ class Simulator:
         await self.stop()
 
     async def start(self) -> None:
+        if self.config.journal is not None:
+            self._journal = Journal(self.config.journal)
+            self._journal.open()
         self._venues = {name: self._make_venue(name) for name in self.config.exchanges}
         try:
             self._server = await serve(
@@ -116,6 +124,9 @@ class Simulator:
             runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await runner
+        if self._journal is not None:
+            self._journal.close()  # after the server: the sessions' end records are in
+            self._journal = None
 
     def _make_venue(self, name: str) -> Venue:
         config, replay = self.config, self.config.replay
@@ -126,7 +137,7 @@ class Simulator:
             dialect = self._dialects.get(name) or get_dialect(name)
             source = Market(config.symbols, seed=f"{config.seed}:{name}", depth=config.book_depth)
         speed = replay.speed if replay is not None else None
-        return Venue(name, dialect, source, config.faults, config.session_queue_frames, speed)
+        return Venue(name, dialect, source, config.faults, config.session_queue_frames, speed, self._journal)
 
     async def _run(self) -> None:
         config = self.config
@@ -138,6 +149,8 @@ class Simulator:
             async with asyncio.TaskGroup() as tasks:
                 for venue in markets:
                     tasks.create_task(run_market(venue, pace))
+                if (journal := self._journal) is not None:
+                    tasks.create_task(_every(config.journal_flush_interval_s, _flush(journal)))
                 for venue in self._venues.values():
                     if faults.drop_every_s:
                         tasks.create_task(_every(faults.drop_every_s, venue.drop_connections))
@@ -274,6 +287,13 @@ async def _every(interval_s: float, action: Callable[[], Awaitable[object]]) -> 
     while True:
         await asyncio.sleep(interval_s)
         await action()
+
+
+def _flush(journal: Journal) -> Callable[[], Awaitable[object]]:
+    async def flush() -> None:
+        journal.flush()
+
+    return flush
 
 
 def _stall_for(venue: Venue, seconds: float) -> Callable[[], Awaitable[object]]:

@@ -22,7 +22,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
 from market_ingestor.ingestor.exchanges.base import Channel
-from market_ingestor.ingestor.simulator.faults import corrupt
+from market_ingestor.ingestor.simulator.faults import MalformedKind, corrupt
+from market_ingestor.ingestor.simulator.journal import SessionEnd
 
 if TYPE_CHECKING:
     from market_ingestor.ingestor.simulator.venue import Venue
@@ -35,7 +36,7 @@ _CLOSE_TIMEOUT_S = 10.0
 
 
 class OutFrame:
-    __slots__ = ("data", "qty", "symbol", "text", "trades", "written")
+    __slots__ = ("data", "journal_rows", "qty", "symbol", "text", "trades", "written")
 
     def __init__(self, text: str, data: bool = True, symbol: str = "", trades: int = 0, qty: Decimal = _ZERO) -> None:
         self.text = text
@@ -44,6 +45,8 @@ class OutFrame:
         self.trades = trades  # trades this frame carries, and their total quantity
         self.qty = qty
         self.written = False
+        # For the journal: (trade id, price, qty) as sent, of the trades whose first frame this is.
+        self.journal_rows: tuple[tuple[str, str, str], ...] = ()
 
 
 class FrameQueue:
@@ -116,8 +119,10 @@ class BatchingConnection(ServerConnection):
 
 
 class Session:
-    def __init__(self, venue: Venue, ws: BatchingConnection, queue_limit: int) -> None:
+    def __init__(self, venue: Venue, ws: BatchingConnection, queue_limit: int, session_id: str = "") -> None:
         self.venue = venue
+        self.id = session_id  # "{exchange}-{n}", for the journal
+        self.end_reason: SessionEnd | None = None  # set when the server ends it (a fault, a slow consumer)
         self.ws = ws
         self.queue = FrameQueue(queue_limit)
         self.subs: set[tuple[Channel, str]] = set()  # (channel, native symbol in upper case)
@@ -127,9 +132,16 @@ class Session:
         if not self.queue.offer(frame) and not self.queue.closed:
             self.venue.slow_consumer(self)
 
-    def abort(self) -> None:
+    def abort(self, reason: SessionEnd = SessionEnd.DROPPED) -> None:
         """Drops the connection without a close frame, as a network failure would."""
+        self.end_reason = self.end_reason or reason
         self.ws.transport.abort()
+
+    def ended_by(self) -> SessionEnd:
+        """Why the session ended, once it has."""
+        if self.end_reason is not None:
+            return self.end_reason
+        return SessionEnd.CLIENT_CLOSED if self.ws.protocol.close_rcvd is not None else SessionEnd.CLIENT_GONE
 
     async def run(self, feeder: Callable[[FrameQueue], Coroutine[Any, Any, None]] | None = None) -> None:
         """Serves the connection until it closes: the reader here, the writer (and a replay's feeder) beside it."""
@@ -175,12 +187,20 @@ class Session:
             counters.frames_discarded += len(batch)  # a stuck connection loses what falls due meanwhile
             return
         texts = []
+        malformed: list[MalformedKind] = []
         for frame in batch:
             if frame.data and (kind := venue.faults.malformed_before_next()):
                 texts.append(corrupt(frame.text, kind))
+                malformed.append(kind)
                 counters.malformed_sent += 1
             texts.append(frame.text)
-        await self.ws.send_texts(texts, on_written=lambda: venue.count_written(batch))
+
+        def written() -> None:
+            venue.count_written(batch)
+            if venue.journal is not None:
+                venue.journal_written(self.id, batch, malformed)
+
+        await self.ws.send_texts(texts, on_written=written)
 
     async def _close(self, code: int, reason: str) -> None:
         try:

@@ -21,7 +21,8 @@ import msgspec
 
 from market_ingestor.ingestor.exchanges.base import Channel
 from market_ingestor.ingestor.simulator.dialect import SimDialect, SimTrade
-from market_ingestor.ingestor.simulator.faults import FaultConfig, FaultState
+from market_ingestor.ingestor.simulator.faults import FaultConfig, FaultState, MalformedKind
+from market_ingestor.ingestor.simulator.journal import Journal, SessionEnd
 from market_ingestor.ingestor.simulator.market import Market
 from market_ingestor.ingestor.simulator.replay import Recording, feed
 from market_ingestor.ingestor.simulator.session import BatchingConnection, OutFrame, Session
@@ -72,8 +73,10 @@ class Venue:
         faults: FaultConfig,
         queue_limit: int,
         replay_speed: float | None = None,  # float-ok: a pace factor
+        journal: Journal | None = None,
     ) -> None:
         self.name = name
+        self.journal = journal
         self.dialect = dialect
         self.market = source if isinstance(source, Market) else None
         self.recording = source if isinstance(source, Recording) else None
@@ -111,9 +114,11 @@ class Venue:
     # -- sessions and subscriptions
 
     async def serve(self, ws: BatchingConnection, query: str) -> None:
-        session = Session(self, ws, self.queue_limit)
-        self.sessions.add(session)
         self.counters.sessions_opened += 1
+        session = Session(self, ws, self.queue_limit, f"{self.name}-{self.counters.sessions_opened}")
+        self.sessions.add(session)
+        if self.journal is not None:
+            self.journal.event("O", self.name, session.id)
         self.notify()
         try:
             if self.recording is not None:
@@ -131,6 +136,8 @@ class Venue:
             self.sessions.discard(session)
             for sub in session.subs:
                 self._unindex(session, sub)
+            if self.journal is not None:
+                self.journal.event("E", self.name, session.id, session.ended_by())
             self.notify()
 
     def on_client_frame(self, session: Session, text: str) -> list[OutFrame]:
@@ -186,6 +193,7 @@ class Venue:
 
     def slow_consumer(self, session: Session) -> None:
         self.counters.slow_consumers += 1
+        session.end_reason = session.end_reason or SessionEnd.SLOW_CONSUMER
         log.warning("closing a slow consumer", extra={"exchange": self.name, "limit": session.queue.limit})
         session.queue.overflow()
         self._overflowed[session] = asyncio.get_running_loop().time() + _CLOSE_SLOW_CONSUMER_S
@@ -199,7 +207,7 @@ class Venue:
                 del self._overflowed[session]
             elif now > deadline:
                 del self._overflowed[session]
-                session.abort()
+                session.abort(SessionEnd.SLOW_CONSUMER)
 
     # -- what the writer reports
 
@@ -211,16 +219,31 @@ class Venue:
                 self._sent_count[frame.symbol] = self._sent_count.get(frame.symbol, 0) + frame.trades
                 self._sent_qty[frame.symbol] = self._sent_qty.get(frame.symbol, Decimal(0)) + frame.qty
 
+    def journal_written(self, session_id: str, frames: Sequence[OutFrame], malformed: Sequence[MalformedKind]) -> None:
+        """Journals what one session's write put in the transport: its trades, and the malformed frames."""
+        assert self.journal is not None
+        for kind in malformed:
+            self.journal.event("M", self.name, session_id, kind)
+        for frame in frames:
+            if frame.journal_rows:
+                self.journal.trades(self.name, session_id, frame.symbol, frame.journal_rows)
+
     def trade_frames(self, symbol: str, trades: Sequence[SimTrade]) -> list[OutFrame]:
         """Renders trades once. Where the dialect sends one trade per frame each frame carries its own; otherwise
-        the batch is counted with the last frame, so a trade is never counted before it is written."""
+        the batch is counted with the last frame, so a trade is never counted before it is written, and journaled
+        with the first, so a trade is never stored without having been journaled."""
         assert self.dialect is not None
         texts = self.dialect.render_trades(self.native_of[symbol], trades)
+        rows = [(str(t.trade_id), format(t.price, "f"), format(t.qty, "f")) for t in trades]
         if len(texts) == len(trades):
-            return [OutFrame(text, symbol=symbol, trades=1, qty=t.qty) for text, t in zip(texts, trades, strict=True)]
+            frames = [OutFrame(text, symbol=symbol, trades=1, qty=t.qty) for text, t in zip(texts, trades, strict=True)]
+            for frame, row in zip(frames, rows, strict=True):
+                frame.journal_rows = (row,)
+            return frames
         frames = [OutFrame(text, symbol=symbol) for text in texts]
         if frames:
             frames[-1].trades, frames[-1].qty = len(trades), sum((t.qty for t in trades), Decimal(0))
+            frames[0].journal_rows = tuple(rows)
         return frames
 
     # -- faults

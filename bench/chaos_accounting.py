@@ -1,0 +1,110 @@
+"""The chaos run's accounting, pure: the simulator's journal of what it sent against what was stored.
+
+A trade is *owed* when at least one session it was written on did not die (dropped, the client gone, closed as
+a slow consumer) within ``in_flight_s`` after writing it: it must be stored exactly once, with the exact price
+and qty text. A trade written only on sessions that died right after is *in flight at a fault*: the exchange
+protocol cannot replay it, so it is counted apart (stored or not), never silently.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from market_ingestor.ingestor.simulator.journal import JournalEvent, JournalRecord, JournalTrade, SessionEnd
+
+TradeKey = tuple[str, str, str]  # exchange, symbol, trade id
+Values = tuple[str, str]  # price, qty as text
+
+_FAULT_ENDS = {SessionEnd.DROPPED, SessionEnd.CLIENT_GONE, SessionEnd.SLOW_CONSUMER}
+
+
+@dataclass(frozen=True, slots=True)
+class StoredTrade:
+    exchange: str
+    symbol: str
+    trade_id: str
+    price: str
+    qty: str
+
+
+@dataclass(slots=True)
+class TradeAccount:
+    sent: int = 0  # distinct trades written to some session
+    owed: int = 0  # of which must be stored
+    stored: int = 0  # rows in market_trades
+    duplicated: int = 0  # rows beyond the first of a trade
+    in_flight: int = 0  # sent only on sessions that died right after
+    in_flight_stored: int = 0
+    lost: list[TradeKey] = field(default_factory=list)  # owed, not stored
+    never_sent: list[TradeKey] = field(default_factory=list)  # stored, never journaled
+    changed: list[TradeKey] = field(default_factory=list)  # stored with another price or qty text than sent
+
+    @property
+    def ok(self) -> bool:
+        return not (self.lost or self.never_sent or self.changed or self.duplicated)
+
+
+def session_ends(records: Iterable[JournalRecord]) -> dict[str, tuple[float, str]]:
+    """Session id -> (end time, reason) of the sessions that ended."""
+    return {r.session: (r.t, r.detail) for r in records if isinstance(r, JournalEvent) and r.kind == "E"}
+
+
+def in_flight_at_fault(trade: JournalTrade, ends: dict[str, tuple[float, str]], in_flight_s: float) -> bool:
+    end = ends.get(trade.session)
+    return end is not None and end[1] in _FAULT_ENDS and end[0] - trade.t <= in_flight_s
+
+
+def account_trades(records: Iterable[JournalRecord], stored: Iterable[StoredTrade], in_flight_s: float) -> TradeAccount:
+    records = list(records)
+    ends = session_ends(records)
+    sent: dict[TradeKey, Values] = {}
+    owed: set[TradeKey] = set()
+    for r in records:
+        if isinstance(r, JournalTrade):
+            key = (r.exchange, r.symbol, r.trade_id)
+            sent.setdefault(key, (r.price, r.qty))
+            if not in_flight_at_fault(r, ends, in_flight_s):
+                owed.add(key)
+    rows = list(stored)
+    counts = Counter((s.exchange, s.symbol, s.trade_id) for s in rows)
+    account = TradeAccount(sent=len(sent), owed=len(owed), stored=len(rows))
+    account.duplicated = sum(n - 1 for n in counts.values())
+    for s in rows:
+        key = (s.exchange, s.symbol, s.trade_id)
+        values = sent.get(key)
+        if values is None:
+            account.never_sent.append(key)
+        elif values != (s.price, s.qty):
+            account.changed.append(key)
+    account.lost = sorted(key for key in owed if key not in counts)
+    flying = [key for key in sent if key not in owed]
+    account.in_flight = len(flying)
+    account.in_flight_stored = sum(1 for key in flying if key in counts)
+    return account
+
+
+def expected_dead_letters(records: Iterable[JournalRecord], in_flight_s: float) -> tuple[int, int]:
+    """(malformed frames written on sessions that lived on, those written within ``in_flight_s`` of a fault)."""
+    records = list(records)
+    ends = session_ends(records)
+    owed = flying = 0
+    for r in records:
+        if isinstance(r, JournalEvent) and r.kind == "M":
+            end = ends.get(r.session)
+            if end is not None and end[1] in _FAULT_ENDS and end[0] - r.t <= in_flight_s:
+                flying += 1
+            else:
+                owed += 1
+    return owed, flying
+
+
+def reconnected_s(records: Iterable[JournalRecord], after: float, exchanges: Iterable[str]) -> float | None:
+    """Seconds from ``after`` until every exchange had a session opened again (None if one never did)."""
+    wanted, latest = set(exchanges), after
+    for r in records:
+        if isinstance(r, JournalEvent) and r.kind == "O" and r.t >= after and r.exchange in wanted:
+            wanted.discard(r.exchange)
+            latest = max(latest, r.t)
+    return None if wanted else latest - after

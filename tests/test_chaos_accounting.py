@@ -1,0 +1,73 @@
+"""The chaos run's accounting (bench/chaos_accounting.py) on hand-made journals."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+from chaos_accounting import (
+    StoredTrade,
+    account_trades,
+    expected_dead_letters,
+    reconnected_s,
+)
+from market_ingestor.ingestor.simulator.journal import JournalEvent, JournalTrade
+
+
+def _trade(t: float, session: str, trade_id: str, price: str = "100.0", qty: str = "1") -> JournalTrade:
+    return JournalTrade(t, session.split("-")[0], session, "BTCUSDT", trade_id, price, qty)
+
+
+def _stored(session: str, trade_id: str, price: str = "100.0", qty: str = "1") -> StoredTrade:
+    return StoredTrade(session.split("-")[0], "BTCUSDT", trade_id, price, qty)
+
+
+JOURNAL = [
+    JournalEvent("O", 0.0, "okx", "okx-1", ""),
+    _trade(1.0, "okx-1", "1"),
+    _trade(9.5, "okx-1", "2"),  # sent 0.5 s before the drop: in flight
+    JournalEvent("M", 9.6, "okx", "okx-1", "truncated"),
+    JournalEvent("M", 2.0, "okx", "okx-1", "truncated"),
+    JournalEvent("E", 10.0, "okx", "okx-1", "dropped"),
+    JournalEvent("O", 11.0, "okx", "okx-2", ""),
+    _trade(11.5, "okx-2", "3", "100.10"),
+    _trade(12.0, "okx-2", "4"),
+    JournalEvent("E", 12.1, "okx", "okx-2", "client_closed"),  # a normal end: nothing in flight
+]
+
+
+def test_everything_owed_stored_once_with_the_sent_text_is_ok_and_in_flight_is_counted_apart():
+    stored = [_stored("okx-1", "1"), _stored("okx-2", "3", "100.10"), _stored("okx-2", "4")]
+    account = account_trades(JOURNAL, stored, in_flight_s=2.0)
+    assert account.ok
+    assert (account.sent, account.owed, account.stored, account.in_flight, account.in_flight_stored) == (4, 3, 3, 1, 0)
+
+
+def test_a_missing_trade_a_changed_text_an_unsent_trade_and_a_duplicate_are_each_reported():
+    stored = [
+        _stored("okx-1", "1"),
+        _stored("okx-1", "1"),  # a duplicate (another ts would get past the unique key)
+        _stored("okx-1", "2"),  # in flight, and stored anyway
+        _stored("okx-2", "3", "100.1"),  # numerically equal, but not the text sent
+        _stored("okx-2", "99"),
+    ]
+    account = account_trades(JOURNAL, stored, in_flight_s=2.0)
+    assert account.lost == [("okx", "BTCUSDT", "4")]
+    assert account.changed == [("okx", "BTCUSDT", "3")]
+    assert account.never_sent == [("okx", "BTCUSDT", "99")]
+    assert (account.duplicated, account.in_flight_stored) == (1, 1)
+    assert not account.ok
+
+
+def test_a_trade_sent_on_a_surviving_session_too_is_owed():
+    journal = [*JOURNAL, _trade(9.9, "okx-3", "2"), JournalEvent("E", 20.0, "okx", "okx-3", "client_closed")]
+    account = account_trades(journal, [_stored("okx-1", "1")], in_flight_s=2.0)
+    assert ("okx", "BTCUSDT", "2") in account.lost and account.in_flight == 0
+
+
+def test_dead_letters_expected_and_reconnection_time():
+    assert expected_dead_letters(JOURNAL, in_flight_s=2.0) == (1, 1)
+    assert reconnected_s(JOURNAL, 10.0, ["okx"]) == 1.0
+    assert reconnected_s(JOURNAL, 10.0, ["okx", "kraken"]) is None

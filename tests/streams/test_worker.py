@@ -11,6 +11,7 @@ import uuid
 import pytest
 from worker_harness import (
     KlineWatcher,
+    assert_same_indicators,
     assert_same_klines,
     expected_indicators,
     expected_klines,
@@ -62,6 +63,4 @@ async def test_closed_klines_survive_a_sigkill_and_restart(dev_stack, tmp_path, 
         repeated = [(key, count) for key, count in watcher.closings.items() if count > 1]
         assert not repeated, f"{len(repeated)} closed klines seen more than once, e.g. {repeated[:3]}"
     # Indicators: the values of the final closed klines, as the pure indicator computes them.
-    for key, want in indicators.items():
-        got = {open_time: watcher.indicators[key][open_time].values for open_time in want}
-        assert got == {open_time: value.values for open_time, value in want.items()}, watcher.series(key)
+    assert_same_indicators(watcher, indicators)

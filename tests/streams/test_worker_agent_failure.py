@@ -12,6 +12,7 @@ import uuid
 import pytest
 from worker_harness import (
     KlineWatcher,
+    assert_same_indicators,
     assert_same_klines,
     expected_indicators,
     expected_klines,
@@ -74,6 +75,4 @@ async def test_a_failing_agent_stops_the_worker_with_exit_1_and_a_restart_loses_
             worker.kill()
         await watcher.follower.stop()
     assert_same_klines(watcher.closed, expected)
-    for key, want in indicators.items():
-        got = {open_time: watcher.indicators[key][open_time].values for open_time in want}
-        assert got == {open_time: value.values for open_time, value in want.items()}, watcher.series(key)
+    assert_same_indicators(watcher, indicators)

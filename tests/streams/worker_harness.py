@@ -218,6 +218,13 @@ def assert_same_klines(got: dict[tuple[str, str, int], Kline], expected: dict[tu
     assert not mismatched, f"{len(mismatched)} differ, e.g. {got[mismatched[0]]} != {expected[mismatched[0]]}"
 
 
+def assert_same_indicators(watcher: KlineWatcher, indicators: IndicatorSeries) -> None:
+    """The indicator values the watcher saw at each wanted open time equal the pure computation's."""
+    for key, want in indicators.items():
+        got = {open_time: watcher.indicators[key][open_time].values for open_time in want}
+        assert got == {open_time: value.values for open_time, value in want.items()}, watcher.series(key)
+
+
 async def stop_worker(worker: asyncio.subprocess.Process) -> None:
     worker.send_signal(signal.SIGTERM)
     await asyncio.wait_for(worker.wait(), 60)

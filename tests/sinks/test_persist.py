@@ -16,6 +16,7 @@ from market_ingestor.bus.records import batch_value
 from market_ingestor.errors import StorageError, StorageUnavailable
 from market_ingestor.model import DeadLetter, IndicatorValue, Trade, encode
 from market_ingestor.sinks import metrics
+from market_ingestor.sinks.connect import storage_errors
 from market_ingestor.sinks.persist import Backoff, Decoded, Persister, Row, RowDecoder, is_data_error, is_outage
 
 TS = 1_700_000_000_000_000_000
@@ -241,3 +242,16 @@ async def test_a_fault_that_is_not_an_outage_is_raised_at_once_not_retried(error
     assert writer.transactions == 1 and not letters.sent
     assert metrics.RETRIES.labels("t.market.trades")._value.get() == before
     assert persister.database_state() == {"database": "ok"}
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        asyncpg.InterfaceError("cannot perform operation: another operation is in progress"),
+        asyncpg.exceptions.InternalClientError("cannot switch to state 15; another operation (2) is in progress"),
+    ],
+)
+def test_a_connection_broken_under_an_operation_is_an_outage_raw_or_wrapped(error):
+    assert is_outage(error)
+    with pytest.raises(StorageUnavailable), storage_errors("writing a batch"):
+        raise error

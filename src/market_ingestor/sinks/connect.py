@@ -27,7 +27,11 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, OSError | TimeoutError):
         return True
     if isinstance(exc, asyncpg.InterfaceError) and not isinstance(exc, ValueError):  # ValueError: DataError
-        return "closed" in str(exc)  # "connection is closed", "... was closed in the middle of operation"
+        # The client's view of a connection that broke under an operation: "connection is closed", "another
+        # operation is in progress" (seen after a connection was terminated mid-COPY); a new connection cures it.
+        return True
+    if isinstance(exc, asyncpg.exceptions.InternalClientError):
+        return True  # "cannot switch to state 15; another operation is in progress": the same, one layer down
     sqlstate = getattr(exc, "sqlstate", None)
     return isinstance(sqlstate, str) and (sqlstate[:2] in _TRANSIENT_CLASSES or sqlstate in _TRANSIENT_STATES)
 
@@ -40,7 +44,10 @@ def storage_errors(doing: str) -> Iterator[None]:
     except StorageError:
         raise
     # ValueError / OverflowError: a value the client cannot encode for its column (COPY raises them unwrapped).
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError, OverflowError) as exc:
+    except (
+        OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError,
+        ValueError, OverflowError,
+    ) as exc:  # fmt: skip
         reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         if is_transient(exc):
             raise StorageUnavailable(f"{doing}: the database is unavailable ({reason}); retry later") from exc

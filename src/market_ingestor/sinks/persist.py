@@ -183,10 +183,6 @@ def is_outage(exc: BaseException) -> bool:
     while seen is not None:
         if isinstance(seen, StorageUnavailable) or is_transient(seen):
             return True
-        if isinstance(seen, asyncpg.InterfaceError | asyncpg.exceptions.InternalClientError):
-            # The client's view of a connection that broke under an operation ("another operation is in
-            # progress", "cannot switch to state"): a new connection cures it.
-            return True
         seen = seen.__cause__  # not __context__: a bug raised while handling an outage is still a bug
     return False
 

@@ -77,6 +77,11 @@ class NatsConfig(_Section, frozen=True):
     max_pending_publishes: PositiveInt = 16_384
     ack_every: PositiveInt = 512  # every n-th publish of a topic asks JetStream for an ack
     ack_timeout_s: PositiveSeconds = 10.0
+    # The stream worker on NATS (docs/nats-worker.md): instruments are split into this many shards, shared out
+    # among the running workers; keep it fixed for a deployment (as Kafka's partition count), >= the workers.
+    worker_shards: Annotated[int, msgspec.Meta(gt=0, le=1024)] = 12
+    # A worker that stops renewing its shard leases (killed, paused) loses them after this long.
+    lease_ttl_s: Annotated[float, msgspec.Meta(ge=1.0, le=300.0)] = 10.0  # float-ok: seconds
 
 
 class BatchConfig(_Section, frozen=True):

@@ -18,7 +18,8 @@ import pytest
 from market_ingestor.bus import PIPELINE_TOPICS, open_bus
 from market_ingestor.bus.records import decode_events
 from market_ingestor.bus.topics import prefixed
-from market_ingestor.config import BusConfig
+from market_ingestor.config import BusConfig, KafkaConfig, NatsConfig
+from market_ingestor.devstack.stack import StackInfo
 from market_ingestor.model import IndicatorValue, Kline, Topics, Trade, bus_key, encode, event_id
 from market_ingestor.streams.klines import KlineSettings, aggregate
 from market_ingestor.tables.indicators import compute
@@ -86,11 +87,17 @@ class KlineWatcher:
     revision per window and counts how often each (window, revision) was closed."""
 
     def __init__(self, config: BusConfig) -> None:
+        self.config = config
         bus = open_bus(config)
         self.follower = bus.follower([config.topic_prefix + Topics.KLINES, config.topic_prefix + Topics.INDICATORS])
         self.closed: dict[tuple[str, str, int], Kline] = {}
         self.closings: Counter[tuple[str, str, int, int]] = Counter()
         self.indicators: dict[tuple[str, str, str], dict[int, IndicatorValue]] = {}
+
+    async def start(self) -> None:
+        """Creates the topics (a NATS follower needs its streams to exist), then follows them."""
+        await open_bus(self.config).ensure_topics(prefixed(PIPELINE_TOPICS, self.config.topic_prefix))
+        await self.follower.start()
 
     def _take(self, value: object) -> None:
         if isinstance(value, IndicatorValue):
@@ -197,15 +204,32 @@ async def until_or_fail(
     )
 
 
-def worker_config(tmp_path: Path, bootstrap: str, prefix: str, guarantee: str, standby_replicas: int = 0) -> Path:
+def worker_config(
+    tmp_path: Path,
+    bootstrap: str,
+    prefix: str,
+    guarantee: str,
+    standby_replicas: int = 0,
+    nats_url: str | None = None,
+) -> Path:
+    """The worker's config file; with ``nats_url`` the worker runs on NATS (short leases: a killed worker's shards
+    free up within 3 s)."""
+    bus = f'kind = "nats"\n[bus.nats]\nurl = "{nats_url}"\nlease_ttl_s = 3.0\nworker_shards = 4\n' if nats_url else ""
     path = tmp_path / "market-ingestor.toml"
     path.write_text(
-        f'[log]\nlevel = "WARNING"\n[bus]\ntopic_prefix = "{prefix}"\n[bus.kafka]\nbootstrap = "{bootstrap}"\n'
+        f'[log]\nlevel = "WARNING"\n[bus]\ntopic_prefix = "{prefix}"\n{bus}[bus.kafka]\nbootstrap = "{bootstrap}"\n'
         f'partitions = 3\n[streams]\napp_id = "{prefix.rstrip(".")}"\nintervals = {list(INTERVALS)!r}\n'
         f'processing_guarantee = "{guarantee}"\nstandby_replicas = {standby_replicas}\nbatch_size = 4\n'
         f"indicators = {list(INDICATOR_SPECS)!r}\n".replace("'", '"')
     )
     return path
+
+
+def bus_config(dev_stack: StackInfo, prefix: str, bus: str) -> BusConfig:
+    """How the tests publish and watch: the worker's bus (``kafka`` with 3 partitions, or ``nats``)."""
+    if bus == "nats":
+        return BusConfig(kind="nats", topic_prefix=prefix, nats=NatsConfig(url=dev_stack.nats_url))
+    return BusConfig(topic_prefix=prefix, kafka=KafkaConfig(bootstrap=dev_stack.kafka_bootstrap, partitions=3))
 
 
 def without_revision(kline: Kline) -> tuple:  # type: ignore[type-arg]

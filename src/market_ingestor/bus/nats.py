@@ -29,7 +29,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck, Storag
 from nats.js.errors import NotFoundError
 
 from market_ingestor.bus.base import Delivery
-from market_ingestor.bus.records import RecordBuilder, is_batched
+from market_ingestor.bus.records import RecordBuilder, batch_value, is_batched
 from market_ingestor.bus.topics import PIPELINE_TOPICS, TopicSpec
 from market_ingestor.config import BatchConfig, NatsConfig
 from market_ingestor.errors import BusClosedError, BusError
@@ -52,7 +52,7 @@ def subject_for(topic: str, key: str) -> str:
     return f"{topic}.{key}"
 
 
-async def _connect(config: NatsConfig, reconnected: Callable[[], Awaitable[None]] | None = None) -> NatsClient:
+async def connect_client(config: NatsConfig, reconnected: Callable[[], Awaitable[None]] | None = None) -> NatsClient:
     # Once connected, reconnect forever; but a server that is not there at start is an error, reported within
     # connect_timeout_s (nats-py would otherwise retry the first connect as long as it retries reconnects).
     options: dict[str, Any] = {"reconnected_cb": reconnected} if reconnected else {}
@@ -98,7 +98,7 @@ class NatsBus:
         )
 
     async def ensure_topics(self, topics: Sequence[TopicSpec] = PIPELINE_TOPICS) -> None:
-        client = await _connect(self.config)
+        client = await connect_client(self.config)
         try:
             js = client.jetstream()
             for spec in topics:
@@ -115,7 +115,7 @@ class NatsBus:
             await client.close()
 
     async def read_topic(self, topic: str) -> list[Delivery]:
-        client = await _connect(self.config)
+        client = await connect_client(self.config)
         try:
             js = client.jetstream()
             info = await js.stream_info(stream_name(topic))
@@ -198,7 +198,7 @@ class NatsPublisher:
         self._reconnected = False
 
     async def start(self) -> None:
-        self._client = await _connect(self.config, self._on_reconnect)
+        self._client = await connect_client(self.config, self._on_reconnect)
         self._js = self._client.jetstream(publish_async_max_pending=self.config.max_pending_publishes)
         self._linger_task = asyncio.create_task(self._linger(), name="nats-publisher-linger")
 
@@ -209,7 +209,7 @@ class NatsPublisher:
 
     async def _resend_after_reconnect(self) -> None:
         self._reconnected = False
-        for window in self._windows.values():
+        for window in list(self._windows.values()):
             if window.pending:
                 log.warning("NATS reconnected; re-sending unconfirmed publishes", extra={"count": len(window.pending)})
                 await self._resend(window)
@@ -259,6 +259,27 @@ class NatsPublisher:
         record.add(key, value, msg_id)
         if len(self._records) > _OPEN_RECORDS_MAX:  # many quiet subjects: bound what is held between lingers
             await self._close_records()
+
+    async def publish_record(self, topic: str, key: str, values: Sequence[bytes], msg_id: str) -> None:
+        """One batch message of already-grouped events with the caller's identity (the NATS stream worker's
+        outputs: the group, and so the id, depends on the input only, so a replay is stored once). Events of
+        the subject still open in a record go out first; a group beyond the size bounds becomes several
+        messages, ``{msg_id}.1``, ``{msg_id}.2``, ..."""
+        self._live()
+        subject = self._subject(topic, key)
+        await self._close_record(subject)
+        parts: list[list[bytes]] = [[]]
+        record = RecordBuilder(self.batch.max_events, self.batch.max_bytes)
+        for value in values:
+            if not record.fits(value):
+                parts.append([])
+                record = RecordBuilder(self.batch.max_events, self.batch.max_bytes)
+            record.add(key, value)
+            parts[-1].append(value)
+        async with self._send_lock:
+            for index, part in enumerate(parts):
+                if part:
+                    await self._send(topic, subject, batch_value(part), msg_id if index == 0 else f"{msg_id}.{index}")
 
     async def _close_record(self, subject: str) -> None:
         record = self._records.pop(subject, None)
@@ -351,7 +372,7 @@ class NatsPublisher:
             raise BusError(f"a NATS publish failed: {self._failure!r}") from self._failure
         if self._reconnected:
             await self._resend_after_reconnect()
-        for window in self._windows.values():
+        for window in list(self._windows.values()):  # other tasks may open a topic meanwhile
             if window.pending and (not window.checkpoints or window.checkpoints[-1][0] < window.sent):
                 await self._checkpoint(window)
             while window.checkpoints:
@@ -380,7 +401,7 @@ class NatsSubscriber:
         self._next = 0
 
     async def start(self) -> None:
-        self._client = await _connect(self.config)
+        self._client = await connect_client(self.config)
         js = self._client.jetstream()
         try:
             for topic in self.topics:

@@ -1,4 +1,4 @@
-"""``worker``: the Faust stream worker (klines and indicators)."""
+"""``worker``: the stream worker (klines and indicators): Faust on Kafka/Redpanda, JetStream on NATS."""
 
 from __future__ import annotations
 
@@ -21,15 +21,23 @@ from market_ingestor.cli.context import CliContext, pass_cli, run
 @click.option("--web-port", type=int, default=None, help="Faust's web port [default: streams.web_port].")
 @pass_cli
 def worker(cli_ctx: CliContext, data_dir: Path | None, web_port: int | None) -> None:
-    """Run the stream worker: trades -> klines -> indicators (RocksDB tables, changelogs) until SIGINT/SIGTERM."""
+    """Run the stream worker: trades -> klines -> indicators until SIGINT/SIGTERM.
+
+    On Kafka/Redpanda a Faust app with RocksDB tables and changelogs; on NATS (bus.kind = "nats") the same
+    aggregation with its state in JetStream key-value buckets, the work shared by shard leases (--data-dir and
+    --web-port do not apply there).
+    """
+    if cli_ctx.config.bus.kind == "nats":
+        from market_ingestor.streams.nats_worker import run_worker
+
+        run(run_worker(cli_ctx.config))
+        return
     import faust  # heavy: only the worker needs it
 
     from market_ingestor.streams.app import build_app, worker_metrics
     from market_ingestor.streams.outputs import mark_clean_stop, prepare_data_dir
 
     config = cli_ctx.config
-    if config.bus.kind != "kafka":
-        raise click.ClickException("the stream worker runs on Kafka/Redpanda (bus.kind = 'kafka'); NATS has no Faust")
     run(open_bus(config.bus).ensure_topics(prefixed(PIPELINE_TOPICS, config.bus.topic_prefix)))
     directory = data_dir or Path(config.streams.data_dir)
     prepare_data_dir(directory, exactly_once=config.streams.processing_guarantee == "exactly_once")

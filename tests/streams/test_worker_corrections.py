@@ -1,6 +1,6 @@
-"""The Faust worker on the real Kafka of the dev stack, with trades arriving minutes late: they correct klines
-several intervals older than the latest, and the indicator values the worker emitted last for every kline are
-those of the final (corrected) klines."""
+"""The stream worker on the real Kafka (Faust) and NATS of the dev stack, with trades arriving minutes late: they
+correct klines several intervals older than the latest, and the indicator values the worker emitted last for every
+kline are those of the final (corrected) klines."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import uuid
 import pytest
 from worker_harness import (
     KlineWatcher,
+    bus_config,
     expected_indicators,
     expected_klines,
     make_trades,
@@ -21,11 +22,8 @@ from worker_harness import (
     worker_config,
 )
 
-from market_ingestor.config import BusConfig, KafkaConfig
 from market_ingestor.model import Trade
 from market_ingestor.streams.klines import KlineSettings, aggregate
-
-pytestmark = pytest.mark.kafka
 
 MINUTE_NS = 60 * 10**9
 
@@ -49,23 +47,27 @@ def deepest_correction(trades: list[Trade]) -> int:
     return deepest
 
 
-async def test_indicators_follow_corrections_of_older_klines(dev_stack, tmp_path):
+@pytest.mark.parametrize(
+    "bus", [pytest.param("kafka", marks=pytest.mark.kafka), pytest.param("nats", marks=pytest.mark.nats)]
+)
+async def test_indicators_follow_corrections_of_older_klines(dev_stack, tmp_path, bus):
     prefix = f"c{uuid.uuid4().hex[:8]}."
-    bus_config = BusConfig(topic_prefix=prefix, kafka=KafkaConfig(bootstrap=dev_stack.kafka_bootstrap, partitions=3))
+    config = bus_config(dev_stack, prefix, bus)
     trades = late_arrivals(make_trades(1500, seed=8), seed=8)
     assert deepest_correction(trades) >= 2  # corrections reach klines older than the latest, as intended
     expected = expected_klines(trades)
     indicators = expected_indicators(expected)
     want = {key: {t: v.values for t, v in values.items()} for key, values in indicators.items()}
-    config_path = worker_config(tmp_path, dev_stack.kafka_bootstrap, prefix, "at_least_once")
-    watcher = KlineWatcher(bus_config)
+    nats_url = dev_stack.nats_url if bus == "nats" else None
+    config_path = worker_config(tmp_path, dev_stack.kafka_bootstrap, prefix, "at_least_once", nats_url=nats_url)
+    watcher = KlineWatcher(config)
 
     def latest() -> dict:  # type: ignore[type-arg]
         return {key: {t: v.values for t, v in watcher.indicators.get(key, {}).items()} for key in want}
 
-    await watcher.follower.start()
+    await watcher.start()
     try:
-        await publish(bus_config, trades)
+        await publish(config, trades)
         worker = await start_worker(config_path, tmp_path / "data")
         await until_or_fail(watcher, set(expected), worker, {key: set(values) for key, values in want.items()})
         with contextlib.suppress(TimeoutError):  # corrected values may still be on their way: wait, then compare

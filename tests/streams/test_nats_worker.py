@@ -1,0 +1,125 @@
+"""The stream worker on the dev stack's NATS JetStream: two workers share the shards and one takes over the other's
+when it is killed, with klines equal to the pure computation and stored once; and the same trades give the same
+klines and indicator values on NATS as on Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import uuid
+from collections.abc import Callable
+
+import nats
+import pytest
+from worker_harness import (
+    KlineWatcher,
+    assert_same_indicators,
+    assert_same_klines,
+    bus_config,
+    expected_indicators,
+    expected_klines,
+    make_trades,
+    publish,
+    start_worker,
+    stop_worker,
+    until_or_fail,
+    worker_config,
+)
+
+from market_ingestor.streams.nats_state import bucket_name, read_bucket
+
+pytestmark = pytest.mark.nats
+
+
+async def lease_holders(nats_url: str, app_id: str) -> dict[int, str]:
+    client = await nats.connect(nats_url)
+    try:
+        entries = await read_bucket(client.jetstream(), bucket_name(app_id, "leases"))
+    finally:
+        await client.close()
+    return {int(key.split(".")[1]): entry.value.decode() for key, entry in entries.items() if key.startswith("shard.")}
+
+
+async def until_holders(
+    nats_url: str, app_id: str, done: Callable[[dict[int, str]], bool], timeout_s: float = 60.0
+) -> dict[int, str]:
+    async def poll() -> dict[int, str]:
+        while True:
+            holders = await lease_holders(nats_url, app_id)
+            if done(holders):
+                return holders
+            await asyncio.sleep(0.2)  # leases change on the server; it offers no event to await here
+
+    return await asyncio.wait_for(poll(), timeout_s)
+
+
+async def test_two_workers_share_the_shards_and_one_takes_over_when_the_other_is_killed(dev_stack, tmp_path):
+    prefix = f"n{uuid.uuid4().hex[:8]}."
+    app_id = prefix.rstrip(".")
+    config = bus_config(dev_stack, prefix, "nats")
+    trades = make_trades(6000, seed=11)
+    expected = expected_klines(trades)
+    config_path = worker_config(tmp_path, "", prefix, "at_least_once", nats_url=dev_stack.nats_url)
+    watcher = KlineWatcher(config)
+    await watcher.start()
+    first = second = None
+    try:
+        await publish(config, trades[:2000])
+        first = await start_worker(config_path, tmp_path / "first")
+        minutes = sorted((k for k in expected if k[1] == "1m"), key=lambda k: (k[2], k[0]))
+        await until_or_fail(watcher, set(minutes[:6]), first)  # the first worker holds every shard, mid-stream
+        second = await start_worker(config_path, tmp_path / "second")
+        # Four shards: the first releases two (after a checkpoint), the second claims them.
+        shared = await until_holders(dev_stack.nats_url, app_id, lambda h: len(h) == 4 and len(set(h.values())) == 2)
+        await publish(config, trades[2000:4000])
+        await until_or_fail(watcher, set(minutes[:30]), second)
+        first.send_signal(signal.SIGKILL)  # mid-stream: its last outputs and rows may not be checkpointed
+        await first.wait()
+        survivor = await until_holders(dev_stack.nats_url, app_id, lambda h: len(h) == 4 and len(set(h.values())) == 1)
+        await publish(config, trades[4000:])
+        indicators = expected_indicators(expected)
+        await until_or_fail(watcher, set(expected), second, {key: set(values) for key, values in indicators.items()})
+        await stop_worker(second)
+    finally:
+        for worker in (first, second):
+            if worker is not None and worker.returncode is None:
+                worker.kill()
+        await watcher.follower.stop()
+    assert len(set(shared.values())) == 2
+    assert {f"-{second.pid}-" in holder for holder in survivor.values()} == {True}  # the second one took over
+    assert_same_klines(watcher.closed, expected)
+    repeated = [(key, count) for key, count in watcher.closings.items() if count > 1]
+    assert not repeated, f"{len(repeated)} closed klines stored more than once, e.g. {repeated[:3]}"
+    assert_same_indicators(watcher, indicators)
+    # A clean stop gives the leases back at once: nothing for a successor to wait for.
+    assert await lease_holders(dev_stack.nats_url, app_id) == {}
+
+
+@pytest.mark.kafka
+async def test_the_same_trades_give_the_same_klines_and_indicators_on_nats_as_on_kafka(dev_stack, tmp_path):
+    trades = make_trades(3000, seed=12)
+    expected = expected_klines(trades)
+    indicators = expected_indicators(expected)
+    wanted_values = {key: set(values) for key, values in indicators.items()}
+    seen: dict[str, KlineWatcher] = {}
+    for bus in ("kafka", "nats"):
+        prefix = f"{bus[0]}{uuid.uuid4().hex[:8]}."
+        config = bus_config(dev_stack, prefix, bus)
+        nats_url = dev_stack.nats_url if bus == "nats" else None
+        directory = tmp_path / bus
+        directory.mkdir()
+        config_path = worker_config(directory, dev_stack.kafka_bootstrap, prefix, "at_least_once", nats_url=nats_url)
+        watcher = seen[bus] = KlineWatcher(config)
+        await watcher.start()
+        try:
+            await publish(config, trades)
+            worker = await start_worker(config_path, directory / "data")
+            await until_or_fail(watcher, set(expected), worker, wanted_values)
+            await stop_worker(worker)
+        finally:
+            await watcher.follower.stop()
+    kafka, on_nats = seen["kafka"], seen["nats"]
+    assert set(kafka.closed) == set(on_nats.closed) == set(expected)
+    assert {key: on_nats.closed[key] for key in expected} == {key: kafka.closed[key] for key in expected}
+    for key, want in wanted_values.items():
+        assert {t: on_nats.indicators[key][t] for t in want} == {t: kafka.indicators[key][t] for t in want}

@@ -69,10 +69,12 @@ lint: install
 # Every service runs (ingest here, worker/sink/push/api as child processes); the control panel is at
 # http://127.0.0.1:8000/panel/ (API keys off for the demo only).
 # Prometheus (http://127.0.0.1:19090) scrapes the demo's services when it is installed (system-deps installs it).
+# `make demo BUS=nats` runs the same pipeline on the dev stack's NATS JetStream instead of Kafka.
+BUS ?= kafka
 demo: install system-deps
 	$(BIN)/market-ingestor --config market-ingestor.example.toml dev up \
 	  $$(command -v prometheus >/dev/null && echo --with prometheus || echo "no prometheus on PATH: not started" >&2)
-	MARKET_INGESTOR__API__AUTH_ENABLED=false \
+	MARKET_INGESTOR__API__AUTH_ENABLED=false MARKET_INGESTOR__BUS__KIND=$(BUS) \
 	  $(BIN)/market-ingestor --config market-ingestor.example.toml up --simulate --with all
 
 dev-up: install

@@ -7,22 +7,22 @@ import uuid
 
 import msgspec
 import pytest
-from worker_harness import SYMBOLS, make_trades, publish, start_worker, stop_worker, worker_config
+from worker_harness import SYMBOLS, bus_config, make_trades, publish, start_worker, stop_worker, worker_config
 
 from market_ingestor.bus import open_bus
-from market_ingestor.config import BusConfig, KafkaConfig
 from market_ingestor.model import Topics, bus_key, encode
 from metrics_helpers import Scrape, answering, free_port, healthz, scrape, until
 
-pytestmark = pytest.mark.kafka
 
-
-async def test_worker_metrics_follow_the_trades_it_processed(dev_stack, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "bus", [pytest.param("kafka", marks=pytest.mark.kafka), pytest.param("nats", marks=pytest.mark.nats)]
+)
+async def test_worker_metrics_follow_the_trades_it_processed(dev_stack, tmp_path, monkeypatch, bus):
     prefix = f"w{uuid.uuid4().hex[:8]}."
-    bus_config = BusConfig(topic_prefix=prefix, kafka=KafkaConfig(bootstrap=dev_stack.kafka_bootstrap, partitions=3))
+    config = bus_config(dev_stack, prefix, bus)
     trades = make_trades(600, seed=11)
-    await publish(bus_config, trades)
-    publisher = open_bus(bus_config).publisher()
+    await publish(config, trades)
+    publisher = open_bus(config).publisher()
     await publisher.start()
     await publisher.publish(prefix + Topics.TRADES, "binance.AAAUSDT", b"not a trade")
     await publisher.flush()
@@ -38,7 +38,9 @@ async def test_worker_metrics_follow_the_trades_it_processed(dev_stack, tmp_path
     port = free_port()
     monkeypatch.setenv("MARKET_INGESTOR__STREAMS__METRICS_PORT", str(port))
     monkeypatch.setenv("MARKET_INGESTOR__METRICS__SAMPLE_INTERVAL_S", "0.2")
-    config_path = worker_config(tmp_path, dev_stack.kafka_bootstrap, prefix, "at_least_once")
+    nats_url = dev_stack.nats_url if bus == "nats" else None
+    config_path = worker_config(tmp_path, dev_stack.kafka_bootstrap, prefix, "at_least_once", nats_url=nats_url)
+    partitions = {"0", "1", "2"} if bus == "kafka" else {"0"}  # NATS: one stream read in order
     worker = await start_worker(config_path, tmp_path / "data")
     trades_topic = prefix + Topics.TRADES
 
@@ -50,7 +52,7 @@ async def test_worker_metrics_follow_the_trades_it_processed(dev_stack, tmp_path
         lag = got.matching("consumer_lag", topic=trades_topic)
         return (
             got.value("trade_process_total", exchange="binance") == len(trades) + 2
-            and len(lag) == 3
+            and len(lag) == len(partitions)
             and sum(sample.value for sample in lag) == 0
             and got.value("worker_table_rows", table="kline-state") == len(SYMBOLS)
             and got.value("worker_dead_letters_total", exchange="other", symbol="other", reason="undecodable") == 2
@@ -61,16 +63,13 @@ async def test_worker_metrics_follow_the_trades_it_processed(dev_stack, tmp_path
         wanted = "all trades processed, the bad ones dead-lettered, no lag, a row per symbol"
         await until(caught_up, wanted, timeout_s=90, alive=died)
         got: Scrape = await scrape(port)
-        assert {sample.labels["partition"] for sample in got.matching("consumer_lag", topic=trades_topic)} == {
-            "0",
-            "1",
-            "2",
-        }
+        assert {sample.labels["partition"] for sample in got.matching("consumer_lag", topic=trades_topic)} == partitions
         assert got.matching("consumer_lag", group=prefix.rstrip("."), topic=prefix + Topics.KLINES)  # indicators
         assert got.value("worker_dead_letters_total", exchange="other", symbol="other", reason="undecodable") == 2
         assert got.value("worker_klines_total", interval="1m") > 0 and got.value("worker_klines_total") > 0
         status, health = await healthz(port)
-        assert status == 200 and health["state"] == "running" and health["partitions"] > 0
+        owned = health["partitions"] > 0 if bus == "kafka" else health["shards"] == [0, 1, 2, 3]
+        assert status == 200 and health["state"] == "running" and owned
         await stop_worker(worker)
     finally:
         if worker.returncode is None:

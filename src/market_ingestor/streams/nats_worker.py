@@ -69,6 +69,7 @@ class Stage:
     """What both stages share: the owned shards with their next sequence, the reader, rows and checkpoints."""
 
     name = ""
+    table = ""
 
     def __init__(self, worker: NatsWorker, topic: str) -> None:
         self.worker = worker
@@ -140,6 +141,10 @@ class Stage:
     def row_bytes(self, key: str) -> bytes | None:
         raise NotImplementedError
 
+    def row_count(self) -> int:
+        """Rows (instruments) of the owned shards held now."""
+        raise NotImplementedError
+
     # --- the loop ------------------------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -157,6 +162,7 @@ class Stage:
                 await self.checkpoint()
             if self.reader.pending is not None:
                 CONSUMER_LAG.labels(self.config.streams.app_id, self.topic, "0").set(self.reader.pending)
+            metrics.TABLE_ROWS.labels(self.table).set(self.row_count())
 
     async def process(self, messages: list[Msg]) -> None:
         raise NotImplementedError
@@ -207,6 +213,7 @@ class Stage:
 
 class KlineStage(Stage):
     name = "klines"
+    table = "kline-state"  # the Faust worker's table name, so dashboards read both
 
     def __init__(self, worker: NatsWorker, settings: KlineSettings) -> None:
         super().__init__(worker, worker.config.bus.topic_prefix + Topics.TRADES)
@@ -226,6 +233,9 @@ class KlineStage(Stage):
     def row_bytes(self, key: str) -> bytes | None:
         state = self.states.get(key)
         return None if state is None else state.to_bytes()
+
+    def row_count(self) -> int:
+        return len(self.states)
 
     async def process(self, messages: list[Msg]) -> None:
         now = time.time_ns()
@@ -307,6 +317,7 @@ class KlineStage(Stage):
 
 class IndicatorStage(Stage):
     name = "indicators"
+    table = "indicator-state"
 
     def __init__(self, worker: NatsWorker, specs: Sequence[str]) -> None:
         super().__init__(worker, worker.config.bus.topic_prefix + Topics.KLINES)
@@ -329,6 +340,9 @@ class IndicatorStage(Stage):
     def row_bytes(self, key: str) -> bytes | None:
         row = self.loaded.get(key)
         return None if row is None else row.to_bytes()
+
+    def row_count(self) -> int:
+        return len(self.stored) + len(self.loaded)
 
     def _row(self, key: str) -> Row:
         row = self.loaded.get(key)

@@ -1,7 +1,8 @@
-"""The Faust kline worker on the dev stack's Kafka: trades/s aggregated by ONE worker process, and the latency from
+"""The kline worker on the dev stack's Kafka (Faust) and NATS: trades/s aggregated by ONE worker process, and the
 publishing a trade to the kline update that includes it.
 
     .venv/bin/python bench/klines.py [--phase throughput|latency|both] [--guarantee at_least_once|exactly_once|both]
+        [--bus kafka|nats|both]
         [--count 1000000] [--instruments 1000] [--span-minutes 240] [--max-seconds 60] [--rate 10000] [--seconds 20]
         [--streams KEY=TOML ...] [--profile SECONDS] [--worker-cmd CMD] [--prefix PREFIX] [--keep]
 
@@ -44,6 +45,12 @@ hops and the worker's batching (``batch_within_s``) are included; publisher, lis
 machine's 2 cores. "worker/s" is the worker's committed progress over the measured span; "caught up" says whether
 the worker kept up before the span and whether it had committed every trade within 5 s after it.
 
+``--bus nats`` (or ``both``) measures the throughput phase on the dev stack's NATS JetStream too, in the same run:
+the same trades pre-filled into ``market.trades`` on NATS (batch messages of one instrument each), one worker with
+``bus.kind = "nats"`` and 12 shards (at_least_once: exactly_once is Kafka's); its progress is its per-shard
+checkpoints turned into the trades of the messages before them, as the Kafka rows turn committed offsets into
+trades.
+
 ``--profile S`` records the worker with py-spy (``--nonblocking``: never paused, but some stacks come out cut) for
 S seconds of each measured span into /tmp/bench-klines-<guarantee or "latency">.raw (collapsed stacks).
 ``--worker-cmd`` replaces ``market-ingestor`` by any command taking the same arguments, e.g.
@@ -83,7 +90,7 @@ from market_ingestor.bus import PIPELINE_TOPICS, open_bus
 from market_ingestor.bus.base import Publisher
 from market_ingestor.bus.records import split_events
 from market_ingestor.bus.topics import prefixed
-from market_ingestor.config import BusConfig, KafkaConfig
+from market_ingestor.config import BusConfig, KafkaConfig, NatsConfig
 from market_ingestor.devstack import ensure_stack
 from market_ingestor.model import Topics, Trade, encode
 
@@ -121,7 +128,9 @@ class Worker(ChildProcess):
 
     command: tuple[str, ...] = (str(BIN),)
 
-    def __init__(self, tmp: Path, bootstrap: str, prefix: str, guarantee: str, streams: dict[str, str]) -> None:
+    def __init__(
+        self, tmp: Path, bootstrap: str, prefix: str, guarantee: str, streams: dict[str, str], nats_url: str = ""
+    ) -> None:
         self.app_id = f"{prefix.rstrip('.')}-{guarantee.replace('_', '')}-{uuid.uuid4().hex[:4]}"
         settings = {
             "app_id": f'"{self.app_id}"',
@@ -132,9 +141,11 @@ class Worker(ChildProcess):
             **streams,
         }
         config = tmp / f"{self.app_id}.toml"
+        kind = "nats" if nats_url else "kafka"
         config.write_text(
-            f'[log]\nlevel = "WARNING"\n[bus]\nkind = "kafka"\ntopic_prefix = "{prefix}"\n'
-            f'[bus.kafka]\nbootstrap = "{bootstrap}"\npartitions = {PARTITIONS}\n[streams]\n'
+            f'[log]\nlevel = "WARNING"\n[bus]\nkind = "{kind}"\ntopic_prefix = "{prefix}"\n'
+            f'[bus.kafka]\nbootstrap = "{bootstrap}"\npartitions = {PARTITIONS}\n'
+            f'[bus.nats]\nurl = "{nats_url or "nats://127.0.0.1:14222"}"\nworker_shards = {PARTITIONS}\n[streams]\n'
             + "".join(f"{key} = {value}\n" for key, value in settings.items())
         )
         self.log = Path(tempfile.gettempdir()) / f"bench-klines-{self.app_id}.log"
@@ -263,6 +274,72 @@ class Offsets:
             await self.admin.delete_topics(topics)
 
 
+class NatsProgress:
+    """The NATS worker's progress in trades: its per-shard checkpoints (``{app}_progress``: the stream sequence of
+    each shard's next message) turned into the trades of that shard's messages before them, as ``Offsets`` turns a
+    Kafka group's committed offsets into trades."""
+
+    def __init__(self, url: str, topic: str) -> None:
+        self.url, self.topic = url, topic
+        self.client: Any = None
+        self.before: dict[int, tuple[list[int], list[int]]] = {}  # shard -> (sequences, trades before each)
+        self.messages = 0
+
+    async def start(self) -> None:
+        import nats
+
+        self.client = await nats.connect(self.url)
+
+    async def count(self) -> int:
+        """Reads the whole trades stream once; returns the trades it holds."""
+        from nats.js.api import AckPolicy, ConsumerConfig
+
+        from market_ingestor.bus.nats import stream_name
+        from market_ingestor.streams.shards import shard_of
+
+        js = self.client.jetstream()
+        last = (await js.stream_info(stream_name(self.topic))).state.last_seq
+        subscription = await js.pull_subscribe(
+            f"{self.topic}.>", stream=stream_name(self.topic), config=ConsumerConfig(ack_policy=AckPolicy.NONE)
+        )
+        totals: dict[int, int] = defaultdict(int)
+        skip, seq = len(self.topic) + 1, 0
+        while seq < last:
+            for message in await subscription.fetch(batch=100, timeout=10):  # 100 x 256 KB at most
+                seq = message.metadata.sequence.stream
+                shard = shard_of(message.subject[skip:].encode(), PARTITIONS)
+                sequences, before = self.before.setdefault(shard, ([], []))
+                sequences.append(seq)
+                before.append(totals[shard])
+                totals[shard] += len(split_events(message.data))
+                self.messages += 1
+        await subscription.unsubscribe()
+        for shard, (sequences, before) in self.before.items():
+            sequences.append(last + 1)
+            before.append(totals[shard])
+        return sum(totals.values())
+
+    async def committed(self, app_id: str) -> int:
+        from market_ingestor.streams.nats_state import bucket_name, read_bucket
+
+        try:
+            entries = await read_bucket(self.client.jetstream(), bucket_name(app_id, "progress"))
+        except Exception:  # the bucket does not exist before the worker's first checkpoint
+            return 0
+        done = 0
+        for key, entry in entries.items():
+            stage, _, shard = key.rpartition(".")
+            if stage != "klines" or int(shard) not in self.before:
+                continue
+            sequences, before = self.before[int(shard)]
+            done += before[bisect.bisect_left(sequences, int(entry.value))]
+        return done
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+
+
 async def until(condition: Callable[[], Awaitable[bool]], worker: Worker, timeout_s: float, what: str) -> None:
     deadline = time.perf_counter() + timeout_s
     while not await condition():
@@ -308,17 +385,21 @@ async def prefill(config: BusConfig, args: argparse.Namespace) -> None:
         await publisher.stop()  # flushes
 
 
-async def throughput(offsets: Offsets, prefix: str, guarantee: str, total: int, tmp: Path, args: argparse.Namespace
-                     ) -> dict[str, Any]:  # fmt: skip
-    worker = Worker(tmp, offsets.bootstrap, prefix, guarantee, args.streams)
+async def throughput(offsets: Offsets, prefix: str, guarantee: str, total: int, tmp: Path, args: argparse.Namespace,
+                     nats: NatsProgress | None = None) -> dict[str, Any]:  # fmt: skip
+    worker = Worker(tmp, offsets.bootstrap, prefix, guarantee, args.streams, nats.url if nats else "")
     topic = prefix + Topics.TRADES
     profiler = None
+
+    async def committed() -> int:
+        return await (nats.committed(worker.app_id) if nats else offsets.committed(worker.app_id, topic))
+
     try:
         first = 0
 
         async def started() -> bool:
             nonlocal first
-            first = await offsets.committed(worker.app_id, topic)
+            first = await committed()
             return first > 0
 
         await until(started, worker, 120, "no commit")  # startup and group join take ~10 s
@@ -329,7 +410,7 @@ async def throughput(offsets: Offsets, prefix: str, guarantee: str, total: int, 
         while done < total and time.perf_counter() - t0 < args.max_seconds:
             worker.check_alive()
             await asyncio.sleep(0.2)
-            done = await offsets.committed(worker.app_id, topic)
+            done = await committed()
         span, cpu, rss = time.perf_counter() - t0, worker.cpu_s() - cpu0, worker.peak_rss_mb()
         others = host_busy_s() - host0 - cpu
     finally:
@@ -338,6 +419,7 @@ async def throughput(offsets: Offsets, prefix: str, guarantee: str, total: int, 
         await offsets.delete(worker.app_id)
     rate = (done - first) / span
     return {
+        "bus": "nats" if nats else "kafka",
         "guarantee": guarantee,
         "committed": done,
         "complete": "yes" if done >= total else "no (cap)",
@@ -543,18 +625,51 @@ def table(title: str, rows: list[dict[str, Any]]) -> None:
 
 async def run_throughput(offsets: Offsets, tmp: Path, args: argparse.Namespace, prefix: str) -> list[dict[str, Any]]:
     topic = prefix + Topics.TRADES
-    if not args.prefix:
-        started = time.perf_counter()
-        await prefill(bus_config(offsets.bootstrap, prefix), args)
-        say(f"pre-filled {topic} in {time.perf_counter() - started:.1f}s")
-    total = await offsets.end(topic)
-    records = offsets.counts_of(topic).records()
-    say(f"{total:,} trades on {topic} in {records:,} records ({total / max(records, 1):,.0f} trades per record)")
     rows = []
-    for guarantee in ["at_least_once", "exactly_once"] if args.guarantee == "both" else [args.guarantee]:
-        rows.append(await throughput(offsets, prefix, guarantee, total, tmp, args))
-        say(f"{guarantee}: {rows[-1]['trades/s']:,.0f} trades/s")
+    if args.bus != "nats":
+        if not args.prefix:
+            started = time.perf_counter()
+            await prefill(bus_config(offsets.bootstrap, prefix), args)
+            say(f"pre-filled {topic} in {time.perf_counter() - started:.1f}s")
+        total = await offsets.end(topic)
+        records = offsets.counts_of(topic).records()
+        say(f"{total:,} trades on {topic} in {records:,} records ({total / max(records, 1):,.0f} trades per record)")
+        for guarantee in ["at_least_once", "exactly_once"] if args.guarantee == "both" else [args.guarantee]:
+            rows.append(await throughput(offsets, prefix, guarantee, total, tmp, args))
+            say(f"kafka {guarantee}: {rows[-1]['trades/s']:,.0f} trades/s")
+    if args.bus != "kafka":
+        stack = ensure_stack()
+        nats_prefix = f"bkn{uuid.uuid4().hex[:6]}."
+        started = time.perf_counter()
+        await prefill(BusConfig(kind="nats", topic_prefix=nats_prefix, nats=NatsConfig(url=stack.nats_url)), args)
+        say(f"pre-filled {nats_prefix}{Topics.TRADES} on NATS in {time.perf_counter() - started:.1f}s")
+        progress = NatsProgress(stack.nats_url, nats_prefix + Topics.TRADES)
+        await progress.start()
+        try:
+            total = await progress.count()
+            say(f"{total:,} trades on NATS in {progress.messages:,} messages ({total / max(progress.messages, 1):,.1f} "
+                "trades per message: one instrument each)")  # fmt: skip
+            rows.append(await throughput(offsets, nats_prefix, "at_least_once", total, tmp, args, progress))
+            say(f"nats: {rows[-1]['trades/s']:,.0f} trades/s")
+        finally:
+            await progress.close()
+            await delete_nats(stack.nats_url, nats_prefix)
     return rows
+
+
+async def delete_nats(url: str, prefix: str) -> None:
+    """The streams and key-value buckets of a NATS run (its prefix starts every name)."""
+    import nats
+
+    client = await nats.connect(url)
+    try:
+        js = client.jetstream()
+        stem = prefix.rstrip(".").upper()
+        for name in [info.config.name for info in await js.streams_info()]:
+            if name and (name.startswith(stem) or name.startswith("KV_" + prefix.rstrip("."))):
+                await js.delete_stream(name)
+    finally:
+        await client.close()
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -591,6 +706,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--phase", choices=["throughput", "latency", "both"], default="both")
     parser.add_argument("--guarantee", choices=["at_least_once", "exactly_once", "both"], default="both")
+    parser.add_argument(
+        "--bus",
+        choices=["kafka", "nats", "both"],
+        default="kafka",
+        help="the throughput phase's bus (NATS: at_least_once; its messages hold one instrument each)",
+    )
     parser.add_argument("--count", type=int, default=1_000_000, help="trades pre-filled for the throughput runs")
     parser.add_argument("--instruments", type=int, default=1_000)
     parser.add_argument("--span-minutes", type=float, default=240, help="event time the pre-filled trades span")

@@ -1,5 +1,5 @@
 """The kline worker on the dev stack's Kafka (Faust) and NATS: trades/s aggregated by ONE worker process, and the
-publishing a trade to the kline update that includes it.
+latency from publishing a trade to the kline update that includes it.
 
     .venv/bin/python bench/klines.py [--phase throughput|latency|both] [--guarantee at_least_once|exactly_once|both]
         [--bus kafka|nats|both]

@@ -76,7 +76,7 @@ INFRA_SERVICES = (
 APP_SERVICES = ("ingest", "worker", "sink", "push", "api")
 
 APP_ENVIRONMENT = {
-    "MARKET_INGESTOR__BUS__KIND": "kafka",
+    "MARKET_INGESTOR__BUS__KIND": "${BUS_KIND:-kafka}",  # BUS_KIND=nats: every service, worker and api too, on NATS
     "KAFKA_BOOTSTRAP": "redpanda:9092",
     "DATABASE_URL": (
         "postgresql://market_ingestor:${POSTGRES_PASSWORD:-market_ingestor}@timescaledb:5432/market_ingestor"

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import nats
 import pytest
+from click.testing import CliRunner
 from worker_harness import (
     KlineWatcher,
     assert_same_indicators,
@@ -26,6 +27,7 @@ from worker_harness import (
     worker_config,
 )
 
+from market_ingestor.cli.main import cli
 from market_ingestor.streams.nats_state import bucket_name, read_bucket
 
 pytestmark = pytest.mark.nats
@@ -123,3 +125,11 @@ async def test_the_same_trades_give_the_same_klines_and_indicators_on_nats_as_on
     assert {key: on_nats.closed[key] for key in expected} == {key: kafka.closed[key] for key in expected}
     for key, want in wanted_values.items():
         assert {t: on_nats.indicators[key][t] for t in want} == {t: kafka.indicators[key][t] for t in want}
+
+
+def test_exactly_once_on_nats_is_refused_with_the_reason(tmp_path):
+    config = tmp_path / "nats.toml"
+    config.write_text('[bus]\nkind = "nats"\n[streams]\nprocessing_guarantee = "exactly_once"\n')
+    result = CliRunner().invoke(cli, ["--config", str(config), "worker"])
+    assert result.exit_code == 1
+    assert "exactly_once needs Kafka transactions" in result.output

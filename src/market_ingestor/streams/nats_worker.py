@@ -480,6 +480,11 @@ class NatsWorker:
 async def run_worker(config: Config, stop: asyncio.Event | None = None) -> None:
     """``market-ingestor worker`` with ``bus.kind = "nats"``: until SIGINT/SIGTERM (or ``stop``), then checkpoint,
     give the leases back and exit."""
+    if config.streams.processing_guarantee == "exactly_once":
+        raise ConfigError(
+            "streams.processing_guarantee = exactly_once needs Kafka transactions; on NATS the worker runs "
+            "at_least_once, its outputs deduplicated by Nats-Msg-Id (docs/nats-worker.md)"
+        )
     loop = asyncio.get_running_loop()
     signals = (signal.SIGINT, signal.SIGTERM) if stop is None else ()
     stop = stop or asyncio.Event()

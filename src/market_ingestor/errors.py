@@ -13,7 +13,14 @@
     │   └── StorageUnavailable the database cannot be reached or went away: retry with backoff
     ├── DevStackError          a local development server failed to start or stop
     ├── RequestError           a bad query API request (parameter, unknown symbol); carries the HTTP status
-    └── PushRequestError       a push client's message that cannot be served (push/protocol.py): an error reply
+    ├── PushRequestError       a push client's message that cannot be served (push/protocol.py): an error reply
+    ├── BadLine                a line of a `db load` file that is not a storable event (sinks/load.py)
+    └── IndicatorError         the indicator maths (tables/indicators/base.py)
+        ├── IndicatorSpecError   a spec or parameter that names no valid indicator (also a ValueError)
+        ├── IndicatorInputError  a kline an indicator cannot take (also a ValueError)
+        └── IndicatorStateError  stored indicator state that does not decode
+
+``tests/test_errors.py`` compares this drawing with the classes that exist.
 
 Library errors are wrapped at the boundary with ``raise ... from exc`` so the cause stays visible, and every
 message says what the operator can do about it.

@@ -102,10 +102,6 @@ async def read_bucket(js: JetStreamContext, bucket: str) -> dict[str, Entry]:
         await subscription.unsubscribe()
 
 
-class RevisionConflict(Exception):
-    """A revision-checked write found another writer's revision."""
-
-
 async def write_checked(js: JetStreamContext, bucket: str, values: Mapping[str, tuple[bytes, int]]) -> dict[str, int]:
     """Writes ``key -> (value, expected revision)`` (0: the key must not exist), pipelined. Returns the new
     revision of each key written; a key whose revision check failed is left out (another worker owns it)."""

@@ -28,7 +28,8 @@ from worker_harness import (
 )
 
 from market_ingestor.cli.main import cli
-from market_ingestor.streams.nats_state import bucket_name, read_bucket
+from market_ingestor.model import Topics
+from market_ingestor.streams.nats_state import bucket_name, read_bucket, worker_backlog
 
 pytestmark = pytest.mark.nats
 
@@ -95,6 +96,15 @@ async def test_two_workers_share_the_shards_and_one_takes_over_when_the_other_is
     assert_same_indicators(watcher, indicators)
     # A clean stop gives the leases back at once: nothing for a successor to wait for.
     assert await lease_holders(dev_stack.nats_url, app_id) == {}
+    # Everything was checkpointed: the panel's backlog of both stages is 0.
+    client = await nats.connect(dev_stack.nats_url)
+    try:
+        js = client.jetstream()
+        assert await worker_backlog(js, app_id, prefix + Topics.TRADES, "klines") == 0
+        assert await worker_backlog(js, app_id, prefix + Topics.KLINES, "indicators") == 0
+        assert await worker_backlog(js, "never-ran", prefix + Topics.TRADES, "klines") is None
+    finally:
+        await client.close()
 
 
 @pytest.mark.kafka

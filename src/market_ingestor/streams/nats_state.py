@@ -72,11 +72,12 @@ async def read_bucket(js: JetStreamContext, bucket: str) -> dict[str, Entry]:
     try:
         if (await js.stream_info(stream)).state.messages == 0:
             return {}
+        # The server forgets this consumer 5 s after its last fetch (a read every lease round leaves none behind).
         subscription = await js.pull_subscribe(
             prefix + ">",
             stream=stream,
             config=ConsumerConfig(
-                deliver_policy=DeliverPolicy.LAST_PER_SUBJECT, ack_policy=AckPolicy.NONE, inactive_threshold=30.0
+                deliver_policy=DeliverPolicy.LAST_PER_SUBJECT, ack_policy=AckPolicy.NONE, inactive_threshold=5.0
             ),
         )
     except NatsError as exc:
@@ -363,3 +364,16 @@ class StreamReader:
 
     async def stop(self) -> None:
         await self._close()
+
+
+async def worker_backlog(js: JetStreamContext, app_id: str, topic: str, stage: str) -> int | None:
+    """Messages of ``topic``'s stream after the oldest checkpoint of ``stage`` (``klines`` or ``indicators``) over
+    all shards: what the NATS workers of ``app_id`` have not checkpointed yet, for the control panel's lag (an upper
+    bound: messages of other shards after that checkpoint count too). None before any checkpoint."""
+    try:
+        entries = await read_bucket(js, bucket_name(app_id, "progress"))
+        last = (await js.stream_info(stream_name(topic))).state.last_seq
+    except (BusError, NatsError):
+        return None
+    oldest = [int(entry.value) for key, entry in entries.items() if key.rpartition(".")[0] == stage]
+    return max(last + 1 - min(oldest), 0) if oldest else None

@@ -88,7 +88,7 @@ async def serve(url: str, port: int) -> None:
     from market_ingestor.api.app import build_web_app
     from market_ingestor.api.keys import KeyVerifier
     from market_ingestor.api.store import Store
-    from market_ingestor.api.ticker import MemoryTicker
+    from market_ingestor.api.ticker_state import MemoryTicker
     from market_ingestor.config import ApiConfig, Config, DatabaseConfig
 
     config = Config(

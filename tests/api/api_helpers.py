@@ -11,7 +11,7 @@ from market_ingestor.api.app import build_web_app
 from market_ingestor.api.keys import KeyVerifier
 from market_ingestor.api.monitor import PanelMonitor
 from market_ingestor.api.store import Store
-from market_ingestor.api.ticker import MemoryTicker, TickerView
+from market_ingestor.api.ticker_state import MemoryTicker, TickerView
 from market_ingestor.config import Config
 from market_ingestor.model import IndicatorValue, Kline, Trade
 from market_ingestor.sinks.writer import RowWriter

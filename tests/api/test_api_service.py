@@ -22,7 +22,7 @@ import asyncpg
 import pytest
 
 from market_ingestor.api.keys import create_key
-from market_ingestor.api.ticker import TickerState
+from market_ingestor.api.ticker_state import TickerState
 from market_ingestor.bus import PIPELINE_TOPICS, open_bus
 from market_ingestor.bus.topics import prefixed
 from market_ingestor.config import BusConfig, KafkaConfig

@@ -14,7 +14,7 @@ from api_helpers import serve, write
 
 from market_ingestor.api import panel, render
 from market_ingestor.api.app import json_response
-from market_ingestor.api.ticker import MemoryTicker, TickerState
+from market_ingestor.api.ticker_state import MemoryTicker, TickerState
 from market_ingestor.config import ApiConfig, Config, DatabaseConfig, StreamsConfig
 from market_ingestor.model import IndicatorValue, Kline, Quote, Trade
 

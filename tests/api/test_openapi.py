@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient
 from api_helpers import serve, write
 from openapi_spec_validator import validate
 
-from market_ingestor.api.ticker import MemoryTicker, TickerState
+from market_ingestor.api.ticker_state import MemoryTicker, TickerState
 from market_ingestor.config import ApiConfig, Config, DatabaseConfig, StreamsConfig
 from market_ingestor.model import IndicatorValue, Kline, Quote, Trade
 

@@ -12,7 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from api_helpers import serve, write
 
-from market_ingestor.api.ticker import MemoryTicker, TickerState
+from market_ingestor.api.ticker_state import MemoryTicker, TickerState
 from market_ingestor.config import ApiConfig, Config, DatabaseConfig, StreamsConfig
 from market_ingestor.model import IndicatorValue, Kline, Quote, Trade
 

@@ -23,7 +23,7 @@ from market_ingestor.api.params import decode_cursor, parse_choice, parse_limit,
 from market_ingestor.api.ratelimit import RateLimiter, retry_after
 from market_ingestor.api.spec import Route, openapi_document, routes
 from market_ingestor.api.store import Store
-from market_ingestor.api.ticker import TickerView
+from market_ingestor.api.ticker_state import TickerView
 from market_ingestor.config import Config
 from market_ingestor.errors import RequestError, StorageError
 from market_ingestor.ingestor.exchanges import REGISTRY

@@ -13,7 +13,7 @@ import time
 
 from market_ingestor.api.render import SymbolOut
 from market_ingestor.api.store import Store
-from market_ingestor.api.ticker import TickerView
+from market_ingestor.api.ticker_state import TickerView
 from market_ingestor.errors import RequestError
 
 MISS_REFRESH_S = 1.0

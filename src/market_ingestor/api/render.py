@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 
 from market_ingestor.api.params import encode_cursor, from_pg, iso, ms
-from market_ingestor.api.ticker import TickerState
+from market_ingestor.api.ticker_state import TickerState
 from market_ingestor.streams.windows import Interval
 
 

@@ -1,4 +1,5 @@
-"""The live ticker: the latest trade and the best bid/ask of every instrument, held in a Faust table.
+"""The live ticker on Kafka: the latest trade and the best bid/ask of every instrument, held in a Faust table
+(the state and its update rule are in ``ticker_state.py``, shared with the NATS ticker of ``ticker_nats.py``).
 
 Why a ``GlobalTable`` on the in-memory store: API instances are stateless replicas behind a load balancer, and
 each must answer for every instrument. A ``GlobalTable`` gives every instance all partitions of the table, read
@@ -18,26 +19,23 @@ from the changelog, slightly after making them; the instruments it owns are ther
 
 Writes are coalesced: the agent takes records (each a JSON array of trades or quotes, ``bus/records.py``) in
 batches of up to ``ticker_flush_s`` and writes each touched instrument once per batch. "Latest" is by exchange
-time (a late trade never replaces a newer one), ties going to the later arrival.
+time (:meth:`TickerState.updated`).
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Iterator
-from typing import Any, Protocol
+from typing import Any
 
 import faust
 import msgspec
 
-from market_ingestor.bus.records import BatchDecoder
+from market_ingestor.api.ticker_state import TickerState, TickerUpdates
 from market_ingestor.config import Config
 from market_ingestor.jsontext import JsonEncoder
-from market_ingestor.model import Quote, Topics, Trade
+from market_ingestor.model import Topics
 from market_ingestor.streams import faust_internals
 from market_ingestor.streams.faust_app import StreamApp
-
-log = logging.getLogger(__name__)
 
 # A quiet partition's long poll must not delay a busy one's next fetch: the ticker is about freshness.
 TICKER_FETCH_MAX_WAIT_MS = 100
@@ -45,50 +43,8 @@ TICKER_FETCH_MAX_WAIT_MS = 100
 CHANGELOG_CONFIG = {"segment.ms": 600_000, "min.cleanable.dirty.ratio": 0.1, "delete.retention.ms": 600_000}
 
 
-class TickerState(msgspec.Struct, frozen=True):
-    trade: Trade | None = None
-    quote: Quote | None = None
-
-    def updated(self, event: Trade | Quote) -> TickerState:
-        if isinstance(event, Trade):
-            if self.trade is None or event.ts >= self.trade.ts:
-                return TickerState(event, self.quote)
-        elif self.quote is None or (event.ts, event.seq or 0) >= (self.quote.ts, self.quote.seq or 0):
-            return TickerState(self.trade, event)
-        return self
-
-
 _state_encoder = JsonEncoder()
 _state_decoder = msgspec.json.Decoder(TickerState)
-_events: BatchDecoder[Trade | Quote] = BatchDecoder(Trade | Quote)  # type: ignore[arg-type]
-
-
-class TickerView(Protocol):
-    """What the web handlers read."""
-
-    @property
-    def recovered(self) -> bool:
-        """True once the table holds what was current before this instance started."""
-
-    def get(self, key: str) -> TickerState | None:
-        """The state of ``{exchange}.{symbol}``."""
-
-    def instruments(self) -> Iterable[str]:
-        """Every ``{exchange}.{symbol}`` held."""
-
-
-class MemoryTicker:
-    """A plain dict with the same view: the seam for handler tests that need no Kafka."""
-
-    def __init__(self, states: dict[str, TickerState] | None = None) -> None:
-        self.states = dict(states or {})
-        self.recovered = True
-
-    def get(self, key: str) -> TickerState | None:
-        return self.states.get(key)
-
-    def instruments(self) -> Iterable[str]:
-        return list(self.states)
 
 
 class TickerTable:
@@ -110,7 +66,7 @@ class TickerTable:
             extra_topic_configs=CHANGELOG_CONFIG,
         )
         self.owned: dict[str, TickerState] = {}
-        self.malformed = 0
+        self.updates = TickerUpdates()
         app.agent(self.source, name="ticker")(self.follow)
         app.on_partitions_revoked.connect(self.on_revoked)  # type: ignore[arg-type]
 
@@ -134,27 +90,10 @@ class TickerTable:
 
     def apply(self, values: Iterable[bytes]) -> None:
         """Record values of the trades and quotes topics, each an array of events, in order."""
-        touched: set[str] = set()
-        for value in values:
-            for event in self._events(value):
-                key = f"{event.exchange}.{event.symbol}"
-                current = self.owned.get(key) or self.get(key) or TickerState()
-                self.owned[key] = current.updated(event)
-                touched.add(key)
-        for key in touched:
-            self.table[key.encode()] = _state_encoder.encode(self.owned[key])
-
-    def _events(self, value: bytes) -> list[Trade | Quote]:
-        """The events of one record; a bad one is skipped (the worker dead-letters them), the rest are kept."""
-        try:
-            events: list[Trade | Quote] = _events.decode(value)
-            return events
-        except msgspec.MsgspecError:
-            events, bad = _events.split(value)
-        previous, self.malformed = self.malformed, self.malformed + len(bad)
-        if previous == 0 or self.malformed // 1000 > previous // 1000:  # a flood must not become a log flood
-            log.warning("ticker skipped malformed events", extra={"reason": bad[0][1], "count": self.malformed})
-        return events
+        touched = self.updates.fold(values, self.get)
+        self.owned.update(touched)
+        for key, state in touched.items():
+            self.table[key.encode()] = _state_encoder.encode(state)
 
     async def on_revoked(self, app: faust.App, revoked: set[Any], **_: Any) -> None:
         """Source partitions moved: their instruments are now written, and served fresh, by another instance."""

@@ -388,6 +388,9 @@ def _durable_name(group: str, topic: str) -> str:
     return stream_name(f"{group}.{topic}")
 
 
+durable_name = _durable_name  # the consumer of ``group`` on ``topic``, e.g. for the control panel's lag
+
+
 class NatsSubscriber:
     def __init__(
         self, config: NatsConfig, topics: Sequence[str], group: str | None, *, tail: int | None = None

@@ -24,14 +24,20 @@ T = TypeVar("T")
 @click.option("--host", default=None, help="Listen on this address [default: api.host].")
 @pass_cli
 def api(cli_ctx: CliContext, port: int | None, host: str | None) -> None:
-    """Serve the query API (REST over the stored data, live ticker) until SIGINT/SIGTERM."""
-    from market_ingestor.api import service  # heavy (Faust): only this command needs it
+    """Serve the query API (REST over the stored data, live ticker) until SIGINT/SIGTERM.
 
+    On Kafka the ticker is a Faust table; on NATS every instance follows the latest record of each instrument."""
     config = cli_ctx.config
-    if config.bus.kind != "kafka":
-        raise click.ClickException("the API's ticker table runs on Kafka/Redpanda (bus.kind = 'kafka')")
     run(open_bus(config.bus).ensure_topics(prefixed(PIPELINE_TOPICS, config.bus.topic_prefix)))
-    service.run(config, host or config.api.host, port or config.api.port)
+    host, port = host or config.api.host, port or config.api.port
+    if config.bus.kind == "nats":
+        from market_ingestor.api import service_nats
+
+        run(service_nats.serve(config, host, port))
+        return
+    from market_ingestor.api import service  # heavy (Faust): only this command on Kafka needs it
+
+    service.run(config, host, port)
 
 
 def _with_db(url: str, action: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:

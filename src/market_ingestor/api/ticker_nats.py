@@ -15,8 +15,8 @@ partition, read from its changelog by all): no changelog and no consumer group, 
 the latest record per subject; in exchange each instance decodes the whole trade and quote flow, not a share of it.
 
 A consumer the server has dropped (it forgets one not pulled from for ``INACTIVE_S``, e.g. across a long
-disconnection or a server restart) shows as a failed fetch, or as a missing consumer when asked after
-``IDLE_CHECK_S`` without a message; it is created again (``LAST_PER_SUBJECT`` once more) after a backoff. The
+disconnection or a server restart) shows as a failed or empty fetch, or as a missing consumer when asked after
+``IDLE_CHECK_S`` without a record; it is created again (``LAST_PER_SUBJECT`` once more) after a backoff. The
 states are kept meanwhile, and records delivered a second time change nothing: "latest" is by exchange time.
 """
 
@@ -62,12 +62,16 @@ class NatsTicker:
         self.topics = (prefix + Topics.TRADES, prefix + Topics.QUOTES)
         self.states: dict[str, TickerState] = {}
         self.updates = TickerUpdates()
-        self.recovered = False
+        self.caught_up = asyncio.Event()  # set once both streams' pending records are applied
         self._caught_up: set[str] = set()
-        self._consumers: dict[str, str] = {}  # topic -> the name of its consumer now
+        self.consumers: dict[str, str] = {}  # topic -> the name of its consumer on the server now
         self._client: NatsClient | None = None
 
     # --- the view ----------------------------------------------------------------------------------------------
+
+    @property
+    def recovered(self) -> bool:
+        return self.caught_up.is_set()
 
     def get(self, key: str) -> TickerState | None:
         return self.states.get(key)
@@ -95,10 +99,10 @@ class NatsTicker:
         if client is None:
             return
         js = client.jetstream()
-        for topic, name in self._consumers.items():  # else they linger on the server for INACTIVE_S
+        for topic, name in self.consumers.items():  # else they linger on the server for INACTIVE_S
             with contextlib.suppress(NatsError, TimeoutError):
                 await asyncio.wait_for(js.delete_consumer(stream_name(topic), name), DELETE_TIMEOUT_S)
-        self._consumers.clear()
+        self.consumers.clear()
         await client.close()
 
     def _js(self) -> JetStreamContext:
@@ -130,7 +134,7 @@ class NatsTicker:
         subscription = await js.pull_subscribe(f"{topic}.>", stream=stream_name(topic), config=consumer)
         try:
             info = await subscription.consumer_info()
-            self._consumers[topic] = info.name
+            self.consumers[topic] = info.name
             if not info.num_pending:
                 self._caught_up_with(topic)
             last_record = time.monotonic()
@@ -141,6 +145,9 @@ class NatsTicker:
                     if time.monotonic() - last_record > IDLE_CHECK_S:
                         await subscription.consumer_info()  # NotFoundError if the server has dropped it
                         last_record = time.monotonic()
+                    continue
+                if not messages:  # a status instead of records ("409 Consumer Deleted", a late "408"): still there?
+                    await subscription.consumer_info()
                     continue
                 last_record = time.monotonic()
                 self.apply(message.data for message in messages)
@@ -154,6 +161,6 @@ class NatsTicker:
         if topic in self._caught_up:
             return
         self._caught_up.add(topic)
-        if not self.recovered and self._caught_up.issuperset(self.topics):
-            self.recovered = True
+        if not self.caught_up.is_set() and self._caught_up.issuperset(self.topics):
+            self.caught_up.set()
             log.info("ticker caught up with the streams", extra={"instruments": len(self.states)})

@@ -1,7 +1,8 @@
-"""The control panel's endpoints with a running monitor on the dev stack's Kafka: ``/api/v1/status`` shows the
-connectors' reports (rates, stale ones), the subscriptions, throughput and lag computed from real offsets and
-commits; the command endpoints put commands on the control topic, answer once they are read back, and refuse bad
-ones naming the field; keys are required when auth is on. Plus the pure offset arithmetic and report board."""
+"""The control panel's endpoints with a running monitor on the dev stack's Kafka and on its NATS JetStream:
+``/api/v1/status`` shows the connectors' reports (rates, stale ones), the subscriptions, throughput and lag computed
+from real offsets and commits (Kafka) or stream and consumer info (NATS); the command endpoints put commands on the
+control topic, answer once they are read back, and refuse bad ones naming the field; keys are required when auth is
+on. Plus the pure offset arithmetic, its NATS counterpart, and the report board."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 
 import asyncpg
 import msgspec
+import nats
 import pytest
 from aiohttp.test_utils import TestClient
 from api_helpers import serve
@@ -22,7 +24,9 @@ from api_helpers import serve
 from market_ingestor.api.keys import create_key
 from market_ingestor.api.monitor import PanelMonitor, StatusBoard
 from market_ingestor.api.offsets import Sample, lag, throughput
+from market_ingestor.api.offsets_nats import Progress, sample_of
 from market_ingestor.bus import PIPELINE_TOPICS, open_bus
+from market_ingestor.bus.nats import stream_name
 from market_ingestor.bus.topics import prefixed
 from market_ingestor.config import (
     ApiConfig,
@@ -32,6 +36,7 @@ from market_ingestor.config import (
     DatabaseConfig,
     ExchangeConfig,
     KafkaConfig,
+    NatsConfig,
 )
 from market_ingestor.ingestor.control import read_state
 from market_ingestor.model import ConnectorStatus, Topics, Trade, bus_key, encode, event_id
@@ -68,6 +73,35 @@ def test_throughput_is_offset_growth_per_second_in_pipeline_order_and_lag_is_end
     ]
 
 
+def test_on_nats_stream_ends_and_consumer_progress_become_the_same_rows():
+    t, k = Topics.TRADES, Topics.KLINES
+    old = sample_of(10.0, {t: 100, k: 7}, [Progress("sink", "app-sink", t, 0, 90, 10)])
+    new = sample_of(
+        12.0,
+        {t: 160, k: 7, Topics.QUOTES: 5},  # the quotes stream is new: no rate yet
+        [
+            Progress("sink", "app-sink", t, 0, 150, 12),  # 10 pending + 2 delivered, not acknowledged
+            Progress("sink", "app-sink", k, 0, 7, 0),
+            # A stage of another kind of consumer (e.g. a worker's shards) comes in as partitions of its group.
+            Progress("worker", "app", t, 1, 30, 4),
+            Progress("worker", "app", t, 0, 70, 2),
+        ],
+    )
+    rates = {(r.stage, r.direction, r.topic): r.per_s for r in throughput(old, new)}
+    assert rates[("ingest", "out", t)] == 30.0 and rates[("ingest", "out", Topics.QUOTES)] == 0.0
+    assert rates[("sink", "in", t)] == 30.0 and rates[("sink", "in", k)] == 0.0
+    assert rates[("worker", "in", t)] == 0.0  # first seen now: no growth yet
+    assert [(g.stage, g.group, g.topic, g.lag) for g in new.lags] == [
+        ("sink", "app-sink", k, 0),
+        ("sink", "app-sink", t, 12),
+        ("worker", "app", t, 6),
+    ]
+    assert [(p.partition, p.end, p.committed, p.lag) for p in new.lags[2].partitions] == [
+        (0, 160, 70, 2),
+        (1, 160, 30, 4),
+    ]
+
+
 def status(exchange: str, ts: int, frames: int, state: str = "connected", instance: str = "a") -> ConnectorStatus:
     return ConnectorStatus(instance, exchange, state, 1, 1, 0, 40, frames, frames * 2, ["BTCUSDT"], ts)  # type: ignore[arg-type]
 
@@ -93,14 +127,19 @@ def test_the_board_keeps_the_latest_report_with_rates_marks_stale_and_forgets_ol
     assert [v.exchange for v in board.view(now)] == ["binance", "kraken"]  # too old to show at all
 
 
-# --- with Kafka --------------------------------------------------------------------------------------------------
+# --- with Kafka and with NATS ------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def setup(dev_stack, database_url) -> AsyncIterator[tuple[Config, TestClient, PanelMonitor]]:
+@pytest.fixture(params=[pytest.param("kafka", marks=pytest.mark.kafka), pytest.param("nats", marks=pytest.mark.nats)])
+async def setup(request, dev_stack, database_url) -> AsyncIterator[tuple[Config, TestClient, PanelMonitor]]:
     prefix = f"c{uuid.uuid4().hex[:8]}."
     config = Config(
-        bus=BusConfig(topic_prefix=prefix, kafka=KafkaConfig(bootstrap=dev_stack.kafka_bootstrap, partitions=2)),
+        bus=BusConfig(
+            kind=request.param,
+            topic_prefix=prefix,
+            kafka=KafkaConfig(bootstrap=dev_stack.kafka_bootstrap, partitions=2),
+            nats=NatsConfig(url=dev_stack.nats_url),
+        ),
         database=DatabaseConfig(url=database_url),
         api=ApiConfig(auth_enabled=False, panel_refresh_s=0.2),
         exchanges={"binance": ExchangeConfig(symbols=["BTCUSDT"]), "okx": ExchangeConfig(enabled=False)},
@@ -113,6 +152,13 @@ async def setup(dev_stack, database_url) -> AsyncIterator[tuple[Config, TestClie
             yield config, client, monitor
     finally:
         await monitor.stop()
+        if request.param == "nats":
+            connection = await nats.connect(dev_stack.nats_url)
+            try:
+                for spec in PIPELINE_TOPICS:
+                    await connection.jetstream().delete_stream(stream_name(prefix + spec.name))
+            finally:
+                await connection.close()
 
 
 async def publish(config: Config, topic: str, events: list[Any], records_of: int = 1000) -> None:
@@ -143,13 +189,15 @@ def trades(first: int, count: int) -> list[Trade]:
     return [Trade("binance", "BTCUSDT", str(n), Decimal("1.5"), Decimal(1), "buy", n, n) for n in range(first, count)]
 
 
-@pytest.mark.kafka
 @pytest.mark.postgres
 async def test_status_shows_reports_subscriptions_throughput_and_lag_from_the_bus(setup):
     config, client, _ = setup
     now = time.time_ns()
-    await publish(config, Topics.STATUS, [status("binance", now - NS, 1_000), status("binance", now, 1_500)])
-    await publish(config, Topics.STATUS, [status("kraken", now - 60 * NS, 3)])
+    # One at a time: on NATS the status stream keeps one record per subject, so a report that has not been read
+    # yet when the next one of its connector arrives is gone.
+    await publish(config, Topics.STATUS, [status("binance", now - NS, 1_000)])
+    await until(client, lambda b: len(b["connectors"]) == 1, "the first report")
+    await publish(config, Topics.STATUS, [status("binance", now, 1_500), status("kraken", now - 60 * NS, 3)])
     body = await until(client, lambda b: len(b["connectors"]) == 2, "two connectors")
     binance, kraken = body["connectors"]
     assert (binance["exchange"], binance["state"], binance["stale"], binance["frames_per_s"]) == (
@@ -166,27 +214,38 @@ async def test_status_shows_reports_subscriptions_throughput_and_lag_from_the_bu
     # Throughput: ingest's output grows; lag: the sink's group has committed 4 of 10 records (lag counts records:
     # offsets; these are batch records of one trade each).
     await publish(config, Topics.TRADES, trades(0, 10), records_of=1)
-    group = open_bus(config.bus).subscriber([config.bus.topic_prefix + Topics.TRADES], f"{config.streams.app_id}-sink")
-    await group.start()
-    try:
-        taken: list[Any] = []
-        while len(taken) < 4:
-            taken += await group.fetch(max_records=4 - len(taken), timeout_s=5)
-        await group.commit(taken)
-    finally:
-        await group.stop()
+    await commit_as_the_sink(config, 4)
 
     def sink_lag(b: dict[str, Any]) -> list[Any]:
         return [(g["topic"], g["lag"]) for g in b["lag"] if g["stage"] == "sink"]
 
     body = await until(client, lambda b: sink_lag(b) == [(Topics.TRADES, 6)], "the sink's lag")
     assert sum(p["committed"] for g in body["lag"] if g["stage"] == "sink" for p in g["partitions"]) == 4
+    assert max(p["end"] for g in body["lag"] for p in g["partitions"]) == 10
 
-    def ingest_rate(b: dict[str, Any]) -> float:
-        return sum(r["per_s"] for r in b["throughput"] if (r["stage"], r["topic"]) == ("ingest", Topics.TRADES))
+    def rate(b: dict[str, Any], stage: str, direction: str) -> float:
+        return sum(r["per_s"] for r in b["throughput"] if (r["stage"], r["direction"], r["topic"]) == (
+            stage, direction, Topics.TRADES
+        ))  # fmt: skip
 
+    # The sink's group takes the other 6: its input rate shows, its lag is gone.
+    await commit_as_the_sink(config, 6)
+    await until(client, lambda b: rate(b, "sink", "in") > 0 and sink_lag(b) == [(Topics.TRADES, 0)], "sink input")
     await publish(config, Topics.TRADES, trades(10, 30))
-    assert ingest_rate(await until(client, lambda b: ingest_rate(b) > 0, "ingest throughput")) > 0
+    await until(client, lambda b: rate(b, "ingest", "out") > 0, "ingest throughput")
+
+
+async def commit_as_the_sink(config: Config, count: int) -> None:
+    """Takes and commits ``count`` trade records in the sink's consumer group (as the sink would)."""
+    group = open_bus(config.bus).subscriber([config.bus.topic_prefix + Topics.TRADES], f"{config.streams.app_id}-sink")
+    await group.start()
+    try:
+        taken: list[Any] = []
+        while len(taken) < count:
+            taken += await group.fetch(max_records=count - len(taken), timeout_s=5)
+        await group.commit(taken)
+    finally:
+        await group.stop()
 
 
 async def post(client: TestClient, path: str, body: object, media: str = "application/json") -> tuple[int, Any]:
@@ -195,7 +254,6 @@ async def post(client: TestClient, path: str, body: object, media: str = "applic
     return response.status, await response.json()
 
 
-@pytest.mark.kafka
 @pytest.mark.postgres
 async def test_commands_reach_the_control_topic_and_bad_ones_are_refused_naming_the_field(setup):
     config, client, monitor = setup

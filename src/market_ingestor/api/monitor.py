@@ -6,7 +6,7 @@
 - subscriptions: the configured exchanges and symbols with every command of the control topic applied (the same
   fold as the ingest service's), and the sending of new commands, answered once this process has read its own
   command back from the topic (so the page shows what the ingestors will apply, not a local guess);
-- throughput and lag, from Kafka offsets (:mod:`market_ingestor.api.offsets`).
+- throughput and lag, from Kafka offsets or JetStream stream and consumer info (:mod:`market_ingestor.api.offsets`).
 
 Each follower runs under a supervisor that restarts it with backoff when the bus fails; the page then shows the
 error and the last known values instead of failing.
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import msgspec
 from aiokafka.errors import KafkaError
 
-from market_ingestor.api.offsets import GroupLag, OffsetMonitor, Throughput
+from market_ingestor.api.offsets import GroupLag, Throughput, offset_monitor
 from market_ingestor.bus import Bus, Publisher, open_bus
 from market_ingestor.config import Config
 from market_ingestor.errors import BusError, MarketIngestorError
@@ -140,7 +140,7 @@ class PanelMonitor:
         self.board = StatusBoard(config.ingest.status_interval_s)
         self.initial = initial_state(config)
         self.state: ControlState = self.initial
-        self.offsets = OffsetMonitor(config, config.api.panel_refresh_s) if config.bus.kind == "kafka" else None
+        self.offsets = offset_monitor(config)
         self.errors: dict[str, str] = {}
         self._waiters: dict[str, asyncio.Future[None]] = {}
         self._publisher: Publisher | None = None
@@ -167,8 +167,7 @@ class PanelMonitor:
         async with asyncio.TaskGroup() as group:
             group.create_task(self._supervise("status", self._follow_status))
             group.create_task(self._supervise("control", self._follow_control))
-            if self.offsets is not None:
-                group.create_task(self._supervise("offsets", self.offsets.run))
+            group.create_task(self._supervise("offsets", self.offsets.run))
 
     async def _supervise(self, name: str, follow: Callable[[], Awaitable[None]]) -> None:
         delay_s = 1.0  # float-ok: a duration
@@ -233,14 +232,14 @@ class PanelMonitor:
         return self.board.view(time.time_ns())
 
     def throughput(self) -> list[Throughput]:
-        return self.offsets.throughput() if self.offsets is not None else []
+        return self.offsets.throughput()
 
     def lag(self) -> list[GroupLag]:
-        return self.offsets.lag() if self.offsets is not None else []
+        return self.offsets.lag()
 
     def problems(self) -> list[str]:
         found = dict(self.errors)
-        if self.offsets is not None and self.offsets.error:
+        if self.offsets.error:
             found["offsets"] = self.offsets.error
         return [found[name] for name in sorted(found)]
 

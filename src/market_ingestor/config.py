@@ -190,7 +190,7 @@ class SinkConfig(_Section, frozen=True):
 
 
 class ApiConfig(_Section, frozen=True):
-    """The query API (``market-ingestor api``): REST over the stored data plus a live ticker table."""
+    """The query API (``market-ingestor api``): REST over the stored data plus a live ticker."""
 
     host: str = "0.0.0.0"
     port: PositiveInt = 8000
@@ -205,7 +205,7 @@ class ApiConfig(_Section, frozen=True):
     symbols_refresh_s: PositiveSeconds = 30.0  # the catalog of stored symbols is re-read this often
     db_pool_size: PositiveInt = 10
     query_timeout_s: PositiveSeconds = 10.0
-    ticker_flush_s: PositiveSeconds = 0.1  # the ticker table is written at most this often per instrument
+    ticker_flush_s: PositiveSeconds = 0.1  # Kafka: the ticker table is written at most this often per instrument
     panel_refresh_s: PositiveSeconds = 2.0  # the control panel's offsets (throughput, lag) are read this often
     panel_push_url: str = ""  # the push gateway as the panel's browser reaches it; "" = ws://<page host>:<push.port>/
 

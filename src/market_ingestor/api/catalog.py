@@ -1,5 +1,5 @@
 """Which instruments the API knows: those with stored rows (read from the database at most every
-``symbols_refresh_s``) and those in the live ticker table.
+``symbols_refresh_s``) and those in the live ticker.
 
 A request for an instrument not in either looks at the database once more before answering 404 (at most once a
 second, whatever the number of such requests), so rows stored a moment ago are found without waiting for the

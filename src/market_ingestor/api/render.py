@@ -108,7 +108,7 @@ class SymbolOut(msgspec.Struct):
     symbol: str
     id: str
     stored: bool  # rows in the database
-    live: bool  # in the ticker table
+    live: bool  # in the live ticker
 
 
 def _page(rows: Sequence[Any], limit: int) -> tuple[Sequence[Any], bool]:

@@ -84,7 +84,7 @@ def routes(config: Config) -> tuple[Route, ...]:
         Route(
             "/readyz",
             "readyz",
-            "The database answers and the ticker table is recovered.",
+            "The database answers and the live ticker is recovered (holds what was current at start).",
             "Ready",
             public=True,
             errors=(503,),

@@ -42,7 +42,7 @@ from market_ingestor.model import Topics
 
 log = logging.getLogger(__name__)
 
-FETCH_RECORDS = 256  # records per pull (each up to bus.batch.max_bytes): what is held before it is applied
+FETCH_RECORDS = 128  # records per pull (each up to bus.batch.max_bytes, 256 KiB): held until applied
 FETCH_WAIT_S = 1.0  # float-ok: how long a pull waits for a first record
 INACTIVE_S = 30.0  # float-ok: the server forgets a consumer not pulled from for this long
 IDLE_CHECK_S = 5.0  # float-ok: without a record for this long, ask whether the consumer still exists
@@ -63,7 +63,7 @@ class NatsTicker:
         self.states: dict[str, TickerState] = {}
         self.updates = TickerUpdates()
         self.caught_up = asyncio.Event()  # set once both streams' pending records are applied
-        self._caught_up: set[str] = set()
+        self._streams_caught_up: set[str] = set()
         self.consumers: dict[str, str] = {}  # topic -> the name of its consumer on the server now
         self._client: NatsClient | None = None
 
@@ -158,9 +158,9 @@ class NatsTicker:
                 await subscription.unsubscribe()
 
     def _caught_up_with(self, topic: str) -> None:
-        if topic in self._caught_up:
+        if topic in self._streams_caught_up:
             return
-        self._caught_up.add(topic)
-        if not self.caught_up.is_set() and self._caught_up.issuperset(self.topics):
+        self._streams_caught_up.add(topic)
+        if not self.caught_up.is_set() and self._streams_caught_up.issuperset(self.topics):
             self.caught_up.set()
             log.info("ticker caught up with the streams", extra={"instruments": len(self.states)})

@@ -7,12 +7,13 @@ on. Plus the pure offset arithmetic, its NATS counterpart, and the report board.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 import msgspec
@@ -20,11 +21,13 @@ import nats
 import pytest
 from aiohttp.test_utils import TestClient
 from api_helpers import serve
+from nats.js.errors import NotFoundError
 
 from market_ingestor.api.keys import create_key
 from market_ingestor.api.monitor import PanelMonitor, StatusBoard
 from market_ingestor.api.offsets import Sample, lag, throughput
-from market_ingestor.api.offsets_nats import Progress, sample_of
+from market_ingestor.api.offsets_nats import Progress as ConsumerProgress
+from market_ingestor.api.offsets_nats import sample_of
 from market_ingestor.bus import PIPELINE_TOPICS, open_bus
 from market_ingestor.bus.nats import stream_name
 from market_ingestor.bus.topics import prefixed
@@ -37,9 +40,14 @@ from market_ingestor.config import (
     ExchangeConfig,
     KafkaConfig,
     NatsConfig,
+    StreamsConfig,
 )
+from market_ingestor.devstack import StackInfo
 from market_ingestor.ingestor.control import read_state
 from market_ingestor.model import ConnectorStatus, Topics, Trade, bus_key, encode, event_id
+from market_ingestor.streams.nats_state import Progress, bucket_name
+
+Setup = tuple[Config, TestClient, PanelMonitor]
 
 NS = 1_000_000_000
 
@@ -75,16 +83,16 @@ def test_throughput_is_offset_growth_per_second_in_pipeline_order_and_lag_is_end
 
 def test_on_nats_stream_ends_and_consumer_progress_become_the_same_rows():
     t, k = Topics.TRADES, Topics.KLINES
-    old = sample_of(10.0, {t: 100, k: 7}, [Progress("sink", "app-sink", t, 0, 90, 10)])
+    old = sample_of(10.0, {t: 100, k: 7}, [ConsumerProgress("sink", "app-sink", t, 0, 90, 10)])
     new = sample_of(
         12.0,
         {t: 160, k: 7, Topics.QUOTES: 5},  # the quotes stream is new: no rate yet
         [
-            Progress("sink", "app-sink", t, 0, 150, 12),  # 10 pending + 2 delivered, not acknowledged
-            Progress("sink", "app-sink", k, 0, 7, 0),
+            ConsumerProgress("sink", "app-sink", t, 0, 150, 12),  # 10 pending + 2 delivered, not acknowledged
+            ConsumerProgress("sink", "app-sink", k, 0, 7, 0),
             # A stage of another kind of consumer (e.g. a worker's shards) comes in as partitions of its group.
-            Progress("worker", "app", t, 1, 30, 4),
-            Progress("worker", "app", t, 0, 70, 2),
+            ConsumerProgress("worker", "app", t, 1, 30, 4),
+            ConsumerProgress("worker", "app", t, 0, 70, 2),
         ],
     )
     rates = {(r.stage, r.direction, r.topic): r.per_s for r in throughput(old, new)}
@@ -130,18 +138,20 @@ def test_the_board_keeps_the_latest_report_with_rates_marks_stale_and_forgets_ol
 # --- with Kafka and with NATS ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=[pytest.param("kafka", marks=pytest.mark.kafka), pytest.param("nats", marks=pytest.mark.nats)])
-async def setup(request, dev_stack, database_url) -> AsyncIterator[tuple[Config, TestClient, PanelMonitor]]:
+@contextlib.asynccontextmanager
+async def panel_on(kind: Literal["kafka", "nats"], stack: StackInfo, database_url: str) -> AsyncIterator[Setup]:
+    """The API app with a running monitor on fresh topics of ``kind``'s bus (NATS streams deleted afterwards)."""
     prefix = f"c{uuid.uuid4().hex[:8]}."
     config = Config(
         bus=BusConfig(
-            kind=request.param,
+            kind=kind,
             topic_prefix=prefix,
-            kafka=KafkaConfig(bootstrap=dev_stack.kafka_bootstrap, partitions=2),
-            nats=NatsConfig(url=dev_stack.nats_url),
+            kafka=KafkaConfig(bootstrap=stack.kafka_bootstrap, partitions=2),
+            nats=NatsConfig(url=stack.nats_url),
         ),
         database=DatabaseConfig(url=database_url),
         api=ApiConfig(auth_enabled=False, panel_refresh_s=0.2),
+        streams=StreamsConfig(app_id=prefix.rstrip(".")),
         exchanges={"binance": ExchangeConfig(symbols=["BTCUSDT"]), "okx": ExchangeConfig(enabled=False)},
     )
     await open_bus(config.bus).ensure_topics(prefixed(PIPELINE_TOPICS, prefix))
@@ -152,13 +162,28 @@ async def setup(request, dev_stack, database_url) -> AsyncIterator[tuple[Config,
             yield config, client, monitor
     finally:
         await monitor.stop()
-        if request.param == "nats":
-            connection = await nats.connect(dev_stack.nats_url)
+        if kind == "nats":
+            connection = await nats.connect(stack.nats_url)
             try:
+                js = connection.jetstream()
                 for spec in PIPELINE_TOPICS:
-                    await connection.jetstream().delete_stream(stream_name(prefix + spec.name))
+                    await js.delete_stream(stream_name(prefix + spec.name))
+                with contextlib.suppress(NotFoundError):
+                    await js.delete_key_value(bucket_name(config.streams.app_id, "progress"))
             finally:
                 await connection.close()
+
+
+@pytest.fixture(params=[pytest.param("kafka", marks=pytest.mark.kafka), pytest.param("nats", marks=pytest.mark.nats)])
+async def setup(request, dev_stack, database_url) -> AsyncIterator[Setup]:
+    async with panel_on(request.param, dev_stack, database_url) as made:
+        yield made
+
+
+@pytest.fixture
+async def nats_setup(dev_stack, database_url) -> AsyncIterator[Setup]:
+    async with panel_on("nats", dev_stack, database_url) as made:
+        yield made
 
 
 async def publish(config: Config, topic: str, events: list[Any], records_of: int = 1000) -> None:
@@ -246,6 +271,39 @@ async def commit_as_the_sink(config: Config, count: int) -> None:
         await group.commit(taken)
     finally:
         await group.stop()
+
+
+@pytest.mark.nats
+@pytest.mark.postgres
+async def test_on_nats_the_stream_workers_checkpoints_are_its_lag_and_input(nats_setup):
+    config, client, _ = nats_setup
+    await publish(config, Topics.TRADES, trades(0, 10), records_of=1)  # stream sequences 1-10
+    connection = await nats.connect(config.bus.nats.url)
+    try:
+        # What a NATS worker's kline stage writes: per shard, the sequence it goes on from.
+        progress = Progress(connection.jetstream(), bucket_name(config.streams.app_id, "progress"), "klines")
+        await progress.start()
+        assert not await progress.save({0: 8, 1: 5})
+
+        def worker(b: dict[str, Any]) -> list[Any]:
+            return [
+                (g["group"], g["topic"], g["lag"], [(p["end"], p["committed"]) for p in g["partitions"]])
+                for g in b["lag"]
+                if g["stage"] == "worker"
+            ]
+
+        # The oldest checkpoint (5): 4 records read past by every shard, 6 after it.
+        await until(client, lambda b: worker(b) == [(config.streams.app_id, Topics.TRADES, 6, [(10, 4)])], "lag")
+        assert not await progress.save({0: 11, 1: 11})
+    finally:
+        await connection.close()
+
+    def worker_in(b: dict[str, Any]) -> float:
+        return sum(r["per_s"] for r in b["throughput"] if (r["stage"], r["direction"]) == ("worker", "in"))
+
+    # Every shard past the end: no lag, and the 6 records read past since show as the worker's input rate.
+    done = [(config.streams.app_id, Topics.TRADES, 0, [(10, 10)])]
+    await until(client, lambda b: worker(b) == done and worker_in(b) > 0, "the worker's input rate")
 
 
 async def post(client: TestClient, path: str, body: object, media: str = "application/json") -> tuple[int, Any]:

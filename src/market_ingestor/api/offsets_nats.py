@@ -12,9 +12,15 @@ the same thing on both buses:
   JetStream's consumer info: committed = the ack floor (the stream sequence up to which every message is
   acknowledged), lag = ``num_pending`` (not delivered yet) + ``num_ack_pending`` (delivered, not acknowledged). On
   NATS that is the sink's group; the API's own followers are ephemeral, per instance, and not shown.
+  :class:`WorkerCheckpoints` reads the NATS stream worker, which has no durable consumer: each of its stages reads
+  a whole stream and checkpoints, per shard, the sequence it goes on from, in a key-value bucket
+  (``streams/nats_state.py``). Its progress in a topic is the oldest of those checkpoints: committed = the
+  sequence before it (so its growth counts the records all workers have read past), lag = the messages after it
+  (an upper bound: a shard further on has read some of them). The checkpoints are read after the stream ends of
+  the same sample, so the two agree (``streams.nats_state.worker_backlog`` reads the end on its own).
 
-A stage whose consumers are of another kind (the NATS stream worker keeps per-shard checkpoints in a key-value
-bucket) adds a :class:`LagSource` of its own to :func:`lag_sources`; nothing else changes.
+A stage whose consumers are of yet another kind adds a :class:`LagSource` of its own to :func:`lag_sources`;
+nothing else changes.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from market_ingestor.api.offsets import WATCHED_TOPICS, GroupLag, PartitionLag, 
 from market_ingestor.bus.nats import connect_client, durable_name, stream_name
 from market_ingestor.config import Config
 from market_ingestor.errors import BusError
+from market_ingestor.model import Topics
+from market_ingestor.streams.nats_state import bucket_name, read_bucket
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +85,40 @@ class DurableConsumers:
         return found
 
 
+class WorkerCheckpoints:
+    """The NATS stream worker of ``app_id``: its kline stage reads trades, its indicator stage klines; its
+    checkpoints are ``{stage}.{shard}`` = the stream sequence the shard goes on from, in the bucket
+    ``{app_id}_progress`` (``streams/nats_state.py``)."""
+
+    STAGES = {"klines": Topics.TRADES, "indicators": Topics.KLINES}  # worker stage -> the topic it reads
+
+    def __init__(self, app_id: str) -> None:
+        self.app_id = app_id
+
+    async def progress(self, js: JetStreamContext, ends: Mapping[str, int]) -> list[Progress]:
+        try:
+            entries = await read_bucket(js, bucket_name(self.app_id, "progress"))
+        except BusError as exc:
+            if isinstance(exc.__cause__, NotFoundError):
+                return []  # no NATS worker of this app has run
+            raise
+        oldest: dict[str, int] = {}
+        for key, entry in entries.items():
+            stage = key.rpartition(".")[0]
+            oldest[stage] = min(int(entry.value), oldest.get(stage, int(entry.value)))
+        found = []
+        for stage, topic in self.STAGES.items():
+            if stage in oldest and topic in ends:
+                # Read after ends: a checkpoint past the end read then is counted as at the end.
+                committed = min(oldest[stage] - 1, ends[topic])
+                found.append(Progress("worker", self.app_id, topic, 0, committed, ends[topic] - committed))
+        return found
+
+
 def lag_sources(config: Config) -> list[LagSource]:
     """Every consumer of the pipeline the panel shows on NATS."""
-    return [DurableConsumers("sink", consumer_groups(config)["sink"], config.bus.topic_prefix)]
+    groups, prefix = consumer_groups(config), config.bus.topic_prefix
+    return [DurableConsumers("sink", groups["sink"], prefix), WorkerCheckpoints(groups["worker"])]
 
 
 def sample_of(at_s: float, ends: Mapping[str, int], progress: Sequence[Progress]) -> Sample:  # float-ok: monotonic

@@ -27,9 +27,10 @@ from worker_harness import (
     worker_config,
 )
 
+from market_ingestor.bus.nats import stream_name
 from market_ingestor.cli.main import cli
 from market_ingestor.model import Topics
-from market_ingestor.streams.nats_state import bucket_name, read_bucket, worker_backlog
+from market_ingestor.streams.nats_state import bucket_name, read_bucket
 
 pytestmark = pytest.mark.nats
 
@@ -96,15 +97,20 @@ async def test_two_workers_share_the_shards_and_one_takes_over_when_the_other_is
     assert_same_indicators(watcher, indicators)
     # A clean stop gives the leases back at once: nothing for a successor to wait for.
     assert await lease_holders(dev_stack.nats_url, app_id) == {}
-    # Everything was checkpointed: the panel's backlog of both stages is 0.
+    # Everything was checkpointed: every shard's checkpoint of both stages is past the end of its input stream.
     client = await nats.connect(dev_stack.nats_url)
     try:
         js = client.jetstream()
-        assert await worker_backlog(js, app_id, prefix + Topics.TRADES, "klines") == 0
-        assert await worker_backlog(js, app_id, prefix + Topics.KLINES, "indicators") == 0
-        assert await worker_backlog(js, "never-ran", prefix + Topics.TRADES, "klines") is None
+        checkpoints = await read_bucket(js, bucket_name(app_id, "progress"))
+        ends = {
+            stage: (await js.stream_info(stream_name(prefix + topic))).state.last_seq + 1
+            for stage, topic in (("klines", Topics.TRADES), ("indicators", Topics.KLINES))
+        }
     finally:
         await client.close()
+    assert {key: int(entry.value) for key, entry in checkpoints.items()} == {
+        f"{stage}.{shard}": end for stage, end in ends.items() for shard in range(4)
+    }
 
 
 @pytest.mark.kafka

@@ -364,16 +364,3 @@ class StreamReader:
 
     async def stop(self) -> None:
         await self._close()
-
-
-async def worker_backlog(js: JetStreamContext, app_id: str, topic: str, stage: str) -> int | None:
-    """Messages of ``topic``'s stream after the oldest checkpoint of ``stage`` (``klines`` or ``indicators``) over
-    all shards: what the NATS workers of ``app_id`` have not checkpointed yet, for the control panel's lag (an upper
-    bound: messages of other shards after that checkpoint count too). None before any checkpoint."""
-    try:
-        entries = await read_bucket(js, bucket_name(app_id, "progress"))
-        last = (await js.stream_info(stream_name(topic))).state.last_seq
-    except (BusError, NatsError):
-        return None
-    oldest = [int(entry.value) for key, entry in entries.items() if key.rpartition(".")[0] == stage]
-    return max(last + 1 - min(oldest), 0) if oldest else None

@@ -4,6 +4,9 @@ A trade is *owed* when at least one session it was written on did not die (dropp
 a slow consumer) within ``in_flight_s`` after writing it: it must be stored exactly once, with the exact price
 and qty text. A trade written only on sessions that died right after is *in flight at a fault*: the exchange
 protocol cannot replay it, so it is counted apart (stored or not), never silently.
+
+Klines against the simulator's truth: the pure aggregation of the trades the simulator sent (its side and time)
+that the pipeline owed or stored anyway, compared with every closed stored kline.
 """
 
 from __future__ import annotations
@@ -11,8 +14,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 from market_ingestor.ingestor.simulator.journal import JournalEvent, JournalRecord, JournalTrade, SessionEnd
+from market_ingestor.model import Side, Trade
+from market_ingestor.streams.klines import KlineSettings, aggregate
 
 TradeKey = tuple[str, str, str]  # exchange, symbol, trade id
 Values = tuple[str, str]  # price, qty as text
@@ -108,3 +114,74 @@ def reconnected_s(records: Iterable[JournalRecord], after: float, exchanges: Ite
             wanted.discard(r.exchange)
             latest = max(latest, r.t)
     return None if wanted else latest - after
+
+
+KlineKey = tuple[str, str, str, int]  # exchange, symbol, interval, open_time (ns)
+# What a kline says about its trades; revision (how it got there) and close_time (stored at µs) are left out.
+KLINE_FIELDS = (
+    "open", "high", "low", "close", "volume", "quote_volume", "trade_count", "taker_buy_volume",
+    "taker_buy_quote_volume", "first_trade_id", "last_trade_id", "vwap",
+)  # fmt: skip
+KlineValues = tuple[object, ...]  # KLINE_FIELDS in order: Decimals, an int, the trade ids
+
+
+@dataclass(slots=True)
+class KlineAccount:
+    checked: int = 0  # closed stored klines compared with the simulator's truth
+    wrong: list[tuple[KlineKey, KlineValues, KlineValues | None]] = field(default_factory=list)  # stored, truth
+    missing: list[KlineKey] = field(default_factory=list)  # a truth window before the last stored one, not stored
+
+    @property
+    def ok(self) -> bool:
+        return not (self.wrong or self.missing)
+
+
+def delivered_trades(records: Iterable[JournalRecord], stored: set[TradeKey], in_flight_s: float) -> list[Trade]:
+    """The trades the pipeline owes plus those in flight at a fault that it stored anyway, as the simulator sent
+    them (its side and time), in (time, trade id) order per instrument: the input of the truth's klines."""
+    records = list(records)
+    ends = session_ends(records)
+    chosen: dict[TradeKey, JournalTrade] = {}
+    for r in records:
+        if isinstance(r, JournalTrade):
+            key = (r.exchange, r.symbol, r.trade_id)
+            if key not in chosen and (key in stored or not in_flight_at_fault(r, ends, in_flight_s)):
+                chosen[key] = r
+    trades = [
+        Trade(t.exchange, t.symbol, t.trade_id, Decimal(t.price), Decimal(t.qty), _side(t.side), t.ts_ns, t.ts_ns)
+        for t in chosen.values()
+    ]
+    # The stream breaks ties of time by arrival, which is trade-id order (numeric ids: shorter first).
+    return sorted(trades, key=lambda t: (t.exchange, t.symbol, t.ts, len(t.trade_id), t.trade_id))
+
+
+def _side(side: str) -> Side:
+    if side not in ("buy", "sell"):
+        raise ValueError(f"journal: side {side!r}")
+    return "buy" if side == "buy" else "sell"
+
+
+def truth_klines(trades: Iterable[Trade], intervals: Iterable[str]) -> dict[KlineKey, KlineValues]:
+    """The closed klines of ``trades`` by the pure aggregation, at their last revision."""
+    klines: dict[KlineKey, KlineValues] = {}
+    for k in aggregate(trades, KlineSettings(intervals=tuple(intervals))):
+        if k.closed:
+            klines[(k.exchange, k.symbol, k.interval, k.open_time)] = tuple(getattr(k, f) for f in KLINE_FIELDS)
+    return klines
+
+
+def compare_klines(truth: dict[KlineKey, KlineValues], stored: dict[KlineKey, KlineValues]) -> KlineAccount:
+    """Every closed stored kline against the truth; a truth window missing from storage counts when a later
+    window of its series is stored (the last windows may not have closed when the run ended)."""
+    account = KlineAccount(checked=len(stored))
+    for key, values in sorted(stored.items()):
+        if truth.get(key) != values:
+            account.wrong.append((key, values, truth.get(key)))
+    last: dict[tuple[str, str, str], int] = {}
+    for exchange, symbol, interval, open_time in stored:
+        series = (exchange, symbol, interval)
+        last[series] = max(last.get(series, open_time), open_time)
+    account.missing = sorted(
+        key for key in truth if key not in stored and key[3] < last.get((key[0], key[1], key[2]), -1)
+    )
+    return account

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
@@ -10,14 +11,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from chaos_accounting import (
     StoredTrade,
     account_trades,
+    compare_klines,
+    delivered_trades,
     expected_dead_letters,
     reconnected_s,
+    truth_klines,
 )
 from market_ingestor.ingestor.simulator.journal import JournalEvent, JournalTrade
 
 
 def _trade(t: float, session: str, trade_id: str, price: str = "100.0", qty: str = "1") -> JournalTrade:
-    return JournalTrade(t, session.split("-")[0], session, "BTCUSDT", trade_id, price, qty)
+    ts_ns = 1_700_000_000_000_000_000 + int(t * 1_000_000_000)
+    return JournalTrade(t, session.split("-")[0], session, "BTCUSDT", trade_id, price, qty, "buy", ts_ns)
 
 
 def _stored(session: str, trade_id: str, price: str = "100.0", qty: str = "1") -> StoredTrade:
@@ -71,3 +76,50 @@ def test_dead_letters_expected_and_reconnection_time():
     assert expected_dead_letters(JOURNAL, in_flight_s=2.0) == (1, 1)
     assert reconnected_s(JOURNAL, 10.0, ["okx"]) == 1.0
     assert reconnected_s(JOURNAL, 10.0, ["okx", "kraken"]) is None
+
+
+MINUTE_NS = 60_000_000_000
+T0_NS = 1_700_000_040 * 1_000_000_000  # a minute boundary
+
+
+def _minute_trade(t: float, session: str, trade_id: str, minute: int, price: str, side: str = "buy") -> JournalTrade:
+    return JournalTrade(t, "okx", session, "BTCUSDT", trade_id, price, "0.5", side, T0_NS + minute * MINUTE_NS + int(t))
+
+
+MINUTES = [
+    JournalEvent("O", 0.0, "okx", "okx-1", ""),
+    _minute_trade(1.0, "okx-1", "1", 0, "100.0"),
+    _minute_trade(2.0, "okx-1", "2", 0, "101.5", "sell"),
+    _minute_trade(3.0, "okx-1", "3", 1, "99.0"),
+    _minute_trade(9.0, "okx-1", "4", 1, "98.0"),  # in flight at the drop
+    JournalEvent("E", 10.0, "okx", "okx-1", "dropped"),
+    JournalEvent("O", 11.0, "okx", "okx-2", ""),
+    _minute_trade(12.0, "okx-2", "5", 2, "97.0"),
+    _minute_trade(13.0, "okx-2", "6", 3, "96.0"),
+]
+
+
+def test_the_truth_leaves_out_trades_lost_in_flight_and_keeps_those_stored_anyway():
+    stored = {("okx", "BTCUSDT", i) for i in ("1", "2", "3", "5", "6")}
+    assert [t.trade_id for t in delivered_trades(MINUTES, stored, in_flight_s=2.0)] == ["1", "2", "3", "5", "6"]
+    trades = delivered_trades(MINUTES, stored | {("okx", "BTCUSDT", "4")}, in_flight_s=2.0)
+    assert [t.trade_id for t in trades] == ["1", "2", "3", "4", "5", "6"]
+    assert (trades[1].side, trades[1].price, trades[1].ts) == ("sell", Decimal("101.5"), T0_NS + 2)
+
+
+def test_stored_klines_equal_to_the_truth_pass_and_a_changed_or_missing_one_is_reported():
+    stored = {("okx", "BTCUSDT", i) for i in ("1", "2", "3", "5", "6")}
+    truth = truth_klines(delivered_trades(MINUTES, stored, in_flight_s=2.0), ["1m"])
+    first = ("okx", "BTCUSDT", "1m", T0_NS)
+    assert truth[first][:4] == (Decimal("100.0"), Decimal("101.5"), Decimal("100.0"), Decimal("101.5"))
+    assert truth[first][5:7] == (Decimal("100.75"), 2)  # quote volume, trades
+    assert truth[first][7] == Decimal("0.5")  # taker buy volume: the sell is not in it
+    assert compare_klines(truth, dict(truth)).ok
+    # The last window may still be open when the run ends: not stored is not missing.
+    last = max(truth)
+    assert compare_klines(truth, {k: v for k, v in truth.items() if k != last}).ok
+    changed = {**truth, first: (*truth[first][:4], Decimal("1.5"), *truth[first][5:])}  # another volume
+    account = compare_klines(truth, changed)
+    assert [key for key, _, _ in account.wrong] == [first] and not account.ok
+    second = ("okx", "BTCUSDT", "1m", T0_NS + MINUTE_NS)
+    assert compare_klines(truth, {k: v for k, v in truth.items() if k != second}).missing == [second]

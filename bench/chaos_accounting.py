@@ -5,6 +5,13 @@ a slow consumer) within ``in_flight_s`` after writing it: it must be stored exac
 and qty text. A trade written only on sessions that died right after is *in flight at a fault*: the exchange
 protocol cannot replay it, so it is counted apart (stored or not), never silently.
 
+So is a trade the client had provably not read when the exchange aborted its session (dropped, or closed as a
+slow consumer: the reset throws away what the client's socket still held): one written after the last trade of
+that session that was stored. A session is one ordered stream, so everything written before a stored trade was
+read; a client held back by backpressure (the broker away) reads seconds behind, beyond ``in_flight_s``. A
+session that ended because the client died keeps the ``in_flight_s`` rule alone: what a client read and then
+lost is a loss.
+
 Klines against the simulator's truth: the pure aggregation of the trades the simulator sent (its side and time)
 that the pipeline owed or stored anyway, compared with every closed stored kline.
 """
@@ -24,6 +31,7 @@ TradeKey = tuple[str, str, str]  # exchange, symbol, trade id
 Values = tuple[str, str]  # price, qty as text
 
 _FAULT_ENDS = {SessionEnd.DROPPED, SessionEnd.CLIENT_GONE, SessionEnd.SLOW_CONSUMER}
+_ABORTED_BY_EXCHANGE = {SessionEnd.DROPPED, SessionEnd.SLOW_CONSUMER}
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,8 +49,9 @@ class TradeAccount:
     owed: int = 0  # of which must be stored
     stored: int = 0  # rows in market_trades
     duplicated: int = 0  # rows beyond the first of a trade
-    in_flight: int = 0  # sent only on sessions that died right after
+    in_flight: int = 0  # sent only on sessions that died right after (or before the client read it)
     in_flight_stored: int = 0
+    unread: int = 0  # of the in flight, those not yet read by the client when the exchange aborted its session
     lost: list[TradeKey] = field(default_factory=list)  # owed, not stored
     never_sent: list[TradeKey] = field(default_factory=list)  # stored, never journaled
     changed: list[TradeKey] = field(default_factory=list)  # stored with another price or qty text than sent
@@ -57,24 +66,44 @@ def session_ends(records: Iterable[JournalRecord]) -> dict[str, tuple[float, str
     return {r.session: (r.t, r.detail) for r in records if isinstance(r, JournalEvent) and r.kind == "E"}
 
 
-def in_flight_at_fault(trade: JournalTrade, ends: dict[str, tuple[float, str]], in_flight_s: float) -> bool:
-    end = ends.get(trade.session)
-    return end is not None and end[1] in _FAULT_ENDS and end[0] - trade.t <= in_flight_s
+class Sessions:
+    """How each session ended and how far its client provably read it (the last of its trades that was stored)."""
+
+    def __init__(self, records: list[JournalRecord], stored: set[TradeKey], in_flight_s: float) -> None:
+        self.ends = session_ends(records)
+        self.in_flight_s = in_flight_s
+        self.read_until: dict[str, float] = {}
+        for r in records:
+            if isinstance(r, JournalTrade) and (r.exchange, r.symbol, r.trade_id) in stored:
+                self.read_until[r.session] = max(r.t, self.read_until.get(r.session, r.t))
+
+    def unread(self, r: JournalTrade | JournalEvent) -> bool:
+        """Written after what the client read of a session the exchange aborted."""
+        end = self.ends.get(r.session)
+        return end is not None and end[1] in _ABORTED_BY_EXCHANGE and r.t > self.read_until.get(r.session, -1.0)
+
+    def in_flight(self, r: JournalTrade | JournalEvent) -> bool:
+        """Written within ``in_flight_s`` before a fault ended the session, or unread when the exchange aborted it."""
+        end = self.ends.get(r.session)
+        return end is not None and end[1] in _FAULT_ENDS and (end[0] - r.t <= self.in_flight_s or self.unread(r))
 
 
 def account_trades(records: Iterable[JournalRecord], stored: Iterable[StoredTrade], in_flight_s: float) -> TradeAccount:
     records = list(records)
-    ends = session_ends(records)
+    rows = list(stored)
+    counts = Counter((s.exchange, s.symbol, s.trade_id) for s in rows)
+    sessions = Sessions(records, set(counts), in_flight_s)
     sent: dict[TradeKey, Values] = {}
     owed: set[TradeKey] = set()
+    unread: set[TradeKey] = set()
     for r in records:
         if isinstance(r, JournalTrade):
             key = (r.exchange, r.symbol, r.trade_id)
             sent.setdefault(key, (r.price, r.qty))
-            if not in_flight_at_fault(r, ends, in_flight_s):
+            if not sessions.in_flight(r):
                 owed.add(key)
-    rows = list(stored)
-    counts = Counter((s.exchange, s.symbol, s.trade_id) for s in rows)
+            elif sessions.unread(r):
+                unread.add(key)
     account = TradeAccount(sent=len(sent), owed=len(owed), stored=len(rows))
     account.duplicated = sum(n - 1 for n in counts.values())
     for s in rows:
@@ -88,18 +117,20 @@ def account_trades(records: Iterable[JournalRecord], stored: Iterable[StoredTrad
     flying = [key for key in sent if key not in owed]
     account.in_flight = len(flying)
     account.in_flight_stored = sum(1 for key in flying if key in counts)
+    account.unread = sum(1 for key in flying if key in unread)
     return account
 
 
-def expected_dead_letters(records: Iterable[JournalRecord], in_flight_s: float) -> tuple[int, int]:
-    """(malformed frames written on sessions that lived on, those written within ``in_flight_s`` of a fault)."""
+def expected_dead_letters(
+    records: Iterable[JournalRecord], stored: set[TradeKey], in_flight_s: float
+) -> tuple[int, int]:
+    """(malformed frames owed as dead letters, those in flight at a fault: as for trades)."""
     records = list(records)
-    ends = session_ends(records)
+    sessions = Sessions(records, stored, in_flight_s)
     owed = flying = 0
     for r in records:
         if isinstance(r, JournalEvent) and r.kind == "M":
-            end = ends.get(r.session)
-            if end is not None and end[1] in _FAULT_ENDS and end[0] - r.t <= in_flight_s:
+            if sessions.in_flight(r):
                 flying += 1
             else:
                 owed += 1
@@ -140,12 +171,12 @@ def delivered_trades(records: Iterable[JournalRecord], stored: set[TradeKey], in
     """The trades the pipeline owes plus those in flight at a fault that it stored anyway, as the simulator sent
     them (its side and time), in (time, trade id) order per instrument: the input of the truth's klines."""
     records = list(records)
-    ends = session_ends(records)
+    sessions = Sessions(records, stored, in_flight_s)
     chosen: dict[TradeKey, JournalTrade] = {}
     for r in records:
         if isinstance(r, JournalTrade):
             key = (r.exchange, r.symbol, r.trade_id)
-            if key not in chosen and (key in stored or not in_flight_at_fault(r, ends, in_flight_s)):
+            if key not in chosen and (key in stored or not sessions.in_flight(r)):
                 chosen[key] = r
     trades = [
         Trade(t.exchange, t.symbol, t.trade_id, Decimal(t.price), Decimal(t.qty), _side(t.side), t.ts_ns, t.ts_ns)

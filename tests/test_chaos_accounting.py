@@ -66,6 +66,22 @@ def test_a_missing_trade_a_changed_text_an_unsent_trade_and_a_duplicate_are_each
     assert not account.ok
 
 
+def test_what_the_client_had_not_read_when_the_exchange_dropped_it_is_in_flight_but_not_what_a_dead_client_read():
+    # Trades 1..3 sent 8, 7 and 6 s before their session ended; the client had read only up to trade 1.
+    def journal(end: str) -> list[JournalTrade | JournalEvent]:
+        trades = [_trade(2.0 + n, "okx-1", str(n)) for n in (1, 2, 3)]
+        return [JournalEvent("O", 0.0, "okx", "okx-1", ""), *trades, JournalEvent("E", 11.0, "okx", "okx-1", end)]
+
+    dropped = account_trades(journal("dropped"), [_stored("okx-1", "1")], in_flight_s=2.0)
+    assert dropped.ok and (dropped.owed, dropped.in_flight, dropped.unread) == (1, 2, 2)
+    # The client died instead: it had read trades 2 and 3 (the connection was not reset under it) and lost them.
+    gone = account_trades(journal("client_gone"), [_stored("okx-1", "1")], in_flight_s=2.0)
+    assert gone.lost == [("okx", "BTCUSDT", "2"), ("okx", "BTCUSDT", "3")] and gone.unread == 0
+    # A stored later trade proves the earlier ones were read: the hole is a loss.
+    holed = account_trades(journal("dropped"), [_stored("okx-1", "1"), _stored("okx-1", "3")], in_flight_s=2.0)
+    assert holed.lost == [("okx", "BTCUSDT", "2")]
+
+
 def test_a_trade_sent_on_a_surviving_session_too_is_owed():
     journal = [*JOURNAL, _trade(9.9, "okx-3", "2"), JournalEvent("E", 20.0, "okx", "okx-3", "client_closed")]
     account = account_trades(journal, [_stored("okx-1", "1")], in_flight_s=2.0)
@@ -73,7 +89,9 @@ def test_a_trade_sent_on_a_surviving_session_too_is_owed():
 
 
 def test_dead_letters_expected_and_reconnection_time():
-    assert expected_dead_letters(JOURNAL, in_flight_s=2.0) == (1, 1)
+    read = {("okx", "BTCUSDT", "2")}  # okx-1 was read up to 9.5 s: the frame at 2.0 s was read
+    assert expected_dead_letters(JOURNAL, read, in_flight_s=2.0) == (1, 1)
+    assert expected_dead_letters(JOURNAL, set(), in_flight_s=2.0) == (0, 2)  # nothing of okx-1 provably read
     assert reconnected_s(JOURNAL, 10.0, ["okx"]) == 1.0
     assert reconnected_s(JOURNAL, 10.0, ["okx", "kraken"]) is None
 

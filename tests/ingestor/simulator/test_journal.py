@@ -23,7 +23,7 @@ from market_ingestor.ingestor.simulator.journal import (
 @pytest.mark.parametrize(
     "record",
     [
-        JournalTrade(12.5, "binance", "binance-3", "BTCUSDT", "1042", "61234.50", "0.00100"),
+        JournalTrade(12.5, "binance", "binance-3", "BTCUSDT", "1042", "61234.50", "0.00100", "sell", 1_700_000_000_123),
         JournalEvent("E", 1.000001, "okx", "okx-1", "dropped"),
         JournalEvent("O", 0.0, "okx", "okx-2", ""),
         JournalEvent("M", 3.25, "kraken", "kraken-1", "wrong_types"),
@@ -46,7 +46,7 @@ def test_a_line_cut_short_by_a_kill_is_skipped_and_garbage_is_refused(tmp_path: 
 
 async def test_the_journal_holds_every_trade_a_client_received_and_how_each_session_ended(tmp_path: Path):
     path = tmp_path / "sent.journal"
-    received: dict[str, tuple[str, str]] = {}
+    received: dict[str, tuple[str, str, str, int]] = {}
     async with toy_sim(journal=path) as sim:
         async with connect(sim.ws_url("toy")) as ws:  # closed normally
             await subscribe(ws, "trades:BTC-USDT")
@@ -63,7 +63,7 @@ async def test_the_journal_holds_every_trade_a_client_received_and_how_each_sess
                 if not all(isinstance(row["id"], int) for row in frame["data"]):
                     malformed += 1
                     continue
-                received |= {str(row["id"]): (row["p"], row["q"]) for row in frame["data"]}
+                received |= {str(row["id"]): (row["p"], row["q"], row["side"], row["ts"]) for row in frame["data"]}
         async with connect(sim.ws_url("toy")) as ws:
             await subscribe(ws, "trades:BTC-USDT")
             await until(ws, {"ch": "trades"})
@@ -84,8 +84,9 @@ async def test_the_journal_holds_every_trade_a_client_received_and_how_each_sess
         ("O", "toy-3", ""),
         ("E", "toy-3", SessionEnd.CLIENT_GONE),
     ]
-    first = {t.trade_id: (t.price, t.qty) for t in trades if t.session == "toy-1"}
-    assert {trade_id: first[trade_id] for trade_id in received} == received  # exact text, every one received
+    first = {t.trade_id: (t.price, t.qty, t.side, t.ts_ns) for t in trades if t.session == "toy-1"}
+    # Every one received, with the exact text, the side and the time sent.
+    assert {trade_id: first[trade_id] for trade_id in received} == received
     assert all(t.symbol == "BTCUSDT" and t.exchange == "toy" for t in trades)
     assert len({(t.session, t.trade_id) for t in trades}) == len(trades)  # once per session
     assert sum(1 for r in records if isinstance(r, JournalEvent) and r.kind == "M") == sim.stats("toy").malformed_sent

@@ -8,7 +8,9 @@ processes on the same machine), the third the exchange and the fourth the sessio
 counting the exchange's sessions from 1)::
 
     O  t  exchange  session                                   a session opened
-    T  t  exchange  session  symbol  trade_id  price  qty     a trade written (price, qty: the exact text sent)
+    T  t  exchange  session  symbol  trade_id  price  qty  side  ts_ns
+                                                              a trade written (price, qty: the exact text sent;
+                                                              side: the aggressor's; ts_ns: the trade's time)
     M  t  exchange  session  kind                             a malformed frame written (truncated | wrong_types)
     E  t  exchange  session  reason                           a session ended (see SessionEnd)
 
@@ -43,6 +45,8 @@ class JournalTrade:
     trade_id: str
     price: str
     qty: str
+    side: str  # buy | sell, the aggressor's
+    ts_ns: int  # the trade's time at the exchange, before the dialect renders it (at its precision)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,12 +61,13 @@ class JournalEvent:
 
 
 JournalRecord = JournalTrade | JournalEvent
+TradeRow = tuple[str, str, str, str, int]  # trade id, price text, qty text, side, ts_ns
 
 
 def format_record(record: JournalRecord) -> str:
     if isinstance(record, JournalTrade):
         fields = ["T", f"{record.t:.6f}", record.exchange, record.session, record.symbol, record.trade_id]
-        fields += [record.price, record.qty]
+        fields += [record.price, record.qty, record.side, str(record.ts_ns)]
     else:
         fields = [record.kind, f"{record.t:.6f}", record.exchange, record.session, record.detail]
     return "\t".join(fields) + "\n"
@@ -72,8 +77,10 @@ def parse_record(line: str) -> JournalRecord:
     """One journal line back into its record; ValueError on anything else."""
     fields = line.rstrip("\n").split("\t")
     kind = fields[0]
-    if kind == "T" and len(fields) == 8:
-        return JournalTrade(float(fields[1]), *fields[2:])  # float-ok: monotonic seconds
+    if kind == "T" and len(fields) == 10:
+        exchange, session, symbol, trade_id, price, qty, side = fields[2:9]
+        t = float(fields[1])  # float-ok: monotonic seconds
+        return JournalTrade(t, exchange, session, symbol, trade_id, price, qty, side, int(fields[9]))
     if kind in ("O", "M", "E") and len(fields) == 5:
         return JournalEvent(kind, float(fields[1]), fields[2], fields[3], fields[4])  # float-ok: seconds
     raise ValueError(f"not a journal line: {line!r}")
@@ -119,8 +126,8 @@ class Journal:
     def event(self, kind: str, exchange: str, session: str, detail: str = "") -> None:
         self._add(format_record(JournalEvent(kind, time.monotonic(), exchange, session, detail)))
 
-    def trades(self, exchange: str, session: str, symbol: str, trades: Iterable[tuple[str, str, str]]) -> None:
-        """Trades written now on ``session``: (trade id, price text, qty text) each."""
+    def trades(self, exchange: str, session: str, symbol: str, trades: Iterable[TradeRow]) -> None:
+        """Trades written now on ``session``: (trade id, price text, qty text, side, ts_ns) each."""
         now = time.monotonic()
-        for trade_id, price, qty in trades:
-            self._add(format_record(JournalTrade(now, exchange, session, symbol, trade_id, price, qty)))
+        for row in trades:
+            self._add(format_record(JournalTrade(now, exchange, session, symbol, *row)))

@@ -23,7 +23,7 @@ from websockets.frames import CloseCode
 
 from market_ingestor.ingestor.exchanges.base import Channel
 from market_ingestor.ingestor.simulator.faults import MalformedKind, corrupt
-from market_ingestor.ingestor.simulator.journal import SessionEnd
+from market_ingestor.ingestor.simulator.journal import SessionEnd, TradeRow
 
 if TYPE_CHECKING:
     from market_ingestor.ingestor.simulator.venue import Venue
@@ -45,8 +45,8 @@ class OutFrame:
         self.trades = trades  # trades this frame carries, and their total quantity
         self.qty = qty
         self.written = False
-        # For the journal: (trade id, price, qty) as sent, of the trades whose first frame this is.
-        self.journal_rows: tuple[tuple[str, str, str], ...] = ()
+        # For the journal: (trade id, price, qty, side, ts_ns) as sent, of the trades whose first frame this is.
+        self.journal_rows: tuple[TradeRow, ...] = ()
 
 
 class FrameQueue:

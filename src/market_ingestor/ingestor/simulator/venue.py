@@ -234,7 +234,7 @@ class Venue:
         with the first, so a trade is never stored without having been journaled."""
         assert self.dialect is not None
         texts = self.dialect.render_trades(self.native_of[symbol], trades)
-        rows = [(str(t.trade_id), format(t.price, "f"), format(t.qty, "f")) for t in trades]
+        rows = [(str(t.trade_id), format(t.price, "f"), format(t.qty, "f"), t.side, t.ts_ns) for t in trades]
         if len(texts) == len(trades):
             frames = [OutFrame(text, symbol=symbol, trades=1, qty=t.qty) for text, t in zip(texts, trades, strict=True)]
             for frame, row in zip(frames, rows, strict=True):

@@ -1,0 +1,62 @@
+"""The chaos run (bench/chaos.py) in short: the whole pipeline on the dev stack, every fault kind of its schedule
+once, and an accounting that must come out clean (issue 13). It stops and starts the dev stack's own PostgreSQL
+and Kafka broker, so it needs them local, not external.
+
+One worker, at least once: with two workers (the bench's default, exactly once with a standby replica, or at
+least once) the worker does not yet survive the rebalances these faults cause: an agent seeks a partition
+that was just revoked (``streams.sequence.InputSequence.in_order`` -> ``faust_internals.seek_back``:
+aiokafka's IllegalStateError "No current assignment", the worker exits 1), a worker resumed after SIGSTOP stays
+idle with its partitions, and under exactly once a restarted worker's standby recovery crashes (Faust's
+ConsistencyError). ``bench/chaos.py --workers 2`` shows them; switch this test to two workers once they are fixed.
+
+The Kafka publisher gives up on a batch after ``bus.kafka.request_timeout_ms`` (30 s) and ingest then exits,
+losing the trades it had read: a broker that takes longer to stop and start again (it does on a loaded 2-core
+machine) loses trades. The bench keeps the default and shows it; here the timeout is above the outage.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+from chaos import SCHEDULE, Options, chaos, print_report
+from market_ingestor.devstack import StackInfo
+
+pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.timeout(600)]
+
+
+async def test_every_fault_once_loses_nothing_and_every_user_sees_the_stored_state(
+    dev_stack: StackInfo, tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    if dev_stack.kafka_kind == "external" or os.environ.get("DATABASE_URL"):
+        pytest.skip("the chaos run stops and starts the dev stack's own servers; these are external")
+    options = Options(
+        minutes=6,
+        faults=len(SCHEDULE),
+        fault_every_s=4,
+        warmup_s=15,
+        rate=200,
+        drop_every_s=30,
+        outage_s=5,
+        request_timeout_ms=120_000,
+        workers=1,
+        guarantee="at_least_once",
+        workdir=str(tmp_path),
+    )
+    caplog.set_level(logging.CRITICAL, logger="aiokafka")  # the broker is a fault target: its absence is expected
+    report = await chaos(options)
+    print_report(report)
+    table = capsys.readouterr().out
+    assert {(f.kind, f.target.split("-")[0]) for f in report.faults} == set(SCHEDULE), table
+    assert report.ok, table
+    # Each measure is there, not an accounting of nothing.
+    assert report.trades.owed > 10_000 and report.trades.stored >= report.trades.owed, table
+    assert report.truth.checked >= 10 and report.users.klines_checked >= 10, table
+    assert report.users.indicators_checked > 0 and report.dead_letters_found > 0, table
+    assert all(f.recovered for f in report.faults), table

@@ -191,7 +191,13 @@ class KlineAgent:
                 await self._checkpoint(force=True)
 
     async def process(self, events: Sequence[Any]) -> None:
-        """Applies the trades of a batch of records (each an array of trades of its partition, docs/topics.md)."""
+        """Applies the trades of a batch of records (each an array of trades of its partition, docs/topics.md).
+
+        Faust may revoke partitions while a batch waits or while this awaits its sends: records of partitions no
+        longer assigned are not applied (a state loaded for them would stay cached, stale, until the partition came
+        back), and what was processed of a partition revoked meanwhile is not marked for the checkpoint."""
+        assigned = self.app.consumer.assignment()
+        events = [event for event in events if event.message.tp in assigned]
         now = time.time_ns()
         out: list[tuple[bytes, Kline]] = []
         touched: dict[bytes, TP] = {}
@@ -248,9 +254,11 @@ class KlineAgent:
         for source, letter in dead:
             await self.writer.send(self.deadletter.get_topic_name(), letter.exchange.encode(), encode(letter), source)
         await self.writer.flush()  # outputs acknowledged before the state says their trades are done
-        self._dirty.update(touched)
+        assigned = self.app.consumer.assignment()  # on_revoked may have run during the awaits above
+        self._dirty.update({key: source for key, source in touched.items() if source in assigned})
         for tp, offset in next_offsets(events).items():
-            self._done[tp] = max(offset, self._done.get(tp, offset))
+            if tp in assigned:
+                self._done[tp] = max(offset, self._done.get(tp, offset))
 
     def _keeping_up(self, source: TP) -> bool:
         """Whether at most a take's worth of records of ``source`` waits unprocessed (not while unknown)."""
@@ -325,7 +333,9 @@ class KlineAgent:
                 closed_keys.append(key)
         await self.writer.flush()
         for key in closed_keys:
-            self._dirty[key] = self.sources[key]
+            source = self.sources.get(key)  # None: its partition was revoked during the sends
+            if source is not None:
+                self._dirty[key] = source
         # Under exactly_once, commit_idle commits the transactions this wrote into: the rows and input processed so
         # far must go in with them (at_least_once keeps the interval).
         await self._checkpoint(force=self.app.in_transaction)

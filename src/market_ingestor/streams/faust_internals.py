@@ -21,16 +21,20 @@ and ``streams/faust_app.py``):
 
 from __future__ import annotations
 
+import logging
 import weakref
 from collections.abc import Iterable
 from typing import Any
 
 import faust
+from aiokafka.errors import IllegalStateError
 from aiokafka.structs import TopicPartition
 from faust.streams import _current_event  # the event whose partition a table write goes to
 from faust.transport.consumer import TopicPartitionGroup, TransactionManager
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
+
+log = logging.getLogger(__name__)
 
 TESTED_FAUST = "0.15.3"
 
@@ -138,8 +142,18 @@ def transactional_id(app: faust.App, source: TP) -> str:
 
 async def seek_back(app: faust.App, offsets: dict[TP, int]) -> None:
     """Seeks partitions in the consumer's own thread (aiokafka is not thread-safe) and waits for it:
-    ``Consumer.seek_wait`` is undocumented."""
-    await app.consumer.seek_wait(offsets)
+    ``Consumer.seek_wait`` is undocumented. Partitions no longer assigned are left alone (their new owner reads
+    them from the committed offset): aiokafka refuses to seek them, and a rebalance may revoke one between the
+    check and the seek, which is let go the same way."""
+    consumer: Any = app.consumer
+    assigned = consumer.assignment()
+    offsets = {tp: offset for tp, offset in offsets.items() if tp in assigned}
+    if not offsets:
+        return
+    try:
+        await consumer.seek_wait(offsets)
+    except IllegalStateError as exc:  # "No current assignment for partition": revoked meanwhile
+        log.info("seek of a partition revoked meanwhile skipped", extra={"error": str(exc)})
 
 
 async def log_start_offsets(app: faust.App, tps: Iterable[TP]) -> dict[TP, int]:

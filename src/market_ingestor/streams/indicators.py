@@ -126,6 +126,7 @@ class IndicatorAgent:
         records: BatchConfig,
         cache_rows: int = 4096,
     ) -> None:
+        self.app = app
         self.specs = tuple(specs)
         for spec in self.specs:
             parse_spec(spec)  # a bad spec fails at start, naming it
@@ -152,7 +153,11 @@ class IndicatorAgent:
                 raise
 
     async def process(self, events: Sequence[Any]) -> None:
-        """Applies the closed klines of a batch of records; each value is sent as soon as it is computed."""
+        """Applies the closed klines of a batch of records; each value is sent as soon as it is computed. Records of
+        partitions no longer assigned are skipped, and rows of partitions revoked during the sends are not saved:
+        their changelog belongs to the new owner now (an older row written there would undo its work)."""
+        assigned = self.app.consumer.assignment()
+        events = [event for event in events if event.message.tp in assigned]
         rows: dict[bytes, Row] = {}
         touched: dict[bytes, tuple[Row, TP]] = {}
         stale = metrics.INDICATOR_STALE.counts
@@ -182,8 +187,10 @@ class IndicatorAgent:
                     await self.writer.send(topic, key, encode(value), source)
                 touched[key] = (row, source)
         await self.writer.flush()  # values acknowledged before the states that produced them are saved
+        assigned = self.app.consumer.assignment()  # on_revoked may have run during the sends
         for key, (row, source) in touched.items():
-            await self.writer.save(self.table, key, row.to_bytes(), source)
+            if source in assigned:
+                await self.writer.save(self.table, key, row.to_bytes(), source)
         await self.writer.commit_input(next_offsets(events))
 
     def _row(self, key: bytes, source: TP) -> Row:

@@ -100,7 +100,7 @@ async def test_bad_events_of_a_record_become_dead_letters_and_its_good_events_ar
     assert sorted(writer.rows) == ["1", "3", "4"]
     reasons = [letter.reason for letter in letters.sent]
     assert reasons[0] == "not a trade: Object missing required field `symbol`"
-    assert reasons[1] == "trade field price is NaN"
+    assert reasons[1] == "trade 2: price NaN is not a positive number"  # the trade rule, validity.py
     assert reasons[2] == "not JSON: Input data was truncated"
     assert reasons[3].startswith("not JSON: ")
     assert [letter.raw for letter in letters.sent[:3]] == [

@@ -41,6 +41,7 @@ from market_ingestor.sinks import metrics
 from market_ingestor.sinks.connect import is_transient
 from market_ingestor.sinks.schema import SchemaMode, migrate
 from market_ingestor.sinks.writer import TABLES
+from market_ingestor.validity import trade_problem
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,12 @@ def sink_group(config: Config) -> str:
 def outage_retry(settings: SinkConfig) -> RetryPolicy:
     """Database outages: ``retry_initial_s`` doubling to ``retry_max_s``, forever (the batch is held meanwhile)."""
     return RetryPolicy(settings.retry_initial_s, settings.retry_max_s)
+
+
+def row_problem(event: Row) -> str | None:
+    """Why a row cannot be stored, or None: a trade must pass the trade rule (``validity.trade_problem``), any
+    other row must hold only finite numbers."""
+    return trade_problem(event) if isinstance(event, Trade) else number_problem(event)
 
 
 def number_problem(event: Row) -> str | None:
@@ -138,10 +145,10 @@ class RowDecoder:
         except msgspec.MsgspecError:
             rows, bad = self._batch.split(value or b"")
             dead = [DeadLetter("sink", _text(raw), reason, now_ns) for raw, reason in bad]
-        if self._checked and any(number_problem(row) for row in rows):
+        if self._checked and any(row_problem(row) for row in rows):
             good: list[Row] = []
             for row in rows:
-                problem = number_problem(row)
+                problem = row_problem(row)
                 if problem is None:
                     good.append(row)
                 else:

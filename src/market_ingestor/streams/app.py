@@ -40,8 +40,9 @@ from market_ingestor.observability.consumer import MetricsService, metrics_servi
 from market_ingestor.streams import metrics
 from market_ingestor.streams.faust_app import StreamApp
 from market_ingestor.streams.indicators import IndicatorAgent
-from market_ingestor.streams.klines import InstrumentKlines, KlineSettings, exact_context, trade_problem
+from market_ingestor.streams.klines import InstrumentKlines, KlineSettings, exact_context
 from market_ingestor.streams.outputs import InputLimits, PartitionWriter, next_offsets
+from market_ingestor.validity import trade_problem
 
 log = logging.getLogger(__name__)
 

@@ -62,7 +62,9 @@ def test_only_warnings_and_errors_reach_the_console_on_one_line():
         '{"ts":"t","level":"ERROR","logger":"x","event":"boom",'
         '"exc":"Traceback (most recent call last):\\n  ...\\nValueError: bad"}'
     )
+    routine = '{"level":"WARNING","logger":"aiokafka","event":"Heartbeat failed for group g because it is rebalancing"}'
     assert console_line("worker", info) is None
+    assert console_line("sink", routine) is None
     assert console_line("sink", warning) == "sink: WARNING database write failed, retrying attempt=2"
     assert console_line("worker", error) == "worker: ERROR boom exc=ValueError: bad"
     assert console_line("api", "level=WARNING event=slow") == "api: level=WARNING event=slow"

@@ -30,6 +30,8 @@ STATUS_INTERVAL_S = 5.0  # float-ok: a duration
 CONSOLE_LEVELS = frozenset({"WARNING", "ERROR", "CRITICAL"})
 _KV_LEVEL = re.compile(r"(?:^| )level=(WARNING|ERROR|CRITICAL)(?: |$)")
 _CONSOLE_MAX_CHARS = 300
+# Warnings that are part of normal operation while consumer groups form (they stay in the log files).
+_ROUTINE = ("because it is rebalancing",)
 # What the line shows, from which sample of which service's /metrics (summed over their labels).
 Metric = tuple[str, str, dict[str, str]]  # (service, sample name, labels it must have)
 _TRADES: Metric = ("ingest", "market_events_total", {"type": "Trade"})
@@ -94,7 +96,8 @@ def status_line(previous: Sample | None, current: Sample) -> str:
 
 def console_line(service: str, line: str) -> str | None:
     """The console's form of one log line of ``service`` (JSON or key=value, ``logs.py``): warnings and errors
-    only, on one line; None for anything else (it is in the service's log file)."""
+    only (but the routine ones of a forming consumer group), on one line; None for anything else (it is in the
+    service's log file)."""
     line = line.rstrip("\n")
     if line.startswith("{"):
         try:
@@ -102,6 +105,8 @@ def console_line(service: str, line: str) -> str | None:
         except msgspec.DecodeError:
             return None
         if not isinstance(fields, dict) or fields.get("level") not in CONSOLE_LEVELS:
+            return None
+        if str(fields.get("event", "")).endswith(_ROUTINE):
             return None
         return console_text(service, fields)
     if _KV_LEVEL.search(line):

@@ -25,7 +25,13 @@ from market_ingestor.instruments import (
     split_delimited,
 )
 from market_ingestor.model import Level, MarketEvent
-from market_ingestor.validity import MAX_ADJUSTED_EXPONENT, MIN_ADJUSTED_EXPONENT, SMALLEST, TOO_LARGE, numbers_problem
+from market_ingestor.validity import (
+    MAX_ADJUSTED_EXPONENT,
+    MIN_ADJUSTED_EXPONENT,
+    SMALLEST,
+    TOO_LARGE,
+    check_exchange_trade,
+)
 
 T = TypeVar("T")
 
@@ -86,12 +92,8 @@ def non_negative(value: Decimal) -> bool:
     )
 
 
-def check_trade(what: str, price: Decimal, qty: Decimal) -> None:
-    """A trade's numbers under the trade rule at the exchange boundary (``validity.numbers_problem(...,
-    market=True)``: both positive, of a market's magnitude); else ParseError ``"<what>: <reason>"``."""
-    problem = numbers_problem(price, qty, market=True)
-    if problem is not None:
-        raise ParseError(f"{what}: {problem}")
+# A trade's price and quantity under the trade rule at the exchange boundary (validity.py): ParseError otherwise.
+check_trade = check_exchange_trade
 
 
 def quote_ok(bid_price: Decimal, bid_qty: Decimal, ask_price: Decimal, ask_qty: Decimal) -> bool:

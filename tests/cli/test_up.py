@@ -9,6 +9,7 @@ import signal
 import sys
 import uuid
 from decimal import Decimal
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -23,13 +24,19 @@ from market_ingestor.model import Topics, Trade, bus_key, decode, encode, event_
 pytestmark = pytest.mark.kafka
 
 
-async def test_up_on_the_simulator_publishes_and_exits_0_on_sigint(dev_stack, tmp_path):
-    prefix = f"t{uuid.uuid4().hex[:8]}."
+def up_config(dev_stack, tmp_path, prefix: str, more: str = "") -> Path:  # type: ignore[no-untyped-def]
+    """A config for ``up`` on the dev stack's Kafka under ``prefix``, binance BTCUSDT only, plus ``more``."""
     config = tmp_path / "market-ingestor.toml"
     config.write_text(
         f'[bus]\ntopic_prefix = "{prefix}"\n[bus.kafka]\nbootstrap = "{dev_stack.kafka_bootstrap}"\n'
-        '[exchanges.binance]\nsymbols = ["BTCUSDT"]\n'
+        f'{more}[exchanges.binance]\nsymbols = ["BTCUSDT"]\n'
     )
+    return config
+
+
+async def test_up_on_the_simulator_publishes_and_exits_0_on_sigint(dev_stack, tmp_path):
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    config = up_config(dev_stack, tmp_path, prefix)
     cli = [sys.executable, "-m", "market_ingestor.cli.main", "--config", str(config)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     up = await asyncio.create_subprocess_exec(
@@ -75,12 +82,8 @@ def test_tail_prints_one_event_per_line_and_its_limit_counts_events(dev_stack, t
 
 
 async def test_up_keeps_the_console_short_and_writes_each_services_log_to_its_file(dev_stack, tmp_path):
-    prefix = f"t{uuid.uuid4().hex[:8]}."
-    config = tmp_path / "market-ingestor.toml"
-    config.write_text(
-        f'[bus]\ntopic_prefix = "{prefix}"\n[bus.kafka]\nbootstrap = "{dev_stack.kafka_bootstrap}"\n'
-        '[ingest]\nmetrics_port = 0\n[push]\nport = 0\nmetrics_port = 0\n[exchanges.binance]\nsymbols = ["BTCUSDT"]\n'
-    )
+    more = "[ingest]\nmetrics_port = 0\n[push]\nport = 0\nmetrics_port = 0\n"
+    config = up_config(dev_stack, tmp_path, f"t{uuid.uuid4().hex[:8]}.", more)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "MARKET_INGESTOR_DEVSTACK_DIR": str(tmp_path / "stack")}
     up = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "market_ingestor.cli.main", "--config", str(config),

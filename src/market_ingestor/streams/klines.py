@@ -80,7 +80,14 @@ import msgspec
 
 from market_ingestor.errors import ConfigError, MarketIngestorError
 from market_ingestor.model import Kline, Trade
-from market_ingestor.streams.windows import Interval, bucket_ns, closes_after_ns, format_ns, parse_intervals
+from market_ingestor.streams.windows import (
+    Interval,
+    bucket_ns,
+    closes_after_ns,
+    format_ns,
+    parse_intervals,
+    window_open,
+)
 
 log = logging.getLogger(__name__)
 
@@ -378,7 +385,7 @@ class InstrumentKlines:
                 return _DUPLICATE
             s.position = position
         ts = trade.ts
-        opened = ts - ts % self._bucket_ns
+        opened = ts - ts % self._bucket_ns  # window_open(ts, bucket), written out: this runs per trade
         if opened == self._cur_open:
             b = self._cur
         else:
@@ -699,12 +706,12 @@ def _with_intervals(state: _State, plan: _Plan) -> _State:
     buckets: dict[int, _Agg] = {}
     with exact_context():
         for opened in sorted(state.buckets):
-            key = opened - opened % plan.bucket_ns
+            key = window_open(opened, plan.bucket_ns)
             if key in buckets:
                 _merge(buckets[key], state.buckets[opened])
             else:
                 buckets[key] = state.buckets[opened]
-    start = None if state.start is None else state.start - state.start % plan.bucket_ns
+    start = None if state.start is None else window_open(state.start, plan.bucket_ns)
     kept = dict(zip(state.intervals, state.levels, strict=True))
     last_price = _last_price(state)
     levels = []

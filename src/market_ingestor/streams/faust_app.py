@@ -12,6 +12,8 @@ import logging
 import signal
 from typing import Any
 
+import faust
+
 from market_ingestor.config import KafkaConfig
 from market_ingestor.streams.faust_internals import AgentErrorApp, Transport
 
@@ -77,3 +79,13 @@ class StreamApp(AgentErrorApp):
 
     def _new_transport(self) -> Any:
         return Transport(self.conf.broker_consumer, self)
+
+
+def faust_worker(app: faust.App, *services: Any, log_level: str) -> faust.Worker:
+    """How our Faust services start: no banner, Faust's and mode's loggers through ours (``logs.py``, one format:
+    ``override_logging=False``), and no terminal spinner (it writes cursor escapes into the output, a log file
+    under ``up``)."""
+    level = log_level.lower().replace("warning", "warn")
+    worker = faust.Worker(app, *services, loglevel=level, quiet=True, override_logging=False)
+    worker.spinner = None
+    return worker

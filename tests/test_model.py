@@ -161,3 +161,14 @@ def test_indicator_values_keep_plain_digits():
         "binance", "BTCUSDT", "1m", "macd_12_26_9", 0, {"hist": Decimal("-0E-8"), "macd": Decimal("1.0E-7")}
     )
     assert b'"values":{"hist":"-0.00000000","macd":"0.00000010"}' in encode(value)
+
+
+def test_the_ohlcv_fields_are_declared_once_in_order_by_every_kline_shape():
+    from market_ingestor.model import OHLCV_FIELDS
+    from market_ingestor.streams.klines import _Agg
+    from market_ingestor.tables.indicators.series import Bar
+
+    for shape in (Kline, _Agg, Bar):
+        fields = shape.__struct_fields__
+        start = fields.index(OHLCV_FIELDS[0])
+        assert fields[start : start + len(OHLCV_FIELDS)] == OHLCV_FIELDS, shape.__name__

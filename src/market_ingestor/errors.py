@@ -11,6 +11,7 @@
     │   └── BusClosedError     used after stop() or before start()
     ├── StorageError           the database refused a statement (bad data, schema not migrated)
     │   └── StorageUnavailable the database cannot be reached or went away: retry with backoff
+    ├── RetriesExhausted       a retry policy with an end gave up (retry.py); logged naming what gave up
     ├── DevStackError          a local development server failed to start or stop
     ├── RequestError           a bad query API request (parameter, unknown symbol); carries the HTTP status
     ├── PushRequestError       a push client's message that cannot be served (push/protocol.py): an error reply
@@ -88,6 +89,10 @@ class StorageError(MarketIngestorError):
 
 class StorageUnavailable(StorageError):
     """The database cannot be reached or the connection broke; the same write may succeed later."""
+
+
+class RetriesExhausted(MarketIngestorError):
+    """A loop whose retry policy ends (``RetryPolicy.give_up_after``) gave up; the message names the loop."""
 
 
 class DevStackError(MarketIngestorError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from pathlib import Path
 from typing import Any, Literal
 
 from market_ingestor.jsontext import JsonEncoder, text
@@ -24,7 +25,8 @@ def _timestamp(record: logging.LogRecord) -> str:
     return f"{seconds}.{int(record.msecs):03d}Z"
 
 
-def _fields(record: logging.LogRecord) -> dict[str, Any]:
+def record_fields(record: logging.LogRecord) -> dict[str, Any]:
+    """A record as the fields of its line: ts, level, logger, event, then its ``extra``."""
     fields: dict[str, Any] = {
         "ts": _timestamp(record),
         "level": record.levelname,
@@ -41,13 +43,13 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return _encoder.encode(_fields(record)).decode()
+        return _encoder.encode(record_fields(record)).decode()
 
 
 class KeyValueFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         parts = []
-        for key, value in _fields(record).items():
+        for key, value in record_fields(record).items():
             shown = text(value)  # a Decimal in plain digits
             if not shown or any(ch in shown for ch in ' "=\n'):
                 shown = _encoder.encode(shown).decode()
@@ -55,11 +57,20 @@ class KeyValueFormatter(logging.Formatter):
         return " ".join(parts)
 
 
-def configure_logging(level: str = "INFO", fmt: Literal["json", "kv"] = "json") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+def configure_logging(
+    level: str = "INFO",
+    fmt: Literal["json", "kv"] = "json",
+    path: Path | None = None,
+    console: logging.Handler | None = None,
+) -> None:
+    """Every record at ``level`` and above as one structured line, on stderr or, with ``path``, into that file
+    (``up`` does: its console is for people); ``console`` is an extra handler with its own level and format.
+    Faust's and mode's loggers propagate here too (the Faust services start their worker with
+    ``override_logging=False``), so a service logs in one format."""
+    handler: logging.Handler = logging.StreamHandler(sys.stderr) if path is None else logging.FileHandler(path, "w")
     handler.setFormatter(JsonFormatter() if fmt == "json" else KeyValueFormatter())
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [handler] if console is None else [handler, console]
     root.setLevel(level)
     # Client libraries narrate every rebalance and reconnect at INFO; ours already report what matters.
     for name in ("aiokafka", "websockets", "nats"):

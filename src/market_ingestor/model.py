@@ -78,6 +78,12 @@ class BookDelta(msgspec.Struct, frozen=True, tag="book_delta", tag_field="type")
     checksum: int | None = None  # the exchange's checksum of the book after this delta, where it sends one
 
 
+# The price and volume fields of a kline, in this order: ``Kline``, the aggregation's running state
+# (``streams/klines.py``, ``_Agg``) and the indicators' ``Bar`` (``tables/indicators/series.py``) declare them so,
+# and code that walks them uses this tuple (``tests/test_model.py`` checks the three declarations against it).
+OHLCV_FIELDS = ("open", "high", "low", "close", "volume", "quote_volume")
+
+
 class Kline(msgspec.Struct, frozen=True, tag="kline", tag_field="type"):
     """An OHLCV candle with the same meaning as an exchange's own klines.
 

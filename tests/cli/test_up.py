@@ -9,6 +9,7 @@ import signal
 import sys
 import uuid
 from decimal import Decimal
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -23,13 +24,19 @@ from market_ingestor.model import Topics, Trade, bus_key, decode, encode, event_
 pytestmark = pytest.mark.kafka
 
 
-async def test_up_on_the_simulator_publishes_and_exits_0_on_sigint(dev_stack, tmp_path):
-    prefix = f"t{uuid.uuid4().hex[:8]}."
+def up_config(dev_stack, tmp_path, prefix: str, more: str = "") -> Path:  # type: ignore[no-untyped-def]
+    """A config for ``up`` on the dev stack's Kafka under ``prefix``, binance BTCUSDT only, plus ``more``."""
     config = tmp_path / "market-ingestor.toml"
     config.write_text(
         f'[bus]\ntopic_prefix = "{prefix}"\n[bus.kafka]\nbootstrap = "{dev_stack.kafka_bootstrap}"\n'
-        '[exchanges.binance]\nsymbols = ["BTCUSDT"]\n'
+        f'{more}[exchanges.binance]\nsymbols = ["BTCUSDT"]\n'
     )
+    return config
+
+
+async def test_up_on_the_simulator_publishes_and_exits_0_on_sigint(dev_stack, tmp_path):
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    config = up_config(dev_stack, tmp_path, prefix)
     cli = [sys.executable, "-m", "market_ingestor.cli.main", "--config", str(config)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     up = await asyncio.create_subprocess_exec(
@@ -72,3 +79,32 @@ def test_tail_prints_one_event_per_line_and_its_limit_counts_events(dev_stack, t
     result = CliRunner().invoke(cli, ["--config", str(config), "tail", prefix + Topics.TRADES, "-n", "6"])
     assert result.exit_code == 0, result.output
     assert result.stdout_bytes.splitlines() == [encode(trade) for trade in trades[:6]]
+
+
+async def test_up_keeps_the_console_short_and_writes_each_services_log_to_its_file(dev_stack, tmp_path):
+    more = "[ingest]\nmetrics_port = 0\n[push]\nport = 0\nmetrics_port = 0\n"
+    config = up_config(dev_stack, tmp_path, f"t{uuid.uuid4().hex[:8]}.", more)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MARKET_INGESTOR_DEVSTACK_DIR": str(tmp_path / "stack")}
+    up = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "market_ingestor.cli.main", "--config", str(config),
+        "up", "--simulate", "--port", "0", "--rate", "200", "--with", "push",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    assert up.stdout is not None
+    summary = [await asyncio.wait_for(up.stdout.readline(), 60)]
+    while not summary[-1].startswith(b"Ctrl-C"):
+        summary.append(await asyncio.wait_for(up.stdout.readline(), 10))
+    status = await asyncio.wait_for(up.stdout.readline(), 30)
+    up.send_signal(signal.SIGINT)
+    rest, stderr = await asyncio.wait_for(up.communicate(), 60)
+    assert up.returncode == 0
+    logs = tmp_path / "stack" / "logs"
+    assert any(line.startswith(b"  logs: ") and str(logs).encode() in line for line in summary)
+    assert b"| rows stored" in status and b"push clients" in status
+    # The console: the summary, status lines, and no INFO line of any service (those are in the files).
+    assert all(b"| rows stored" in line for line in rest.splitlines()), rest
+    assert b'"level":"INFO"' not in stderr and b"INFO" not in stderr, stderr
+    ingest_log = (logs / "ingest.log").read_text()
+    push_log = (logs / "push.log").read_text()
+    assert '"level":"INFO"' in ingest_log and '"event":"connector started"' in ingest_log
+    assert "push gateway listening" in push_log

@@ -232,7 +232,7 @@ async def test_bad_records_go_to_the_dead_letter_topic_and_aborted_transactions_
     assert await sink.stop() == 0
     reasons = {letter.raw: letter.reason for letter in letters}
     assert "refused by the database" in reasons[encode(nul).decode()]
-    assert reasons[encode(nan).decode()] == "trade field price is NaN"
+    assert reasons[encode(nan).decode()] == "trade nan: price NaN is not a positive number"  # the trade rule
     assert reasons[missing.decode()] == "not a trade: Object missing required field `trade_id`"
     assert reasons["[{not json]"].startswith("not JSON: ")
     assert len(letters) == 4

@@ -95,10 +95,22 @@ def test_the_row_of_the_default_configuration_stays_a_few_kilobytes() -> None:
 # --- the agent's row cache (pure: a dict for the table, a list for the bus) -------------------------------------
 
 
+class Assignment:
+    """The consumer's assigned partitions: every one, minus those a test revokes."""
+
+    def __init__(self) -> None:
+        self.revoked: set[TP] = set()
+
+    def __contains__(self, tp: object) -> bool:
+        return tp not in self.revoked
+
+
 class FakeWriter:
     def __init__(self) -> None:
         self.sent: list[tuple[bytes, bytes]] = []
         self.fail_flush = False
+        self.revoke_at_flush: set[TP] = set()  # a rebalance that revokes these while the values are being sent
+        self.assignment = Assignment()
 
     async def send(self, topic: str, key: bytes, value: bytes, source: TP) -> None:
         self.sent.append((key, value))
@@ -106,6 +118,7 @@ class FakeWriter:
     async def flush(self) -> None:
         if self.fail_flush:
             raise RuntimeError("the broker is gone")
+        self.assignment.revoked |= self.revoke_at_flush
 
     async def save(self, table: dict[bytes, bytes], key: bytes, value: bytes, source: TP) -> None:
         table[key] = value
@@ -127,7 +140,8 @@ def agent(cache_rows: int) -> IndicatorAgent:
     built.specs, built.max_lateness_ms = SPECS, 600_000
     built.out = SimpleNamespace(get_topic_name=lambda: "market.indicators")  # type: ignore[assignment]
     built.table = Table()  # type: ignore[assignment]
-    built.writer = FakeWriter()  # type: ignore[assignment]
+    writer = built.writer = FakeWriter()  # type: ignore[assignment]
+    built.app = SimpleNamespace(consumer=SimpleNamespace(assignment=lambda: writer.assignment))  # type: ignore[assignment]
     built.rows = RowCache(cache_rows)
     built.limits = InputLimits()
     built._horizons = {}
@@ -205,6 +219,18 @@ async def test_revoked_partitions_drop_their_cached_rows() -> None:
     await built.on_revoked(SimpleNamespace(), {TP("market.klines", 0)})  # type: ignore[arg-type]
     assert len(built.rows) == 1 and built.rows.get(b"binance.P1USDT") is not None
     assert built.rows.get(b"binance.S0USDT") is None and b"binance.S0USDT" in built.table  # saved, not cached
+
+
+async def test_rows_of_a_partition_revoked_during_the_sends_are_not_written_to_its_changelog() -> None:
+    # The new owner writes that changelog now: an older row from here would undo its work.
+    built = agent(100)
+    built.writer.revoke_at_flush = {TP("market.klines", 0)}  # type: ignore[attr-defined]
+    await run(built, [records(2, 2)])
+    assert built.writer.sent and not built.table  # type: ignore[attr-defined]
+    # Nor are records of a partition no longer assigned applied at all.
+    sent = len(built.writer.sent)  # type: ignore[attr-defined]
+    await run(built, [records(2, 2, start=2)])
+    assert len(built.writer.sent) == sent and not built.table  # type: ignore[attr-defined]
 
 
 async def _aiter(items: list[Any]) -> Any:

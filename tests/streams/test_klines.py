@@ -22,9 +22,9 @@ from market_ingestor.streams.klines import (
     KlineSettings,
     aggregate,
     exact_context,
-    trade_problem,
 )
 from market_ingestor.streams.windows import MINUTE_NS, SECOND_NS
+from market_ingestor.validity import trade_problem
 
 MS = 1_000_000
 T0 = 1_709_208_000 * SECOND_NS  # 2024-02-29 12:00:00 UTC

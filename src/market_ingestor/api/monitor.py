@@ -38,6 +38,7 @@ from market_ingestor.ingestor.control import (
 )
 from market_ingestor.ingestor.exchanges import REGISTRY
 from market_ingestor.model import ConnectorState, ConnectorStatus, ControlCommand, Topics, event_id
+from market_ingestor.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ STATUS_TAIL = 1_000  # status records read back at start: the recent past of eve
 CONFIRM_TIMEOUT_S = 5.0  # float-ok: how long a command's sender waits to read it back
 _status_decoder = msgspec.json.Decoder(ConnectorStatus)
 NS = 1_000_000_000
+FOLLOWER_RETRY = RetryPolicy(1.0, 30.0)  # a failed panel follower: 1 s doubling to 30 s, forever
 
 
 class ConnectorView(msgspec.Struct, frozen=True):
@@ -170,7 +172,7 @@ class PanelMonitor:
             group.create_task(self._supervise("offsets", self.offsets.run))
 
     async def _supervise(self, name: str, follow: Callable[[], Awaitable[None]]) -> None:
-        delay_s = 1.0  # float-ok: a duration
+        retries = FOLLOWER_RETRY.retries(f"panel follower {name}")
         while True:
             started = time.monotonic()
             try:
@@ -182,9 +184,8 @@ class PanelMonitor:
                 self.errors[name] = f"{name}: {exc!r}"
                 log.exception("panel follower failed; retrying", extra={"follower": name})
             if time.monotonic() - started > 60:
-                delay_s = 1.0  # it worked for a while: this is a new failure, not the same one again
-            await asyncio.sleep(delay_s)
-            delay_s = min(30.0, delay_s * 2)
+                retries.reset()  # it worked for a while: this is a new failure, not the same one again
+            await asyncio.sleep(retries.next_delay_s())
 
     async def _follow_status(self) -> None:
         follower = self.bus.follower([self.config.bus.topic_prefix + Topics.STATUS], tail=STATUS_TAIL)

@@ -121,7 +121,7 @@ def kline_page(exchange: str, symbol: str, interval: Interval, rows: Sequence[An
     data = []
     for row in rows:
         open_ns = from_pg(row[0])
-        close_ns = open_ns + interval.ns - 1
+        close_ns = interval.close_time(open_ns)
         data.append(
             KlineOut(iso(open_ns), ms(open_ns), iso(close_ns), ms(close_ns), row[1], row[2], row[3], row[4], row[5],
                      row[6], row[7], row[8], row[9], row[10], row[11], row[12], row[13], row[14])

@@ -40,4 +40,5 @@ def run(config: Config, host: str, port: int) -> None:
         app, ticker = build_ticker_app(config, scratch)
         web_service = WebService(config, ticker, host, port)
         level = config.log.level.lower().replace("warning", "warn")
-        faust.Worker(app, web_service, loglevel=level, quiet=True).execute_from_commandline()
+        # override_logging=False: Faust's lines go through our structured formatter, not its own handler.
+        faust.Worker(app, web_service, loglevel=level, quiet=True, override_logging=False).execute_from_commandline()

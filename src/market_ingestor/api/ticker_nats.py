@@ -37,8 +37,8 @@ from market_ingestor.api.ticker_state import TickerState, TickerUpdates
 from market_ingestor.bus.nats import connect_client, stream_name
 from market_ingestor.config import Config
 from market_ingestor.errors import BusClosedError, BusError
-from market_ingestor.ingestor.backoff import Backoff
 from market_ingestor.model import Topics
+from market_ingestor.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class NatsTicker:
     # --- following ---------------------------------------------------------------------------------------------
 
     async def _supervise(self, topic: str) -> None:
-        backoff = Backoff(initial_s=1.0, max_s=30.0)
+        backoff = RetryPolicy(initial_s=1.0, max_s=30.0, jitter=True).retries(f"ticker follower of {topic}")
         while True:
             started = time.monotonic()
             try:

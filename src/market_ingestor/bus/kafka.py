@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 _PARTITION_CACHE_MAX = 100_000
 _NEW_TOPIC_WAIT_S = 2.0  # float-ok: seconds
 _METADATA_POLL_S = 0.1  # float-ok: seconds
+LEADER_WAIT_S = 30.0  # float-ok: how long ensure_topics waits for the partition leaders of new topics
 
 
 def _compression(config: KafkaConfig) -> str | None:
@@ -70,6 +71,29 @@ async def _partitions(config: KafkaConfig, topic: str, wait_s: float = 0.0) -> l
         await admin.close()
 
 
+async def _await_leaders(
+    admin: AIOKafkaAdminClient, topics: list[str], wait_s: float = LEADER_WAIT_S
+) -> None:  # float-ok
+    """Returns once every partition of ``topics`` has a leader, or after ``wait_s`` (logged). A topic created a
+    moment ago elects its leaders within moments; a producer that sends before gets NotLeaderForPartition and
+    retries with a warning per batch."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        leaderless = sorted(
+            {
+                described["topic"]
+                for described in await admin.describe_topics(topics)
+                if described["error_code"] or any(p["error_code"] or p["leader"] < 0 for p in described["partitions"])
+            }
+        )
+        if not leaderless:
+            return
+        if time.monotonic() >= deadline:
+            log.warning("topics still without a leader for every partition", extra={"topics": leaderless})
+            return
+        await asyncio.sleep(_METADATA_POLL_S)
+
+
 class KafkaBus:
     # The idempotent producer dedupes its own retries; an application re-send is a new record.
     deduplicates_resends = False
@@ -85,10 +109,12 @@ class KafkaBus:
             existing = set(await admin.list_topics())
             missing = [self._new_topic(spec) for spec in topics if spec.name not in existing]
             if missing:
-                await admin.create_topics(missing)
-                log.info("created topics", extra={"topics": [topic.name for topic in missing]})
-        except TopicAlreadyExistsError:
-            pass  # another process created them between our list and create
+                try:
+                    await admin.create_topics(missing)
+                    log.info("created topics", extra={"topics": [topic.name for topic in missing]})
+                except TopicAlreadyExistsError:
+                    pass  # another process created them between our list and create
+            await _await_leaders(admin, [spec.name for spec in topics])
         except KafkaError as exc:
             raise BusError(f"cannot create Kafka topics on {self.config.bootstrap}: {exc!r}") from exc
         finally:

@@ -15,8 +15,8 @@ from market_ingestor.streams.klines import (
     InstrumentKlines,
     KlineSettings,
     exact_context,
-    trade_problem,
 )
+from market_ingestor.validity import trade_problem
 
 _DEFAULTS = KlineSettings()
 

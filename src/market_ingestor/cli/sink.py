@@ -16,11 +16,10 @@ def sink(cli_ctx: CliContext) -> None:
     transaction each; their records are committed only after that. While the database is down the sink retries
     with backoff and stops consuming; nothing is lost or stored twice. On Kafka and on NATS alike.
     """
-    from market_ingestor.sinks.persist import Backoff, migrate_when_available
+    from market_ingestor.sinks.persist import migrate_when_available, outage_retry
     from market_ingestor.sinks.service import run_sink
 
     config = cli_ctx.config
     if config.storage.migrate_on_start:
-        backoff = Backoff(config.sink.retry_initial_s, config.sink.retry_max_s)
-        run(migrate_when_available(config.database.url, config.storage, backoff))
+        run(migrate_when_available(config.database.url, config.storage, outage_retry(config.sink)))
     run(run_sink(config))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import sys
 from pathlib import Path
@@ -20,9 +21,11 @@ from market_ingestor.bus import open_bus
 from market_ingestor.bus.records import split_events
 from market_ingestor.cli.context import CliContext, pass_cli, run
 from market_ingestor.cli.services import SERVICES, Children, parse_services
+from market_ingestor.cli.status import STATUS_INTERVAL_S, ConsoleFormatter, Status, log_dir
 from market_ingestor.config import ENV_PREFIX, Config, ExchangeConfig
 from market_ingestor.ingestor.service import IngestService, metrics_server
 from market_ingestor.ingestor.simulator import DIALECTS, Simulator, SimulatorConfig
+from market_ingestor.logs import configure_logging
 
 DEMO_SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
 # Listed by the simulator but not subscribed: there to be added live (`symbols add`, the control panel).
@@ -49,6 +52,7 @@ def _started(
     rate: float,  # float-ok: trades/s
     services: tuple[str, ...],
     metrics_port: int,
+    logs: Path | None = None,
 ) -> str:
     prefix = config.bus.topic_prefix
     where = "the exchanges"
@@ -65,12 +69,48 @@ def _started(
         lines.append(f"  control panel: http://127.0.0.1:{config.api.port}/panel/")
     if "push" in services:
         lines.append(f"  push gateway: ws://127.0.0.1:{config.push.port}/")
+    if logs is not None:
+        names = ", ".join(f"{name}.log" for name in ("ingest", *services))
+        lines.append(f"  logs: {_shown(logs)}/ ({names}); here: a status line every {STATUS_INTERVAL_S:g} s, warnings")
     lines += [
         f"  watch it:  market-ingestor tail {prefix}market.trades",
         "  add a symbol live:  market-ingestor symbols add binance XRPUSDT",
         "Ctrl-C stops it (flushes everything first).",
     ]
     return "\n".join(lines)
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory where it is below it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _log_to_files(config: Config) -> Path:
+    """This process's log (ingest, the simulator) into ``ingest.log`` of :func:`log_dir`, warnings and errors
+    also to the console; the children's go beside it (``Children``)."""
+    directory = log_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.WARNING)
+    console.setFormatter(ConsoleFormatter("ingest"))
+    configure_logging(config.log.level, config.log.format, path=directory / "ingest.log", console=console)
+    return directory
+
+
+def _metrics_ports(config: Config, services: tuple[str, ...], ingest_port: int) -> dict[str, int]:
+    """Where the status line reads each running service's /metrics (a service on port 0 is left out)."""
+    ports = {"ingest": ingest_port}
+    for name, port in (
+        ("worker", config.streams.metrics_port),
+        ("sink", config.sink.metrics_port),
+        ("push", config.push.metrics_port),
+    ):
+        if name in services and port:
+            ports[name] = port
+    return ports
 
 
 async def _up(
@@ -85,6 +125,7 @@ async def _up(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    logs = _log_to_files(config)
     async with contextlib.AsyncExitStack() as stack:
         env: dict[str, str] = {}
         sim: Simulator | None = None
@@ -98,7 +139,7 @@ async def _up(
             config = _pointed_at(config, sim)
             # The children must see the same exchanges (the API folds the control topic onto them).
             env[f"{ENV_PREFIX}EXCHANGES"] = msgspec.json.encode(config.exchanges).decode()
-        children = Children(services, config_path, env)
+        children = Children(services, config_path, env, logs)
         stack.push_async_callback(children.stop)
         await children.start()
         service = IngestService(config)
@@ -106,16 +147,21 @@ async def _up(
         ingesting = asyncio.create_task(service.run(stop), name="up-ingest")
         watching = asyncio.create_task(children.watch(stop), name="up-children")
         ready = asyncio.create_task(service.ready.wait(), name="up-ready")
+        status: asyncio.Task[object] = asyncio.create_task(asyncio.Event().wait(), name="up-status")  # until ready
         try:
             # An ingest service that fails while starting (no broker) ends here with its error, not a hang.
             await asyncio.wait([ready, ingesting], return_when=asyncio.FIRST_COMPLETED)
             if ready.done():
-                click.echo(_started(config, sim, rate, services, metrics.port))
+                click.echo(_started(config, sim, rate, services, metrics.port, logs))
+                status.cancel()
+                status = asyncio.create_task(
+                    Status(_metrics_ports(config, services, metrics.port)).run(), name="up-status"
+                )
             await ingesting
         finally:
-            for task in (ready, watching, ingesting):
+            for task in (ready, watching, ingesting, status):
                 task.cancel()
-            await asyncio.gather(ready, watching, ingesting, return_exceptions=True)
+            await asyncio.gather(ready, watching, ingesting, status, return_exceptions=True)
     if children.failed is not None:
         raise click.ClickException(f"stopped: {children.failed}")
 

@@ -32,9 +32,8 @@ def worker(cli_ctx: CliContext, data_dir: Path | None, web_port: int | None) -> 
 
         run(run_worker(cli_ctx.config))
         return
-    import faust  # heavy: only the worker needs it
-
-    from market_ingestor.streams.app import build_app, worker_metrics
+    from market_ingestor.streams.app import build_app, worker_metrics  # heavy (Faust): only the worker needs it
+    from market_ingestor.streams.faust_app import faust_worker
     from market_ingestor.streams.outputs import mark_clean_stop, prepare_data_dir
 
     config = cli_ctx.config
@@ -43,11 +42,7 @@ def worker(cli_ctx: CliContext, data_dir: Path | None, web_port: int | None) -> 
     prepare_data_dir(directory, exactly_once=config.streams.processing_guarantee == "exactly_once")
     app = build_app(config, directory, web_port)
     try:
-        # override_logging=False: Faust's lines go through our structured formatter, not its own handler.
-        level = config.log.level.lower().replace("warning", "warn")
-        faust.Worker(
-            app, worker_metrics(app, config), loglevel=level, quiet=True, override_logging=False
-        ).execute_from_commandline()
+        faust_worker(app, worker_metrics(app, config), log_level=config.log.level).execute_from_commandline()
     except SystemExit as exc:
         if app.agent_failure is not None:  # stopped because an agent failed (logged): not a clean stop
             raise SystemExit(1) from app.agent_failure

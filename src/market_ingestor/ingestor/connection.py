@@ -19,8 +19,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
 from market_ingestor.ingestor import metrics
-from market_ingestor.ingestor.backoff import Backoff
 from market_ingestor.ingestor.exchanges.base import Channel, ExchangeSpec
+from market_ingestor.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,10 @@ class ConnectionSettings:
     open_timeout_s: float = 10.0
     max_frame_bytes: int = 16 * 1024 * 1024  # a deep book snapshot is large; beyond this a frame is refused
     max_queued_frames: int = 64  # frames the library buffers before it stops reading the socket
+
+    def retry_policy(self) -> RetryPolicy:
+        """Reconnects: full jitter, forever (a connection is given up only by stop())."""
+        return RetryPolicy(self.backoff_initial_s, self.backoff_max_s, jitter=True)
 
 
 class StalledError(Exception):
@@ -78,7 +82,7 @@ class Connection:
         self.reconnects = 0
         self._on_frame = on_frame
         self._on_open = on_open
-        self._backoff = Backoff(settings.backoff_initial_s, settings.backoff_max_s)
+        self._retries = settings.retry_policy().retries(f"{spec.name} connection to {url}")
         self._ws: ClientConnection | None = None
         self._stopping = asyncio.Event()
         self._last_frame_at = 0.0
@@ -107,10 +111,10 @@ class Connection:
             if self._stopping.is_set():
                 break
             if opened_at is not None and time.monotonic() - opened_at >= self.settings.healthy_after_s:
-                self._backoff.reset()
+                self._retries.reset()
             metrics.RECONNECTS.labels(self.spec.name).inc()
             self.reconnects += 1
-            delay_s = self._backoff.next_delay_s()
+            delay_s = self._retries.next_delay_s()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay_s)
 

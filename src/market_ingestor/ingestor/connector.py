@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from market_ingestor.errors import MarketIngestorError, NotNormalized, ParseError, SymbolError
+from market_ingestor.errors import MarketIngestorError, NotNormalized, ParseError, RetriesExhausted, SymbolError
 from market_ingestor.ingestor import metrics
 from market_ingestor.ingestor.book import BookSync, BookVerdict
 from market_ingestor.ingestor.connection import Connection, ConnectionSettings, Subscription
@@ -25,8 +25,12 @@ from market_ingestor.ingestor.rest import RestClient
 from market_ingestor.instruments import InstrumentRegistry
 from market_ingestor.model import BookDelta, BookSnapshot, DeadLetter, MarketEvent, Trade
 from market_ingestor.observability import SYMBOLS
+from market_ingestor.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
+
+# A book snapshot over REST: 0.5 s doubling to 30 s; given up (logged) after 999 retries, about eight hours.
+SNAPSHOT_RETRY = RetryPolicy(0.5, 30.0, give_up_after=999)
 
 # Receives the events of one frame at a time: one queue operation per frame, not per event.
 Sink = Callable[[list[MarketEvent | DeadLetter]], Awaitable[None]]
@@ -277,16 +281,18 @@ class ExchangeConnector:
         # Let the first deltas arrive first, so the snapshot is not older than everything held.
         connection = self._connection_of[symbol]
         await connection.connected.wait()
-        for attempt in range(1, 1000):
+        retries = SNAPSHOT_RETRY.retries(f"{spec.name} {symbol} book snapshot")
+        while True:
             try:
                 body, recv_ts = await self._rest.get(url)
                 snapshot = spec.parse_book_snapshot(body, symbol, recv_ts)
                 break
             except MarketIngestorError as exc:
                 log.warning("book snapshot failed", extra={"exchange": spec.name, "url": url, "error": str(exc)})
-                await asyncio.sleep(min(30.0, 0.5 * attempt))
-        else:
-            return
+                try:
+                    await asyncio.sleep(retries.next_delay_s())
+                except RetriesExhausted:
+                    return  # logged; the book stays unsynced (its deltas held) until its next resync
         if symbol in self.symbols:
             await self._on_snapshot(snapshot)
             await self._flush()

@@ -41,8 +41,12 @@ from market_ingestor.model import (
     topic_of,
 )
 from market_ingestor.observability import SYMBOLS, Health, MetricsServer
+from market_ingestor.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
+
+# An exchange's instrument listing: 2 s doubling to 60 s, forever (its symbols cannot be resolved without it).
+LISTING_RETRY = RetryPolicy(2.0, 60.0)
 
 Event = MarketEvent | DeadLetter
 _TIMED = (Trade, Quote, BookSnapshot, BookDelta)  # events that carry the exchange's own time
@@ -222,18 +226,18 @@ class IngestService:
         """The exchange's instrument listing; retried with backoff, since symbols cannot be resolved without it."""
         assert self._rest is not None
         url = rest_url + spec.instruments_path
-        for attempt in range(1, 1_000_000):
+        retries = LISTING_RETRY.retries(f"{spec.name} instrument listing")
+        while True:
             try:
                 body, _ = await self._rest.get(url)
                 return InstrumentRegistry(spec.parse_instruments(body))
             except MarketIngestorError as exc:
-                delay_s = min(60.0, 2.0**attempt)
+                delay_s = retries.next_delay_s()
                 log.warning(
                     "instrument listing failed; retrying",
                     extra={"exchange": spec.name, "url": url, "error": str(exc), "retry_in_s": delay_s},
                 )
                 await asyncio.sleep(delay_s)
-        raise AssertionError("unreachable")
 
 
 async def run_until_signalled(config: Config) -> None:

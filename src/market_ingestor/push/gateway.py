@@ -50,6 +50,7 @@ from market_ingestor.push.protocol import (
     pong_reply,
 )
 from market_ingestor.push.updates import LatestState, to_updates
+from market_ingestor.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ Verifier = Callable[[str], Awaitable[bool]]
 
 # A message this many times over push.max_message_bytes is not even read: the connection closes with 1009.
 FRAME_LIMIT_FACTOR = 16
-_BUS_RETRY_S = 1.0
+BUS_RETRY = RetryPolicy(1.0, 1.0)  # a failed bus read: again every second, forever (clients stay connected)
 # asyncio's default of 100 pending connections drops SYNs when thousands of clients reconnect at once.
 _LISTEN_BACKLOG = 4096
 
@@ -184,13 +185,14 @@ class Gateway:
     # --- the bus side ------------------------------------------------------------------------------------
 
     async def _follow(self, follower: Subscriber, topic: str) -> None:
+        retries = BUS_RETRY.retries(f"push: bus read of {topic}")
         while True:
             try:
                 deliveries = await follower.fetch(max_records=2000, timeout_s=1.0)
             except BusError as exc:
                 # The client library reconnects by itself; clients stay connected meanwhile.
                 log.warning("push: bus read failed; retrying", extra={"topic": topic, "error": str(exc)})
-                await asyncio.sleep(_BUS_RETRY_S)
+                await asyncio.sleep(retries.next_delay_s())
                 continue
             for delivery in deliveries:
                 self.dispatch(topic, delivery.value)

@@ -24,7 +24,7 @@ import msgspec
 from market_ingestor.errors import MarketIngestorError
 from market_ingestor.model import IndicatorValue, Kline, Quote, Trade, decode
 from market_ingestor.sinks.writer import TABLES, RowWriter, WriteResult
-from market_ingestor.streams.klines import trade_problem
+from market_ingestor.validity import trade_problem
 
 _STORABLE = (Trade, Kline, IndicatorValue, Quote)
 

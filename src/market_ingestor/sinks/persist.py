@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol, get_args, get_origin
@@ -33,13 +33,15 @@ import asyncpg
 import msgspec
 
 from market_ingestor.bus.records import BatchDecoder
-from market_ingestor.config import Config, StorageConfig
+from market_ingestor.config import Config, SinkConfig, StorageConfig
 from market_ingestor.errors import StorageError, StorageUnavailable
 from market_ingestor.model import DeadLetter, IndicatorValue, Kline, Quote, Topics, Trade, encode
+from market_ingestor.retry import RetryPolicy
 from market_ingestor.sinks import metrics
 from market_ingestor.sinks.connect import is_transient
 from market_ingestor.sinks.schema import SchemaMode, migrate
 from market_ingestor.sinks.writer import TABLES
+from market_ingestor.validity import trade_problem
 
 log = logging.getLogger(__name__)
 
@@ -76,16 +78,15 @@ def sink_group(config: Config) -> str:
     return f"{config.streams.app_id}-sink"
 
 
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    initial_s: float  # float-ok: a duration
-    max_s: float  # float-ok: a duration
+def outage_retry(settings: SinkConfig) -> RetryPolicy:
+    """Database outages: ``retry_initial_s`` doubling to ``retry_max_s``, forever (the batch is held meanwhile)."""
+    return RetryPolicy(settings.retry_initial_s, settings.retry_max_s)
 
-    def delays(self) -> Iterator[float]:
-        delay = self.initial_s
-        while True:
-            yield delay
-            delay = min(delay * 2, self.max_s)
+
+def row_problem(event: Row) -> str | None:
+    """Why a row cannot be stored, or None: a trade must pass the trade rule (``validity.trade_problem``), any
+    other row must hold only finite numbers."""
+    return trade_problem(event) if isinstance(event, Trade) else number_problem(event)
 
 
 def number_problem(event: Row) -> str | None:
@@ -144,10 +145,10 @@ class RowDecoder:
         except msgspec.MsgspecError:
             rows, bad = self._batch.split(value or b"")
             dead = [DeadLetter("sink", _text(raw), reason, now_ns) for raw, reason in bad]
-        if self._checked and any(number_problem(row) for row in rows):
+        if self._checked and any(row_problem(row) for row in rows):
             good: list[Row] = []
             for row in rows:
-                problem = number_problem(row)
+                problem = row_problem(row)
                 if problem is None:
                     good.append(row)
                 else:
@@ -192,10 +193,10 @@ class _Rejected(Exception):
 
 
 class Persister:
-    def __init__(self, writer: Writer, dead_letters: DeadLetterOut, backoff: Backoff) -> None:
+    def __init__(self, writer: Writer, dead_letters: DeadLetterOut, retry: RetryPolicy) -> None:
         self.writer = writer
         self.dead_letters = dead_letters
-        self.backoff = backoff
+        self.retry = retry  # database outages: retried forever (the batch is held)
         self._started = False
         self._closed = False
         self._start_lock = asyncio.Lock()
@@ -261,16 +262,17 @@ class Persister:
         )
 
     async def _write(self, rows: Sequence[Row], topic: str) -> None:
-        delays = self.backoff.delays()
-        attempt = 0
+        retries = self.retry.retries(f"database write of {topic}")
         while True:
             try:
                 await self._ensure_started()
                 with metrics.WRITE_SECONDS.time():
                     await self.writer.write(rows)
                 self.failing_since = None
-                if attempt:
-                    log.info("database write succeeded after retries", extra={"topic": topic, "attempts": attempt})
+                if retries.attempt:
+                    log.info(
+                        "database write succeeded after retries", extra={"topic": topic, "attempts": retries.attempt}
+                    )
                 return
             except Exception as exc:
                 if is_data_error(exc):
@@ -281,15 +283,14 @@ class Persister:
                         extra={"topic": topic, "rows": len(rows), "error": f"{type(exc).__name__}: {exc}"},
                     )
                     raise
-                attempt += 1
-                delay = next(delays)
+                delay = retries.next_delay_s()
                 metrics.RETRIES.labels(topic).inc()
                 self.last_error = f"{type(exc).__name__}: {exc}"[:500]
                 if self.failing_since is None:
                     self.failing_since = time.monotonic()
                 log.warning(
                     "database write failed, retrying",
-                    extra={"topic": topic, "rows": len(rows), "attempt": attempt, "retry_in_s": delay,
+                    extra={"topic": topic, "rows": len(rows), "attempt": retries.attempt, "retry_in_s": delay,
                            "error": f"{type(exc).__name__}: {exc}"},
                 )  # fmt: skip
                 await asyncio.sleep(delay)
@@ -307,13 +308,13 @@ class Persister:
                 self._started = True
 
 
-async def migrate_when_available(database_url: str, settings: StorageConfig, backoff: Backoff) -> SchemaMode:
-    """Applies pending migrations, waiting (with backoff) for a database that is not reachable yet."""
-    delays = backoff.delays()
+async def migrate_when_available(database_url: str, settings: StorageConfig, retry: RetryPolicy) -> SchemaMode:
+    """Applies pending migrations, waiting (retrying under ``retry``) for a database that is not reachable yet."""
+    retries = retry.retries("schema migration")
     while True:
         try:
             return await migrate(database_url, settings)
         except StorageUnavailable as exc:
-            delay = next(delays)
+            delay = retries.next_delay_s()
             log.warning("cannot migrate yet, retrying", extra={"retry_in_s": delay, "error": str(exc)})
             await asyncio.sleep(delay)

@@ -27,7 +27,7 @@ import asyncpg
 import msgspec
 
 from market_ingestor.jsontext import text
-from market_ingestor.model import Kline
+from market_ingestor.model import OHLCV_FIELDS, Kline
 from market_ingestor.streams.windows import Interval
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -116,10 +116,8 @@ WHERE exchange = $1 AND symbol = $2 AND interval = $3 AND open_time >= $4 AND op
 ORDER BY open_time
 """
 
-COMPARED = (
-    "open", "high", "low", "close", "volume", "quote_volume", "trade_count", "taker_buy_volume",
-    "taker_buy_quote_volume", "first_trade_id", "last_trade_id", "vwap",
-)  # fmt: skip
+COMPARED = (*OHLCV_FIELDS, "trade_count", "taker_buy_volume", "taker_buy_quote_volume", "first_trade_id",
+            "last_trade_id", "vwap")  # fmt: skip
 
 
 Fields = dict[str, tuple[str | None, str | None]]
@@ -177,7 +175,7 @@ async def rebuild_klines(
             symbol=symbol,
             interval=interval.name,
             open_time=row["open_time"],
-            close_time=row["open_time"] + interval.ns - 1,
+            close_time=interval.close_time(row["open_time"]),
             open=row["open"],
             high=row["high"],
             low=row["low"],

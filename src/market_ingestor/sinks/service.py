@@ -40,7 +40,15 @@ from market_ingestor.observability import Health, MetricsServer
 from market_ingestor.observability.lag import SubscriberLag
 from market_ingestor.sinks import metrics
 from market_ingestor.sinks.batching import Batcher
-from market_ingestor.sinks.persist import Backoff, Decoded, Persister, RowDecoder, Writer, sink_group, sink_topics
+from market_ingestor.sinks.persist import (
+    Decoded,
+    Persister,
+    RowDecoder,
+    Writer,
+    outage_retry,
+    sink_group,
+    sink_topics,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +77,7 @@ class BusSink:
         self.subscriber = subscriber
         self.publisher = publisher
         settings = config.sink
-        backoff = Backoff(settings.retry_initial_s, settings.retry_max_s)
-        self.persister = Persister(writer, self.send_dead_letters, backoff)
+        self.persister = Persister(writer, self.send_dead_letters, outage_retry(settings))
         self.decoders = {prefix + name: RowDecoder(row_type) for name, row_type in sink_topics(config).items()}
         self.batchers: dict[str, Batcher[Pending]] = {
             topic: Batcher(

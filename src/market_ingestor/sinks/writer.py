@@ -49,7 +49,7 @@ import msgspec
 from market_ingestor.config import StorageConfig
 from market_ingestor.errors import StorageError
 from market_ingestor.jsontext import JsonEncoder
-from market_ingestor.model import IndicatorValue, Kline, Quote, Trade
+from market_ingestor.model import OHLCV_FIELDS, IndicatorValue, Kline, Quote, Trade
 from market_ingestor.sinks.connect import storage_errors
 from market_ingestor.sinks.partitions import bucket_of, ensure_days
 from market_ingestor.sinks.schema import SchemaMode, maintain, read_mode
@@ -141,8 +141,8 @@ def _cols(table: _Table) -> str:
 
 
 _KLINE_VALUES = (
-    "close_time", "open", "high", "low", "close", "volume", "quote_volume", "trade_count", "taker_buy_volume",
-    "taker_buy_quote_volume", "first_trade_id", "last_trade_id", "vwap", "closed", "revision",
+    "close_time", *OHLCV_FIELDS, "trade_count", "taker_buy_volume", "taker_buy_quote_volume", "first_trade_id",
+    "last_trade_id", "vwap", "closed", "revision",
 )  # fmt: skip
 
 TRADES = _Table(

@@ -1,18 +1,11 @@
 """The Faust worker: ``market.trades`` -> klines on ``market.klines`` (-> indicators, ``streams/indicators.py``).
 
-State is an explicit per-instrument table, not Faust's windowed tables: Faust closes windows from a wall-clock
-cleanup timer (30 s by default) whose ``on_window_close`` does not receive the aggregated value, and windowed
-tables have no notion of a per-instrument watermark, flat klines for empty windows or revisions for late trades.
-One RocksDB table row per ``{exchange}.{symbol}`` holds every interval of that instrument
-(:class:`~market_ingestor.streams.klines.InstrumentKlines`, 2-4 KB), written once per batch with its
-changelog. Rows are keyed like ``market.trades`` and the table partitions with the same murmur2 partitioner as our
-publisher, so each row lives in the partition of its trades and nothing is repartitioned.
-
-Idempotence: each row stores the offset of the last trade it applied, so trades re-delivered after a crash are
-ignored instead of counted twice. Outputs and rows are written through :class:`PartitionWriter`
-(``streams/outputs.py``): under ``at_least_once`` the klines are acknowledged before the row that says their
-trades are done; under ``exactly_once`` the row, its changelog and the emitted klines commit in the Kafka
-transaction of the trades' partition (faust-streaming's own sends do not join it: see that module).
+State is an explicit per-instrument table, not Faust's windowed tables (docs/faust.md says why): one RocksDB row
+per ``{exchange}.{symbol}`` holds every interval of that instrument (:class:`~market_ingestor.streams.klines.
+InstrumentKlines`, 2-4 KB), written once per batch with its changelog, in the partition of its trades (the same
+murmur2 partitioner as our publisher: nothing is repartitioned). Each row stores the offset of the last trade it
+applied, so re-delivered trades are ignored. Outputs and rows go through :class:`PartitionWriter`
+(``streams/outputs.py``), which keeps the processing guarantee.
 
 After a restart or a rebalance the rows of the newly assigned partitions are loaded when their recovery completes,
 so windows of instruments that stay quiet still close by the wall clock.
@@ -40,8 +33,9 @@ from market_ingestor.observability.consumer import MetricsService, metrics_servi
 from market_ingestor.streams import metrics
 from market_ingestor.streams.faust_app import StreamApp
 from market_ingestor.streams.indicators import IndicatorAgent
-from market_ingestor.streams.klines import InstrumentKlines, KlineSettings, exact_context, trade_problem
+from market_ingestor.streams.klines import InstrumentKlines, KlineSettings, exact_context
 from market_ingestor.streams.outputs import InputLimits, PartitionWriter, next_offsets
+from market_ingestor.validity import trade_problem
 
 log = logging.getLogger(__name__)
 

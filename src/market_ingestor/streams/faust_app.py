@@ -1,24 +1,9 @@
 """Our Faust app class: faust-streaming 0.15.3 with the consumer changes our agents need.
 
-- Shutdown under ``exactly_once``: at stop, Faust's consumer commits once more and ends every partition's
-  transaction (``commit_and_end_transactions``), but its periodic commit task may still run after that; when events
-  were acknowledged in between it commits into a transaction that no longer exists and the worker crashes on its
-  way out (``IllegalOperation: Not in the middle of a transaction``, exit code 1). Events acknowledged after the
-  final commit are delivered again after a restart, so that late commit is skipped.
-- ``read_committed``: Faust picks the consumer's isolation level from ``in_transaction`` alone, so an
-  ``at_least_once`` app would read records of aborted transactions (of an ``exactly_once`` worker that crashed).
-  Apps that must not (the sink) set ``read_committed=True``.
-- :meth:`StreamApp.on_kafka` holds the settings every app of ours shares, bounded intake (``BOUNDED_INTAKE``) among
-  them.
-- ``fetch_max_wait_ms``: aiokafka sends one fetch per broker at a time; a long poll for idle partitions (Faust
-  asks for 1.5 s) holds back the refetch of the busy ones, which stalls a consumer for that long after each batch.
-- An agent that raises: Faust 0.15.3 logs "Crashed" and never runs it again, while the process lives on and its
-  partitions stay assigned to it: the worker would sit idle for good (seen with an exception injected into the
-  kline agent). The stream worker stops instead (:meth:`StreamApp.on_agent_failed`), with
-  :attr:`StreamApp.agent_failure` set: the command exits 1 and its supervisor restarts it, and a restart resumes
-  from the last checkpoint.
-
-Both consumer settings reach private attributes of Faust and aiokafka: they live in ``streams/faust_internals.py``.
+:class:`StreamApp` skips the periodic commit after the final one under ``exactly_once`` (it crashed the worker at
+shutdown), lets apps read ``read_committed``, shortens the fetch long-poll, bounds the intake
+(:data:`BOUNDED_INTAKE`) and stops the worker when an agent raises (Faust never runs a crashed agent again). Why,
+and what each relies on in Faust: docs/faust.md; the private calls live in ``streams/faust_internals.py``.
 """
 
 from __future__ import annotations
@@ -26,6 +11,8 @@ from __future__ import annotations
 import logging
 import signal
 from typing import Any
+
+import faust
 
 from market_ingestor.config import KafkaConfig
 from market_ingestor.streams.faust_internals import AgentErrorApp, Transport
@@ -39,7 +26,7 @@ BOUNDED_INTAKE = {
     "consumer_max_fetch_size": 256 * 1024,
     "stream_buffer_maxsize": 64,
 }
-FETCH_MAX_WAIT_MS = 20  # see fetch_max_wait_ms above
+FETCH_MAX_WAIT_MS = 20  # aiokafka fetches once per broker at a time: a long poll would hold back busy partitions
 
 log = logging.getLogger(__name__)
 
@@ -92,3 +79,13 @@ class StreamApp(AgentErrorApp):
 
     def _new_transport(self) -> Any:
         return Transport(self.conf.broker_consumer, self)
+
+
+def faust_worker(app: faust.App, *services: Any, log_level: str) -> faust.Worker:
+    """How our Faust services start: no banner, Faust's and mode's loggers through ours (``logs.py``, one format:
+    ``override_logging=False``), and no terminal spinner (it writes cursor escapes into the output, a log file
+    under ``up``)."""
+    level = log_level.lower().replace("warning", "warn")
+    worker = faust.Worker(app, *services, loglevel=level, quiet=True, override_logging=False)
+    worker.spinner = None
+    return worker

@@ -1,22 +1,9 @@
 """Every private attribute and undocumented call of faust-streaming and aiokafka that we use, in one place.
 
-faust-streaming is pinned (pyproject.toml, requirements.lock) to the version these were read in: 0.15.3, with
-aiokafka 0.14. Each use below says why it is needed; ``tests/streams/test_faust_internals.py`` checks every one
-of them against the installed packages and fails naming the internal if an upgrade changes it. Nothing outside
-this module touches a private name of either package.
-
-What they are for, in short (the long story: the docstrings of ``streams/outputs.py``, ``streams/sequence.py``
-and ``streams/faust_app.py``):
-
-- the consumer Faust builds: ``read_committed`` for at-least-once apps, a short fetch long-poll, and no commit
-  into a transaction that the final commit already ended (:class:`Transport`);
-- the worker's outputs and table rows join the Kafka transaction of their source partition under
-  ``exactly_once`` (:func:`transactional_id`, :func:`commit_transaction`), and its rows are written to the local
-  store in the partition of their source (:func:`write_row`, :func:`persist_offset`);
-- agents commit what they processed themselves (:func:`commit_offsets`, :func:`committed_offset`), and seek a
-  partition back over a hole (:func:`seek_back`, :func:`log_start_offsets`);
-- output records are built per partition (:func:`producer_partitions`);
-- a failed agent is reported to the app (:class:`AgentErrorApp`), which stops the worker.
+faust-streaming is pinned to the version these were read in (``TESTED_FAUST``), aiokafka held to 0.14; each use
+below says why it is needed, and ``tests/streams/test_faust_internals.py`` fails naming the internal when an
+upgrade changes it. Nothing outside this module touches a private name of either package. The table of what each
+is for, the Faust behaviours they work around and how to upgrade: docs/faust.md.
 """
 
 from __future__ import annotations

@@ -39,7 +39,8 @@ Semantics
   rounding=ROUND_HALF_EVEN)``: the quotient rounded half-even to 34 significant digits; an exact quotient keeps
   Python's ideal exponent (``10 / 4 = 2.5``). To match in SQL, round the numeric quotient to 34 significant digits
   half-even (or compare numerically). Zero volume: ``vwap = close``.
-- Input: ``apply`` expects a valid trade (``trade_problem(trade) is None``: finite prices > 0, quantities >= 0).
+- Input: ``apply`` expects a valid trade (``validity.trade_problem(trade) is None``: finite prices > 0,
+  quantities >= 0).
   The exchange parsers guarantee more than that; a consumer of a topic anyone can write checks it first.
 - Idempotence: ``apply(trade, position)`` with the trade's Kafka offset ignores positions at or below the last
   one applied (``Applied.duplicate``); too-late trades advance the position too (they are answered once).
@@ -79,11 +80,18 @@ import msgspec
 
 from market_ingestor.errors import ConfigError, MarketIngestorError
 from market_ingestor.model import Kline, Trade
-from market_ingestor.streams.windows import Interval, bucket_ns, format_ns, parse_intervals
+from market_ingestor.streams.windows import (
+    Interval,
+    bucket_ns,
+    closes_after_ns,
+    format_ns,
+    parse_intervals,
+    window_open,
+)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Applied", "InstrumentKlines", "KlineSettings", "aggregate", "exact_context", "trade_problem"]
+__all__ = ["Applied", "InstrumentKlines", "KlineSettings", "aggregate", "exact_context"]
 
 # Add and multiply are exact at maximum precision; the traps turn any surprise into an error, never a rounding.
 _EXACT = Context(
@@ -300,9 +308,14 @@ class InstrumentKlines:
         if state.intervals != _names(plan):
             state = _with_intervals(state, plan)
         self._s = state
-        self._levels = tuple(zip(plan.intervals, state.levels, strict=True))
+        # Per interval, with the offset past a window's open time at which it closes (windows.closes_after_ns).
+        self._levels = tuple(
+            (interval, level, interval.closes_after_ns(plan.grace_ns))
+            for interval, level in zip(plan.intervals, state.levels, strict=True)
+        )
         self._bucket_ns = plan.bucket_ns
-        self._grace_ns = plan.grace_ns
+        self._bucket_closes_after_ns = closes_after_ns(plan.bucket_ns, plan.grace_ns)
+        self._bucket_horizon_ns = closes_after_ns(plan.bucket_ns, plan.lateness_ns)  # correctable until then
         self._lateness_ns = plan.lateness_ns
         self._update_ns = plan.update_ns
         # Not persisted: the cached current bucket, the next closing deadline, the wall-clock anchor and the
@@ -372,7 +385,7 @@ class InstrumentKlines:
                 return _DUPLICATE
             s.position = position
         ts = trade.ts
-        opened = ts - ts % self._bucket_ns
+        opened = ts - ts % self._bucket_ns  # window_open(ts, bucket), written out: this runs per trade
         if opened == self._cur_open:
             b = self._cur
         else:
@@ -423,49 +436,50 @@ class InstrumentKlines:
     def _apply_outside(self, trade: Trade, opened: int, wall_ns: int | None) -> Applied:
         """A trade for a bucket that holds no trades yet: a new bucket, or a late trade if the bucket is closed."""
         s = self._s
-        if opened + self._bucket_ns - 1 + self._grace_ns < s.watermark:
+        if opened + self._bucket_closes_after_ns < s.watermark:
             return self._apply_late(trade, opened)
         bucket = _agg_of(trade, trade.price * trade.qty)
         s.buckets[opened] = self._cur = bucket
         self._cur_open = opened
-        self._deadline = min(self._deadline, opened + self._bucket_ns - 1 + self._grace_ns)
-        for interval, level in self._levels:
+        self._deadline = min(self._deadline, opened + self._bucket_closes_after_ns)
+        for interval, level, closes_after in self._levels:
             # Windows are aligned: the bucket's window is before next_open only if the bucket is.
             if (level.next_open is None or opened < level.next_open) and (level.begin is None or opened >= level.begin):
-                self._reopen(interval, level, interval.open_time(opened))
+                self._reopen(level, interval.open_time(opened), closes_after)
         if s.start is None or opened < s.start:
             s.start = opened
         self._changes += 1
         return self._advance(trade.ts, wall_ns) if trade.ts > s.max_ts else _ACCEPTED
 
-    def _reopen(self, interval: Interval, level: _Level, window: int) -> None:
+    def _reopen(self, level: _Level, window: int, closes_after: int) -> None:
         """``window`` (not closed) has trades: the level's closing starts there if it is the earliest."""
         if level.next_open is None or window < level.next_open:
             level.next_open = window
-            self._deadline = min(self._deadline, window + interval.ns - 1 + self._grace_ns)
+            self._deadline = min(self._deadline, window + closes_after)
 
     def _apply_late(self, trade: Trade, opened: int) -> Applied:
         s = self._s
         assert s.start is not None  # a closed bucket means a trade came before
-        if opened + self._bucket_ns - 1 + self._lateness_ns < s.watermark:
+        if opened + self._bucket_horizon_ns < s.watermark:
             return Applied(too_late=True, reason=self._too_late_reason(trade, opened))
         pq = trade.price * trade.qty
         out: list[Kline] = []
         late = False
-        for interval, level in self._levels:
+        for interval, level, closes_after in self._levels:
             window = interval.open_time(trade.ts)
             if level.begin is not None and window < level.begin:
                 continue  # before an added interval's first window
-            if window + interval.ns - 1 + self._grace_ns >= s.watermark:  # still open at this interval
+            if window + closes_after >= s.watermark:  # still open at this interval
                 agg = level.open.get(window)
                 if agg is None:
                     level.open[window] = _agg_of(trade, pq)
                 else:
                     _add(agg, trade, pq)
-                self._reopen(interval, level, window)
+                self._reopen(level, window, closes_after)
             elif window < interval.open_time(s.start):
                 late = True
-                out += self._prepend(interval, level, window, interval.open_time(s.start), _agg_of(trade, pq))
+                first = interval.open_time(s.start)
+                out += self._prepend(interval, level, closes_after, window, first, _agg_of(trade, pq))
             else:
                 late = True
                 out += self._correct(interval, level, window, trade, pq)
@@ -473,13 +487,15 @@ class InstrumentKlines:
         self._changes += 1
         return Applied(tuple(out), late=late)
 
-    def _prepend(self, interval: Interval, level: _Level, window: int, first: int, agg: _Agg) -> list[Kline]:
+    def _prepend(
+        self, interval: Interval, level: _Level, closes_after: int, window: int, first: int, agg: _Agg
+    ) -> list[Kline]:
         """A closed window before the series' first one: it and the closed gap up to the first are new klines."""
         level.closed[window] = agg
         out = [self._kline(interval, window, agg, True)]
         for gap in range(window + interval.ns, first, interval.ns):
-            if gap + interval.ns - 1 + self._grace_ns >= self._s.watermark:
-                self._reopen(interval, level, gap)  # not over yet: closes in order later, as a flat kline
+            if gap + closes_after >= self._s.watermark:
+                self._reopen(level, gap, closes_after)  # not over yet: closes in order later, as a flat kline
                 break
             level.closed[gap] = flat = _flat(agg.close)
             out.append(self._kline(interval, gap, flat, True))
@@ -519,11 +535,11 @@ class InstrumentKlines:
         ``last_trade_window``: stop at the window holding the last trade (flush(), whose watermark is infinite).
         """
         s = self._s
-        watermark, grace = s.watermark, self._grace_ns
-        due = sorted(opened for opened in s.buckets if opened + self._bucket_ns - 1 + grace < watermark)
+        watermark, bucket_closes_after = s.watermark, self._bucket_closes_after_ns
+        due = sorted(opened for opened in s.buckets if opened + bucket_closes_after < watermark)
         for opened in due:
             bucket = s.buckets.pop(opened)
-            for interval, level in self._levels:
+            for interval, level, _ in self._levels:
                 window = interval.open_time(opened)
                 if level.begin is not None and window < level.begin:
                     _merge(level.closed[level.begin - interval.ns], bucket)  # only its close is ever read
@@ -536,12 +552,12 @@ class InstrumentKlines:
         if due:
             self._cur_open = None
         out: list[Kline] = []
-        for interval, level in self._levels:
-            if level.next_open is None or level.next_open + interval.ns - 1 + grace >= watermark:
+        for interval, level, closes_after in self._levels:
+            if level.next_open is None or level.next_open + closes_after >= watermark:
                 continue  # nothing of this interval closes (nor can anything new expire: it is done at closes)
             window = level.next_open
             last = interval.open_time(s.max_ts) if last_trade_window else _NEVER
-            while window + interval.ns - 1 + grace < watermark and window <= last:
+            while window + closes_after < watermark and window <= last:
                 agg = level.open.pop(window, None)
                 if agg is None:  # no trade: carry the previous close forward (it is always kept)
                     agg = _flat(level.closed[window - interval.ns].close)
@@ -556,18 +572,18 @@ class InstrumentKlines:
     def _expire(self, interval: Interval, level: _Level) -> None:
         """Forget closed windows no trade can correct any more (keeping the last one, for flat fills)."""
         assert level.next_open is not None
-        oldest_kept = self._s.watermark - self._lateness_ns - interval.ns + 1
+        oldest_kept = self._s.watermark - interval.closes_after_ns(self._lateness_ns)
         last = level.next_open - interval.ns
         for window in [w for w in level.closed if w < oldest_kept and w != last]:
             del level.closed[window]
 
     def _next_deadline(self) -> int:
         """The watermark beyond which the next bucket or window closes."""
-        s, grace = self._s, self._grace_ns
-        deadline = min((opened + self._bucket_ns - 1 + grace for opened in s.buckets), default=_NEVER)
-        for interval, level in self._levels:
+        s, bucket_closes_after = self._s, self._bucket_closes_after_ns
+        deadline = min((opened + bucket_closes_after for opened in s.buckets), default=_NEVER)
+        for _, level, closes_after in self._levels:
             if level.next_open is not None:
-                deadline = min(deadline, level.next_open + interval.ns - 1 + grace)
+                deadline = min(deadline, level.next_open + closes_after)
         return deadline
 
     @_exact
@@ -603,7 +619,7 @@ class InstrumentKlines:
         """The open klines (``closed=False``) that changed since their interval's last update, at most one update
         per interval every ``update_interval_ms``."""
         out: list[Kline] = []
-        for index, (interval, level) in enumerate(self._levels):
+        for index, (interval, level, _) in enumerate(self._levels):
             sent_wall = self._sent_wall[index]
             if self._sent_changes[index] == self._changes or (
                 sent_wall is not None and now_wall_ns - sent_wall < self._update_ns
@@ -645,7 +661,7 @@ class InstrumentKlines:
             symbol=self._s.symbol,
             interval=interval.name,
             open_time=window,
-            close_time=window + interval.ns - 1,
+            close_time=interval.close_time(window),
             open=agg.open,
             high=agg.high,
             low=agg.low,
@@ -690,12 +706,12 @@ def _with_intervals(state: _State, plan: _Plan) -> _State:
     buckets: dict[int, _Agg] = {}
     with exact_context():
         for opened in sorted(state.buckets):
-            key = opened - opened % plan.bucket_ns
+            key = window_open(opened, plan.bucket_ns)
             if key in buckets:
                 _merge(buckets[key], state.buckets[opened])
             else:
                 buckets[key] = state.buckets[opened]
-    start = None if state.start is None else state.start - state.start % plan.bucket_ns
+    start = None if state.start is None else window_open(state.start, plan.bucket_ns)
     kept = dict(zip(state.intervals, state.levels, strict=True))
     last_price = _last_price(state)
     levels = []
@@ -721,15 +737,6 @@ def _last_price(state: _State) -> Decimal | None:
         if found is None or candidate[:2] > found[:2]:
             found = candidate
     return None if found is None else found[2]
-
-
-def trade_problem(trade: Trade) -> str | None:
-    """Why a trade cannot be aggregated, or None: prices must be finite and positive, quantities finite, >= 0."""
-    if not (trade.price.is_finite() and trade.price > 0):
-        return f"trade {trade.trade_id}: price {trade.price} is not a positive number"
-    if not (trade.qty.is_finite() and trade.qty >= 0):
-        return f"trade {trade.trade_id}: quantity {trade.qty} is not a non-negative number"
-    return None
 
 
 def _raise_too_late(trade: Trade, reason: str) -> None:

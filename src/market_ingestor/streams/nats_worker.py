@@ -47,12 +47,13 @@ from market_ingestor.observability.lag import CONSUMER_LAG
 from market_ingestor.streams import metrics
 from market_ingestor.streams.app import POSITION_BITS, kline_settings, trade_decoder
 from market_ingestor.streams.indicators import CLOSED_MARK, Row, kline_decoder
-from market_ingestor.streams.klines import InstrumentKlines, KlineSettings, exact_context, trade_problem
+from market_ingestor.streams.klines import InstrumentKlines, KlineSettings, exact_context
 from market_ingestor.streams.nats_state import Leases, Progress, Rows, StreamReader, bucket_name
 from market_ingestor.streams.shards import plan_leases, shard_of
 from market_ingestor.streams.windows import parse_interval
 from market_ingestor.tables.indicators import Update, parse_spec
 from market_ingestor.tables.indicators.series import Series, horizon
+from market_ingestor.validity import trade_problem
 
 log = logging.getLogger(__name__)
 

@@ -1,21 +1,11 @@
 """Sends and table writes that belong to one source partition, with the processing guarantee we promise.
 
-Why not ``Topic.send`` and ``table[key] = value``: in faust-streaming 0.15.3 neither joins the Kafka transaction
-under ``exactly_once``. Faust opens one transactional producer per assigned source partition, but topic sends and
-changelog writes go through its plain producer, so only the consumer offsets are committed transactionally. A
-worker killed between its sends and its next commit re-processes the same input after a restart and its outputs
-appear twice, also to ``read_committed`` consumers (the duplicates reported against faust-streaming). Here every
-output and every changelog record is sent with the transactional id of the partition it derives from, so it
-commits or aborts together with that partition's offsets.
-
-The local RocksDB copy is written at once, before the transaction commits; a worker killed mid-transaction may
-therefore restart with local rows the changelog never committed. ``worker`` removes its local tables after an
-unclean stop under ``exactly_once`` (see :func:`prepare_data_dir`), as Kafka Streams does, so state comes back
-from the committed changelog only.
-
-Under ``at_least_once`` the same calls use the plain producer; :meth:`PartitionWriter.flush` waits until the
-outputs are acknowledged before the state that says "these trades are done" is written, so a crash can repeat an
-output but never lose one.
+In faust-streaming 0.15.3 neither ``Topic.send`` nor ``table[key] = value`` joins the Kafka transaction under
+``exactly_once`` (docs/faust.md, "Transactions do not cover agent sends"): here every output and changelog record
+is sent with the transactional id of the partition it derives from, and after an unclean stop the local tables
+are rebuilt from the committed changelog (:func:`prepare_data_dir`). Under ``at_least_once``
+:meth:`PartitionWriter.flush` waits for the outputs' acknowledgements before the state that says "these trades are
+done" is written: a crash can repeat an output, never lose one.
 """
 
 from __future__ import annotations

@@ -1,27 +1,10 @@
 """Input in offset order, without holes: what the agents may process of what Faust hands them.
 
-faust-streaming 0.15.3 can deliver a partition's records with holes, in the same consumer generation. Its fetcher
-runs in a thread; records fetched before a seek (the one at the end of a rebalance's recovery) can still be
-delivered after it and move the consumer's read offset past the re-fetched ones, which it then drops as already
-read. Seen after a worker was killed and restarted: the second rebalance of the new worker left a batch with
-offsets 200..496 holding 200 records. Our state rows are idempotent by offset (a row stores the offset of the last
-trade it applied), so a trade after a hole was applied and the ones in the hole were then taken for duplicates:
-klines missed trades for good.
-
-:class:`InputSequence` therefore passes on a partition's records only in order: the next offset expected, starting
-at the committed offset (or the log start when nothing is committed). Re-delivered records (lower offsets) are
-dropped; after a hole the partition is sought back to the expected offset, and the records behind the hole are
-dropped until the expected one comes. A hole that is in the log itself (transaction markers, which read_committed
-consumers never see; records removed by retention) shows up again at the same offset after the seek and is then
-accepted: a seek costs a fetch, never progress.
-
-A hole shows only when a record behind it comes. Faust can also drop a partition's last records: its fetch loop
-skips records of partitions missing from its set of active partitions, a set it changes in place while a fetch is
-under way (table recovery narrows it to the changelogs), and aiokafka's position has already moved past them. With
-no record behind, nothing would ever reveal that loss: the worker sat idle with records unread (seen after a kill
--9 and restart, when the restarted worker's recovery began while its first fetch was under way).
-:meth:`InputSequence.resume_stalled`, run by a timer, therefore seeks back a partition whose log holds records
-past the expected offset when no record of it has been passed on for ``stall_s``.
+faust-streaming 0.15.3 can deliver a partition's records with holes, and drop a partition's last records when its
+set of active partitions changes during a fetch (docs/faust.md, "Lost records and holes"). :class:`InputSequence`
+passes on a partition's records only in order from the committed offset, drops re-deliveries, seeks back over a
+hole (a hole in the log itself is accepted after the seek), and :meth:`InputSequence.resume_stalled` seeks back a
+partition whose log holds records that have not come for ``stall_s``.
 """
 
 from __future__ import annotations

@@ -3,8 +3,10 @@
 An interval is written as a positive whole number and a unit: ``s``, ``m``, ``h``, ``d`` or ``w`` ("30s", "1m",
 "4h", "1d", "1w"). Windows are tumbling and aligned to UTC:
 
-    open_time  = ts - (ts - offset) % length
-    close_time = open_time + length - 1        (the window's last nanosecond, as exchanges state it)
+    open_time  = ts - (ts - offset) % length   window_open,  Interval.open_time
+    close_time = open_time + length - 1        window_close, Interval.close_time (the last nanosecond, as
+                                               exchanges state it)
+    closed once watermark > open_time + length - 1 + grace        closes_after_ns (the stream's closing rule)
 
 ``offset`` is 0 for every unit except weeks: the epoch (1970-01-01) was a Thursday, and weeks start on Monday
 00:00 UTC as Binance's ``1w`` klines do, so week windows are shifted by four days (1970-01-05 was a Monday).
@@ -45,7 +47,14 @@ def window_open(ts: int, length_ns: int, offset_ns: int = 0) -> int:
 
 def window_close(open_time: int, length_ns: int) -> int:
     """The window's last nanosecond (exchange style: inclusive)."""
-    return open_time + length_ns - 1
+    return open_time + closes_after_ns(length_ns)
+
+
+def closes_after_ns(length_ns: int, wait_ns: int = 0) -> int:
+    """How far past its open time the watermark must go before a window of ``length_ns`` closes, waiting
+    ``wait_ns`` beyond its last nanosecond: a window opened at ``t`` closes once ``watermark > t +
+    closes_after_ns(length, grace)``. The kline state machine keeps these offsets per interval (computed once)."""
+    return length_ns - 1 + wait_ns
 
 
 class Interval(msgspec.Struct, frozen=True):
@@ -56,10 +65,14 @@ class Interval(msgspec.Struct, frozen=True):
     offset_ns: int = 0
 
     def open_time(self, ts: int) -> int:
+        """:func:`window_open` of this interval (written out: the kline state machine calls it per trade)."""
         return ts - (ts - self.offset_ns) % self.ns
 
     def close_time(self, open_time: int) -> int:
-        return open_time + self.ns - 1
+        return window_close(open_time, self.ns)
+
+    def closes_after_ns(self, wait_ns: int = 0) -> int:
+        return closes_after_ns(self.ns, wait_ns)
 
 
 def parse_interval(text: str) -> Interval:

@@ -92,7 +92,9 @@ def test_a_trade_needs_a_positive_price_and_quantity(price: Decimal, qty: Decima
     if reference_positive(price) and reference_positive(qty):
         check_trade("x trade", price, qty)
     else:
-        with pytest.raises(ParseError, match=r"^x trade: price .* must be positive numbers$"):
+        with pytest.raises(
+            ParseError, match=r"^x trade: (price|quantity) .* is not a positive number of a market's magnitude$"
+        ):
             check_trade("x trade", price, qty)
 
 

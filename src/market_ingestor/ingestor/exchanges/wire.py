@@ -25,6 +25,13 @@ from market_ingestor.instruments import (
     split_delimited,
 )
 from market_ingestor.model import Level, MarketEvent
+from market_ingestor.validity import (
+    MAX_ADJUSTED_EXPONENT,
+    MIN_ADJUSTED_EXPONENT,
+    SMALLEST,
+    TOO_LARGE,
+    check_exchange_trade,
+)
 
 T = TypeVar("T")
 
@@ -66,12 +73,9 @@ def chatter_or_unhandled(exchange: str, protocol_chatter: frozenset[str]) -> Cal
 
 # --- numbers ------------------------------------------------------------------------------------------------
 
-# Magnitudes beyond these are no market's (and ``1E-999999999`` would print as a gigabyte of zeros downstream:
-# the book checksum formats levels in plain digits, ``book.level_text``). For a finite non-zero decimal the
-# adjusted exponent is in this range exactly when ``1E-30 <= |value| < 1E31``, which is what the checks compare.
-MIN_ADJUSTED_EXPONENT, MAX_ADJUSTED_EXPONENT = -30, 30
-_SMALLEST = Decimal(f"1E{MIN_ADJUSTED_EXPONENT}")
-_TOO_LARGE = Decimal(f"1E{MAX_ADJUSTED_EXPONENT + 1}")
+# Magnitudes of a market (validity.py): the adjusted exponent of a finite non-zero decimal is in this range exactly
+# when 1E-30 <= |value| < 1E31, which is what the checks compare.
+_SMALLEST, _TOO_LARGE = SMALLEST, TOO_LARGE
 _ZERO = Decimal(0)
 
 
@@ -88,13 +92,8 @@ def non_negative(value: Decimal) -> bool:
     )
 
 
-def check_trade(what: str, price: Decimal, qty: Decimal) -> None:
-    """A trade's price and quantity must both be :func:`positive`; else ParseError naming ``what``."""
-    # positive(price) and positive(qty), written out: this runs for every trade.
-    if not (
-        price.is_finite() and qty.is_finite() and _SMALLEST <= price < _TOO_LARGE and _SMALLEST <= qty < _TOO_LARGE
-    ):
-        raise ParseError(f"{what}: price {price} and quantity {qty} must be positive numbers")
+# A trade's price and quantity under the trade rule at the exchange boundary (validity.py): ParseError otherwise.
+check_trade = check_exchange_trade
 
 
 def quote_ok(bid_price: Decimal, bid_qty: Decimal, ask_price: Decimal, ask_qty: Decimal) -> bool:

@@ -39,17 +39,19 @@ history, so corrections reach back only to klines that arrive from then on.
 from __future__ import annotations
 
 import decimal
+import operator
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
 
 import msgspec
 
-from market_ingestor.model import IndicatorValue, Kline
+from market_ingestor.model import OHLCV_FIELDS, IndicatorValue, Kline
 from market_ingestor.tables.indicators import from_bytes, parse_spec
 from market_ingestor.tables.indicators.base import Indicator, IndicatorInputError, Update, decode_state
 from market_ingestor.tables.indicators.core import EXACT
 
 Values = dict[str, Decimal]
+_ohlcv = operator.attrgetter(*OHLCV_FIELDS)
 
 
 def horizon(interval_ns: int, max_lateness_ms: int) -> int:
@@ -73,13 +75,11 @@ class Bar(msgspec.Struct, frozen=True, array_like=True):
 
     @classmethod
     def of(cls, kline: Kline, emitted: int) -> Bar:
-        k = kline
-        return cls(k.open_time, k.revision, emitted, k.open, k.high, k.low, k.close, k.volume, k.quote_volume)
+        return cls(kline.open_time, kline.revision, emitted, *_ohlcv(kline))
 
     def same_kline(self, other: Bar) -> bool:
         """The same inputs, digit for digit (``Decimal("1.0") == Decimal("1.00")``, but their sums print apart)."""
-        fields = ("open", "high", "low", "close", "volume", "quote_volume")
-        return all(getattr(self, f).compare_total(getattr(other, f)) == 0 for f in fields)
+        return all(mine.compare_total(theirs) == 0 for mine, theirs in zip(_ohlcv(self), _ohlcv(other), strict=True))
 
     def kline(self, like: Kline | None = None) -> Kline:
         """A closed kline with this bar's values and ``like``'s identity (named in errors only; indicators do not

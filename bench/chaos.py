@@ -63,9 +63,9 @@ from chaos_services import OffsetHistory, OffsetReader, Service, StackServer, db
 from market_ingestor.bus import open_bus
 from market_ingestor.config import load_config
 from market_ingestor.devstack.stack import ensure_stack
-from market_ingestor.ingestor.simulator import DIALECTS, get_dialect
-from market_ingestor.ingestor.simulator.journal import read_journal
 from market_ingestor.model import Topics
+from market_ingestor.simulator import DIALECTS, get_dialect
+from market_ingestor.simulator.journal import read_journal
 from market_ingestor.sinks.rebuild import check_klines
 from market_ingestor.sinks.schema import migrate
 from market_ingestor.streams.windows import parse_intervals

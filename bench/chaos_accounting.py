@@ -23,8 +23,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from market_ingestor.ingestor.simulator.journal import JournalEvent, JournalRecord, JournalTrade, SessionEnd
 from market_ingestor.model import Side, Trade
+from market_ingestor.simulator.journal import JournalEvent, JournalRecord, JournalTrade, SessionEnd
 from market_ingestor.streams.klines import KlineSettings, aggregate
 
 TradeKey = tuple[str, str, str]  # exchange, symbol, trade id

@@ -18,8 +18,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import WebSocketException
 
 from chaos_accounting import KLINE_FIELDS, KlineKey, KlineValues
+from market_ingestor.indicators import compute
 from market_ingestor.model import Kline
-from market_ingestor.tables.indicators import compute
 
 IndicatorKey = tuple[str, str, str, str, int]  # exchange, symbol, interval, name, open_time
 IndicatorValues = dict[str, Decimal]

@@ -29,8 +29,8 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
+from market_ingestor.indicators import DEFAULT_SPECS, from_bytes, parse_spec
 from market_ingestor.model import Kline
-from market_ingestor.tables.indicators import DEFAULT_SPECS, from_bytes, parse_spec
 
 MINUTE_NS = 60 * 10**9
 

@@ -17,8 +17,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from market_ingestor.ingestor.exchanges import REGISTRY, ParseContext, get_spec
-from market_ingestor.ingestor.simulator.dialect import SimInstrument, SimTrade
 from market_ingestor.instruments import InstrumentRegistry
+from market_ingestor.simulator.dialect import SimInstrument, SimTrade
 
 GOALS = {"binance": 500_000}
 DEFAULT_GOAL = 300_000
@@ -28,7 +28,7 @@ BASES = ["BTC", "ETH", "SOL", "XRP", "ADA", "DOGE", "DOT", "LTC", "LINK", "AVAX"
 def dialect_of(name: str):  # type: ignore[no-untyped-def]
     import importlib
 
-    return importlib.import_module(f"market_ingestor.ingestor.simulator.{name}").DIALECT
+    return importlib.import_module(f"market_ingestor.simulator.{name}").DIALECT
 
 
 def frames_for(name: str, count: int) -> tuple[list[str], InstrumentRegistry]:

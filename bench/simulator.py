@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from market_ingestor.ingestor.exchanges.base import Channel
-from market_ingestor.ingestor.simulator import DIALECTS, Simulator, SimulatorConfig
+from market_ingestor.simulator import DIALECTS, Simulator, SimulatorConfig
 
 # Each exchange's documented subscribe frame for BTC/USDT trades.
 SUBSCRIBE = {

@@ -17,7 +17,7 @@ from chaos_accounting import (
     reconnected_s,
     truth_klines,
 )
-from market_ingestor.ingestor.simulator.journal import JournalEvent, JournalTrade
+from market_ingestor.simulator.journal import JournalEvent, JournalTrade
 
 
 def _trade(t: float, session: str, trade_id: str, price: str = "100.0", qty: str = "1") -> JournalTrade:

@@ -164,9 +164,9 @@ def test_indicator_values_keep_plain_digits():
 
 
 def test_the_ohlcv_fields_are_declared_once_in_order_by_every_kline_shape():
+    from market_ingestor.indicators.series import Bar
     from market_ingestor.model import OHLCV_FIELDS
     from market_ingestor.streams.klines import _Agg
-    from market_ingestor.tables.indicators.series import Bar
 
     for shape in (Kline, _Agg, Bar):
         fields = shape.__struct_fields__

@@ -25,8 +25,8 @@ from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 import msgspec
 
 from market_ingestor.errors import ConfigError
+from market_ingestor.indicators import DEFAULT_SPECS, IndicatorSpecError, parse_spec
 from market_ingestor.streams.windows import parse_intervals
-from market_ingestor.tables.indicators import DEFAULT_SPECS, IndicatorSpecError, parse_spec
 
 ENV_PREFIX = "MARKET_INGESTOR__"
 CONFIG_PATH_ENV = "MARKET_INGESTOR_CONFIG"

@@ -16,7 +16,7 @@
     ├── RequestError           a bad query API request (parameter, unknown symbol); carries the HTTP status
     ├── PushRequestError       a push client's message that cannot be served (push/protocol.py): an error reply
     ├── BadLine                a line of a `db load` file that is not a storable event (sinks/load.py)
-    └── IndicatorError         the indicator maths (tables/indicators/base.py)
+    └── IndicatorError         the indicator maths (indicators/base.py)
         ├── IndicatorSpecError   a spec or parameter that names no valid indicator (also a ValueError)
         ├── IndicatorInputError  a kline an indicator cannot take (also a ValueError)
         └── IndicatorStateError  stored indicator state that does not decode

@@ -79,7 +79,7 @@ class BookDelta(msgspec.Struct, frozen=True, tag="book_delta", tag_field="type")
 
 
 # The price and volume fields of a kline, in this order: ``Kline``, the aggregation's running state
-# (``streams/klines.py``, ``_Agg``) and the indicators' ``Bar`` (``tables/indicators/series.py``) declare them so,
+# (``streams/klines.py``, ``_Agg``) and the indicators' ``Bar`` (``indicators/series.py``) declare them so,
 # and code that walks them uses this tuple (``tests/test_model.py`` checks the three declarations against it).
 OHLCV_FIELDS = ("open", "high", "low", "close", "volume", "quote_volume")
 

@@ -15,9 +15,9 @@ from market_ingestor.ingestor.connection import ConnectionSettings
 from market_ingestor.ingestor.connector import ConnectorSettings, ExchangeConnector, running
 from market_ingestor.ingestor.exchanges import ALL_CHANNELS, REGISTRY, Channel, get_spec
 from market_ingestor.ingestor.rest import RestClient
-from market_ingestor.ingestor.simulator import Simulator, SimulatorConfig
 from market_ingestor.instruments import InstrumentRegistry
 from market_ingestor.model import BookDelta, BookSnapshot, DeadLetter, MarketEvent, Quote, Trade
+from market_ingestor.simulator import Simulator, SimulatorConfig
 
 EXCHANGES = sorted(REGISTRY)
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from market_ingestor.ingestor.simulator import Simulator, SimulatorConfig
+from market_ingestor.simulator import Simulator, SimulatorConfig
 from metrics_helpers import Scrape, answering, free_port, healthz, scrape, until
 
 pytestmark = pytest.mark.kafka

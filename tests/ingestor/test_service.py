@@ -21,9 +21,9 @@ from market_ingestor.ingestor.capture import received_frames
 from market_ingestor.ingestor.control import command
 from market_ingestor.ingestor.exchanges import ParseContext, get_spec
 from market_ingestor.ingestor.service import IngestService
-from market_ingestor.ingestor.simulator import Simulator, SimulatorConfig
 from market_ingestor.instruments import InstrumentRegistry
 from market_ingestor.model import Topics, Trade, bus_key, encode, event_id
+from market_ingestor.simulator import Simulator, SimulatorConfig
 
 pytestmark = [pytest.mark.kafka, pytest.mark.nats]
 

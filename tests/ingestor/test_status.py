@@ -15,9 +15,9 @@ from market_ingestor.bus import open_bus
 from market_ingestor.config import BusConfig, Config, ExchangeConfig, IngestConfig, KafkaConfig
 from market_ingestor.ingestor.control import command, send_command
 from market_ingestor.ingestor.service import IngestService
-from market_ingestor.ingestor.simulator import Simulator, SimulatorConfig
 from market_ingestor.ingestor.status import instance_name
 from market_ingestor.model import ConnectorStatus, Topics, bus_key, decode, encode, topic_of
+from market_ingestor.simulator import Simulator, SimulatorConfig
 
 
 def test_a_status_record_round_trips_and_is_keyed_by_instance_and_exchange():

@@ -12,12 +12,12 @@ import msgspec
 import pytest
 from faust.types import TP
 
+from market_ingestor.indicators import DEFAULT_SPECS, compute, parse_spec
+from market_ingestor.indicators.series import horizon
 from market_ingestor.model import IndicatorValue, Kline, encode
 from market_ingestor.streams.indicators import IndicatorAgent, Row, RowCache
 from market_ingestor.streams.outputs import InputLimits
 from market_ingestor.streams.windows import parse_interval
-from market_ingestor.tables.indicators import DEFAULT_SPECS, compute, parse_spec
-from market_ingestor.tables.indicators.series import horizon
 
 START = 1_704_067_200 * 10**9  # 2024-01-01T00:00Z
 INTERVALS = ("1m", "5m", "15m", "1h", "4h", "1d")

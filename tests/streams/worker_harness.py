@@ -20,9 +20,9 @@ from market_ingestor.bus.records import decode_events
 from market_ingestor.bus.topics import prefixed
 from market_ingestor.config import BusConfig, KafkaConfig, NatsConfig
 from market_ingestor.devstack.stack import StackInfo
+from market_ingestor.indicators import compute
 from market_ingestor.model import IndicatorValue, Kline, Topics, Trade, bus_key, encode, event_id
 from market_ingestor.streams.klines import KlineSettings, aggregate
-from market_ingestor.tables.indicators import compute
 
 MINUTE = 60_000_000_000
 SYMBOLS = ("AAAUSDT", "BBBUSDT", "CCCUSDT")

@@ -12,8 +12,8 @@ import click
 
 from market_ingestor.cli.context import run
 from market_ingestor.errors import ConfigError
-from market_ingestor.ingestor.simulator import DIALECTS, FaultConfig, ReplayConfig, Simulator, SimulatorConfig
 from market_ingestor.logs import configure_logging
+from market_ingestor.simulator import DIALECTS, FaultConfig, ReplayConfig, Simulator, SimulatorConfig
 
 
 def _names(text: str) -> tuple[str, ...]:

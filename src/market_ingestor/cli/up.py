@@ -24,8 +24,8 @@ from market_ingestor.cli.services import SERVICES, Children, parse_services
 from market_ingestor.cli.status import STATUS_INTERVAL_S, ConsoleFormatter, Status, log_dir
 from market_ingestor.config import ENV_PREFIX, Config, ExchangeConfig
 from market_ingestor.ingestor.service import IngestService, metrics_server
-from market_ingestor.ingestor.simulator import DIALECTS, Simulator, SimulatorConfig
 from market_ingestor.logs import configure_logging
+from market_ingestor.simulator import DIALECTS, Simulator, SimulatorConfig
 
 DEMO_SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
 # Listed by the simulator but not subscribed: there to be added live (`symbols add`, the control panel).

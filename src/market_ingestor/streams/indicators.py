@@ -1,7 +1,7 @@
 """The indicators agent: closed klines from ``market.klines`` -> ``market.indicators``.
 
 One RocksDB row per ``{exchange}.{symbol}`` (the klines topic's key, so the row lives in the partition of its
-klines) holds one :class:`~market_ingestor.tables.indicators.series.Series` per interval: the indicators' state
+klines) holds one :class:`~market_ingestor.indicators.series.Series` per interval: the indicators' state
 and the last klines a correction can still reach (``streams.max_lateness_ms``). A corrected kline (higher
 revision) within that horizon replays them and re-emits the values that changed, with higher revisions; anything
 older is counted as stale and ignored; a re-delivered kline after a crash changes nothing. Writes go through
@@ -30,13 +30,13 @@ from faust.types import TP
 from market_ingestor.bus.records import BatchDecoder
 from market_ingestor.config import BatchConfig
 from market_ingestor.errors import ConfigError
+from market_ingestor.indicators import Update, from_bytes, parse_spec
+from market_ingestor.indicators.series import Series, horizon
 from market_ingestor.model import Kline, Topics, encode
 from market_ingestor.streams import metrics
 from market_ingestor.streams.faust_app import StreamApp
 from market_ingestor.streams.outputs import InputLimits, PartitionWriter, next_offsets
 from market_ingestor.streams.windows import parse_interval
-from market_ingestor.tables.indicators import Update, from_bytes, parse_spec
-from market_ingestor.tables.indicators.series import Series, horizon
 
 kline_decoder = BatchDecoder(Kline)
 # How msgspec writes a closed kline's flag (no spaces): a record without it holds no closed kline.

@@ -41,6 +41,8 @@ from market_ingestor.bus.records import batch_id
 from market_ingestor.bus.topics import prefixed
 from market_ingestor.config import Config
 from market_ingestor.errors import BusError, ConfigError
+from market_ingestor.indicators import Update, parse_spec
+from market_ingestor.indicators.series import Series, horizon
 from market_ingestor.model import AnyEvent, DeadLetter, Kline, Topics, encode, event_id
 from market_ingestor.observability import OTHER, SYMBOLS, Health, MetricsServer
 from market_ingestor.observability.lag import CONSUMER_LAG
@@ -51,8 +53,6 @@ from market_ingestor.streams.klines import InstrumentKlines, KlineSettings, exac
 from market_ingestor.streams.nats_state import Leases, Progress, Rows, StreamReader, bucket_name
 from market_ingestor.streams.shards import plan_leases, shard_of
 from market_ingestor.streams.windows import parse_interval
-from market_ingestor.tables.indicators import Update, parse_spec
-from market_ingestor.tables.indicators.series import Series, horizon
 from market_ingestor.validity import trade_problem
 
 log = logging.getLogger(__name__)

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from market_ingestor.errors import NotNormalized, ParseError
 from market_ingestor.ingestor.exchanges.base import ParseContext
-from market_ingestor.ingestor.simulator.dialect import SimDialect
 from market_ingestor.model import BookDelta, BookSnapshot, MarketEvent, Quote, Trade
+from market_ingestor.simulator.dialect import SimDialect
 
 SAMPLES = Path(__file__).parents[3].parent / "shared" / "exchange-samples"
 

@@ -35,10 +35,10 @@ from market_ingestor.ingestor.exchanges.binance import (
     parse_book_snapshot,
     parse_instruments,
 )
-from market_ingestor.ingestor.simulator.binance import DIALECT
-from market_ingestor.ingestor.simulator.dialect import SimBook, SimBookDelta, SimInstrument, SimQuote, SimTrade
 from market_ingestor.instruments import Instrument, InstrumentRegistry
 from market_ingestor.model import BookDelta, BookSnapshot, MarketEvent, Quote, Trade
+from market_ingestor.simulator.binance import DIALECT
+from market_ingestor.simulator.dialect import SimBook, SimBookDelta, SimInstrument, SimQuote, SimTrade
 
 WS_FILE = "BINANCE.ws.1.0"
 REST_FILE = "BINANCE.0"

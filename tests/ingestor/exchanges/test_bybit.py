@@ -23,10 +23,10 @@ from market_ingestor.ingestor.exchanges.bybit import (
     parse_instruments,
     spec_for,
 )
-from market_ingestor.ingestor.simulator.bybit import DIALECT
-from market_ingestor.ingestor.simulator.dialect import SimBook, SimBookDelta, SimInstrument, SimQuote, SimTrade
 from market_ingestor.instruments import Instrument, InstrumentRegistry
 from market_ingestor.model import BookDelta, BookSnapshot, Quote, Trade
+from market_ingestor.simulator.bybit import DIALECT
+from market_ingestor.simulator.dialect import SimBook, SimBookDelta, SimInstrument, SimQuote, SimTrade
 
 D = Decimal
 MS = 1_000_000

@@ -27,10 +27,10 @@ from market_ingestor.ingestor.book import BookSync, BookVerdict
 from market_ingestor.ingestor.capture import SessionRecord, read_session, received_frames, rest_bodies
 from market_ingestor.ingestor.exchanges.base import Channel, ParseContext
 from market_ingestor.ingestor.exchanges.coinbase import PROTOCOL_CHATTER, SPEC, iso_ns
-from market_ingestor.ingestor.simulator.coinbase import DIALECT
-from market_ingestor.ingestor.simulator.dialect import SimBook, SimBookDelta, SimInstrument, SimQuote, SimTrade
 from market_ingestor.instruments import Instrument, InstrumentRegistry
 from market_ingestor.model import BookDelta, BookSnapshot, MarketEvent, Quote, Trade
+from market_ingestor.simulator.coinbase import DIALECT
+from market_ingestor.simulator.dialect import SimBook, SimBookDelta, SimInstrument, SimQuote, SimTrade
 
 WS_RECORDING = "COINBASE.ws.28.0"
 REST_RECORDING = "COINBASE.0"

@@ -29,10 +29,10 @@ from market_ingestor.ingestor.exchanges.kraken import (
     parse_instruments,
     rfc3339_ns,
 )
-from market_ingestor.ingestor.simulator.dialect import SimBook, SimBookDelta, SimInstrument, SimQuote, SimTrade
-from market_ingestor.ingestor.simulator.kraken import DIALECT, rfc3339
 from market_ingestor.instruments import Instrument, InstrumentRegistry
 from market_ingestor.model import BookDelta, BookSnapshot, MarketEvent, Quote, Trade
+from market_ingestor.simulator.dialect import SimBook, SimBookDelta, SimInstrument, SimQuote, SimTrade
+from market_ingestor.simulator.kraken import DIALECT, rfc3339
 
 EMPTY = ParseContext(InstrumentRegistry(), 7)
 D = Decimal

@@ -22,10 +22,10 @@ from market_ingestor.ingestor.capture import SessionRecord, read_session, receiv
 from market_ingestor.ingestor.exchanges import okx
 from market_ingestor.ingestor.exchanges.base import Channel, ParseContext
 from market_ingestor.ingestor.exchanges.okx import PROTOCOL_CHATTER, SPEC
-from market_ingestor.ingestor.simulator.dialect import SimBook, SimBookDelta, SimInstrument, SimQuote, SimTrade
-from market_ingestor.ingestor.simulator.okx import DIALECT
 from market_ingestor.instruments import InstrumentRegistry
 from market_ingestor.model import BookDelta, BookSnapshot, MarketEvent, Quote, Trade
+from market_ingestor.simulator.dialect import SimBook, SimBookDelta, SimInstrument, SimQuote, SimTrade
+from market_ingestor.simulator.okx import DIALECT
 
 WS_RECORDING = "OKX.ws.1.0"
 REST_RECORDING = "OKX.0"

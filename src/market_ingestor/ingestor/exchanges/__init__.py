@@ -1,5 +1,5 @@
 """The exchanges we connect to. Adding one: a module in this package defining ``SPEC``, one line here, its
-simulator dialect in ``ingestor/simulator/`` with one line in that registry, and its tests."""
+simulator dialect in ``simulator/`` with one line in that registry, and its tests."""
 
 from __future__ import annotations
 

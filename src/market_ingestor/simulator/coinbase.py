@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 import msgspec
 
 from market_ingestor.ingestor.exchanges.base import Channel
-from market_ingestor.ingestor.simulator.dialect import (
+from market_ingestor.simulator.dialect import (
     ClientRequest,
     SimBook,
     SimBookDelta,
@@ -26,7 +26,7 @@ from market_ingestor.ingestor.simulator.dialect import (
     SimQuote,
     SimTrade,
 )
-from market_ingestor.ingestor.simulator.render import (
+from market_ingestor.simulator.render import (
     SECOND_FORMAT,
     SecondTexts,
     TextLevel,

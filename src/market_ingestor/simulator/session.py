@@ -22,11 +22,11 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
 from market_ingestor.ingestor.exchanges.base import Channel
-from market_ingestor.ingestor.simulator.faults import MalformedKind, corrupt
-from market_ingestor.ingestor.simulator.journal import SessionEnd, TradeRow
+from market_ingestor.simulator.faults import MalformedKind, corrupt
+from market_ingestor.simulator.journal import SessionEnd, TradeRow
 
 if TYPE_CHECKING:
-    from market_ingestor.ingestor.simulator.venue import Venue
+    from market_ingestor.simulator.venue import Venue
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ import msgspec
 
 from market_ingestor.ingestor.exchanges.base import Channel
 from market_ingestor.ingestor.exchanges.kraken import CHANNELS, CHECKSUM_DEPTH, INSTRUMENTS_PATH, book_checksum
-from market_ingestor.ingestor.simulator.dialect import (
+from market_ingestor.simulator.dialect import (
     ClientRequest,
     Levels,
     SimBook,
@@ -36,7 +36,7 @@ from market_ingestor.ingestor.simulator.dialect import (
     SimQuote,
     SimTrade,
 )
-from market_ingestor.ingestor.simulator.render import SecondTexts, encode, refusal, subscription, text, top_checksum
+from market_ingestor.simulator.render import SecondTexts, encode, refusal, subscription, text, top_checksum
 
 BOOK_DEPTHS = (10, 25, 100, 500, 1000)
 EVENT_TRIGGERS = ("bbo", "trades")

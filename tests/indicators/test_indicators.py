@@ -18,8 +18,7 @@ from hypothesis import strategies as st
 from talipp.ohlcv import OHLCV
 
 from market_ingestor.errors import MarketIngestorError
-from market_ingestor.model import IndicatorValue, Kline
-from market_ingestor.tables.indicators import (
+from market_ingestor.indicators import (
     DEFAULT_SPECS,
     EMA,
     INDICATORS,
@@ -33,7 +32,8 @@ from market_ingestor.tables.indicators import (
     from_bytes,
     parse_spec,
 )
-from market_ingestor.tables.indicators.base import kind_of
+from market_ingestor.indicators.base import kind_of
+from market_ingestor.model import IndicatorValue, Kline
 
 HOUR_NS = 3600 * 10**9
 INTERVAL_NS = {"1m": 60 * 10**9, "15m": 900 * 10**9, "1h": HOUR_NS, "1d": 24 * HOUR_NS}

@@ -15,7 +15,7 @@ import msgspec
 
 from market_ingestor.ingestor.exchanges.base import Channel
 from market_ingestor.ingestor.exchanges.okx import CHECKSUM_DEPTH, KEEPALIVE_FRAME, PONG, book_checksum
-from market_ingestor.ingestor.simulator.dialect import (
+from market_ingestor.simulator.dialect import (
     ClientRequest,
     Levels,
     SimBook,
@@ -25,7 +25,7 @@ from market_ingestor.ingestor.simulator.dialect import (
     SimQuote,
     SimTrade,
 )
-from market_ingestor.ingestor.simulator.render import encode, refusal, subscription, text, top_checksum
+from market_ingestor.simulator.render import encode, refusal, subscription, text, top_checksum
 
 BOOK_DEPTH = 400  # levels per side in a "books" snapshot
 CONN_ID = "a4d3ae55"  # OKX names each connection with 8 hex digits; the dialect is stateless, so one fixed id

@@ -14,7 +14,7 @@ import msgspec
 
 from market_ingestor.ingestor.exchanges.base import Channel
 from market_ingestor.ingestor.exchanges.binance import DEPTH_SNAPSHOT_LIMIT
-from market_ingestor.ingestor.simulator.dialect import (
+from market_ingestor.simulator.dialect import (
     ClientRequest,
     SimBook,
     SimBookDelta,
@@ -23,7 +23,7 @@ from market_ingestor.ingestor.simulator.dialect import (
     SimQuote,
     SimTrade,
 )
-from market_ingestor.ingestor.simulator.render import TextLevel, encode, ms, refusal, subscription, text, text_levels
+from market_ingestor.simulator.render import TextLevel, encode, ms, refusal, subscription, text, text_levels
 
 # Binance stream names (after "<symbol>@") -> our channels. Partial-book streams (depth5, depth20) and klines are
 # valid subscriptions the simulator does not feed.

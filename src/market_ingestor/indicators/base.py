@@ -27,8 +27,8 @@ from typing import Any, ClassVar, Self
 import msgspec
 
 from market_ingestor.errors import MarketIngestorError
+from market_ingestor.indicators.core import EXACT
 from market_ingestor.model import IndicatorValue, Kline
-from market_ingestor.tables.indicators.core import EXACT
 
 MAX_PERIOD = 10_000  # the state is rewritten on every kline and a window costs O(period) bytes of it
 

@@ -10,7 +10,7 @@ import pytest
 from test_simulator import recv_text, subscribe, toy_sim, until
 from websockets.asyncio.client import connect
 
-from market_ingestor.ingestor.simulator.journal import (
+from market_ingestor.simulator.journal import (
     JournalEvent,
     JournalTrade,
     SessionEnd,

@@ -10,9 +10,9 @@ from decimal import Decimal
 
 import msgspec
 
+from market_ingestor.indicators.base import Indicator, IndicatorSpecError, period
+from market_ingestor.indicators.core import ZERO, Avg, div, ema, rounded, wilder
 from market_ingestor.model import Kline
-from market_ingestor.tables.indicators.base import Indicator, IndicatorSpecError, period
-from market_ingestor.tables.indicators.core import ZERO, Avg, div, ema, rounded, wilder
 
 HUNDRED = Decimal(100)
 

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from market_ingestor.errors import ConfigError
 from market_ingestor.ingestor.capture import read_session
-from market_ingestor.ingestor.simulator.session import FrameQueue, OutFrame
+from market_ingestor.simulator.session import FrameQueue, OutFrame
 
 log = logging.getLogger(__name__)
 

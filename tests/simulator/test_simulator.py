@@ -31,7 +31,7 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedError, Inval
 from market_ingestor.cli.simulate import simulate
 from market_ingestor.errors import ConfigError
 from market_ingestor.ingestor.exchanges.base import Channel
-from market_ingestor.ingestor.simulator import (
+from market_ingestor.simulator import (
     DIALECTS,
     ClientRequest,
     FaultConfig,
@@ -50,7 +50,7 @@ from market_ingestor.ingestor.simulator import (
     instrument_for,
 )
 
-SAMPLES = Path(__file__).resolve().parents[3].parent / "shared" / "exchange-samples"
+SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "exchange-samples"
 TIMEOUT_S = 10.0
 
 # --- a test-only dialect: compact JSON, trades batched up to 50 per frame --------------------------------------

@@ -31,15 +31,15 @@ from websockets.http11 import Request, Response
 
 from market_ingestor.errors import ConfigError
 from market_ingestor.ingestor.exchanges.base import Channel
-from market_ingestor.ingestor.simulator import DIALECTS, get_dialect
-from market_ingestor.ingestor.simulator.dialect import SimDialect, SimInstrument
-from market_ingestor.ingestor.simulator.faults import FaultConfig, MalformedKind
-from market_ingestor.ingestor.simulator.journal import Journal
-from market_ingestor.ingestor.simulator.market import Market, instrument_for
-from market_ingestor.ingestor.simulator.pacing import Pace, run_market
-from market_ingestor.ingestor.simulator.replay import Recording, ReplayConfig
-from market_ingestor.ingestor.simulator.session import BatchingConnection
-from market_ingestor.ingestor.simulator.venue import SentTrades, SimStats, Venue
+from market_ingestor.simulator import DIALECTS, get_dialect
+from market_ingestor.simulator.dialect import SimDialect, SimInstrument
+from market_ingestor.simulator.faults import FaultConfig, MalformedKind
+from market_ingestor.simulator.journal import Journal
+from market_ingestor.simulator.market import Market, instrument_for
+from market_ingestor.simulator.pacing import Pace, run_market
+from market_ingestor.simulator.replay import Recording, ReplayConfig
+from market_ingestor.simulator.session import BatchingConnection
+from market_ingestor.simulator.venue import SentTrades, SimStats, Venue
 
 log = logging.getLogger(__name__)
 

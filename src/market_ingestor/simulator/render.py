@@ -11,7 +11,7 @@ from decimal import Decimal
 import msgspec
 
 from market_ingestor.ingestor.exchanges.base import Channel
-from market_ingestor.ingestor.simulator.dialect import ClientRequest, Levels, SimBook
+from market_ingestor.simulator.dialect import ClientRequest, Levels, SimBook
 
 TextLevel = tuple[str, str]  # (price, qty) as the exchange writes them
 

@@ -27,7 +27,7 @@ from decimal import Decimal
 from typing import Literal
 
 from market_ingestor.errors import ConfigError
-from market_ingestor.ingestor.simulator.dialect import (
+from market_ingestor.simulator.dialect import (
     Levels,
     SimBook,
     SimBookDelta,

@@ -12,10 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from market_ingestor.model import IndicatorValue, Kline, Trade
-from market_ingestor.streams.klines import KlineSettings, aggregate
-from market_ingestor.streams.windows import parse_interval
-from market_ingestor.tables.indicators import (
+from market_ingestor.indicators import (
     DEFAULT_SPECS,
     IndicatorInputError,
     IndicatorStateError,
@@ -24,7 +21,10 @@ from market_ingestor.tables.indicators import (
     from_bytes,
     parse_spec,
 )
-from market_ingestor.tables.indicators.series import Bar, Series, horizon
+from market_ingestor.indicators.series import Bar, Series, horizon
+from market_ingestor.model import IndicatorValue, Kline, Trade
+from market_ingestor.streams.klines import KlineSettings, aggregate
+from market_ingestor.streams.windows import parse_interval
 
 MINUTE_NS = 60 * 10**9
 HOUR_NS = 60 * MINUTE_NS

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 
 from market_ingestor.errors import ConfigError
-from market_ingestor.ingestor.simulator.dialect import (
+from market_ingestor.simulator.dialect import (
     ClientRequest,
     SimBook,
     SimBookDelta,
@@ -22,11 +22,11 @@ from market_ingestor.ingestor.simulator.dialect import (
 
 DIALECTS: dict[str, str] = {
     # name -> module defining DIALECT; imported on first use, like the exchanges' REGISTRY
-    "binance": "market_ingestor.ingestor.simulator.binance",
-    "okx": "market_ingestor.ingestor.simulator.okx",
-    "bybit": "market_ingestor.ingestor.simulator.bybit",
-    "coinbase": "market_ingestor.ingestor.simulator.coinbase",
-    "kraken": "market_ingestor.ingestor.simulator.kraken",
+    "binance": "market_ingestor.simulator.binance",
+    "okx": "market_ingestor.simulator.okx",
+    "bybit": "market_ingestor.simulator.bybit",
+    "coinbase": "market_ingestor.simulator.coinbase",
+    "kraken": "market_ingestor.simulator.kraken",
 }
 
 
@@ -45,11 +45,11 @@ def get_dialect(name: str) -> SimDialect:
 
 
 # The server reads DIALECTS when it is imported, so these come after the registry.
-from market_ingestor.ingestor.simulator.faults import FaultConfig, MalformedKind, corrupt  # noqa: E402
-from market_ingestor.ingestor.simulator.market import KNOWN_QUOTES, Market, StepResult, instrument_for  # noqa: E402
-from market_ingestor.ingestor.simulator.replay import Recording, ReplayConfig  # noqa: E402
-from market_ingestor.ingestor.simulator.server import Simulator, SimulatorConfig  # noqa: E402
-from market_ingestor.ingestor.simulator.venue import SentTrades, SimStats  # noqa: E402
+from market_ingestor.simulator.faults import FaultConfig, MalformedKind, corrupt  # noqa: E402
+from market_ingestor.simulator.market import KNOWN_QUOTES, Market, StepResult, instrument_for  # noqa: E402
+from market_ingestor.simulator.replay import Recording, ReplayConfig  # noqa: E402
+from market_ingestor.simulator.server import Simulator, SimulatorConfig  # noqa: E402
+from market_ingestor.simulator.venue import SentTrades, SimStats  # noqa: E402
 
 __all__ = [
     "DIALECTS",

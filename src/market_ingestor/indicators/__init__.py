@@ -37,9 +37,8 @@ from typing import Any, Union
 
 import msgspec
 
-from market_ingestor.model import IndicatorValue, Kline
-from market_ingestor.tables.indicators.averages import EMA, SMA, WMA
-from market_ingestor.tables.indicators.base import (
+from market_ingestor.indicators.averages import EMA, SMA, WMA
+from market_ingestor.indicators.base import (
     Indicator,
     IndicatorError,
     IndicatorInputError,
@@ -48,9 +47,10 @@ from market_ingestor.tables.indicators.base import (
     Update,
     decode_state,
 )
-from market_ingestor.tables.indicators.momentum import MACD, RSI
-from market_ingestor.tables.indicators.volatility import ATR, BollingerBands
-from market_ingestor.tables.indicators.volume import VWAP
+from market_ingestor.indicators.momentum import MACD, RSI
+from market_ingestor.indicators.volatility import ATR, BollingerBands
+from market_ingestor.indicators.volume import VWAP
+from market_ingestor.model import IndicatorValue, Kline
 
 # name (the spec's first part, and the class's msgspec tag) -> class
 INDICATORS: dict[str, type[Indicator]] = {

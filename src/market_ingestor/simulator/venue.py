@@ -20,12 +20,12 @@ from urllib.parse import parse_qsl
 import msgspec
 
 from market_ingestor.ingestor.exchanges.base import Channel
-from market_ingestor.ingestor.simulator.dialect import SimDialect, SimTrade
-from market_ingestor.ingestor.simulator.faults import FaultConfig, FaultState, MalformedKind
-from market_ingestor.ingestor.simulator.journal import Journal, SessionEnd
-from market_ingestor.ingestor.simulator.market import Market
-from market_ingestor.ingestor.simulator.replay import Recording, feed
-from market_ingestor.ingestor.simulator.session import BatchingConnection, OutFrame, Session
+from market_ingestor.simulator.dialect import SimDialect, SimTrade
+from market_ingestor.simulator.faults import FaultConfig, FaultState, MalformedKind
+from market_ingestor.simulator.journal import Journal, SessionEnd
+from market_ingestor.simulator.market import Market
+from market_ingestor.simulator.replay import Recording, feed
+from market_ingestor.simulator.session import BatchingConnection, OutFrame, Session
 
 log = logging.getLogger(__name__)
 

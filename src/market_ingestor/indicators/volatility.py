@@ -6,9 +6,9 @@ from decimal import Decimal
 
 import msgspec
 
+from market_ingestor.indicators.base import Indicator, multiplier, period, plain
+from market_ingestor.indicators.core import ZERO, Avg, Window, div, rounded, sqrt, wilder
 from market_ingestor.model import Kline
-from market_ingestor.tables.indicators.base import Indicator, multiplier, period, plain
-from market_ingestor.tables.indicators.core import ZERO, Avg, Window, div, rounded, sqrt, wilder
 
 
 class BollingerBands(Indicator, tag="bbands", kw_only=True):

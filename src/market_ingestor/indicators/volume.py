@@ -6,9 +6,9 @@ from decimal import Decimal
 
 import msgspec
 
+from market_ingestor.indicators.base import Indicator
+from market_ingestor.indicators.core import ZERO, div
 from market_ingestor.model import Kline
-from market_ingestor.tables.indicators.base import Indicator
-from market_ingestor.tables.indicators.core import ZERO, div
 
 DAY_NS = 86_400 * 10**9
 

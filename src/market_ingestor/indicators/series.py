@@ -45,10 +45,10 @@ from decimal import Decimal
 
 import msgspec
 
+from market_ingestor.indicators import from_bytes, parse_spec
+from market_ingestor.indicators.base import Indicator, IndicatorInputError, Update, decode_state
+from market_ingestor.indicators.core import EXACT
 from market_ingestor.model import OHLCV_FIELDS, IndicatorValue, Kline
-from market_ingestor.tables.indicators import from_bytes, parse_spec
-from market_ingestor.tables.indicators.base import Indicator, IndicatorInputError, Update, decode_state
-from market_ingestor.tables.indicators.core import EXACT
 
 Values = dict[str, Decimal]
 _ohlcv = operator.attrgetter(*OHLCV_FIELDS)

@@ -12,9 +12,9 @@ from decimal import Decimal
 
 import msgspec
 
+from market_ingestor.indicators.base import Indicator, period
+from market_ingestor.indicators.core import ZERO, Avg, Window, div, ema
 from market_ingestor.model import Kline
-from market_ingestor.tables.indicators.base import Indicator, period
-from market_ingestor.tables.indicators.core import ZERO, Avg, Window, div, ema
 
 
 class SMA(Indicator, tag="sma", kw_only=True):

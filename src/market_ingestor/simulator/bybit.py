@@ -16,7 +16,7 @@ import msgspec
 
 from market_ingestor.ingestor.exchanges.base import Channel
 from market_ingestor.ingestor.exchanges.bybit import BOOK_DEPTH, MAX_ARGS_PER_REQUEST
-from market_ingestor.ingestor.simulator.dialect import (
+from market_ingestor.simulator.dialect import (
     ClientRequest,
     SimBook,
     SimBookDelta,
@@ -25,7 +25,7 @@ from market_ingestor.ingestor.simulator.dialect import (
     SimQuote,
     SimTrade,
 )
-from market_ingestor.ingestor.simulator.render import TextLevel, encode, ms, refusal, subscription, text, text_levels
+from market_ingestor.simulator.render import TextLevel, encode, ms, refusal, subscription, text, text_levels
 
 CONN_ID = "d1f5a2c8-5b0e-4c1e-9f3a-7c2b6e8d4a10"
 MAX_TRADES_PER_PUSH = 1024

@@ -15,8 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from market_ingestor.ingestor.exchanges.base import Channel
-from market_ingestor.ingestor.simulator.session import OutFrame, Session
-from market_ingestor.ingestor.simulator.venue import Venue
+from market_ingestor.simulator.session import OutFrame, Session
+from market_ingestor.simulator.venue import Venue
 
 
 @dataclass(frozen=True, slots=True)

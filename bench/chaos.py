@@ -126,6 +126,9 @@ class Options:
     workers: int = 2
     guarantee: str = "exactly_once"  # streams.processing_guarantee (standby_replicas = 1 with two workers or more)
     faults: int = 0  # stop injecting after this many (0: until the time is up)
+    # The load phase lasts at least this long, faults or not: e.g. enough closed minutes for the indicators checked
+    # (sma_3 needs three klines of an instrument).
+    min_load_s: float = 0.0
     # bus.kafka.request_timeout_ms (0: the default, 30 s). Ingest exits, losing the trades it holds, when the broker
     # is away for longer (the Kafka publisher's failed batch is fatal): the test sets it above its broker outage.
     request_timeout_ms: int = 0
@@ -388,6 +391,9 @@ class Chaos:
         ]
         try:
             await self.schedule()
+            rest_s = self.started + self.options.min_load_s - time.monotonic()
+            if rest_s > 0:  # enough load for what the accounting checks (e.g. indicators over closed minutes)
+                await asyncio.sleep(rest_s)
             sim_code = self.pipeline.simulator.terminate()
             await self.drain()
             users = await self.check_users()

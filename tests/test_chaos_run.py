@@ -40,6 +40,7 @@ async def test_every_fault_once_loses_nothing_and_every_user_sees_the_stored_sta
     options = Options(
         minutes=6,
         faults=len(SCHEDULE),
+        min_load_s=200,  # at least three closed minutes per instrument: sma_3 and rsi_2 have values to check
         fault_every_s=4,
         warmup_s=15,
         rate=200,

@@ -124,14 +124,18 @@ class Stage:
         async with self.lock:
             if save:
                 await self.checkpoint(force=True)
-            for shard in shards:
-                self.next_seq.pop(shard, None)
-                self.saved_seq.pop(shard, None)
-            for key in [key for key, shard in self.dirty.items() if shard in shards]:
-                del self.dirty[key]
-            self.forget(shards)
-            self.rows.forget(shards)
-            self.progress.forget(shards)
+            self._let_go(shards)
+
+    def _let_go(self, shards: set[int]) -> None:
+        """Forgets everything of ``shards``: their positions, unsaved rows, states and known revisions."""
+        for shard in shards:
+            self.next_seq.pop(shard, None)
+            self.saved_seq.pop(shard, None)
+        for key in [key for key, shard in self.dirty.items() if shard in shards]:
+            del self.dirty[key]
+        self.forget(shards)
+        self.rows.forget(shards)
+        self.progress.forget(shards)
 
     def adopt(self, stored: dict[str, bytes]) -> None:
         raise NotImplementedError
@@ -190,12 +194,7 @@ class Stage:
             log.warning(
                 "shards written by another worker; given up", extra={"stage": self.name, "shards": sorted(lost)}
             )
-            for shard in lost:
-                self.next_seq.pop(shard, None)
-                self.saved_seq.pop(shard, None)
-            self.forget(lost)
-            self.rows.forget(lost)
-            self.progress.forget(lost)
+            self._let_go(lost)
             self.worker.lost(lost)
 
     async def publish(self, topic: str, key: str, events: Sequence[AnyEvent]) -> None:

@@ -24,10 +24,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from market_ingestor.bus import Bus, TopicSpec, open_bus
+from market_ingestor.bus.keys import bus_key, event_id
 from market_ingestor.bus.records import BatchDecoder
 from market_ingestor.config import BusConfig, KafkaConfig, NatsConfig
 from market_ingestor.devstack import ensure_stack
-from market_ingestor.model import Trade, bus_key, encode, event_id
+from market_ingestor.model import Trade, encode
 
 SYMBOLS = [f"SYM{n}USDT" for n in range(50)]
 trade_decoder = BatchDecoder(Trade)

@@ -61,9 +61,9 @@ from chaos_clients import (
 )
 from chaos_services import OffsetHistory, OffsetReader, Service, StackServer, db_value, first_true, free_port
 from market_ingestor.bus import open_bus
+from market_ingestor.bus.topics import Topics
 from market_ingestor.config import load_config
 from market_ingestor.devstack.stack import ensure_stack
-from market_ingestor.model import Topics
 from market_ingestor.simulator import DIALECTS, get_dialect
 from market_ingestor.simulator.journal import read_journal
 from market_ingestor.sinks.rebuild import check_klines

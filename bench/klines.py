@@ -89,10 +89,10 @@ from child_process import ChildProcess
 from market_ingestor.bus import PIPELINE_TOPICS, open_bus
 from market_ingestor.bus.base import Publisher
 from market_ingestor.bus.records import split_events
-from market_ingestor.bus.topics import prefixed
+from market_ingestor.bus.topics import Topics, prefixed
 from market_ingestor.config import BusConfig, KafkaConfig, NatsConfig
 from market_ingestor.devstack import ensure_stack
-from market_ingestor.model import Topics, Trade, encode
+from market_ingestor.model import Trade, encode
 
 BIN = Path(sys.executable).parent / "market-ingestor"
 PYSPY = Path(sys.executable).parent / "py-spy"

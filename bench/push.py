@@ -41,10 +41,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 import msgspec
 
 from market_ingestor.bus import PIPELINE_TOPICS, open_bus
-from market_ingestor.bus.topics import prefixed
+from market_ingestor.bus.keys import bus_key, event_id
+from market_ingestor.bus.topics import Topics, prefixed
 from market_ingestor.config import BusConfig, Config, KafkaConfig, LogConfig, NatsConfig, PushConfig
 from market_ingestor.devstack import ensure_stack
-from market_ingestor.model import Topics, Trade, bus_key, encode, event_id
+from market_ingestor.model import Trade, encode
 from push_load import HISTOGRAM_MS, run_clients
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")

@@ -30,10 +30,11 @@ import aiohttp
 import asyncpg
 
 from market_ingestor.bus import PIPELINE_TOPICS, open_bus
-from market_ingestor.bus.topics import prefixed
+from market_ingestor.bus.keys import bus_key, event_id
+from market_ingestor.bus.topics import Topics, prefixed
 from market_ingestor.config import BusConfig, KafkaConfig, NatsConfig
 from market_ingestor.devstack import StackInfo, ensure_stack
-from market_ingestor.model import Topics, Trade, bus_key, encode, event_id
+from market_ingestor.model import Trade, encode
 from market_ingestor.sinks.schema import migrate
 
 SYMBOLS = [f"SYM{n}USDT" for n in range(50)]

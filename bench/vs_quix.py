@@ -37,8 +37,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from klines import PARTITIONS, Offsets, bus_config, host_busy_s, prefill, replay_trades, say, throughput
 from market_ingestor.bus.records import split_events
+from market_ingestor.bus.topics import Topics
 from market_ingestor.devstack import ensure_stack
-from market_ingestor.model import Topics
 from peer_trades import PeerProcess, measure_committed, read_klines, reference_klines
 from peer_trades import prefill as prefill_peer
 

@@ -5,24 +5,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from event_samples import EVENTS, TRADE
 from market_ingestor.model import (
     BookDelta,
     BookSnapshot,
-    ControlCommand,
     IndicatorValue,
     Kline,
     Quote,
-    Topics,
     Trade,
-    bus_key,
     decode,
     decoder_for,
     encode,
-    event_id,
-    topic_of,
 )
-
-TRADE = Trade("binance", "NKNUSDT", "123", Decimal("0.35280000"), Decimal("58.00000000"), "buy", 1, 2)
 
 
 def test_a_trade_encodes_to_the_documented_json_with_decimals_as_exact_strings():
@@ -55,58 +49,10 @@ def test_a_bad_side_is_a_validation_error_naming_the_field():
         decode(data)
 
 
-EVENTS = [
-    TRADE,
-    Quote("okx", "BTCUSDT", Decimal("1"), Decimal("2"), Decimal("3"), Decimal("4"), 5, 6, seq=7),
-    BookSnapshot("okx", "BTCUSDT", ((Decimal("1"), Decimal("2")),), ((Decimal("3"), Decimal("4")),), 9, 1, 2),
-    BookDelta("bybit", "BTCUSDT", ((Decimal("1"), Decimal("0")),), (), 10, 12, 1, 2, prev_seq=9),
-    Kline(
-        "binance",
-        "BTCUSDT",
-        "1m",
-        0,
-        59_999_999_999,
-        *(Decimal(n) for n in "142365"),
-        3,
-        Decimal("1"),
-        Decimal("2"),
-        "1",
-        "3",
-        Decimal("2"),
-        True,
-        1,
-    ),
-    IndicatorValue("binance", "BTCUSDT", "1m", "macd_12_26_9", 0, {"macd": Decimal("1.5"), "signal": Decimal("1")}),
-    ControlCommand("add", "symbol", "binance", "BTCUSDT", 1),
-]
-
-
 @pytest.mark.parametrize("event", EVENTS, ids=lambda e: type(e).__name__)
 def test_every_event_type_round_trips_through_the_tagged_decoder(event):
     assert decode(encode(event)) == event
     assert decoder_for(type(event)).decode(encode(event)) == event
-
-
-def test_each_event_type_has_its_topic_and_keys_keep_an_instrument_together():
-    assert [topic_of(e) for e in EVENTS] == [
-        Topics.TRADES,
-        Topics.QUOTES,
-        Topics.BOOK,
-        Topics.BOOK,
-        Topics.KLINES,
-        Topics.INDICATORS,
-        Topics.CONTROL,
-    ]
-    assert bus_key(TRADE) == "binance.NKNUSDT"
-    assert bus_key(EVENTS[-1]) == "symbol.binance.BTCUSDT"
-
-
-def test_event_ids_are_equal_for_resends_and_differ_between_events():
-    assert event_id(TRADE) == event_id(decode(encode(TRADE)))
-    assert event_id(TRADE) != event_id(msgspec.structs.replace(TRADE, trade_id="124"))
-    kline = EVENTS[4]
-    update = msgspec.structs.replace(kline, trade_count=4, closed=False)
-    assert len({event_id(kline), event_id(update), event_id(msgspec.structs.replace(kline, revision=2))}) == 3
 
 
 @given(st.decimals(allow_nan=False, allow_infinity=False), st.decimals(allow_nan=False, allow_infinity=False))

@@ -24,8 +24,10 @@ from market_ingestor.api.monitor import PanelMonitor
 from market_ingestor.api.store import Store
 from market_ingestor.api.ticker_state import MemoryTicker, TickerView
 from market_ingestor.bus import open_bus
+from market_ingestor.bus.keys import bus_key, event_id
+from market_ingestor.bus.topics import Topics
 from market_ingestor.config import BusConfig, Config
-from market_ingestor.model import IndicatorValue, Kline, Quote, Topics, Trade, bus_key, encode, event_id
+from market_ingestor.model import IndicatorValue, Kline, Quote, Trade, encode
 from market_ingestor.sinks.writer import RowWriter
 
 

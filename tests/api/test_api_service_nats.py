@@ -22,9 +22,8 @@ from market_ingestor.api.keys import create_key
 from market_ingestor.api.ticker_nats import NatsTicker
 from market_ingestor.bus import PIPELINE_TOPICS, open_bus
 from market_ingestor.bus.nats import stream_name
-from market_ingestor.bus.topics import prefixed
+from market_ingestor.bus.topics import Topics, prefixed
 from market_ingestor.config import BusConfig, Config, NatsConfig
-from market_ingestor.model import Topics
 
 pytestmark = [pytest.mark.nats, pytest.mark.postgres]
 

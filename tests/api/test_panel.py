@@ -29,8 +29,9 @@ from market_ingestor.api.offsets import Sample, lag, throughput
 from market_ingestor.api.offsets_nats import Progress as ConsumerProgress
 from market_ingestor.api.offsets_nats import sample_of
 from market_ingestor.bus import PIPELINE_TOPICS, open_bus
+from market_ingestor.bus.keys import bus_key, event_id
 from market_ingestor.bus.nats import stream_name
-from market_ingestor.bus.topics import prefixed
+from market_ingestor.bus.topics import Topics, prefixed
 from market_ingestor.config import (
     ApiConfig,
     BatchConfig,
@@ -44,7 +45,7 @@ from market_ingestor.config import (
 )
 from market_ingestor.devstack import StackInfo
 from market_ingestor.ingestor.control import read_state
-from market_ingestor.model import ConnectorStatus, Topics, Trade, bus_key, encode, event_id
+from market_ingestor.model import ConnectorStatus, Trade, encode
 from market_ingestor.streams.nats_state import Progress, bucket_name
 
 Setup = tuple[Config, TestClient, PanelMonitor]

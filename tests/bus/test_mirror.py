@@ -13,10 +13,12 @@ from decimal import Decimal
 import pytest
 
 from market_ingestor.bus import open_bus
+from market_ingestor.bus.keys import bus_key, event_id
 from market_ingestor.bus.mirror import flatten
 from market_ingestor.bus.records import batch_value
+from market_ingestor.bus.topics import Topics
 from market_ingestor.config import BusConfig, KafkaConfig
-from market_ingestor.model import Topics, Trade, bus_key, encode, event_id
+from market_ingestor.model import Trade, encode
 
 
 def trade(n: int, symbol: str) -> Trade:

@@ -16,10 +16,11 @@ import pytest
 from click.testing import CliRunner
 
 from market_ingestor.bus import PIPELINE_TOPICS, open_bus
-from market_ingestor.bus.topics import prefixed
+from market_ingestor.bus.keys import bus_key, event_id
+from market_ingestor.bus.topics import Topics, prefixed
 from market_ingestor.cli.main import cli
 from market_ingestor.config import BatchConfig, BusConfig, KafkaConfig
-from market_ingestor.model import Topics, Trade, bus_key, decode, encode, event_id
+from market_ingestor.model import Trade, decode, encode
 
 pytestmark = pytest.mark.kafka
 

@@ -14,7 +14,9 @@ from decimal import Decimal
 import pytest
 
 from market_ingestor.bus import open_bus
+from market_ingestor.bus.keys import bus_key, event_id
 from market_ingestor.bus.records import BatchDecoder
+from market_ingestor.bus.topics import Topics
 from market_ingestor.config import BusConfig, Config, ExchangeConfig, IngestConfig, KafkaConfig, NatsConfig
 from market_ingestor.errors import ParseError
 from market_ingestor.ingestor.capture import received_frames
@@ -22,7 +24,7 @@ from market_ingestor.ingestor.control import command
 from market_ingestor.ingestor.exchanges import ParseContext, get_spec
 from market_ingestor.ingestor.service import IngestService
 from market_ingestor.instruments import InstrumentRegistry
-from market_ingestor.model import Topics, Trade, bus_key, encode, event_id
+from market_ingestor.model import Trade, encode
 from market_ingestor.simulator import Simulator, SimulatorConfig
 
 pytestmark = [pytest.mark.kafka, pytest.mark.nats]

@@ -12,11 +12,13 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from market_ingestor.bus import open_bus
+from market_ingestor.bus.keys import bus_key
+from market_ingestor.bus.topics import Topics, topic_of
 from market_ingestor.config import BusConfig, Config, ExchangeConfig, IngestConfig, KafkaConfig
 from market_ingestor.ingestor.control import command, send_command
 from market_ingestor.ingestor.service import IngestService
 from market_ingestor.ingestor.status import instance_name
-from market_ingestor.model import ConnectorStatus, Topics, bus_key, decode, encode, topic_of
+from market_ingestor.model import ConnectorStatus, decode, encode
 from market_ingestor.simulator import Simulator, SimulatorConfig
 
 

@@ -14,20 +14,11 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 
 from market_ingestor.bus import Publisher
+from market_ingestor.bus.keys import bus_key, event_id
+from market_ingestor.bus.topics import topic_of
 from market_ingestor.config import BusConfig, Config, KafkaConfig, NatsConfig, PushConfig, StreamsConfig
 from market_ingestor.devstack import StackInfo
-from market_ingestor.model import (
-    AnyEvent,
-    IndicatorValue,
-    Kline,
-    Quote,
-    Trade,
-    bus_key,
-    decode,
-    encode,
-    event_id,
-    topic_of,
-)
+from market_ingestor.model import AnyEvent, IndicatorValue, Kline, Quote, Trade, decode, encode
 
 MINUTE_NS = 60 * 1_000_000_000
 T0 = 1_700_000_040 * 1_000_000_000  # a minute boundary

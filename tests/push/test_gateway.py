@@ -29,10 +29,9 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from market_ingestor.bus import PIPELINE_TOPICS, Publisher, open_bus
 from market_ingestor.bus.nats import stream_name
-from market_ingestor.bus.topics import prefixed
+from market_ingestor.bus.topics import Topics, prefixed
 from market_ingestor.config import Config
 from market_ingestor.errors import ConfigError
-from market_ingestor.model import Topics
 from market_ingestor.push import Gateway
 
 pytestmark = pytest.mark.kafka

@@ -10,7 +10,8 @@ import pytest
 from push_helpers import indicator, kline, quote, trade
 
 from market_ingestor.bus.records import batch_value
-from market_ingestor.model import Topics, encode
+from market_ingestor.bus.topics import Topics
+from market_ingestor.model import encode
 from market_ingestor.push.updates import LatestState, to_update, to_updates
 
 

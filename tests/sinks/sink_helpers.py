@@ -21,11 +21,12 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from db_helpers import PgServer, fresh_database
 from market_ingestor.bus import PIPELINE_TOPICS, open_bus
+from market_ingestor.bus.keys import bus_key, event_id
 from market_ingestor.bus.records import BatchDecoder
-from market_ingestor.bus.topics import prefixed
+from market_ingestor.bus.topics import Topics, prefixed, topic_of
 from market_ingestor.config import BusConfig, KafkaConfig, NatsConfig
 from market_ingestor.devstack import StackInfo
-from market_ingestor.model import Kline, Topics, Trade, bus_key, encode, event_id, topic_of
+from market_ingestor.model import Kline, Trade, encode
 from market_ingestor.streams.klines import InstrumentKlines, KlineSettings
 
 SECOND = 10**9

@@ -7,8 +7,8 @@ import msgspec
 import pytest
 from sink_helpers import Stack, at_least, database, db, make_trades, sinks, start_sink, trade_count, until
 
+from market_ingestor.bus.topics import Topics
 from market_ingestor.config import BatchConfig
-from market_ingestor.model import Topics
 from metrics_helpers import answering, free_port, healthz, scrape
 
 pytestmark = [pytest.mark.kafka, pytest.mark.nats, pytest.mark.postgres]

@@ -23,7 +23,8 @@ from sink_helpers import (
 
 from market_ingestor.bus import PIPELINE_TOPICS, open_bus
 from market_ingestor.bus.nats import stream_name
-from market_ingestor.model import DeadLetter, Topics, decode
+from market_ingestor.bus.topics import Topics
+from market_ingestor.model import DeadLetter, decode
 
 pytestmark = [pytest.mark.nats, pytest.mark.postgres]
 __all__ = ["database", "db", "sinks"]  # fixtures

@@ -40,8 +40,10 @@ from sink_helpers import (
 
 from db_helpers import with_database
 from market_ingestor.bus import open_bus
+from market_ingestor.bus.keys import bus_key
 from market_ingestor.bus.records import batch_value
-from market_ingestor.model import DeadLetter, Topics, Trade, bus_key, decode, encode
+from market_ingestor.bus.topics import Topics
+from market_ingestor.model import DeadLetter, Trade, decode, encode
 from metrics_helpers import answering, free_port, scrape
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]

@@ -28,8 +28,8 @@ from worker_harness import (
 )
 
 from market_ingestor.bus.nats import stream_name
+from market_ingestor.bus.topics import Topics
 from market_ingestor.cli.main import cli
-from market_ingestor.model import Topics
 from market_ingestor.streams.nats_state import bucket_name, read_bucket
 
 pytestmark = pytest.mark.nats

@@ -24,10 +24,11 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from market_ingestor.bus import PIPELINE_TOPICS, open_bus
+from market_ingestor.bus.keys import bus_key
 from market_ingestor.bus.records import decode_events
-from market_ingestor.bus.topics import prefixed
+from market_ingestor.bus.topics import Topics, prefixed
 from market_ingestor.config import BusConfig, KafkaConfig
-from market_ingestor.model import Kline, Topics, Trade, bus_key, encode
+from market_ingestor.model import Kline, Trade, encode
 
 pytestmark = pytest.mark.kafka
 

@@ -10,7 +10,9 @@ import pytest
 from worker_harness import SYMBOLS, bus_config, make_trades, publish, start_worker, stop_worker, worker_config
 
 from market_ingestor.bus import open_bus
-from market_ingestor.model import Topics, bus_key, encode
+from market_ingestor.bus.keys import bus_key
+from market_ingestor.bus.topics import Topics
+from market_ingestor.model import encode
 from metrics_helpers import Scrape, answering, free_port, healthz, scrape, until
 
 

@@ -16,12 +16,13 @@ from pathlib import Path
 import pytest
 
 from market_ingestor.bus import PIPELINE_TOPICS, open_bus
+from market_ingestor.bus.keys import bus_key, event_id
 from market_ingestor.bus.records import decode_events
-from market_ingestor.bus.topics import prefixed
+from market_ingestor.bus.topics import Topics, prefixed
 from market_ingestor.config import BusConfig, KafkaConfig, NatsConfig
 from market_ingestor.devstack.stack import StackInfo
 from market_ingestor.indicators import compute
-from market_ingestor.model import IndicatorValue, Kline, Topics, Trade, bus_key, encode, event_id
+from market_ingestor.model import IndicatorValue, Kline, Trade, encode
 from market_ingestor.streams.klines import KlineSettings, aggregate
 
 MINUTE = 60_000_000_000

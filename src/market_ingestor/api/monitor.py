@@ -26,6 +26,8 @@ from aiokafka.errors import KafkaError
 
 from market_ingestor.api.offsets import GroupLag, Throughput, offset_monitor
 from market_ingestor.bus import Bus, Publisher, open_bus
+from market_ingestor.bus.keys import event_id
+from market_ingestor.bus.topics import Topics
 from market_ingestor.config import Config
 from market_ingestor.errors import BusError, MarketIngestorError
 from market_ingestor.ingestor.control import (
@@ -37,7 +39,7 @@ from market_ingestor.ingestor.control import (
     send_command,
 )
 from market_ingestor.ingestor.exchanges import REGISTRY
-from market_ingestor.model import ConnectorState, ConnectorStatus, ControlCommand, Topics, event_id
+from market_ingestor.model import ConnectorState, ConnectorStatus, ControlCommand
 from market_ingestor.retry import RetryPolicy
 
 log = logging.getLogger(__name__)

@@ -33,9 +33,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from market_ingestor.bus.topics import Topics
 from market_ingestor.config import Config
 from market_ingestor.errors import BusError
-from market_ingestor.model import Topics
 
 log = logging.getLogger(__name__)
 

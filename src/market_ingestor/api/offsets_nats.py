@@ -37,9 +37,9 @@ from nats.js.errors import NotFoundError
 
 from market_ingestor.api.offsets import WATCHED_TOPICS, GroupLag, PartitionLag, Sample, TopicPart, consumer_groups
 from market_ingestor.bus.nats import connect_client, durable_name, stream_name
+from market_ingestor.bus.topics import Topics
 from market_ingestor.config import Config
 from market_ingestor.errors import BusError
-from market_ingestor.model import Topics
 from market_ingestor.streams.nats_state import bucket_name, read_bucket
 
 

@@ -31,11 +31,11 @@ import faust
 import msgspec
 
 from market_ingestor.api.ticker_state import TickerState, TickerUpdates
+from market_ingestor.bus.faust import internals as faust_internals
+from market_ingestor.bus.faust.app import StreamApp
+from market_ingestor.bus.topics import Topics
 from market_ingestor.config import Config
 from market_ingestor.jsontext import JsonEncoder
-from market_ingestor.model import Topics
-from market_ingestor.streams import faust_internals
-from market_ingestor.streams.faust_app import StreamApp
 
 # A quiet partition's long poll must not delay a busy one's next fetch: the ticker is about freshness.
 TICKER_FETCH_MAX_WAIT_MS = 100

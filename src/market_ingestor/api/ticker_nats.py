@@ -35,9 +35,9 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from market_ingestor.api.ticker_state import TickerState, TickerUpdates
 from market_ingestor.bus.nats import connect_client, stream_name
+from market_ingestor.bus.topics import Topics
 from market_ingestor.config import Config
 from market_ingestor.errors import BusClosedError, BusError
-from market_ingestor.model import Topics
 from market_ingestor.retry import RetryPolicy
 
 log = logging.getLogger(__name__)

@@ -1,9 +1,9 @@
 """The transport seen by the rest of the pipeline: publish with a key, consume with explicit commit.
 
-Topics are the logical names of :class:`market_ingestor.model.Topics`. Keys are ``{exchange}.{symbol}`` so one
-instrument stays ordered (one Kafka partition, one NATS subject). ``msg_id`` is the event's identity: buses
-that can deduplicate re-sends (NATS JetStream's ``Nats-Msg-Id``) use it, Kafka's idempotent producer covers
-its own retries.
+Topics are the logical names of :class:`market_ingestor.bus.topics.Topics`. Keys are ``{exchange}.{symbol}`` so
+one instrument stays ordered (one Kafka partition, one NATS subject; ``bus.keys.bus_key``). ``msg_id`` is the
+event's identity (``bus.keys.event_id``): buses that can deduplicate re-sends (NATS JetStream's ``Nats-Msg-Id``)
+use it, Kafka's idempotent producer covers its own retries.
 
 Delivery is at-least-once: a consumer that stops without committing gets the same records again.
 """

@@ -17,10 +17,11 @@ from collections.abc import Sequence
 import msgspec
 
 from market_ingestor.bus import Publisher, Subscriber
+from market_ingestor.bus.keys import event_id
 from market_ingestor.bus.records import is_batched, split_events
 from market_ingestor.bus.topics import TopicSpec
 from market_ingestor.errors import ConfigError
-from market_ingestor.model import DeadLetter, decode, encode, event_id
+from market_ingestor.model import DeadLetter, decode, encode
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,8 @@ from typing import Generic, TypeVar
 
 import msgspec
 
-from market_ingestor.model import AnyEvent, Topics
+from market_ingestor.bus.topics import Topics
+from market_ingestor.model import AnyEvent
 
 T = TypeVar("T")
 

@@ -1,12 +1,56 @@
-"""What each topic is for and how long it keeps data; both bus adapters create their topics from this."""
+"""The topics of the pipeline: their names, which event goes to which, and how long each keeps data; both bus
+adapters create their topics from this."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from market_ingestor.model import Topics
+from market_ingestor.model import (
+    AnyEvent,
+    BookDelta,
+    BookSnapshot,
+    ConnectorStatus,
+    ControlCommand,
+    DeadLetter,
+    IndicatorValue,
+    Kline,
+    Quote,
+    Trade,
+)
 
 DAY_S = 24 * 3600
+
+
+class Topics:
+    """Logical topic names. Kafka uses them as topic names; NATS as subject prefixes and stream names."""
+
+    TRADES = "market.trades"
+    QUOTES = "market.quotes"
+    BOOK = "market.book"
+    KLINES = "market.klines"
+    INDICATORS = "market.indicators"
+    CONTROL = "market.control"
+    DEADLETTER = "market.deadletter"
+    STATUS = "market.status"
+
+    ALL: tuple[str, ...] = (TRADES, QUOTES, BOOK, KLINES, INDICATORS, CONTROL, DEADLETTER, STATUS)
+
+
+TOPIC_OF: dict[type, str] = {
+    Trade: Topics.TRADES,
+    Quote: Topics.QUOTES,
+    BookSnapshot: Topics.BOOK,
+    BookDelta: Topics.BOOK,
+    Kline: Topics.KLINES,
+    IndicatorValue: Topics.INDICATORS,
+    DeadLetter: Topics.DEADLETTER,
+    ControlCommand: Topics.CONTROL,
+    ConnectorStatus: Topics.STATUS,
+}
+
+
+def topic_of(event: AnyEvent) -> str:
+    return TOPIC_OF[type(event)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,10 +6,10 @@ import json
 
 import click
 
+from market_ingestor.bus.topics import Topics
 from market_ingestor.cli.context import CliContext, pass_cli, run
 from market_ingestor.errors import MarketIngestorError
 from market_ingestor.ingestor.control import command, read_state, send_command
-from market_ingestor.model import Topics
 
 
 def _send(cli_ctx: CliContext, action: str, target: str, exchange: str, symbol: str | None = None) -> None:

@@ -9,11 +9,10 @@ import click
 
 from market_ingestor.bus import open_bus
 from market_ingestor.bus.mirror import flat_specs, mirror
-from market_ingestor.bus.topics import PIPELINE_TOPICS, TopicSpec, prefixed
+from market_ingestor.bus.topics import PIPELINE_TOPICS, Topics, TopicSpec, prefixed
 from market_ingestor.cli.context import CliContext, pass_cli, run
 from market_ingestor.config import Config
 from market_ingestor.errors import ConfigError
-from market_ingestor.model import Topics
 
 
 @click.command("mirror")

@@ -32,8 +32,8 @@ def worker(cli_ctx: CliContext, data_dir: Path | None, web_port: int | None) -> 
 
         run(run_worker(cli_ctx.config))
         return
+    from market_ingestor.bus.faust.app import faust_worker
     from market_ingestor.streams.app import build_app, worker_metrics  # heavy (Faust): only the worker needs it
-    from market_ingestor.streams.faust_app import faust_worker
     from market_ingestor.streams.outputs import mark_clean_stop, prepare_data_dir
 
     config = cli_ctx.config

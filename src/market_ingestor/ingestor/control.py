@@ -12,11 +12,12 @@ from collections.abc import Iterable
 import msgspec
 
 from market_ingestor.bus import PIPELINE_TOPICS, Delivery, Publisher, open_bus
-from market_ingestor.bus.topics import prefixed
+from market_ingestor.bus.keys import bus_key, event_id
+from market_ingestor.bus.topics import Topics, prefixed
 from market_ingestor.config import Config
 from market_ingestor.errors import SymbolError
 from market_ingestor.ingestor.exchanges import REGISTRY
-from market_ingestor.model import ControlCommand, Topics, bus_key, decode, encode, event_id
+from market_ingestor.model import ControlCommand, decode, encode
 
 log = logging.getLogger(__name__)
 

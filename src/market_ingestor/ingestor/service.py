@@ -14,7 +14,8 @@ import logging
 import time
 
 from market_ingestor.bus import PIPELINE_TOPICS, Bus, Publisher, open_bus
-from market_ingestor.bus.topics import prefixed
+from market_ingestor.bus.keys import bus_key, event_id
+from market_ingestor.bus.topics import Topics, prefixed, topic_of
 from market_ingestor.config import Config, ExchangeConfig
 from market_ingestor.errors import MarketIngestorError
 from market_ingestor.ingestor import metrics
@@ -27,19 +28,7 @@ from market_ingestor.ingestor.exchanges.base import ExchangeSpec
 from market_ingestor.ingestor.rest import RestClient
 from market_ingestor.ingestor.status import StatusReporter, instance_name
 from market_ingestor.instruments import InstrumentRegistry
-from market_ingestor.model import (
-    BookDelta,
-    BookSnapshot,
-    DeadLetter,
-    MarketEvent,
-    Quote,
-    Topics,
-    Trade,
-    bus_key,
-    encode,
-    event_id,
-    topic_of,
-)
+from market_ingestor.model import BookDelta, BookSnapshot, DeadLetter, MarketEvent, Quote, Trade, encode
 from market_ingestor.observability import SYMBOLS, Health, MetricsServer
 from market_ingestor.retry import RetryPolicy
 

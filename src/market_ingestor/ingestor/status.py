@@ -17,9 +17,10 @@ import time
 from collections.abc import Callable, Mapping
 
 from market_ingestor.bus import Publisher
+from market_ingestor.bus.keys import bus_key, event_id
 from market_ingestor.ingestor import metrics
 from market_ingestor.ingestor.connector import ExchangeConnector
-from market_ingestor.model import ConnectorState, ConnectorStatus, bus_key, encode, event_id
+from market_ingestor.model import ConnectorState, ConnectorStatus, encode
 
 Connectors = Mapping[str, ExchangeConnector | None]  # exchange -> its connector (None: still starting)
 

@@ -29,10 +29,9 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from market_ingestor.bus import PIPELINE_TOPICS, Bus, Subscriber, open_bus
-from market_ingestor.bus.topics import prefixed
+from market_ingestor.bus.topics import Topics, prefixed
 from market_ingestor.config import Config
 from market_ingestor.errors import BusError, ConfigError
-from market_ingestor.model import Topics
 from market_ingestor.push.client import Client
 from market_ingestor.push.metrics import PushMetrics
 from market_ingestor.push.protocol import (

@@ -17,7 +17,8 @@ from typing import Any, NamedTuple
 import msgspec
 
 from market_ingestor.bus.records import split_events
-from market_ingestor.model import IndicatorValue, Kline, Quote, Topics, Trade, decoder_for
+from market_ingestor.bus.topics import Topics
+from market_ingestor.model import IndicatorValue, Kline, Quote, Trade, decoder_for
 from market_ingestor.push.protocol import INDICATOR_PREFIX, KLINE_PREFIX, QUOTE, TRADE, Outgoing, Pair, update_message
 
 

@@ -33,9 +33,10 @@ import asyncpg
 import msgspec
 
 from market_ingestor.bus.records import BatchDecoder
+from market_ingestor.bus.topics import Topics
 from market_ingestor.config import Config, SinkConfig, StorageConfig
 from market_ingestor.errors import StorageError, StorageUnavailable
-from market_ingestor.model import DeadLetter, IndicatorValue, Kline, Quote, Topics, Trade, encode
+from market_ingestor.model import DeadLetter, IndicatorValue, Kline, Quote, Trade, encode
 from market_ingestor.retry import RetryPolicy
 from market_ingestor.sinks import metrics
 from market_ingestor.sinks.connect import is_transient

@@ -32,10 +32,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from market_ingestor.bus import PIPELINE_TOPICS, Delivery, Publisher, Subscriber, open_bus
-from market_ingestor.bus.topics import prefixed
+from market_ingestor.bus.keys import event_id
+from market_ingestor.bus.topics import Topics, prefixed
 from market_ingestor.config import Config
 from market_ingestor.errors import MarketIngestorError
-from market_ingestor.model import DeadLetter, Topics, encode, event_id
+from market_ingestor.model import DeadLetter, encode
 from market_ingestor.observability import Health, MetricsServer
 from market_ingestor.observability.lag import SubscriberLag
 from market_ingestor.sinks import metrics

@@ -25,13 +25,14 @@ import msgspec
 from aiokafka.partitioner import murmur2
 from faust.types import TP
 
+from market_ingestor.bus.faust.app import StreamApp
 from market_ingestor.bus.records import BatchDecoder
+from market_ingestor.bus.topics import Topics
 from market_ingestor.config import BatchConfig, Config
-from market_ingestor.model import DeadLetter, Kline, Topics, Trade, encode
+from market_ingestor.model import DeadLetter, Kline, Trade, encode
 from market_ingestor.observability import OTHER, SYMBOLS
 from market_ingestor.observability.consumer import MetricsService, metrics_service
 from market_ingestor.streams import metrics
-from market_ingestor.streams.faust_app import StreamApp
 from market_ingestor.streams.indicators import IndicatorAgent
 from market_ingestor.streams.klines import InstrumentKlines, KlineSettings, exact_context
 from market_ingestor.streams.outputs import InputLimits, PartitionWriter, next_offsets

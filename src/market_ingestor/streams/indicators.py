@@ -27,14 +27,15 @@ import faust
 import msgspec
 from faust.types import TP
 
+from market_ingestor.bus.faust.app import StreamApp
 from market_ingestor.bus.records import BatchDecoder
+from market_ingestor.bus.topics import Topics
 from market_ingestor.config import BatchConfig
 from market_ingestor.errors import ConfigError
 from market_ingestor.indicators import Update, from_bytes, parse_spec
 from market_ingestor.indicators.series import Series, horizon
-from market_ingestor.model import Kline, Topics, encode
+from market_ingestor.model import Kline, encode
 from market_ingestor.streams import metrics
-from market_ingestor.streams.faust_app import StreamApp
 from market_ingestor.streams.outputs import InputLimits, PartitionWriter, next_offsets
 from market_ingestor.streams.windows import parse_interval
 

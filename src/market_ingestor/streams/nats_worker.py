@@ -36,14 +36,15 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from market_ingestor.bus import PIPELINE_TOPICS, open_bus
+from market_ingestor.bus.keys import event_id
 from market_ingestor.bus.nats import NatsPublisher, connect_client
 from market_ingestor.bus.records import batch_id
-from market_ingestor.bus.topics import prefixed
+from market_ingestor.bus.topics import Topics, prefixed
 from market_ingestor.config import Config
 from market_ingestor.errors import BusError, ConfigError
 from market_ingestor.indicators import Update, parse_spec
 from market_ingestor.indicators.series import Series, horizon
-from market_ingestor.model import AnyEvent, DeadLetter, Kline, Topics, encode, event_id
+from market_ingestor.model import AnyEvent, DeadLetter, Kline, encode
 from market_ingestor.observability import OTHER, SYMBOLS, Health, MetricsServer
 from market_ingestor.observability.lag import CONSUMER_LAG
 from market_ingestor.streams import metrics

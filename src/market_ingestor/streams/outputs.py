@@ -23,9 +23,9 @@ import faust
 from aiokafka.partitioner import murmur2
 from faust.types import TP
 
+from market_ingestor.bus.faust import internals as faust_internals
 from market_ingestor.bus.records import RecordBuilder, is_batched
 from market_ingestor.config import BatchConfig
-from market_ingestor.streams import faust_internals
 from market_ingestor.streams.sequence import InputSequence
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from typing import Any
 import faust
 from faust.types import TP
 
-from market_ingestor.streams import faust_internals
+from market_ingestor.bus.faust import internals as faust_internals
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 :class:`StreamApp` skips the periodic commit after the final one under ``exactly_once`` (it crashed the worker at
 shutdown), lets apps read ``read_committed``, shortens the fetch long-poll, bounds the intake
 (:data:`BOUNDED_INTAKE`) and stops the worker when an agent raises (Faust never runs a crashed agent again). Why,
-and what each relies on in Faust: docs/faust.md; the private calls live in ``streams/faust_internals.py``.
+and what each relies on in Faust: docs/faust.md; the private calls live in ``internals.py`` beside it.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 
 import faust
 
+from market_ingestor.bus.faust.internals import AgentErrorApp, Transport
 from market_ingestor.config import KafkaConfig
-from market_ingestor.streams.faust_internals import AgentErrorApp, Transport
 
 # Bounded intake while draining a backlog: without a limit one poll decodes everything fetched (1 MB per partition:
 # tens of thousands of records held at once). Measured on the kline worker: ~100 MB more peak RSS and half the

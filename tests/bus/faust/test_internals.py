@@ -1,4 +1,4 @@
-"""Every private name of faust-streaming and aiokafka that ``streams/faust_internals.py`` uses is still there and
+"""Every private name of faust-streaming and aiokafka that ``bus/faust/internals.py`` uses is still there and
 still does what we rely on. Each test names the internal, so an upgrade that changes one fails by that name."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from faust.stores.rocksdb import Store as RocksStore
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from market_ingestor.streams import faust_internals
+from market_ingestor.bus.faust import internals as faust_internals
 
 
 def source_of(obj: object) -> str:
@@ -24,7 +24,7 @@ def source_of(obj: object) -> str:
 
 def test_the_tested_faust_version_is_installed() -> None:
     assert metadata.version("faust-streaming") == faust_internals.TESTED_FAUST, (
-        "faust-streaming was upgraded: re-read every internal in streams/faust_internals.py, then update "
+        "faust-streaming was upgraded: re-read every internal in bus/faust/internals.py, then update "
         "TESTED_FAUST and the pin"
     )
     assert aiokafka.__version__.startswith("0.14."), f"aiokafka {aiokafka.__version__}: re-check the internals"
@@ -139,7 +139,8 @@ def test_no_other_module_touches_a_private_faust_or_aiokafka_name() -> None:
     import pathlib
     import re
 
-    root = pathlib.Path(faust_internals.__file__).parent.parent
+    boundary = pathlib.Path(faust_internals.__file__)
+    root = boundary.parents[2]  # the market_ingestor package
     pattern = re.compile(
         r"consumer\._commit\b|_committed_offset|_current_event|_ensure_producer|_fetch_max_wait_ms|"
         r"_create_worker_consumer|_new_consumer_thread|set_persisted_offset|\.seek_wait\(|\.earliest_offsets\(|"
@@ -148,11 +149,11 @@ def test_no_other_module_touches_a_private_faust_or_aiokafka_name() -> None:
     offenders = [
         f"{path.relative_to(root)}:{number}"
         for path in root.rglob("*.py")
-        if path.name != "faust_internals.py"
+        if path != boundary
         for number, line in enumerate(path.read_text().splitlines(), 1)
         if pattern.search(line) and not line.lstrip().startswith(("#", '"', "'", "-", "(``", "``"))
     ]
-    assert offenders == [], f"private Faust/aiokafka names outside streams/faust_internals.py: {offenders}"
+    assert offenders == [], f"private Faust/aiokafka names outside bus/faust/internals.py: {offenders}"
 
 
 def test_App__on_agent_error_is_what_App_agent_gives_every_agent_as_on_error() -> None:

@@ -1,7 +1,7 @@
 """Every private attribute and undocumented call of faust-streaming and aiokafka that we use, in one place.
 
 faust-streaming is pinned to the version these were read in (``TESTED_FAUST``), aiokafka held to 0.14; each use
-below says why it is needed, and ``tests/streams/test_faust_internals.py`` fails naming the internal when an
+below says why it is needed, and ``tests/bus/faust/test_internals.py`` fails naming the internal when an
 upgrade changes it. Nothing outside this module touches a private name of either package. The table of what each
 is for, the Faust behaviours they work around and how to upgrade: docs/faust.md.
 """

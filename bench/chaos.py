@@ -68,7 +68,7 @@ from market_ingestor.simulator import DIALECTS, get_dialect
 from market_ingestor.simulator.journal import read_journal
 from market_ingestor.sinks.rebuild import check_klines
 from market_ingestor.sinks.schema import migrate
-from market_ingestor.streams.windows import parse_intervals
+from market_ingestor.windows import parse_intervals
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
 # Faults in turn, round and round; "worker" is each worker in turn.

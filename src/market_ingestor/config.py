@@ -26,7 +26,7 @@ import msgspec
 
 from market_ingestor.errors import ConfigError
 from market_ingestor.indicators import DEFAULT_SPECS, IndicatorSpecError, parse_spec
-from market_ingestor.streams.windows import parse_intervals
+from market_ingestor.windows import parse_intervals
 
 ENV_PREFIX = "MARKET_INGESTOR__"
 CONFIG_PATH_ENV = "MARKET_INGESTOR_CONFIG"

@@ -24,7 +24,7 @@ from market_ingestor.indicators import (
 from market_ingestor.indicators.series import Bar, Series, horizon
 from market_ingestor.model import IndicatorValue, Kline, Trade
 from market_ingestor.streams.klines import KlineSettings, aggregate
-from market_ingestor.streams.windows import parse_interval
+from market_ingestor.windows import parse_interval
 
 MINUTE_NS = 60 * 10**9
 HOUR_NS = 60 * MINUTE_NS

@@ -20,7 +20,7 @@ from market_ingestor.sinks.connect import connect
 from market_ingestor.sinks.rebuild import rebuild_klines
 from market_ingestor.sinks.schema import migrate
 from market_ingestor.sinks.writer import RowWriter
-from market_ingestor.streams.windows import parse_interval
+from market_ingestor.windows import parse_interval
 
 pytestmark = pytest.mark.postgres
 

@@ -17,7 +17,7 @@ from market_ingestor.indicators.series import horizon
 from market_ingestor.model import IndicatorValue, Kline, encode
 from market_ingestor.streams.indicators import IndicatorAgent, Row, RowCache
 from market_ingestor.streams.outputs import InputLimits
-from market_ingestor.streams.windows import parse_interval
+from market_ingestor.windows import parse_interval
 
 START = 1_704_067_200 * 10**9  # 2024-01-01T00:00Z
 INTERVALS = ("1m", "5m", "15m", "1h", "4h", "1d")

@@ -23,8 +23,8 @@ from market_ingestor.streams.klines import (
     aggregate,
     exact_context,
 )
-from market_ingestor.streams.windows import MINUTE_NS, SECOND_NS
 from market_ingestor.validity import trade_problem
+from market_ingestor.windows import MINUTE_NS, SECOND_NS
 
 MS = 1_000_000
 T0 = 1_709_208_000 * SECOND_NS  # 2024-02-29 12:00:00 UTC

@@ -20,7 +20,7 @@ from worker_harness import (
 
 from market_ingestor.config import BusConfig, KafkaConfig
 from market_ingestor.streams.klines import KlineSettings, aggregate
-from market_ingestor.streams.windows import MINUTE_NS
+from market_ingestor.windows import MINUTE_NS
 
 pytestmark = pytest.mark.kafka
 

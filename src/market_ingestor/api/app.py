@@ -29,7 +29,7 @@ from market_ingestor.errors import RequestError, StorageError
 from market_ingestor.ingestor.exchanges import REGISTRY
 from market_ingestor.jsontext import JsonEncoder
 from market_ingestor.observability.server import metrics_response
-from market_ingestor.streams.windows import Interval, parse_interval
+from market_ingestor.windows import Interval, parse_interval
 
 log = logging.getLogger(__name__)
 

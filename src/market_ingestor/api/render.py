@@ -14,7 +14,7 @@ import msgspec
 
 from market_ingestor.api.params import encode_cursor, from_pg, iso, ms
 from market_ingestor.api.ticker_state import TickerState
-from market_ingestor.streams.windows import Interval
+from market_ingestor.windows import Interval
 
 
 class KlineOut(msgspec.Struct, gc=False):

@@ -28,7 +28,7 @@ from market_ingestor.sinks.schema import (
     schema_status,
 )
 from market_ingestor.sinks.writer import RowWriter
-from market_ingestor.streams.windows import Interval, format_ns, parse_interval
+from market_ingestor.windows import Interval, format_ns, parse_interval
 
 
 @click.group()

@@ -28,7 +28,7 @@ import msgspec
 
 from market_ingestor.jsontext import text
 from market_ingestor.model import OHLCV_FIELDS, Kline
-from market_ingestor.streams.windows import Interval
+from market_ingestor.windows import Interval
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 

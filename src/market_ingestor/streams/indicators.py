@@ -37,7 +37,7 @@ from market_ingestor.indicators.series import Series, horizon
 from market_ingestor.model import Kline, encode
 from market_ingestor.streams import metrics
 from market_ingestor.streams.outputs import InputLimits, PartitionWriter, next_offsets
-from market_ingestor.streams.windows import parse_interval
+from market_ingestor.windows import parse_interval
 
 kline_decoder = BatchDecoder(Kline)
 # How msgspec writes a closed kline's flag (no spaces): a record without it holds no closed kline.

@@ -17,7 +17,7 @@ Every call returns klines per interval in ascending ``open_time`` (intervals sho
 closed ones (``apply``/``on_time``) before the in-progress ones.
 
 Semantics
-- Windows: see :mod:`market_ingestor.streams.windows` (UTC-aligned, weeks start on Monday).
+- Windows: see :mod:`market_ingestor.windows` (UTC-aligned, weeks start on Monday).
 - Event time: the *watermark* is the largest trade ``ts`` seen for the instrument. A window closes when the
   watermark passes ``close_time + grace``. ``on_time`` extrapolates the watermark of a quiet instrument by the wall
   time elapsed since its last trade (anchored by ``apply(..., wall_ns=)`` or, failing that, by the first
@@ -80,7 +80,7 @@ import msgspec
 
 from market_ingestor.errors import ConfigError, MarketIngestorError
 from market_ingestor.model import Kline, Trade
-from market_ingestor.streams.windows import (
+from market_ingestor.windows import (
     Interval,
     bucket_ns,
     closes_after_ns,

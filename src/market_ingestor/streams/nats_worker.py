@@ -53,8 +53,8 @@ from market_ingestor.streams.indicators import CLOSED_MARK, Row, kline_decoder
 from market_ingestor.streams.klines import InstrumentKlines, KlineSettings, exact_context
 from market_ingestor.streams.nats_state import Leases, Progress, Rows, StreamReader, bucket_name
 from market_ingestor.streams.shards import plan_leases, shard_of
-from market_ingestor.streams.windows import parse_interval
 from market_ingestor.validity import trade_problem
+from market_ingestor.windows import parse_interval
 
 log = logging.getLogger(__name__)
 

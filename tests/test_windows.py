@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from market_ingestor.errors import ConfigError
-from market_ingestor.streams.windows import (
+from market_ingestor.windows import (
     DAY_NS,
     HOUR_NS,
     MINUTE_NS,

@@ -49,3 +49,11 @@ def test_the_drawn_error_tree_is_the_tree_of_classes():
     drawn = drawn_tree()
     assert drawn["MarketIngestorError"] is None and drawn["StorageUnavailable"] == "StorageError"
     assert drawn == existing_tree()
+
+
+def test_ours_in_picks_our_error_out_of_a_task_groups_exceptions() -> None:
+    from market_ingestor.errors import BusError, ours_in
+
+    bus_error = BusError("the bus went away")
+    assert ours_in(ExceptionGroup("task group", [ValueError("x"), bus_error])) is bus_error
+    assert ours_in(ExceptionGroup("task group", [ValueError("x")])) is None

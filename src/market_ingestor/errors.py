@@ -106,3 +106,9 @@ class RequestError(MarketIngestorError):
         super().__init__(message)
         self.parameter = parameter
         self.status = status
+
+
+def ours_in(group: BaseExceptionGroup[BaseException]) -> MarketIngestorError | None:
+    """The first of our errors in a task group's ``ExceptionGroup``, for a service to report plainly (``raise ours
+    from group``) instead of the group; None when the group holds none of ours."""
+    return next((error for error in group.exceptions if isinstance(error, MarketIngestorError)), None)

@@ -18,7 +18,7 @@ import signal
 from market_ingestor.api.server import ApiServer
 from market_ingestor.api.ticker_nats import NatsTicker
 from market_ingestor.config import Config
-from market_ingestor.errors import MarketIngestorError
+from market_ingestor.errors import ours_in
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +41,9 @@ async def serve(config: Config, host: str, port: int, stop: asyncio.Event | None
             log.info("query API stopping")
             follow.cancel()
     except ExceptionGroup as group:  # from the task group: report our error plainly
-        ours = [error for error in group.exceptions if isinstance(error, MarketIngestorError)]
-        if ours:
-            raise ours[0] from group
+        ours = ours_in(group)
+        if ours is not None:
+            raise ours from group
         raise
     finally:
         await ticker.stop()

@@ -35,7 +35,7 @@ from market_ingestor.bus import PIPELINE_TOPICS, Delivery, Publisher, Subscriber
 from market_ingestor.bus.keys import event_id
 from market_ingestor.bus.topics import Topics, prefixed
 from market_ingestor.config import Config
-from market_ingestor.errors import MarketIngestorError
+from market_ingestor.errors import ours_in
 from market_ingestor.model import DeadLetter, encode
 from market_ingestor.observability import Health, MetricsServer
 from market_ingestor.observability.lag import SubscriberLag
@@ -174,9 +174,9 @@ async def run_sink(config: Config, stop: asyncio.Event | None = None) -> None:
         await subscriber.start()
         await sink.run(stop)
     except ExceptionGroup as group:  # from the task group: report our error (e.g. the bus went away) plainly
-        ours = [error for error in group.exceptions if isinstance(error, MarketIngestorError)]
-        if ours:
-            raise ours[0] from group
+        ours = ours_in(group)
+        if ours is not None:
+            raise ours from group
         raise
     finally:
         await subscriber.stop()

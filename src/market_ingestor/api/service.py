@@ -11,12 +11,12 @@ from __future__ import annotations
 import tempfile
 from typing import Any
 
-import faust
 from mode import Service
 
 from market_ingestor.api.server import ApiServer
 from market_ingestor.api.ticker import build_ticker_app
 from market_ingestor.api.ticker_state import TickerView
+from market_ingestor.bus.faust.app import faust_worker
 from market_ingestor.config import Config
 
 
@@ -39,6 +39,4 @@ def run(config: Config, host: str, port: int) -> None:
     with tempfile.TemporaryDirectory(prefix="market-ingestor-api-") as scratch:
         app, ticker = build_ticker_app(config, scratch)
         web_service = WebService(config, ticker, host, port)
-        level = config.log.level.lower().replace("warning", "warn")
-        # override_logging=False: Faust's lines go through our structured formatter, not its own handler.
-        faust.Worker(app, web_service, loglevel=level, quiet=True, override_logging=False).execute_from_commandline()
+        faust_worker(app, web_service, log_level=config.log.level).execute_from_commandline()

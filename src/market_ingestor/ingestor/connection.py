@@ -84,23 +84,22 @@ class Connection:
         self._on_open = on_open
         self._retries = settings.retry_policy().retries(f"{spec.name} connection to {url}")
         self._ws: ClientConnection | None = None
+        self._opening: asyncio.Task[ClientConnection] | None = None  # the handshake under way
         self._stopping = asyncio.Event()
         self._last_frame_at = 0.0
         self._stalled = False
 
     async def run(self) -> None:
-        """Connects and reconnects until :meth:`stop`."""
+        """Connects and reconnects until :meth:`stop`, which ends a handshake or a backoff wait at once."""
         while not self._stopping.is_set():
             opened_at = None
             try:
-                async with connect(
-                    self.url,
-                    open_timeout=self.settings.open_timeout_s,
-                    max_size=self.settings.max_frame_bytes,
-                    max_queue=self.settings.max_queued_frames,
-                    ping_interval=20,
-                    ping_timeout=20,
-                ) as ws:
+                ws = await self._open()
+                if ws is None:
+                    break  # stopped during the handshake
+                async with ws:
+                    if self._stopping.is_set():
+                        break  # stopped as the handshake completed: the socket is closed unused
                     opened_at = time.monotonic()
                     await self._serve(ws)
             except (OSError, WebSocketException, StalledError, ClosedError, TimeoutError) as exc:
@@ -117,6 +116,30 @@ class Connection:
             delay_s = self._retries.next_delay_s()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay_s)
+
+    async def _open(self) -> ClientConnection | None:
+        """The opened socket, or None when :meth:`stop` came during the handshake (which it cancels: a socket
+        opened after stop() would be served, and read, for ever)."""
+        self._opening = asyncio.create_task(self._handshake(), name=f"{self.spec.name}-handshake")
+        try:
+            return await self._opening
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if self._stopping.is_set() and current is not None and not current.cancelling():
+                return None  # cancelled by stop(), not a cancellation of run() itself
+            raise
+        finally:
+            self._opening = None
+
+    async def _handshake(self) -> ClientConnection:
+        return await connect(
+            self.url,
+            open_timeout=self.settings.open_timeout_s,
+            max_size=self.settings.max_frame_bytes,
+            max_queue=self.settings.max_queued_frames,
+            ping_interval=20,
+            ping_timeout=20,
+        )
 
     def silence_s(self) -> float | None:  # float-ok: a duration
         """Seconds since the last frame (or since the socket opened, before its first); None if it never opened."""
@@ -208,7 +231,10 @@ class Connection:
             log.warning("send failed", extra={"exchange": self.spec.name, "error": repr(exc)})
 
     async def stop(self) -> None:
+        """Ends :meth:`run`: a handshake under way is cancelled, an open socket closed, a backoff wait cut short."""
         self._stopping.set()
+        if self._opening is not None:
+            self._opening.cancel()
         ws = self._ws
         if ws is not None:
             await ws.close()

@@ -267,6 +267,8 @@ class ExchangeConnector:
     def _expect_rest_snapshot(self, symbol: str) -> None:
         """Hold deltas and fetch a snapshot over REST (Binance's documented way to start or resync a book)."""
         self._held[symbol] = deque()
+        if self._stopping.is_set():
+            return  # frames still read while the sockets close: no fetch that run() would have to wait for
         running = self._snapshot_tasks.get(symbol)
         if running is not None and not running.done():
             return

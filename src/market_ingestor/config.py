@@ -144,6 +144,8 @@ class IngestConfig(_Section, frozen=True):
     queue_size: PositiveInt = 5_000  # frames' events between connectors and publisher (backpressure beyond)
     book_buffer_size: PositiveInt = 5_000  # deltas held while a REST book snapshot is fetched
     rest_timeout_s: PositiveSeconds = 10.0
+    # On SIGTERM, how long the connectors' last events may wait for a bus that is away; then they are lost (logged).
+    shutdown_timeout_s: PositiveSeconds = 30.0
     capture_path: str | None = None  # write every raw frame here, in the recorded-session format
     status_interval_s: PositiveSeconds = 2.0  # connector state onto market.status (the control panel) this often
     instance: str = ""  # names this process in those records; "" = the host name

@@ -5,29 +5,47 @@ The publisher fills one record batch per partition itself and hands whole batche
 batch submission moves several times that. Partitions are chosen with Kafka's own murmur2 key hashing, so
 producers in other languages put the same key on the same partition. The producer is idempotent with
 acks=all: its own retries never duplicate or reorder a batch.
+
+A broker that is away does not cost events: the client retries the batch it holds for each partition, and the
+next batch that it does not take within ``request_timeout_ms`` stays with the publisher, handed again with
+:data:`BROKER_RETRY` (each retry logged and counted in ``kafka_publish_retries_total``) until the broker is back.
+Meanwhile ``publish`` waits, which is the backpressure to the caller (ingest's bounded queue fills, its connectors
+stop reading). Only ``stop()`` gives up: it waits ``request_timeout_ms`` for the broker, then logs and raises how
+many events were not delivered.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import math
 import time
 from collections import defaultdict, deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    KafkaError,
+    KafkaTimeoutError,
+    TopicAlreadyExistsError,
+)
 from aiokafka.partitioner import murmur2
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
+from prometheus_client import Counter
 
 from market_ingestor.bus.base import Delivery
 from market_ingestor.bus.records import RecordBuilder, is_batched
 from market_ingestor.bus.topics import PIPELINE_TOPICS, TopicSpec
 from market_ingestor.config import BatchConfig, KafkaConfig
 from market_ingestor.errors import BusClosedError, BusError, ConfigError
+from market_ingestor.retry import Retries, RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +53,13 @@ _PARTITION_CACHE_MAX = 100_000
 _NEW_TOPIC_WAIT_S = 2.0  # float-ok: seconds
 _METADATA_POLL_S = 0.1  # float-ok: seconds
 LEADER_WAIT_S = 30.0  # float-ok: how long ensure_topics waits for the partition leaders of new topics
+
+# A batch the broker did not take within request_timeout_ms is handed again after 0.5 s doubling to 5 s, for as
+# long as the broker is away; only the publisher's stop() ends the wait.
+BROKER_RETRY = RetryPolicy(0.5, 5.0)
+PUBLISH_RETRIES = Counter(
+    "kafka_publish_retries_total", "Batches the Kafka broker did not take in time, handed again", ["topic"]
+)
 
 
 def _compression(config: KafkaConfig) -> str | None:
@@ -92,6 +117,21 @@ async def _await_leaders(
             log.warning("topics still without a leader for every partition", extra={"topics": leaderless})
             return
         await asyncio.sleep(_METADATA_POLL_S)
+
+
+def _passing(exc: KafkaError) -> bool:
+    """A failure that a broker coming back ends: not taken in time, no leader yet, no connection."""
+    return bool(exc.retriable) or isinstance(exc, KafkaTimeoutError)
+
+
+async def _close(producer: AIOKafkaProducer) -> None:
+    """Closes a client without waiting for a broker that is away: its own stop() would wait for the batches it
+    still holds, which it retries for ever. Its sender is stopped first (the requests under way end, within the
+    request timeout), then what it still holds is failed (the caller has counted those events as lost)."""
+    if producer._sender is not None:
+        await producer._sender.close()
+    producer._message_accumulator.fail_all(BusClosedError("Kafka publisher stopped"))
+    await producer.stop()
 
 
 class KafkaBus:
@@ -167,13 +207,21 @@ class KafkaBus:
         return KafkaSubscriber(self.config, topics, None, tail=tail)
 
 
+@dataclass(slots=True, eq=False)
+class _Batch:
+    """A Kafka record batch of one partition and the count of events in its records."""
+
+    builder: Any  # aiokafka's BatchBuilder
+    events: int = 0
+
+
 class KafkaPublisher:
     """Batch records (``bus/records.py``) on the hot topics, one record per event elsewhere, in Kafka record
     batches per partition submitted whole.
 
     All filling is synchronous: a closed record goes into its partition's open record batch, a full record batch
     joins the partition's ready queue, and only submitting the ready queue awaits (in queue order, under the
-    partition's lock), which is where the publisher waits while the broker is behind."""
+    partition's lock), which is where the publisher waits while the broker is behind (or away)."""
 
     def __init__(self, config: KafkaConfig, batch: BatchConfig | None = None) -> None:
         self.config = config
@@ -181,14 +229,17 @@ class KafkaPublisher:
         self._producer: AIOKafkaProducer | None = None
         self._records: dict[tuple[str, int], RecordBuilder] = {}  # open batch records of the batched topics
         self._batched: dict[str, bool] = {}  # is_batched per topic, looked up once
-        self._open_batches: dict[tuple[str, int], Any] = {}  # open Kafka record batches
-        self._ready: dict[tuple[str, int], deque[Any]] = defaultdict(deque)  # full record batches, in order
+        self._open_batches: dict[tuple[str, int], _Batch] = {}  # open Kafka record batches
+        self._ready: dict[tuple[str, int], deque[_Batch]] = defaultdict(deque)  # full record batches, in order
         self._submit_locks: dict[tuple[str, int], asyncio.Lock] = {}
         self._in_flight: set[asyncio.Future[object]] = set()
         self._partitions: dict[str, list[int]] = {}
         self._partition_of: dict[tuple[str, str], int] = {}
         self._failure: BaseException | None = None
         self._linger_task: asyncio.Task[None] | None = None
+        self._published = 0  # events given to publish()
+        self._delivered = 0  # events in batches the broker acknowledged
+        self._give_up_at: float | None = None  # float-ok: monotonic time; set by stop()
 
     async def start(self) -> None:
         config = self.config
@@ -208,6 +259,11 @@ class KafkaPublisher:
             compression_type=_compression(config),
             request_timeout_ms=config.request_timeout_ms,
         )
+        # aiokafka fails a batch still unsent request_timeout_ms after it took it, when the partition has no
+        # leader at that moment (a broker just restarted): a batch that may have been written before, which a
+        # resend would duplicate. Its batches never expire here instead: the idempotent client retries them until
+        # the broker has them (no loss, no duplicate, the partition's order kept), and only stop() gives up.
+        self._producer._message_accumulator._batch_ttl = math.inf
         try:
             await self._producer.start()
         except KafkaError as exc:
@@ -216,20 +272,35 @@ class KafkaPublisher:
         self._linger_task = asyncio.create_task(self._linger(), name="kafka-publisher-linger")
 
     async def stop(self) -> None:
+        """Flushes, waiting up to ``request_timeout_ms`` for a broker that is away; what it has not taken by then
+        is lost: logged as an error with the count, and raised (BusError)."""
         if self._producer is None:
             return
+        self._give_up_at = time.monotonic() + self.config.request_timeout_ms / 1000
+        if self._linger_task is not None:  # first: it could be waiting for the broker, holding a partition's lock
+            self._linger_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._linger_task
+            self._linger_task = None
         try:
             await self.flush()
         finally:
-            if self._linger_task is not None:
-                self._linger_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._linger_task
-            await self._producer.stop()
-            self._producer = None
+            if self.undelivered():
+                log.error(
+                    "Kafka publisher stopped with events the broker has not acknowledged: lost",
+                    extra={"undelivered": self.undelivered(), "bootstrap": self.config.bootstrap},
+                )
+            producer, self._producer = self._producer, None
+            if producer is not None:
+                await _close(producer)
+
+    def undelivered(self) -> int:
+        """Events given to ``publish`` that the broker has not acknowledged (yet)."""
+        return self._published - self._delivered
 
     async def publish(self, topic: str, key: str, value: bytes, msg_id: str | None = None) -> None:
         self._live_producer()
+        self._published += 1
         partition = self._partition_of.get((topic, key))
         if partition is None:
             partition = await self._partition(topic, key)
@@ -253,7 +324,10 @@ class KafkaPublisher:
     async def flush(self) -> None:
         await self._submit_all()
         while self._in_flight:
-            await asyncio.wait(list(self._in_flight))
+            remaining_s = None if self._give_up_at is None else self._give_up_at - time.monotonic()
+            if remaining_s is not None and remaining_s <= 0:
+                raise BusError(f"the Kafka broker did not acknowledge {self.undelivered()} events before stop")
+            await asyncio.wait(list(self._in_flight), timeout=remaining_s)
         self._raise_failure()
 
     def _live_producer(self) -> AIOKafkaProducer:
@@ -287,17 +361,18 @@ class KafkaPublisher:
     def _close_record(self, slot: tuple[str, int]) -> None:
         record = self._records.pop(slot, None)
         if record is not None and record.key is not None:
-            self._append(slot, record.key.encode(), record.value())
+            self._append(slot, record.key.encode(), record.value(), len(record))
 
-    def _append(self, slot: tuple[str, int], key: bytes, value: bytes) -> None:
+    def _append(self, slot: tuple[str, int], key: bytes, value: bytes, events: int = 1) -> None:
         batch = self._open_batches.get(slot)
         if batch is None:
-            batch = self._open_batches[slot] = self._live_producer().create_batch()
-        if batch.append(timestamp=None, key=key, value=value) is None:
+            batch = self._open_batches[slot] = _Batch(self._live_producer().create_batch())
+        if batch.builder.append(timestamp=None, key=key, value=value) is None:
             self._ready[slot].append(self._open_batches.pop(slot))
-            batch = self._open_batches[slot] = self._live_producer().create_batch()
-            if batch.append(timestamp=None, key=key, value=value) is None:
+            batch = self._open_batches[slot] = _Batch(self._live_producer().create_batch())
+            if batch.builder.append(timestamp=None, key=key, value=value) is None:
                 raise BusError(f"a record of {len(value)} bytes does not fit a Kafka batch for {slot[0]}")
+        batch.events += events
 
     async def _submit_all(self, opened_before_s: float | None = None) -> None:
         """Closes the open records (those started before ``opened_before_s`` only, when given) and submits
@@ -307,7 +382,7 @@ class KafkaPublisher:
                 self._close_record(slot)
         for slot in list(self._open_batches):
             batch = self._open_batches.pop(slot)
-            if batch.record_count():
+            if batch.builder.record_count():
                 self._ready[slot].append(batch)
         for slot in list(self._ready):
             await self._submit(slot)
@@ -317,21 +392,48 @@ class KafkaPublisher:
         lock = self._submit_locks.setdefault(slot, asyncio.Lock())
         async with lock:
             ready = self._ready[slot]
+            retries: Retries | None = None
             while ready:
-                batch = ready.popleft()
+                batch = ready[0]
                 producer = self._live_producer()
                 try:
                     # Waits while the previous batch of this partition is undrained: the backpressure point.
-                    future = await producer.send_batch(batch, slot[0], partition=slot[1])
+                    future = await producer.send_batch(batch.builder, slot[0], partition=slot[1])
                 except KafkaError as exc:
-                    raise BusError(f"cannot queue a batch for {slot[0]}[{slot[1]}]: {exc!r}") from exc
+                    if not _passing(exc):
+                        raise BusError(f"cannot queue a batch for {slot[0]}[{slot[1]}]: {exc!r}") from exc
+                    # Not taken (the client still holds this partition's previous batch, for a broker that is
+                    # away): the batch is still ours, first in the queue, and is handed again.
+                    retries = retries or BROKER_RETRY.retries(f"Kafka batch for {slot[0]}[{slot[1]}]")
+                    await self._wait_for_broker(slot[0], exc, retries)
+                    continue
+                ready.popleft()
                 self._in_flight.add(future)
-                future.add_done_callback(self._batch_done)
+                future.add_done_callback(functools.partial(self._batch_done, batch.events))
 
-    def _batch_done(self, future: asyncio.Future[object]) -> None:
+    def _batch_done(self, events: int, future: asyncio.Future[object]) -> None:
         self._in_flight.discard(future)
-        if not future.cancelled() and future.exception() is not None and self._failure is None:
+        if future.cancelled():
+            return
+        if future.exception() is None:
+            self._delivered += events
+        elif self._failure is None:
             self._failure = future.exception()
+
+    async def _wait_for_broker(self, topic: str, exc: KafkaError, retries: Retries) -> None:
+        delay_s = retries.next_delay_s()
+        if self._give_up_at is not None:
+            delay_s = min(delay_s, self._give_up_at - time.monotonic())
+            if delay_s <= 0:
+                raise BusError(
+                    f"the Kafka broker did not take {self.undelivered()} events before stop: {exc!r}"
+                ) from exc
+        PUBLISH_RETRIES.labels(topic).inc()
+        log.warning(
+            "the Kafka broker did not take a batch; retrying",
+            extra={"topic": topic, "error": repr(exc), "retry": retries.attempt, "retry_in_s": round(delay_s, 3)},
+        )
+        await asyncio.sleep(delay_s)
 
     async def _linger(self) -> None:
         interval_s = max(self.batch.linger_ms, 1) / 1000

@@ -83,8 +83,9 @@ class ExchangeConnector:
             self._group = group
             await self.set_symbols(symbols)
             await self._stopping.wait()
-            for connection in self.connections:
-                await connection.stop()
+            async with asyncio.TaskGroup() as closing:  # side by side: a close handshake can take close_timeout
+                for connection in self.connections:
+                    closing.create_task(connection.stop())
             for task in self._snapshot_tasks.values():
                 task.cancel()
         self._group = None

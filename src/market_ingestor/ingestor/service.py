@@ -4,6 +4,12 @@ Shutdown order (SIGINT/SIGTERM set ``stop``): connectors close their sockets (no
 drained into the publisher, the publisher flushes (every event acknowledged by the broker), the capture file
 is closed. The queue is bounded: when the bus is slower than the exchanges, connectors wait on ``put`` and
 stop reading their sockets, which pushes back to TCP instead of growing memory.
+
+A bus that is away (a Kafka broker restarting) holds the publisher, then the queue, then the connectors: nothing
+is dropped, and all of it is published once the bus is back. A shutdown meanwhile is bounded: the connectors
+and the queue get ``ingest.shutdown_timeout_s``, the publisher its own flush timeout (Kafka:
+``request_timeout_ms``); the events still unsent then are lost, their count logged as an error, and ingest exits
+with an error.
 """
 
 from __future__ import annotations
@@ -79,10 +85,16 @@ class IngestService:
                 log.info("stopping: closing exchange connections")
                 following.cancel()
                 reporting.cancel()
-                await self._stop_connectors(list(self._connector_tasks))
-                await self.queue.join()  # everything taken in is handed to the publisher
+                try:
+                    async with asyncio.timeout(self.config.ingest.shutdown_timeout_s):
+                        await self._stop_connectors(list(self._connector_tasks))
+                        await self.queue.join()  # everything taken in is handed to the publisher
+                except TimeoutError:
+                    self._abandon_intake()
                 publishing.cancel()
-                await reporter.report_stopped()
+                with contextlib.suppress(TimeoutError):  # a bus that is away: publisher.stop() says what is lost
+                    async with asyncio.timeout(self.config.ingest.shutdown_timeout_s):
+                        await reporter.report_stopped()
         finally:
             self._group = None
             await publisher.stop()  # flush: every event acknowledged by the broker, or an error
@@ -103,6 +115,21 @@ class IngestService:
         }
         state = "stopping" if self.stopping else "running" if self.ready.is_set() else "starting"
         return Health(state == "running", {"state": state, "queued": self.queue.qsize(), "exchanges": exchanges})
+
+    def _abandon_intake(self) -> None:
+        """Shutdown with a bus that does not take events: the connectors (waiting to put theirs, one frame's worth
+        per connection) are cancelled and what the queue holds is dropped, counted in the log."""
+        for task in self._connector_tasks.values():
+            task.cancel()
+        self._connector_tasks.clear()
+        dropped = 0
+        while not self.queue.empty():
+            dropped += len(self.queue.get_nowait())
+            self.queue.task_done()
+        log.error(
+            "stopping: the bus did not take the queued events in time; lost",
+            extra={"dropped": dropped, "shutdown_timeout_s": self.config.ingest.shutdown_timeout_s},
+        )
 
     # --- publishing ------------------------------------------------------------------------------------------
 
@@ -185,15 +212,20 @@ class IngestService:
         await connector.run(symbols)
 
     async def _stop_connectors(self, names: list[str]) -> None:
-        for name in names:
+        """Stops them side by side (each closes its sockets) and waits for them all."""
+        stopping = {name: self._connector_tasks[name] for name in names}
+        for name, task in stopping.items():
             connector = self.connectors.pop(name, None)
-            task = self._connector_tasks.pop(name)
             if connector is None:
                 task.cancel()  # still waiting for its instrument listing
             else:
                 await connector.stop()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if stopping:
+            # Not `await task` under suppress(CancelledError): that would also swallow a cancellation of this
+            # coroutine (the shutdown timeout). A failure of a task is the TaskGroup's to raise.
+            await asyncio.wait(stopping.values())
+        for name in stopping:
+            del self._connector_tasks[name]
             log.info("connector stopped", extra={"exchange": name})
 
     def _settings(self, spec: ExchangeSpec, exchange: ExchangeConfig) -> ConnectorSettings:

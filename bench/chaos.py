@@ -129,8 +129,8 @@ class Options:
     # The load phase lasts at least this long, faults or not: e.g. enough closed minutes for the indicators checked
     # (sma_3 needs three klines of an instrument).
     min_load_s: float = 0.0
-    # bus.kafka.request_timeout_ms (0: the default, 30 s). Ingest exits, losing the trades it holds, when the broker
-    # is away for longer (the Kafka publisher's failed batch is fatal): the test sets it above its broker outage.
+    # bus.kafka.request_timeout_ms (0: the default, 30 s). A broker away for longer no longer costs trades (the Kafka
+    # publisher keeps and retries its batches); it bounds how long a stopping publisher waits for the broker.
     request_timeout_ms: int = 0
     workdir: str | None = None
 

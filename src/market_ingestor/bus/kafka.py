@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import math
 import time
 from collections import defaultdict, deque
 from collections.abc import Sequence
@@ -126,12 +125,10 @@ def _passing(exc: KafkaError) -> bool:
 
 async def _close(producer: AIOKafkaProducer) -> None:
     """Closes a client without waiting for a broker that is away: its own stop() would wait for the batches it
-    still holds, which it retries for ever. Its sender is stopped first (the requests under way end, within the
-    request timeout), then what it still holds is failed (the caller has counted those events as lost)."""
-    if producer._sender is not None:
-        await producer._sender.close()
-    producer._message_accumulator.fail_all(BusClosedError("Kafka publisher stopped"))
-    await producer.stop()
+    still holds, which it retries for ever (the caller has counted those events as lost)."""
+    from market_ingestor.bus.faust.internals import close_producer_now
+
+    await close_producer_now(producer, BusClosedError("Kafka publisher stopped"))
 
 
 class KafkaBus:
@@ -263,7 +260,10 @@ class KafkaPublisher:
         # leader at that moment (a broker just restarted): a batch that may have been written before, which a
         # resend would duplicate. Its batches never expire here instead: the idempotent client retries them until
         # the broker has them (no loss, no duplicate, the partition's order kept), and only stop() gives up.
-        self._producer._message_accumulator._batch_ttl = math.inf
+        # (Imported here: the boundary module imports Faust, which ingest otherwise never loads.)
+        from market_ingestor.bus.faust.internals import never_expire_batches
+
+        never_expire_batches(self._producer)
         try:
             await self._producer.start()
         except KafkaError as exc:

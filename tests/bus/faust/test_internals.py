@@ -130,6 +130,28 @@ def test_Producer__ensure_producer_returns_the_aiokafka_producer_with_partitions
     assert inspect.iscoroutinefunction(AIOKafkaProducer.partitions_for), "AIOKafkaProducer.partitions_for changed"
 
 
+async def test_AIOKafkaProducer__message_accumulator__batch_ttl_is_each_new_batchs_ttl() -> None:
+    from aiokafka.producer.message_accumulator import MessageAccumulator
+
+    producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1")  # never started: no broker needed
+    faust_internals.never_expire_batches(producer)
+    assert producer._message_accumulator._batch_ttl == float("inf"), "AIOKafkaProducer._message_accumulator changed"
+    assert "MessageBatch(tp, builder, self._batch_ttl" in source_of(MessageAccumulator), (
+        "MessageAccumulator._batch_ttl is no longer the ttl of each new batch"
+    )
+
+
+async def test_AIOKafkaProducer__sender_close_and_accumulator_fail_all_stop_without_the_broker() -> None:
+    from aiokafka.producer.message_accumulator import MessageAccumulator
+    from aiokafka.producer.sender import Sender
+
+    assert "self._sender = Sender(" in source_of(AIOKafkaProducer.__init__), "AIOKafkaProducer._sender changed"
+    assert inspect.iscoroutinefunction(Sender.close), "aiokafka Sender.close changed"
+    assert list(inspect.signature(MessageAccumulator.fail_all).parameters) == ["self", "exception"], (
+        "MessageAccumulator.fail_all changed"
+    )
+
+
 @pytest.mark.parametrize("name", ["commit_offsets", "commit_transaction", "seek_back", "log_start_offsets"])
 def test_our_wrappers_are_coroutines(name: str) -> None:
     assert inspect.iscoroutinefunction(getattr(faust_internals, name))
@@ -144,7 +166,7 @@ def test_no_other_module_touches_a_private_faust_or_aiokafka_name() -> None:
     pattern = re.compile(
         r"consumer\._commit\b|_committed_offset|_current_event|_ensure_producer|_fetch_max_wait_ms|"
         r"_create_worker_consumer|_new_consumer_thread|set_persisted_offset|\.seek_wait\(|\.earliest_offsets\(|"
-        r"recovery\.completed|transactions\.commit\(|table\.data\b"
+        r"recovery\.completed|transactions\.commit\(|table\.data\b|_message_accumulator|_batch_ttl|producer\._sender\b"
     )
     offenders = [
         f"{path.relative_to(root)}:{number}"

@@ -9,6 +9,7 @@ is for, the Faust behaviours they work around and how to upgrade: docs/faust.md.
 from __future__ import annotations
 
 import logging
+import math
 import weakref
 from collections.abc import Iterable
 from typing import Any
@@ -197,3 +198,23 @@ async def producer_partitions(app: faust.App, topic: str) -> list[int]:
     (``Producer._ensure_producer``); ``partitions_for`` waits for the metadata of a topic new to it."""
     producer: Any = app.producer
     return sorted(await producer._ensure_producer().partitions_for(topic))
+
+
+# --- aiokafka's producer, also used without Faust (bus/kafka.py) ------------------------------------------------
+
+
+def never_expire_batches(producer: Any) -> None:
+    """aiokafka fails a batch unsent ``request_timeout_ms`` after taking it (its accumulator's ``_batch_ttl``),
+    e.g. while a restarted broker has no partition leader yet, although it may already have been written; our
+    publisher relies on the idempotent producer's own retries instead, and gives up only in ``stop()``."""
+    producer._message_accumulator._batch_ttl = math.inf
+
+
+async def close_producer_now(producer: Any, error: Exception) -> None:
+    """Stops an aiokafka producer without waiting for a broker that is away (``stop()`` waits for every batch it
+    holds, which it may retry for ever): its sender (``_sender``) is closed first, so the requests under way end
+    within the request timeout, then the batches it still holds fail with ``error`` (``fail_all``)."""
+    if producer._sender is not None:
+        await producer._sender.close()
+    producer._message_accumulator.fail_all(error)
+    await producer.stop()

@@ -22,11 +22,17 @@ from typing import Any
 import nats
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.errors import (
+    ConnectionReconnectingError,
+    NoRespondersError,
+    OutboundBufferLimitError,
+    StaleConnectionError,
+)
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 from market_ingestor.bus.base import Delivery
 from market_ingestor.bus.records import RecordBuilder, batch_value, is_batched
@@ -39,6 +45,16 @@ log = logging.getLogger(__name__)
 _SUBJECT_CACHE_MAX = 100_000
 _OPEN_RECORDS_MAX = 10_000  # subjects with an open batch message, at most
 _SUBJECT_TOKEN_RE = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
+# The server is away or restarting (the client reconnects by itself; JetStream answers 503 until it has loaded
+# its streams and consumers): a consumer waits, as a Kafka consumer does while its broker is away.
+_SERVER_AWAY = (
+    ServiceUnavailableError,
+    NoRespondersError,
+    ConnectionReconnectingError,
+    StaleConnectionError,
+    OutboundBufferLimitError,
+    NatsTimeoutError,
+)
 
 
 def stream_name(topic: str) -> str:
@@ -456,6 +472,10 @@ class NatsSubscriber:
                 messages = await subscription.fetch(batch=max_records, timeout=wait_s)
             except (TimeoutError, NatsTimeoutError):
                 continue
+            except _SERVER_AWAY as exc:
+                log.warning("NATS unavailable; fetching again", extra={"topic": topic, "error": repr(exc)})
+                await asyncio.sleep(wait_s)  # what the fetch would have waited: no busy loop while it is away
+                continue
             except NatsError as exc:
                 raise BusError(f"NATS fetch on {topic} failed: {exc!r}") from exc
             self._next = index + 1
@@ -473,6 +493,13 @@ class NatsSubscriber:
             # ack() only queues the ack in the client's buffer; a process that dies right after commit() would
             # lose it. The PING/PONG round trip returns once the server has read everything sent before it.
             await self._client.flush(timeout=max(1, round(self.config.ack_timeout_s)))
+        except _SERVER_AWAY as exc:
+            # The acks wait in the client's buffer for the reconnect; any that never arrive make JetStream deliver
+            # their records again after ack_wait_s: at least once, as a Kafka commit cut off by a rebalance.
+            log.warning(
+                "NATS unavailable; acks not confirmed (unconfirmed records come again)",
+                extra={"group": self.group, "records": len(deliveries), "error": repr(exc)},
+            )
         except NatsError as exc:
             raise BusError(f"NATS ack failed for group {self.group!r}: {exc!r}") from exc
 

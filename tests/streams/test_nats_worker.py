@@ -1,6 +1,6 @@
 """The stream worker on the dev stack's NATS JetStream: two workers share the shards and one takes over the other's
 when it is killed, with klines equal to the pure computation and stored once; and the same trades give the same
-klines and indicator values on NATS as on Kafka."""
+klines and indicator values on NATS as on Kafka; a worker rides out a NATS restart."""
 
 from __future__ import annotations
 
@@ -25,12 +25,15 @@ from worker_harness import (
     stop_worker,
     until_or_fail,
     worker_config,
+    worker_said,
 )
 
 from market_ingestor.bus.nats import stream_name
 from market_ingestor.bus.topics import Topics
 from market_ingestor.cli.main import cli
+from market_ingestor.config import BusConfig, NatsConfig
 from market_ingestor.streams.nats_state import bucket_name, read_bucket
+from nats_helpers import NatsProcess, free_port
 
 pytestmark = pytest.mark.nats
 
@@ -141,6 +144,45 @@ async def test_the_same_trades_give_the_same_klines_and_indicators_on_nats_as_on
     assert {key: on_nats.closed[key] for key in expected} == {key: kafka.closed[key] for key in expected}
     for key, want in wanted_values.items():
         assert {t: on_nats.indicators[key][t] for t in want} == {t: kafka.indicators[key][t] for t in want}
+
+
+async def test_a_worker_rides_out_a_nats_restart_mid_stream_and_its_outputs_stay_exact(tmp_path):
+    # Found by the chaos run on NATS (bench/chaos.py --bus nats): both workers exited when the server went away
+    # while they read (the stream consumer could not be made again), failing the whole worker.
+    server = NatsProcess(tmp_path / "store", free_port())  # its own server: the test stops it
+    server.start()
+    prefix = f"r{uuid.uuid4().hex[:8]}."
+    config = BusConfig(kind="nats", topic_prefix=prefix, nats=NatsConfig(url=server.url))
+    trades = make_trades(6000, seed=13)
+    expected = expected_klines(trades)
+    indicators = expected_indicators(expected)
+    config_path = worker_config(tmp_path, "", prefix, "at_least_once", nats_url=server.url)
+    worker = None
+    watcher = KlineWatcher(config)
+    try:
+        await watcher.start()
+        await publish(config, trades[:4000])
+        worker = await start_worker(config_path, tmp_path / "data")
+        minutes = sorted((k for k in expected if k[1] == "1m"), key=lambda k: (k[2], k[0]))
+        await until_or_fail(watcher, set(minutes[:3]), worker)  # mid-stream
+        await watcher.follower.stop()
+        server.stop()
+        await asyncio.sleep(6)  # an outage longer than a JetStream API request's timeout (5 s)
+        server.start()
+        assert worker.returncode is None, await worker_said(worker)
+        await publish(config, trades[4000:])
+        watcher = KlineWatcher(config)  # from the start of the streams again
+        await watcher.start()
+        wanted = {key: set(values) for key, values in indicators.items()}
+        await until_or_fail(watcher, set(expected), worker, wanted)
+        await stop_worker(worker)
+    finally:
+        if worker is not None and worker.returncode is None:
+            worker.kill()
+        await watcher.follower.stop()
+        server.kill()
+    assert_same_klines(watcher.closed, expected)
+    assert_same_indicators(watcher, indicators)
 
 
 def test_exactly_once_on_nats_is_refused_with_the_reason(tmp_path):

@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 
 _FETCH_WAIT_S = 0.25  # float-ok: a fetch waits this long for its first message (the stage lock is held meanwhile)
 _SHARD_CACHE_MAX = 100_000
+_RETRY_S = 1.0  # float-ok: between attempts to take shards back while NATS does not answer
 
 
 def worker_id() -> str:
@@ -159,19 +160,46 @@ class Stage:
             if not self.next_seq or not self.worker.leases.valid():
                 await self.worker.wait(stop, _FETCH_WAIT_S)
                 continue
-            async with self.lock:
-                messages = await self.reader.fetch(batch, _FETCH_WAIT_S)
-                if messages:
-                    await self.process(messages)
-                for shard in self.next_seq:  # every message of them up to the reader's position is done
-                    self.next_seq[shard] = max(self.next_seq[shard], self.reader.next_seq)
-                await self.checkpoint()
+            try:
+                async with self.lock:
+                    messages = await self.reader.fetch(batch, _FETCH_WAIT_S)
+                    if messages:
+                        await self.process(messages)
+                    for shard in self.next_seq:  # every message of them up to the reader's position is done
+                        self.next_seq[shard] = max(self.next_seq[shard], self.reader.next_seq)
+                    await self.checkpoint()
+            except BusError as exc:  # e.g. NATS restarting
+                await self.restart(stop, exc)
+                continue
             if self.reader.pending is not None:
                 CONSUMER_LAG.labels(self.config.streams.app_id, self.topic, "0").set(self.reader.pending)
             metrics.TABLE_ROWS.labels(self.table).set(self.row_count())
 
     async def process(self, messages: list[Msg]) -> None:
         raise NotImplementedError
+
+    async def restart(self, stop: asyncio.Event, error: BusError) -> None:
+        """After a read, publish or checkpoint that failed half-way: forgets everything since the last checkpoint
+        and takes the same shards again from their checkpoints, as another worker takes over a killed one
+        (nothing lost; what is processed again is published with the same ids, so stored once). Tries again
+        until JetStream answers, the leases lapse or the worker stops."""
+        log.warning(
+            "NATS unavailable; starting again from the checkpoints", extra={"stage": self.name, "error": str(error)}
+        )
+        async with self.lock:
+            shards = set(self.next_seq)
+            self._let_go(shards)
+            await self.reader.seek(self.reader.next_seq)  # drops the consumer; take() seeks to the checkpoints
+        while not stop.is_set():
+            held = shards & set(self.worker.leases.held)
+            if not held:
+                return  # lost meanwhile: the lease round claims them again when they are free
+            try:
+                await self.take(held)
+                return
+            except BusError as exc:
+                log.warning("shards not taken again yet", extra={"stage": self.name, "error": str(exc)})
+            await self.worker.wait(stop, _RETRY_S)
 
     def keeping_up(self) -> bool:
         pending = self.reader.pending
@@ -471,7 +499,10 @@ class NatsWorker:
         while not stop.is_set():
             await self.wait(stop, self.config.streams.timer_interval_s)
             if kline_stage.next_seq and not stop.is_set():
-                await kline_stage.tick()
+                try:
+                    await kline_stage.tick()
+                except BusError as exc:
+                    await kline_stage.restart(stop, exc)
 
     def health(self) -> Health:
         shards = sorted(self.leases.held)

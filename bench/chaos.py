@@ -1,16 +1,18 @@
-"""Chaos run with zero-loss accounting, on Kafka (issue 13).
+"""Chaos run with zero-loss accounting, on Kafka or NATS JetStream (issue 13).
 
     export MARKET_INGESTOR_DEVSTACK_PORT_OFFSET=900   # your own dev stack (market-ingestor dev up)
-    python bench/chaos.py --minutes 10
+    python bench/chaos.py --minutes 10 [--bus nats]
 
 Runs ``simulate`` (all five exchanges, malformed frames and connection drops on, with ``--journal``), ``ingest``,
 ``--workers`` workers (each with its own data dir and ports; ``--guarantee``, standby replicas 1 with two or
 more), ``sink``, ``push`` with PUSH_CLIENTS WebSocket clients and ``api`` as separate processes on one config, a
 fresh database and a fresh topic prefix. After ``--warmup-s``, every ``--fault-every-s`` it injects the next
-fault of ``SCHEDULE``: SIGKILL and restart of a service, PostgreSQL or the Kafka broker stopped for
-``--outage-s`` and started again, a worker paused (SIGSTOP) for longer than the Kafka session timeout and
-resumed. After each it measures the time to recover: until the hit services make progress again and until the
-consumer groups have caught up (chaos_services.py). Then it stops the simulator, waits until every stored kline
+fault of ``SCHEDULE``: SIGKILL and restart of a service, PostgreSQL or the bus (the Kafka broker, the NATS
+server) stopped for ``--outage-s`` and started again, a worker paused (SIGSTOP) for longer than the bus takes to
+move its work to another (Kafka's session timeout, the NATS worker's shard lease TTL) and resumed. After each it
+measures the time to recover: until the hit services make progress again and until the consumer groups have
+caught up (chaos_services.py; on NATS the streams, the sink's durable consumers and the worker's checkpoints,
+chaos_bus.py). Then it stops the simulator, waits until every stored kline
 is closed and nothing changes, checks what the users see (chaos_clients.py), SIGTERMs the services (each must
 exit 0) and accounts (chaos_accounting.py): trades, klines against the stored trades and against the
 simulator's, dead letters. Exit code 1 when anything is lost, duplicated, changed, wrong, a service failed or a
@@ -49,6 +51,7 @@ from chaos_accounting import (
     reconnected_s,
     truth_klines,
 )
+from chaos_bus import BusUnderTest, bus_under_test
 from chaos_clients import (
     ApiReader,
     ClientAccount,
@@ -59,7 +62,7 @@ from chaos_clients import (
     kline_values,
     offline_indicators,
 )
-from chaos_services import OffsetHistory, OffsetReader, Service, StackServer, db_value, first_true, free_port
+from chaos_services import OffsetHistory, Service, StackServer, db_value, first_true, free_port
 from market_ingestor.bus import open_bus
 from market_ingestor.bus.topics import Topics
 from market_ingestor.config import load_config
@@ -71,7 +74,7 @@ from market_ingestor.sinks.schema import migrate
 from market_ingestor.windows import parse_intervals
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
-# Faults in turn, round and round; "worker" is each worker in turn.
+# Faults in turn, round and round; "worker" is each worker in turn, "bus" the Kafka broker or the NATS server.
 SCHEDULE: tuple[tuple[str, str], ...] = (
     ("kill", "worker"),
     ("kill", "sink"),
@@ -79,16 +82,20 @@ SCHEDULE: tuple[tuple[str, str], ...] = (
     ("kill", "ingest"),
     ("pause", "worker"),
     ("kill", "push"),
-    ("stop", "kafka"),
+    ("stop", "bus"),
 )
 INDICATORS = ("sma_3", "ema_3", "rsi_2")
 PUSH_CLIENTS = 3
 # The services whose progress a dev-stack server's outage stops.
-HIT_BY_OUTAGE = {"postgres": {"sink", "api"}, "kafka": {"ingest", "worker", "sink", "push"}}
+HIT_BY_OUTAGE = {
+    "postgres": {"sink", "api"},
+    "kafka": {"ingest", "worker", "sink", "push"},
+    "nats": {"ingest", "worker", "sink", "push"},
+}
 IN_FLIGHT_S = 3.0
 RECOVER_TIMEOUT_S = 120.0
 DRAIN_STABLE_S = 10.0
-SESSION_TIMEOUT_MS = 10_000
+SESSION_TIMEOUT_MS = 10_000  # Kafka's session timeout, and the NATS worker's shard lease TTL
 TRADES_SQL = "SELECT count(*) FROM market_trades"
 KLINES_SQL = "SELECT count(*) + coalesce(sum(revision), 0) FROM market_klines"
 DRAIN_SQL = (
@@ -121,6 +128,7 @@ class Options:
     warmup_s: float = 20.0  # before the first fault: every service up and every worker with its partitions
     outage_s: float = 10.0  # PostgreSQL and Kafka stay down this long
     pause_s: float = SESSION_TIMEOUT_MS / 1000 + 5.0  # a paused worker stays stopped this long
+    bus: str = "kafka"  # bus.kind: "kafka" or "nats"
     malformed_every: int = 500
     drop_every_s: float = 45.0
     workers: int = 2
@@ -130,7 +138,9 @@ class Options:
     # (sma_3 needs three klines of an instrument).
     min_load_s: float = 0.0
     # bus.kafka.request_timeout_ms (0: the default, 30 s). A broker away for longer no longer costs trades (the Kafka
-    # publisher keeps and retries its batches); it bounds how long a stopping publisher waits for the broker.
+    # publisher keeps and retries its batches); it bounds how long a stopping publisher waits for the broker. On NATS
+    # bus.nats.ack_timeout_s (0: the default, 10 s): how long a publisher waits for a lost connection to come back
+    # (ingest exits after it, losing the trades it holds).
     request_timeout_ms: int = 0
     workdir: str | None = None
 
@@ -208,12 +218,12 @@ def simulate_args(options: Options, port: int, journal: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def write_config(path: Path, options: Options, bootstrap: str, database_url: str, prefix: str, sim_port: int) -> None:
+def write_config(
+    path: Path, options: Options, bus: BusUnderTest, database_url: str, prefix: str, sim_port: int
+) -> None:
     lines = [
         '[log]\nlevel = "WARNING"',
-        f'[bus]\ntopic_prefix = "{prefix}"',
-        f'[bus.kafka]\nbootstrap = "{bootstrap}"\npartitions = 4\nsession_timeout_ms = {SESSION_TIMEOUT_MS}'
-        + (f"\nrequest_timeout_ms = {options.request_timeout_ms}" if options.request_timeout_ms else ""),
+        bus.config(prefix, options.request_timeout_ms),
         f'[database]\nurl = "{database_url}"',
         f'[streams]\napp_id = "{prefix.rstrip(".")}"\nintervals = ["1m"]\nindicators = {json.dumps(list(INDICATORS))}\n'
         f'processing_guarantee = "{options.guarantee}"\nstandby_replicas = {min(1, options.workers - 1)}',
@@ -232,11 +242,12 @@ def write_config(path: Path, options: Options, bootstrap: str, database_url: str
 class Chaos:
     """One run: the pipeline, the fault schedule with recovery measurements, the drain and the accounting."""
 
-    def __init__(self, options: Options, workdir: Path, database_url: str, bootstrap: str, prefix: str) -> None:
+    def __init__(self, options: Options, workdir: Path, database_url: str, bus: BusUnderTest, prefix: str) -> None:
         self.options, self.workdir, self.database_url, self.prefix = options, workdir, database_url, prefix
+        self.bus = bus
         self.config_path = workdir / "market-ingestor.toml"
         sim_port = free_port()
-        write_config(self.config_path, options, bootstrap, database_url, prefix, sim_port)
+        write_config(self.config_path, options, bus, database_url, prefix, sim_port)
         self.pipeline = Pipeline(options, workdir, self.config_path, sim_port)
         self.servers = StackServer.of_stack()
         app_id = prefix.rstrip(".")
@@ -244,7 +255,7 @@ class Chaos:
         trades, klines, indicators = (prefix + t for t in (Topics.TRADES, Topics.KLINES, Topics.INDICATORS))
         self.trades_topic = trades
         self.offsets = OffsetHistory(
-            OffsetReader(bootstrap),
+            bus.reader(load_config(self.config_path).bus.nats, app_id, prefix),
             {"": [trades], self.groups["worker"]: [trades], self.groups["sink"]: [trades, klines, indicators]},
         )
         channels = ["kline.1m", *(f"indicator.{spec}" for spec in INDICATORS)]
@@ -345,6 +356,8 @@ class Chaos:
             if target == "worker":
                 target = self.pipeline.workers[worker_turn % len(self.pipeline.workers)]
                 worker_turn += 1
+            elif target == "bus":
+                target = self.bus.server
             fault = await self.inject(kind, target)
             self.faults.append(fault)
             recovery = f"progress {_times(fault.progress_s)}; caught up {_times(fault.caught_up_s)}"
@@ -529,6 +542,8 @@ async def dead_letters(config_path: Path, prefix: str) -> int:
 
 async def chaos(options: Options) -> Report:
     """Runs the whole chaos run on the dev stack (started if needed) and returns its report."""
+    if options.bus == "nats" and options.guarantee == "exactly_once":
+        raise ValueError("exactly_once needs Kafka transactions (docs/nats-worker.md): --guarantee at_least_once")
     stack = ensure_stack()
     workdir = Path(options.workdir or f"/tmp/chaos-{uuid.uuid4().hex[:6]}")
     os.makedirs(workdir, exist_ok=True)
@@ -539,9 +554,10 @@ async def chaos(options: Options) -> Report:
     await admin.close()
     database_url = stack.database_url.rsplit("/", 1)[0] + f"/{db_name}"
     await migrate(database_url)
-    print(f"# chaos: {options.minutes} min, {options.rate} trades/s, {options.workers} worker(s) {options.guarantee}, "
-          f"workdir {workdir}, db {db_name}, prefix {prefix}", flush=True)  # fmt: skip
-    return await Chaos(options, workdir, database_url, stack.kafka_bootstrap, prefix).run()
+    bus = bus_under_test(options.bus, stack, SESSION_TIMEOUT_MS / 1000)
+    print(f"# chaos: {options.minutes} min, {options.rate} trades/s, {options.workers} worker(s) {options.guarantee} "
+          f"on {options.bus}, workdir {workdir}, db {db_name}, prefix {prefix}", flush=True)  # fmt: skip
+    return await Chaos(options, workdir, database_url, bus, prefix).run()
 
 
 def _times(found: dict[str, float | None]) -> str:
@@ -555,7 +571,7 @@ def _seconds(value: float | None) -> str:
 def print_report(r: Report) -> None:
     o, a = r.options, r.trades
     print(f"\n## chaos run: {r.duration_s:.0f} s, {o.rate} trades/s, 5 exchanges x {len(SYMBOLS)} symbols, "
-          f"{o.workers} worker(s) {o.guarantee}")  # fmt: skip
+          f"{o.workers} worker(s) {o.guarantee} on {o.bus}")  # fmt: skip
     print("| fault | target | at (s) | held (s) | progress again after (s) | caught up after (s) |")
     print("|---|---|---|---|---|---|")
     for f in r.faults:
@@ -607,7 +623,8 @@ def main() -> None:
         parser.add_argument(flag, type=type(value) if value is not None else str, default=value)
     options = Options(**vars(parser.parse_args()))
     logging.basicConfig(level=logging.WARNING)
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # the broker is a fault target: its absence is expected
+    for bus_logger in ("aiokafka", "nats"):  # the bus is a fault target: its absence is expected
+        logging.getLogger(bus_logger).setLevel(logging.CRITICAL)
     report = asyncio.run(chaos(options))
     print_report(report)
     sys.exit(0 if report.ok else 1)

@@ -2,7 +2,8 @@
 the probes that tell when the pipeline has recovered from a fault (bench/chaos.py drives them).
 
 Progress is read from the services' own output: Kafka offsets (what ingest published, what the worker and sink
-groups committed, per partition) and the rows in PostgreSQL; a group has *caught up* when its committed offsets
+groups committed, per partition; on NATS the same shape from stream sequences and checkpoints, chaos_bus.py) and
+the rows in PostgreSQL; a group has *caught up* when its committed offsets
 reach the end offsets of ``CAUGHT_UP_S`` earlier (the worker commits every ``streams.commit_interval_s``, so
 lag is never 0 at an instant while trades flow; "everything that existed 2 s ago is consumed" is its lag back to
 0).
@@ -20,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from typing import Protocol
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -85,16 +87,17 @@ class Service:
 
 
 class StackServer:
-    """A dev-stack server (PostgreSQL, the Kafka broker) stopped and started again as a fault: its own ``stop``
-    (``pg_ctl stop -m fast``; SIGTERM for the broker) and ``ensure`` (start, wait until it serves clients)."""
+    """A dev-stack server (PostgreSQL, the Kafka broker, the NATS server) stopped and started again as a fault: its
+    own ``stop`` (``pg_ctl stop -m fast``; SIGTERM for the others) and ``ensure`` (start, wait until it serves
+    clients)."""
 
     def __init__(self, server: LocalServer) -> None:
         self.server = server
 
     @classmethod
     def of_stack(cls) -> dict[str, StackServer]:
-        kafka, postgres, _, _ = stack_servers(StackConfig.from_env())
-        return {"postgres": cls(postgres), "kafka": cls(kafka)}
+        kafka, postgres, _, nats = stack_servers(StackConfig.from_env())
+        return {"postgres": cls(postgres), "kafka": cls(kafka), "nats": cls(nats)}
 
     async def stop(self) -> None:
         if not await asyncio.to_thread(self.server.stop):
@@ -105,6 +108,15 @@ class StackServer:
 
 
 Offsets = dict[tuple[str, int], int]  # (topic, partition) -> offset
+
+
+class ProgressReader(Protocol):
+    """Where the pipeline's progress is read: :class:`OffsetReader` on Kafka, chaos_bus.NatsOffsetReader on NATS."""
+
+    async def read(self, topics: list[str], groups: list[str]) -> tuple[Offsets, dict[str, Offsets]] | None:
+        """(end offsets of ``topics``, committed offsets per group on them); None while the bus does not answer."""
+
+    async def close(self) -> None: ...
 
 
 class OffsetReader:
@@ -172,7 +184,7 @@ async def _close(admin: AIOKafkaAdminClient | None, consumer: AIOKafkaConsumer |
 class OffsetHistory:
     """Samples offsets every ``POLL_S`` in the background (:meth:`run`); answers progress and catch-up questions."""
 
-    def __init__(self, reader: OffsetReader, topics: dict[str, list[str]]) -> None:
+    def __init__(self, reader: ProgressReader, topics: dict[str, list[str]]) -> None:
         self.reader = reader
         self.topics = topics  # group -> the topics it consumes (and "" -> topics whose end offsets are watched)
         self.samples: deque[tuple[float, Offsets, dict[str, Offsets]]] = deque(maxlen=2000)

@@ -91,3 +91,34 @@ async def test_a_group_subscriber_waits_out_a_server_outage_and_then_gets_every_
         assert got == set(range(200))
     finally:
         await subscriber.stop()
+
+
+async def test_a_publisher_waits_for_a_stopped_server_instead_of_overflowing_its_buffer(nats_process: NatsProcess):
+    # Found by the chaos run on NATS (bench/chaos.py --bus nats): ingest exited, losing the trades it held, when
+    # the client's reconnect buffer (2 MB) overflowed a second into a NATS outage.
+    config = NatsConfig(url=f"nats://127.0.0.1:{nats_process.port}", ack_timeout_s=30.0)
+    bus = open_bus(BusConfig(kind="nats", nats=config))
+    topic = "test.away"
+    await bus.ensure_topics([TopicSpec(topic, retention_s=3600)])
+    publisher = bus.publisher()
+    await publisher.start()
+    total, value = 6000, b"x" * 1000  # 6 MB: three times the reconnect buffer
+
+    async def outage() -> None:
+        await asyncio.sleep(2.0)  # the outage lasts this long
+        await asyncio.to_thread(nats_process.start)
+
+    try:
+        await publisher.publish(topic, "ex.S", b"0:" + value, msg_id="m-0")
+        await publisher.flush()
+        nats_process.stop()
+        restart = asyncio.ensure_future(outage())
+        for n in range(1, total):
+            if n % 100 == 0:
+                await asyncio.sleep(0.01)  # as a feed does: the client gets to see its connection gone
+            await publisher.publish(topic, f"ex.S{n % 5}", f"{n}:".encode() + value, msg_id=f"m-{n}")
+        await restart
+    finally:
+        await publisher.stop()
+    stored = [int(d.value.split(b":")[0]) for d in await bus.read_topic(topic)]
+    assert len(stored) == len(set(stored)) and set(stored) == set(range(total))

@@ -68,10 +68,16 @@ def subject_for(topic: str, key: str) -> str:
     return f"{topic}.{key}"
 
 
-async def connect_client(config: NatsConfig, reconnected: Callable[[], Awaitable[None]] | None = None) -> NatsClient:
+async def connect_client(
+    config: NatsConfig,
+    reconnected: Callable[[], Awaitable[None]] | None = None,
+    disconnected: Callable[[], Awaitable[None]] | None = None,
+) -> NatsClient:
     # Once connected, reconnect forever; but a server that is not there at start is an error, reported within
     # connect_timeout_s (nats-py would otherwise retry the first connect as long as it retries reconnects).
     options: dict[str, Any] = {"reconnected_cb": reconnected} if reconnected else {}
+    if disconnected:
+        options["disconnected_cb"] = disconnected
     try:
         return await asyncio.wait_for(
             nats.connect(config.url, connect_timeout=config.connect_timeout_s, max_reconnect_attempts=-1, **options),
@@ -196,6 +202,10 @@ class NatsPublisher:
     it once and still answer, after all the others. If an ack fails or does not come, the whole window is sent
     again, each message with its own ack: msg ids make the re-send harmless. Messages without a msg id cannot
     be re-sent safely and are each published with an ack.
+
+    While the connection is down, a publish waits for it to come back (at most ``ack_timeout_s``, then
+    BusError, as a Kafka publish gives up after its request timeout) instead of filling the client's
+    reconnect buffer, which on a busy topic overflows within a second and would fail the publish.
     """
 
     def __init__(self, config: NatsConfig, batch: BatchConfig | None = None) -> None:
@@ -212,9 +222,11 @@ class NatsPublisher:
         self._subjects: dict[tuple[str, str], str] = {}
         self._unwindowed: set[asyncio.Future[PubAck]] = set()  # publishes without a msg id, each acked
         self._reconnected = False
+        self._connected = asyncio.Event()
 
     async def start(self) -> None:
-        self._client = await connect_client(self.config, self._on_reconnect)
+        self._client = await connect_client(self.config, self._on_reconnect, self._on_disconnect)
+        self._connected.set()
         self._js = self._client.jetstream(publish_async_max_pending=self.config.max_pending_publishes)
         self._linger_task = asyncio.create_task(self._linger(), name="nats-publisher-linger")
 
@@ -222,6 +234,20 @@ class NatsPublisher:
         # What was written to the old connection after its last answered ack may never have arrived, and an
         # ack on the new connection says nothing about it: the windows are re-sent before anything new.
         self._reconnected = True
+        self._connected.set()
+
+    async def _on_disconnect(self) -> None:
+        self._connected.clear()
+
+    async def _until_connected(self) -> None:
+        if self._connected.is_set():
+            return
+        try:
+            await asyncio.wait_for(self._connected.wait(), self.config.ack_timeout_s)
+        except TimeoutError:
+            raise BusError(
+                f"NATS at {self.config.url} unreachable for {self.config.ack_timeout_s} s (bus.nats.ack_timeout_s)"
+            ) from None
 
     async def _resend_after_reconnect(self) -> None:
         self._reconnected = False
@@ -321,11 +347,12 @@ class NatsPublisher:
 
     async def _send(self, topic: str, subject: str, value: bytes, msg_id: str | None) -> None:
         client, js = self._live()
+        await self._until_connected()
         if self._reconnected:
             await self._resend_after_reconnect()
         try:
             if msg_id is None:
-                future = await js.publish_async(subject, value)
+                future = await self._publish_async(js, subject, value)
                 self._unwindowed.add(future)
                 future.add_done_callback(self._unwindowed.discard)
                 return
@@ -340,8 +367,21 @@ class NatsPublisher:
                 await client.publish(subject, value, headers=headers)
             if len(window.pending) >= self.config.max_pending_publishes:
                 await self._await_oldest_checkpoint(window)  # the backpressure point
+        except OutboundBufferLimitError:
+            # The connection went down after the check above: the message is in its window, which is sent
+            # again, before anything new, once the connection is back.
+            await self._until_connected()
         except NatsError as exc:
             raise BusError(f"NATS publish to {topic} failed: {exc!r}") from exc
+
+    async def _publish_async(self, js: JetStreamContext, subject: str, value: bytes) -> asyncio.Future[PubAck]:
+        """A publish without a msg id (it cannot be re-sent from a window): after a reconnect if the connection
+        goes down under it."""
+        try:
+            return await js.publish_async(subject, value)
+        except OutboundBufferLimitError:
+            await self._until_connected()
+            return await js.publish_async(subject, value)
 
     def _reap(self, window: _Window) -> None:
         """Confirms the window up to the newest successful checkpoint that has answered."""
@@ -365,11 +405,13 @@ class NatsPublisher:
     async def _checkpoint(self, window: _Window) -> None:
         """Ask for an ack after the newest message of the window by sending it again (deduplicated)."""
         _, js = self._live()
+        await self._until_connected()
         subject, value, headers = window.pending[-1]
         window.checkpoints.append((window.sent, await js.publish_async(subject, value, headers=headers)))
 
     async def _resend(self, window: _Window) -> None:
         _, js = self._live()
+        await self._until_connected()
         # Acks that may never come hold a slot of nats-py's bounded pending set until cancelled.
         for _, future in window.checkpoints:
             future.cancel()

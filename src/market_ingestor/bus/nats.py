@@ -222,6 +222,7 @@ class NatsPublisher:
         self._subjects: dict[tuple[str, str], str] = {}
         self._unwindowed: set[asyncio.Future[PubAck]] = set()  # publishes without a msg id, each acked
         self._reconnected = False
+        self._reconnect = asyncio.Event()  # set with _reconnected: wakes a wait for an ack the old connection lost
         self._connected = asyncio.Event()
 
     async def start(self) -> None:
@@ -234,6 +235,7 @@ class NatsPublisher:
         # What was written to the old connection after its last answered ack may never have arrived, and an
         # ack on the new connection says nothing about it: the windows are re-sent before anything new.
         self._reconnected = True
+        self._reconnect.set()
         self._connected.set()
 
     async def _on_disconnect(self) -> None:
@@ -251,6 +253,7 @@ class NatsPublisher:
 
     async def _resend_after_reconnect(self) -> None:
         self._reconnected = False
+        self._reconnect.clear()
         for window in list(self._windows.values()):
             if window.pending:
                 log.warning("NATS reconnected; re-sending unconfirmed publishes", extra={"count": len(window.pending)})
@@ -396,7 +399,18 @@ class NatsPublisher:
             await self._checkpoint(window)
         future = window.checkpoints[0][1]
         try:
-            await asyncio.wait_for(asyncio.shield(future), self.config.ack_timeout_s)
+            # An ack asked for on a connection that has gone since never comes: a reconnect ends the wait.
+            reconnect = asyncio.ensure_future(self._reconnect.wait())
+            either: set[asyncio.Future[Any]] = {future, reconnect}
+            try:
+                await asyncio.wait(either, timeout=self.config.ack_timeout_s, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                reconnect.cancel()
+            if self._reconnected:
+                await self._resend_after_reconnect()  # every window, each message with its own ack
+                return
+            if not future.done():
+                raise TimeoutError(f"no JetStream ack within {self.config.ack_timeout_s} s")
             self._reap(window)
         except (TimeoutError, NatsError, BusError) as exc:
             log.warning("JetStream ack failed; re-sending the unconfirmed window", extra={"error": repr(exc)})

@@ -3,8 +3,12 @@ once, and an accounting that must come out clean (issue 13), on Kafka and on NAT
 the dev stack's own PostgreSQL and bus server (Kafka broker, NATS server), so it needs them local, not external.
 
 On NATS two workers share the shards: a kill or the pause (longer than the lease TTL) moves the shards of one
-to the other and back. It found the sink exiting when JetStream answered a fetch with 503 (no responders) while
-the server shut down; the subscriber now waits that out as a Kafka consumer waits for its broker.
+to the other and back. It found the sink exiting when JetStream answered a fetch with 503 while the server shut
+down, both workers exiting when they could not make their stream consumers again during the outage, and ingest
+exiting (trades lost) when the NATS client's reconnect buffer overflowed; each fixed, with a test of its own
+(docs/benchmarks.md). Still failing about every other run: the push clients get ``dropped`` notices (the gateway
+replaced or dropped updates for a client behind), not yet explained; a longer run (bench/chaos.py --minutes 10)
+also shows the resumed worker's kline stage not moving its shards on after the pause.
 
 One worker, at least once. Two workers at least once (kills and the pause then move partitions between them)
 found agents seeking and caching partitions that had just been revoked (fixed in ``streams/app.py``,

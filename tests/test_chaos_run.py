@@ -6,9 +6,9 @@ On NATS two workers share the shards: a kill or the pause (longer than the lease
 to the other and back. It found the sink exiting when JetStream answered a fetch with 503 while the server shut
 down, both workers exiting when they could not make their stream consumers again during the outage, and ingest
 exiting (trades lost) when the NATS client's reconnect buffer overflowed; each fixed, with a test of its own
-(docs/benchmarks.md). Still failing about every other run: the push clients get ``dropped`` notices (the gateway
-replaced or dropped updates for a client behind), not yet explained; a longer run (bench/chaos.py --minutes 10)
-also shows the resumed worker's kline stage not moving its shards on after the pause.
+(docs/benchmarks.md). Still failing in some runs (1 of 3 after the fixes): the push clients get ``dropped``
+notices (the gateway replaced or dropped updates for a client behind), not yet explained; a longer run
+(bench/chaos.py --minutes 10) also shows the resumed worker's kline stage not moving its shards on after the pause.
 
 One worker, at least once. Two workers at least once (kills and the pause then move partitions between them)
 found agents seeking and caching partitions that had just been revoked (fixed in ``streams/app.py``,

@@ -407,6 +407,35 @@ def test_in_progress_updates_are_throttled_and_only_for_changed_windows() -> Non
     ]  # fmt: skip
 
 
+def test_every_in_progress_kline_aggregates_the_trades_of_its_window_so_far() -> None:
+    """In-progress views are built only for windows whose count changed, and copied only to merge: each one
+    still equals a brute-force aggregation of every trade applied to its window so far."""
+    settings = KlineSettings(intervals=("1m", "5m", "1h", "1d"), grace_ms=2000, update_interval_ms=0)
+    intervals = settings.parsed_intervals()
+    rng = random.Random(11)
+    state = new(settings)
+    applied: dict[tuple[str, int], list[Trade]] = defaultdict(list)  # (interval, window) -> its trades so far
+    ts, emitted = at(58), 0
+    for n in range(1500):
+        ts += rng.randint(0, 800 * MS)
+        late = rng.randint(0, 1500 * MS) if rng.random() < 0.1 else 0  # out of order, within the grace
+        t = trade(n, ts - late, str(rng.randint(90, 110)), f"0.{rng.randint(1, 999):03d}", rng.choice(["buy", "sell"]))
+        assert not state.apply(t).too_late
+        for interval in intervals:
+            applied[interval.name, interval.open_time(t.ts)].append(t)
+        if rng.random() < 0.5:
+            continue
+        for kline in state.in_progress(n * MS):
+            mine = applied[kline.interval, kline.open_time]
+            if len(mine) > 50:  # the brute force is quadratic: check the long windows' first trades only
+                continue
+            one = KlineSettings(intervals=(kline.interval,), grace_ms=2000)
+            expected = by_interval(brute_force(mine, one), kline.interval)[0]
+            assert kline == msgspec.structs.replace(expected, closed=False)
+            emitted += 1
+    assert emitted > 300
+
+
 # --- idempotence and serialization ---------------------------------------------------------------------------------
 
 

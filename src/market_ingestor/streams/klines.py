@@ -617,42 +617,56 @@ class InstrumentKlines:
     @_exact
     def in_progress(self, now_wall_ns: int) -> list[Kline]:
         """The open klines (``closed=False``) that changed since their interval's last update, at most one update
-        per interval every ``update_interval_ms``."""
+        per interval every ``update_interval_ms``.
+
+        Runs per touched instrument and batch (six klines each with the default intervals): a window's trade count
+        tells whether it changed, and its view (its folded part plus its open buckets) is built only then, copied
+        only when there is something to merge."""
         out: list[Kline] = []
+        changes = self._changes
+        buckets = self._s.buckets
+        opened_order = sorted(buckets) if len(buckets) > 1 else list(buckets)
         for index, (interval, level, _) in enumerate(self._levels):
             sent_wall = self._sent_wall[index]
-            if self._sent_changes[index] == self._changes or (
+            if self._sent_changes[index] == changes or (
                 sent_wall is not None and now_wall_ns - sent_wall < self._update_ns
             ):
                 continue
+            # Each open window's trade count, and the open buckets in it (in time order).
+            counts = {window: agg.count for window, agg in level.open.items()}
+            members: list[tuple[int, _Agg]] = []
+            length, offset, begin = interval.ns, interval.offset_ns, level.begin
+            for opened in opened_order:
+                window = opened - (opened - offset) % length  # interval.open_time(opened), inlined
+                if begin is not None and window < begin:
+                    continue
+                bucket = buckets[opened]
+                members.append((window, bucket))
+                counts[window] = counts.get(window, 0) + bucket.count
             sent = self._sent_counts[index]
-            views = self._open_views(interval, level)
             emitted = False
-            for window in sorted(views):
-                view = views[window]
-                if sent.get(window) != view.count:
-                    out.append(self._kline(interval, window, view, False))
-                    emitted = True
-            self._sent_counts[index] = {window: view.count for window, view in views.items()}
-            self._sent_changes[index] = self._changes
+            for window in sorted(counts) if len(counts) > 1 else counts:
+                if sent.get(window) == counts[window]:
+                    continue
+                view = level.open.get(window)
+                copied = False
+                for member_window, bucket in members:
+                    if member_window != window:
+                        continue
+                    if view is None:
+                        view = bucket  # read only, unless another bucket is merged into it
+                    else:
+                        if not copied:
+                            view, copied = msgspec.structs.replace(view), True
+                        _merge(view, bucket)
+                assert view is not None  # every counted window has a folded part or a bucket
+                out.append(self._kline(interval, window, view, False))
+                emitted = True
+            self._sent_counts[index] = counts
+            self._sent_changes[index] = changes
             if emitted:
                 self._sent_wall[index] = now_wall_ns
         return out
-
-    def _open_views(self, interval: Interval, level: _Level) -> dict[int, _Agg]:
-        """Each open window's aggregate so far: its folded part plus its open buckets (copies)."""
-        views = {window: msgspec.structs.replace(agg) for window, agg in level.open.items()}
-        for opened in sorted(self._s.buckets):
-            bucket = self._s.buckets[opened]
-            window = interval.open_time(opened)
-            if level.begin is not None and window < level.begin:
-                continue
-            view = views.get(window)
-            if view is None:
-                views[window] = msgspec.structs.replace(bucket)
-            else:
-                _merge(view, bucket)
-        return views
 
     def _kline(self, interval: Interval, window: int, agg: _Agg, closed: bool) -> Kline:
         volume = agg.volume
@@ -661,7 +675,7 @@ class InstrumentKlines:
             symbol=self._s.symbol,
             interval=interval.name,
             open_time=window,
-            close_time=interval.close_time(window),
+            close_time=window + interval.ns - 1,  # interval.close_time(window), inlined
             open=agg.open,
             high=agg.high,
             low=agg.low,

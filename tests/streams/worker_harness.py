@@ -27,13 +27,15 @@ from market_ingestor.streams.klines import KlineSettings, aggregate
 
 MINUTE = 60_000_000_000
 SYMBOLS = ("AAAUSDT", "BBBUSDT", "CCCUSDT")
+SPREAD_SYMBOLS = ("DDDUSDT", "AAAUSDT", "GGGUSDT")  # binance.<symbol> in partitions 0, 1 and 2 of 3 (murmur2)
 INTERVALS = ("1m", "5m")
 INDICATOR_SPECS = ("sma_3", "rsi_2")
 
 
-def make_trades(count: int, seed: int) -> list[Trade]:
+def make_trades(count: int, seed: int, symbols: tuple[str, ...] = SYMBOLS) -> list[Trade]:
     """Trades over 20 minutes of event time, a little out of order (within the 2 s grace), ending just before a
-    5-minute boundary so every window can close by the wall clock soon after the last trade."""
+    5-minute boundary so every window can close by the wall clock soon after the last trade. The default symbols
+    all hash to partition 1 of 3; :data:`SPREAD_SYMBOLS` cover every partition."""
     rng = random.Random(seed)
     start = (1_700_000_000_000_000_000 // (5 * MINUTE)) * 5 * MINUTE
     step = (20 * MINUTE - 1_000_000) // count
@@ -42,7 +44,9 @@ def make_trades(count: int, seed: int) -> list[Trade]:
         ts = start + n * step - rng.randrange(0, 1_000_000_000)  # up to 1 s early: out of order
         price = Decimal(10_000 + rng.randrange(-500, 500)) / 100
         qty = Decimal(rng.randrange(1, 10_000)) / 1000
-        trades.append(Trade("binance", SYMBOLS[n % 3], str(n), price, qty, rng.choice(["buy", "sell"]), ts, ts))
+        trades.append(
+            Trade("binance", symbols[n % len(symbols)], str(n), price, qty, rng.choice(["buy", "sell"]), ts, ts)
+        )
     return trades
 
 

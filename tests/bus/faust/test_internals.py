@@ -9,6 +9,7 @@ from importlib import metadata
 import aiokafka
 import faust
 import faust.streams
+import faust.tables.recovery
 import pytest
 from aiokafka.producer.producer import AIOKafkaProducer
 from faust.stores.rocksdb import Store as RocksStore
@@ -56,6 +57,24 @@ def test_Consumer_commit_and_end_transactions_and_commit_exist_with_our_signatur
     assert inspect.iscoroutinefunction(faust_aiokafka.Consumer.commit_and_end_transactions)
     params = list(inspect.signature(faust_consumer.Consumer.commit).parameters)
     assert params == ["self", "topics", "start_new_transaction"], f"Consumer.commit changed: {params}"
+
+
+def test_AIOKafkaConsumerThread__highwaters_is_what_table_recovery_measures_the_changelogs_with() -> None:
+    method = faust_aiokafka.AIOKafkaConsumerThread._highwaters
+    assert inspect.iscoroutinefunction(method), "AIOKafkaConsumerThread._highwaters is gone or no longer async"
+    assert list(inspect.signature(method).parameters) == ["self", "partitions"]
+    assert "self._highwaters" in source_of(faust_aiokafka.AIOKafkaConsumerThread.highwaters)
+    assert "consumer.highwaters(" in source_of(faust.tables.recovery.Recovery._build_highwaters)
+    # Why ours is needed: under exactly_once Faust reads the last stable offset of the last fetch.
+    assert "last_stable_offset" in source_of(method), "Faust's _highwaters changed: is our override still needed?"
+
+
+def test_Consumer_wait_empty_ends_the_transactions_at_every_revocation_too() -> None:
+    """Our "final commit" flag is set only for a stopping consumer, because ``wait_empty`` (called by the
+    revocation when ``stream_wait_empty`` is on) ends the transactions too."""
+    assert "self.commit_and_end_transactions)()" in source_of(faust_consumer.Consumer.wait_empty)
+    assert "wait_empty()" in source_of(faust.App._consumer_wait_empty)
+    assert "should_stop" in source_of(faust_internals._Consumer.commit_and_end_transactions)
 
 
 def test_Consumer__commit_takes_offsets_and_returns_whether_it_committed() -> None:

@@ -48,6 +48,16 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
             client._fetch_max_wait_ms = wait_ms
         return client
 
+    # ``_highwaters`` is what table recovery measures the changelogs with. Under ``exactly_once`` Faust answers with
+    # the last stable offset of the last fetch, which is unknown (None, taken as -1) until a partition was fetched
+    # in the current generation, and every partition is paused at assignment: recovery then found nothing to read
+    # (tables not restored) or a persisted offset "beyond the end" (ConsistencyError). ``end_offsets`` asks the
+    # broker; a read_committed consumer gets the last stable offset, a read_uncommitted one the end.
+    async def _highwaters(self, partitions: list[TP]) -> dict[TP, int]:
+        consumer: Any = self._ensure_consumer()
+        found = await consumer.end_offsets([TopicPartition(tp.topic, tp.partition) for tp in partitions])
+        return {TP(tp.topic, tp.partition): offset for tp, offset in found.items()}
+
 
 class _Consumer(faust_aiokafka.Consumer):
     transactions_ended = False
@@ -57,7 +67,11 @@ class _Consumer(faust_aiokafka.Consumer):
 
     async def commit_and_end_transactions(self) -> None:
         await super().commit_and_end_transactions()
-        self.transactions_ended = True
+        # Faust calls it at every revocation too (``wait_empty``, with ``stream_wait_empty`` on by default), and the
+        # assignment then begins new transactions: only the stopping consumer's call is the final one. (Taken for
+        # final at a rebalance, it made every writer drop its input for good.)
+        if self.should_stop:
+            self.transactions_ended = True
 
     async def commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
         if self.transactions_ended and self.in_transaction:

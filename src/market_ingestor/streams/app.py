@@ -191,7 +191,7 @@ class KlineAgent:
         Faust may revoke partitions while a batch waits or while this awaits its sends: records of partitions no
         longer assigned are not applied (a state loaded for them would stay cached, stale, until the partition came
         back), and what was processed of a partition revoked meanwhile is not marked for the checkpoint."""
-        assigned = self.app.consumer.assignment()
+        assigned = self.writer.owned()
         events = [event for event in events if event.message.tp in assigned]
         now = time.time_ns()
         out: list[tuple[bytes, Kline]] = []
@@ -249,7 +249,7 @@ class KlineAgent:
         for source, letter in dead:
             await self.writer.send(self.deadletter.get_topic_name(), letter.exchange.encode(), encode(letter), source)
         await self.writer.flush()  # outputs acknowledged before the state says their trades are done
-        assigned = self.app.consumer.assignment()  # on_revoked may have run during the awaits above
+        assigned = self.writer.owned()  # a revocation may have come during the awaits above
         self._dirty.update({key: source for key, source in touched.items() if source in assigned})
         for tp, offset in next_offsets(events).items():
             if tp in assigned:
@@ -337,9 +337,17 @@ class KlineAgent:
         await self.writer.commit_idle()
 
     async def on_revoked(self, app: faust.App, revoked: set[Any], **_: Any) -> None:
-        """Partitions moved to another worker: forget their instruments (the table keeps their rows) and what was
-        processed of them since the last checkpoint (the new owner reads it again from the committed offset;
-        under ``exactly_once`` the open transaction is aborted when it takes over)."""
+        """Partitions are about to move (a rebalance revokes every partition of the worker first): the batch or
+        tick under way ends, what was processed is saved and committed while the partitions are still ours (under
+        ``exactly_once`` each partition's transaction commits before a new owner's producer could fence it, and
+        none stays open with outputs the re-read input would send again), then their instruments are forgotten
+        (the table keeps their rows; the next owner, maybe this worker again, reads on from the commit)."""
+        async with self._lock:
+            if not self._reload and not self.writer.closed:
+                await self._checkpoint(force=True)
+            self._forget(revoked)
+
+    def _forget(self, revoked: set[Any]) -> None:
         self.writer.forget(revoked)
         for tp in revoked:
             self._done.pop(tp, None)

@@ -19,6 +19,7 @@ next kline comes.
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -141,23 +142,25 @@ class IndicatorAgent:
         self.writer = PartitionWriter(app, records, self.klines.get_topic_name())
         self.limits = limits
         self.rows = RowCache(cache_rows)
+        self._lock = asyncio.Lock()  # a batch and a revocation take turns
         self._horizons: dict[str, int | None] = {}
         app.agent(self.klines, name="indicators")(self.compute)
         app.on_partitions_revoked.connect(self.on_revoked)  # type: ignore[arg-type]
 
     async def compute(self, stream: Any) -> None:
         async for events in self.writer.batches(stream, self.limits):
-            try:
-                await self.process(events)
-            except BaseException:
-                self.rows.clear()  # they may hold klines whose row was never saved: read the rows again
-                raise
+            async with self._lock:
+                try:
+                    await self.process(events)
+                except BaseException:
+                    self.rows.clear()  # they may hold klines whose row was never saved: read the rows again
+                    raise
 
     async def process(self, events: Sequence[Any]) -> None:
         """Applies the closed klines of a batch of records; each value is sent as soon as it is computed. Records of
         partitions no longer assigned are skipped, and rows of partitions revoked during the sends are not saved:
         their changelog belongs to the new owner now (an older row written there would undo its work)."""
-        assigned = self.app.consumer.assignment()
+        assigned = self.writer.owned()
         events = [event for event in events if event.message.tp in assigned]
         rows: dict[bytes, Row] = {}
         touched: dict[bytes, tuple[Row, TP]] = {}
@@ -188,7 +191,7 @@ class IndicatorAgent:
                     await self.writer.send(topic, key, encode(value), source)
                 touched[key] = (row, source)
         await self.writer.flush()  # values acknowledged before the states that produced them are saved
-        assigned = self.app.consumer.assignment()  # on_revoked may have run during the sends
+        assigned = self.writer.owned()  # a revocation may have come during the sends
         for key, (row, source) in touched.items():
             if source in assigned:
                 await self.writer.save(self.table, key, row.to_bytes(), source)
@@ -202,9 +205,11 @@ class IndicatorAgent:
         return row
 
     async def on_revoked(self, app: faust.App, revoked: set[Any], **_: Any) -> None:
-        """Partitions moved to another worker: their rows may change there, so the cached ones are dropped."""
-        self.writer.forget(revoked)
-        self.rows.forget(revoked)
+        """Partitions are about to move: the batch under way ends (it commits what it processed while the
+        partitions are still ours), then the cached rows are dropped: they may change at the new owner."""
+        async with self._lock:
+            self.writer.forget(revoked)
+            self.rows.forget(revoked)
 
     def _horizon(self, interval: str) -> int | None:
         """How many klines of ``interval`` a correction can reach back; None if it names no interval (the kline

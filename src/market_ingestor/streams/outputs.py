@@ -59,6 +59,10 @@ class PartitionWriter:
         self._committed: dict[TP, int] = {}  # input offsets this writer committed (the next offset to read)
         self._unpersisted: dict[TP, tuple[Any, int]] = {}  # changelog partition -> (store, offset), exactly_once
         self._generation = -1
+        # Partitions revoked since the assignment of generation ``_revoked_in``: the consumer reports its old
+        # assignment until the next one, but they are no longer ours to process or commit.
+        self._revoked: set[TP] = set()
+        self._revoked_in = -1
         self.sequence = InputSequence(app)
         self.input_topic = input_topic
         if input_topic is not None:
@@ -137,6 +141,15 @@ class PartitionWriter:
             if end is not None:
                 waiting += max(end - offset - 1, 0)
         return waiting > records
+
+    def owned(self) -> set[TP]:
+        """The partitions this worker may process and commit: assigned, and not revoked since. Between a revocation
+        and the next assignment the consumer still reports the old assignment; work committed for a revoked
+        partition there would race its new owner (under ``exactly_once`` its producer fences ours)."""
+        consumer: Any = self.app.consumer
+        if self._revoked and self.app.consumer_generation_id != self._revoked_in:
+            self._revoked.clear()  # a new assignment: the consumer's answer is current again
+        return set(consumer.assignment()) - self._revoked
 
     def transactional_id(self, source: TP) -> str | None:
         if not self.app.in_transaction:
@@ -227,6 +240,8 @@ class PartitionWriter:
         its commit would then cover them; a trade was lost that way. Committing here only what was processed keeps
         skipped events for the next read after Faust's seek.
         """
+        owned = self.owned()
+        offsets = {tp: offset for tp, offset in offsets.items() if tp in owned}
         if not offsets or self.closed:
             return
         if self.app.in_transaction:
@@ -247,12 +262,11 @@ class PartitionWriter:
         touched, self._touched = self._touched, set()
         if not self.app.in_transaction or not touched or self.closed:
             return
-        consumer: Any = self.app.consumer
-        assigned = consumer.assignment()
+        owned = self.owned()
         idle = {}
         for tp in touched:
             offset = self.next_offset(tp)
-            if offset is not None and tp in assigned:
+            if offset is not None and tp in owned:
                 idle[tp] = offset
         if idle:
             await faust_internals.commit_transaction(self.app, idle)
@@ -287,6 +301,13 @@ class PartitionWriter:
                 del self._unpersisted[changelog]
 
     def forget(self, sources: Iterable[TP]) -> None:
+        """``sources`` were revoked: their open records are dropped, and nothing more is committed for them until
+        a new assignment gives them back."""
+        sources = set(sources)
+        if self.app.consumer_generation_id != self._revoked_in:
+            self._revoked.clear()
+        self._revoked.update(sources)
+        self._revoked_in = self.app.consumer_generation_id
         for slot in [slot for slot in self._records if slot[2] in sources]:
             del self._records[slot]  # outputs of input that is no longer ours: the new owner derives them again
         self._touched.difference_update(sources)

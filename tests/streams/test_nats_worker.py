@@ -191,3 +191,73 @@ def test_exactly_once_on_nats_is_refused_with_the_reason(tmp_path):
     result = CliRunner().invoke(cli, ["--config", str(config), "worker"])
     assert result.exit_code == 1
     assert "exactly_once needs Kafka transactions" in result.output
+
+
+async def checkpoints_and_ends(nats_url: str, prefix: str) -> tuple[dict[str, int], dict[str, int]]:
+    """Every checkpoint of both stages, and where each stage's input stream ends (the next sequence)."""
+    client = await nats.connect(nats_url)
+    try:
+        js = client.jetstream()
+        checkpoints = await read_bucket(js, bucket_name(prefix.rstrip("."), "progress"))
+        ends = {
+            stage: (await js.stream_info(stream_name(prefix + topic))).state.last_seq + 1
+            for stage, topic in (("klines", Topics.TRADES), ("indicators", Topics.KLINES))
+        }
+    finally:
+        await client.close()
+    return {key: int(entry.value) for key, entry in checkpoints.items()}, ends
+
+
+async def test_a_paused_worker_and_a_nats_restart_leave_both_stages_of_every_shard_moving(tmp_path):
+    # Found by the 10-minute chaos run on NATS: after a worker was paused past its lease TTL and NATS was stopped,
+    # the kline stage kept some shards' checkpoints where they were while the indicator stage went on.
+    server = NatsProcess(tmp_path / "store", free_port())  # its own server: the test stops it
+    server.start()
+    prefix = f"p{uuid.uuid4().hex[:8]}."
+    app_id = prefix.rstrip(".")
+    config = BusConfig(kind="nats", topic_prefix=prefix, nats=NatsConfig(url=server.url))
+    trades = make_trades(8000, seed=14)
+    expected = expected_klines(trades)
+    indicators = expected_indicators(expected)
+    config_path = worker_config(tmp_path, "", prefix, "at_least_once", nats_url=server.url)
+    config_path.write_text(config_path.read_text().replace('level = "WARNING"', 'level = "INFO"'))
+    minutes = sorted((k for k in expected if k[1] == "1m"), key=lambda k: (k[2], k[0]))
+    first = second = None
+    watcher = KlineWatcher(config)
+    try:
+        await watcher.start()
+        await publish(config, trades[:2000])
+        first = await start_worker(config_path, tmp_path / "first")
+        await until_or_fail(watcher, set(minutes[:3]), first)
+        second = await start_worker(config_path, tmp_path / "second")
+        await until_holders(server.url, app_id, lambda h: len(h) == 4 and len(set(h.values())) == 2)
+        second.send_signal(signal.SIGSTOP)  # longer than the lease TTL (3 s): the first takes its shards
+        await until_holders(
+            server.url, app_id, lambda h: len(h) == 4 and {f"-{first.pid}-" in w for w in h.values()} == {True}
+        )
+        await publish(config, trades[2000:4000])
+        second.send_signal(signal.SIGCONT)  # it finds its leases lost, then gets its share back
+        await until_holders(server.url, app_id, lambda h: len(h) == 4 and len(set(h.values())) == 2)
+        await until_or_fail(watcher, set(minutes[:12]), first)
+        await watcher.follower.stop()
+        server.stop()
+        await asyncio.sleep(6)  # longer than the lease TTL and a JetStream API request's timeout (5 s)
+        server.start()
+        await publish(config, trades[4000:])
+        watcher = KlineWatcher(config)  # from the start of the streams again
+        await watcher.start()
+        wanted = {key: set(values) for key, values in indicators.items()}
+        await until_or_fail(watcher, set(expected), first, wanted)
+        assert second.returncode is None, await worker_said(second)
+        await stop_worker(first)
+        await stop_worker(second)
+        checkpoints, ends = await checkpoints_and_ends(server.url, prefix)  # a clean stop checkpoints
+    finally:
+        for worker in (first, second):
+            if worker is not None and worker.returncode is None:
+                worker.kill()
+        await watcher.follower.stop()
+        server.kill()
+    assert_same_klines(watcher.closed, expected)
+    assert_same_indicators(watcher, indicators)
+    assert checkpoints == {f"{stage}.{shard}": end for stage, end in ends.items() for shard in range(4)}

@@ -122,3 +122,29 @@ async def test_a_publisher_waits_for_a_stopped_server_instead_of_overflowing_its
         await publisher.stop()
     stored = [int(d.value.split(b":")[0]) for d in await bus.read_topic(topic)]
     assert len(stored) == len(set(stored)) and set(stored) == set(range(total))
+
+
+async def test_publishes_during_a_resend_after_a_reconnect_are_kept_and_stored(nats_process: NatsProcess):
+    # A flush re-sends the unconfirmed window after a reconnect without holding the send lock (the NATS worker's
+    # two stages share one publisher): what another task publishes meanwhile joins the window. The re-send
+    # iterated the window across its awaits (RuntimeError: deque mutated) and then confirmed the whole window,
+    # the newcomers too, on the acks of the re-sent messages only.
+    config = NatsConfig(url=f"nats://127.0.0.1:{nats_process.port}", ack_every=100_000, ack_timeout_s=10.0)
+    bus = open_bus(BusConfig(kind="nats", nats=config))
+    topic = "test.resend"
+    await bus.ensure_topics([TopicSpec(topic, retention_s=3600)])
+    publisher = bus.publisher()
+    await publisher.start()
+    try:
+        for n in range(200):  # never acked: all in the window
+            await publisher.publish(topic, f"ex.S{n % 3}", str(n).encode(), msg_id=f"m-{n}")
+        nats_process.stop()
+        await asyncio.to_thread(nats_process.start)
+        await asyncio.wait_for(publisher._reconnect.wait(), 30.0)  # the client's reconnect callback has run
+        late = [publisher.publish(topic, "ex.L", str(n).encode(), msg_id=f"m-{n}") for n in range(200, 240)]
+        await asyncio.gather(publisher.flush(), *late)
+        await publisher.flush()
+    finally:
+        await publisher.stop()
+    stored = [int(d.value) for d in await bus.read_topic(topic)]
+    assert len(stored) == len(set(stored)) and set(stored) == set(range(240))

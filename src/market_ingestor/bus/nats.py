@@ -430,12 +430,22 @@ class NatsPublisher:
         for _, future in window.checkpoints:
             future.cancel()
         window.checkpoints.clear()
-        futures = [await js.publish_async(subject, data, headers=headers) for subject, data, headers in window.pending]
+        # Other tasks may add to the window while this waits (a flush does not hold the send lock): only what
+        # is re-sent here is confirmed by these acks, and the window is not iterated across an await.
+        resent = list(window.pending)
+        upto = window.confirmed + len(resent)
+        futures: list[asyncio.Future[PubAck]] = []
         try:
+            for subject, data, headers in resent:
+                futures.append(await js.publish_async(subject, data, headers=headers))
             await asyncio.wait_for(asyncio.gather(*futures), self.config.ack_timeout_s)
         except (TimeoutError, NatsError) as exc:
-            raise BusError(f"JetStream did not confirm {len(futures)} re-sent messages: {exc!r}") from exc
-        window.confirm(window.sent)
+            raise BusError(f"JetStream did not confirm {len(resent)} re-sent messages: {exc!r}") from exc
+        finally:
+            for future in futures:  # an ack that never comes would hold a slot of nats-py's pending set
+                if not future.done():
+                    future.cancel()
+        window.confirm(upto)
 
     async def flush(self) -> None:
         self._live()

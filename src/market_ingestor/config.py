@@ -76,6 +76,8 @@ class NatsConfig(_Section, frozen=True):
     # Publishes without an ack of their own, kept for a re-send until an ack confirms them.
     max_pending_publishes: PositiveInt = 16_384
     ack_every: PositiveInt = 512  # every n-th publish of a topic asks JetStream for an ack
+    # An ack waited for this long is asked again (the window re-sent); while NATS is away a publisher waits and
+    # re-sends for as long as it takes, except at stop, which waits at most this long (then: lost, logged).
     ack_timeout_s: PositiveSeconds = 10.0
     # The stream worker on NATS (docs/nats-worker.md): instruments are split into this many shards, shared out
     # among the running workers; keep it fixed for a deployment (as Kafka's partition count), >= the workers.

@@ -6,14 +6,17 @@ Runs its own real nats-server (not the shared dev stack's) because the tests kil
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from market_ingestor.bus import TopicSpec, open_bus
+from market_ingestor.bus import Publisher, TopicSpec, open_bus
+from market_ingestor.bus.nats import PUBLISH_RETRIES
 from market_ingestor.config import BusConfig, NatsConfig
+from market_ingestor.errors import BusError
 from nats_helpers import NatsProcess, free_port
 
 pytestmark = pytest.mark.nats
@@ -148,3 +151,62 @@ async def test_publishes_during_a_resend_after_a_reconnect_are_kept_and_stored(n
         await publisher.stop()
     stored = [int(d.value) for d in await bus.read_topic(topic)]
     assert len(stored) == len(set(stored)) and set(stored) == set(range(240))
+
+
+async def test_a_server_away_longer_than_the_ack_timeout_holds_the_publisher_and_loses_nothing(
+    nats_process: NatsProcess,
+):
+    # Ingest exited on NATS (not on Kafka) when the server was away longer than bus.nats.ack_timeout_s: the
+    # publisher now waits and re-sends under SERVER_RETRY for as long as it takes, and the caller waits with it.
+    config = NatsConfig(url=f"nats://127.0.0.1:{nats_process.port}", ack_every=64, ack_timeout_s=1.0)
+    bus = open_bus(BusConfig(kind="nats", nats=config))
+    topic = "test.long"
+    await bus.ensure_topics([TopicSpec(topic, retention_s=3600)])
+    publisher = bus.publisher()
+    await publisher.start()
+    retried = PUBLISH_RETRIES.labels(topic)._value.get()
+    try:
+        await publisher.publish(topic, "ex.S", b"0", msg_id="m-0")
+        await publisher.flush()
+        nats_process.stop()
+        publishing = asyncio.ensure_future(publish_range(publisher, topic, 1, 3000))
+        await asyncio.sleep(4.0)  # four ack timeouts: the server stays away this long
+        assert not publishing.done(), publishing  # held (the backpressure), not failed
+        await asyncio.to_thread(nats_process.start)
+        await publishing
+        await publisher.flush()
+    finally:
+        await publisher.stop()
+    assert PUBLISH_RETRIES.labels(topic)._value.get() > retried  # counted (and logged) while it waited
+    stored = [int(d.value) for d in await bus.read_topic(topic)]
+    assert len(stored) == len(set(stored)) and set(stored) == set(range(3000))
+
+
+async def test_a_stop_while_the_server_is_away_ends_within_the_ack_timeout_and_says_what_is_lost(
+    nats_process: NatsProcess, caplog
+):
+    config = NatsConfig(url=f"nats://127.0.0.1:{nats_process.port}", ack_every=64, ack_timeout_s=1.0)
+    bus = open_bus(BusConfig(kind="nats", nats=config))
+    topic = "test.gone"
+    await bus.ensure_topics([TopicSpec(topic, retention_s=3600)])
+    publisher = bus.publisher()
+    await publisher.start()
+    await publish_range(publisher, topic, 0, 10)
+    nats_process.stop()
+    publishing = asyncio.ensure_future(publish_range(publisher, topic, 10, 2000))
+    await asyncio.sleep(1.5)
+    publishing.cancel()  # as ingest's shutdown cancels its publishing task
+    with contextlib.suppress(asyncio.CancelledError):
+        await publishing
+    started = time.monotonic()
+    with pytest.raises(BusError, match="not confirmed"):
+        await publisher.stop()
+    assert time.monotonic() - started < config.ack_timeout_s + 2.0
+    assert any(record.getMessage().endswith("has not confirmed: lost") for record in caplog.records)
+
+
+async def publish_range(publisher: Publisher, topic: str, start: int, end: int) -> None:
+    for n in range(start, end):
+        if n % 100 == 0:
+            await asyncio.sleep(0.01)  # as a feed does: the client gets to see its connection gone
+        await publisher.publish(topic, f"ex.S{n % 5}", str(n).encode(), msg_id=f"m-{n}")

@@ -33,16 +33,24 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck, StorageType, StreamConfig
 from nats.js.errors import NotFoundError, ServiceUnavailableError
+from prometheus_client import Counter
 
 from market_ingestor.bus.base import Delivery
 from market_ingestor.bus.records import RecordBuilder, batch_value, is_batched
 from market_ingestor.bus.topics import PIPELINE_TOPICS, TopicSpec
 from market_ingestor.config import BatchConfig, NatsConfig
 from market_ingestor.errors import BusClosedError, BusError
+from market_ingestor.retry import Retries, RetryPolicy
 
 log = logging.getLogger(__name__)
 
 _SUBJECT_CACHE_MAX = 100_000
+SERVER_RETRY = RetryPolicy(0.5, 5.0)  # a publisher waiting for NATS, or re-sending what it did not confirm: forever
+PUBLISH_RETRIES = Counter(
+    "nats_publish_retries_total",
+    "Waits of a NATS publisher for a server that is away, and re-sends of windows JetStream did not confirm",
+    ["topic"],
+)
 _OPEN_RECORDS_MAX = 10_000  # subjects with an open batch message, at most
 _SUBJECT_TOKEN_RE = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
 # The server is away or restarting (the client reconnects by itself; JetStream answers 503 until it has loaded
@@ -203,9 +211,12 @@ class NatsPublisher:
     again, each message with its own ack: msg ids make the re-send harmless. Messages without a msg id cannot
     be re-sent safely and are each published with an ack.
 
-    While the connection is down, a publish waits for it to come back (at most ``ack_timeout_s``, then
-    BusError, as a Kafka publish gives up after its request timeout) instead of filling the client's
-    reconnect buffer, which on a busy topic overflows within a second and would fail the publish.
+    While the connection is down, a publish waits for it to come back instead of filling the client's
+    reconnect buffer, which on a busy topic overflows within a second and would fail the publish; a window
+    JetStream does not confirm is sent again. Both go on under :data:`SERVER_RETRY` (logged, counted in
+    ``nats_publish_retries_total``) for as long as NATS is away, as the Kafka publisher does: the caller waits,
+    which is the backpressure (ingest's bounded queue fills and its connectors stop reading). Only ``stop``
+    bounds the wait, to ``ack_timeout_s``; what is unconfirmed then is logged as lost and raised (BusError).
     """
 
     def __init__(self, config: NatsConfig, batch: BatchConfig | None = None) -> None:
@@ -224,6 +235,7 @@ class NatsPublisher:
         self._reconnected = False
         self._reconnect = asyncio.Event()  # set with _reconnected: wakes a wait for an ack the old connection lost
         self._connected = asyncio.Event()
+        self._give_up_at: float | None = None  # float-ok: monotonic time; set by stop()
 
     async def start(self) -> None:
         self._client = await connect_client(self.config, self._on_reconnect, self._on_disconnect)
@@ -241,15 +253,38 @@ class NatsPublisher:
     async def _on_disconnect(self) -> None:
         self._connected.clear()
 
-    async def _until_connected(self) -> None:
-        if self._connected.is_set():
-            return
-        try:
-            await asyncio.wait_for(self._connected.wait(), self.config.ack_timeout_s)
-        except TimeoutError:
-            raise BusError(
-                f"NATS at {self.config.url} unreachable for {self.config.ack_timeout_s} s (bus.nats.ack_timeout_s)"
-            ) from None
+    async def _until_connected(self, topic: str = "") -> None:
+        """Waits for the connection, forever unless stopping (then at most until ``stop``'s deadline)."""
+        retries: Retries | None = None
+        while not self._connected.is_set():
+            retries = retries or SERVER_RETRY.retries(f"NATS publisher to {self.config.url}")
+            delay_s = self._retry_delay_s(retries, f"NATS at {self.config.url} away")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._connected.wait(), delay_s)
+            if not self._connected.is_set():
+                PUBLISH_RETRIES.labels(topic).inc()
+                log.warning(
+                    "NATS away; publishes wait for it",
+                    extra={
+                        "url": self.config.url,
+                        "topic": topic,
+                        "retry": retries.attempt,
+                        "unconfirmed": self.unconfirmed(),
+                    },
+                )
+
+    def _retry_delay_s(self, retries: Retries, what: str) -> float:  # float-ok: a duration
+        """The next wait of a retry loop, cut to ``stop``'s deadline; past it, BusError."""
+        delay_s = retries.next_delay_s()
+        if self._give_up_at is not None:
+            delay_s = min(delay_s, self._give_up_at - time.monotonic())
+            if delay_s <= 0:
+                raise BusError(f"{what} at stop: {self.unconfirmed()} publishes not confirmed")
+        return delay_s
+
+    def unconfirmed(self) -> int:
+        """Messages published and not yet confirmed by JetStream."""
+        return sum(len(window.pending) for window in self._windows.values()) + len(self._unwindowed)
 
     async def _resend_after_reconnect(self) -> None:
         self._reconnected = False
@@ -260,11 +295,19 @@ class NatsPublisher:
                 await self._resend(window)
 
     async def stop(self) -> None:
+        """Flushes, waiting up to ``ack_timeout_s`` for a server that is away; what it has not confirmed by then
+        is lost: logged as an error with the count, and raised (BusError)."""
         if self._client is None:
             return
+        self._give_up_at = time.monotonic() + self.config.ack_timeout_s
         try:
             await self.flush()
         finally:
+            if self.unconfirmed():
+                log.error(
+                    "NATS publisher stopped with messages JetStream has not confirmed: lost",
+                    extra={"unconfirmed": self.unconfirmed(), "url": self.config.url},
+                )
             if self._linger_task is not None:
                 self._linger_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -350,7 +393,7 @@ class NatsPublisher:
 
     async def _send(self, topic: str, subject: str, value: bytes, msg_id: str | None) -> None:
         client, js = self._live()
-        await self._until_connected()
+        await self._until_connected(topic)
         if self._reconnected:
             await self._resend_after_reconnect()
         try:
@@ -373,7 +416,7 @@ class NatsPublisher:
         except OutboundBufferLimitError:
             # The connection went down after the check above: the message is in its window, which is sent
             # again, before anything new, once the connection is back.
-            await self._until_connected()
+            await self._until_connected(topic)
         except NatsError as exc:
             raise BusError(f"NATS publish to {topic} failed: {exc!r}") from exc
 
@@ -424,6 +467,24 @@ class NatsPublisher:
         window.checkpoints.append((window.sent, await js.publish_async(subject, value, headers=headers)))
 
     async def _resend(self, window: _Window) -> None:
+        """Sends the window again, each message with an ack, until JetStream confirms it (see the class)."""
+        retries: Retries | None = None
+        while True:
+            try:
+                await self._resend_once(window)
+                return
+            except BusError as exc:
+                retries = retries or SERVER_RETRY.retries("NATS publisher re-send")
+                delay_s = self._retry_delay_s(retries, f"JetStream did not confirm a re-send ({exc})")
+                topic = next((name for name, held in self._windows.items() if held is window), "")
+                PUBLISH_RETRIES.labels(topic).inc()
+                log.warning(
+                    "JetStream did not confirm a re-sent window; retrying",
+                    extra={"error": str(exc), "count": len(window.pending), "retry": retries.attempt},
+                )
+                await asyncio.sleep(delay_s)
+
+    async def _resend_once(self, window: _Window) -> None:
         _, js = self._live()
         await self._until_connected()
         # Acks that may never come hold a slot of nats-py's bounded pending set until cancelled.

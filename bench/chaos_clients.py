@@ -81,6 +81,7 @@ class PushClient:
         self.last_update = 0.0  # monotonic time of the latest update
         self.connections = 0
         self.errors: list[str] = []
+        self.created = time.monotonic()  # errors say when they came, to line them up with the faults
 
     async def run(self) -> None:
         while True:
@@ -100,7 +101,7 @@ class PushClient:
             self.last_update = time.monotonic()
             self.updates.notify()
         elif kind in ("error", "dropped"):
-            self.errors.append(json.dumps(message))
+            self.errors.append(f"at {time.monotonic() - self.created:.1f} s: {json.dumps(message)}")
 
 
 @dataclass

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import msgspec
 import nats
@@ -398,3 +399,32 @@ async def test_gateways_with_reuse_port_share_one_port_and_each_serves_its_clien
             finally:
                 for ws in clients:
                     await ws.close()
+
+
+@pytest.mark.nats
+async def test_a_starting_gateway_reads_its_state_back_before_clients_come_so_they_get_no_burst(dev_stack):
+    # Found by the chaos run on NATS: after the gateway was killed and started again, the clients that reconnected
+    # at once got the read-back records (up to push.prime_records per stream) as live updates, a burst that
+    # overflowed their queues: "dropped" notices although every client read as fast as it could.
+    config = make_config(dev_stack, "nats", queue_size=16, write_limit_bytes=1024, prime_records=2000)
+    symbol = unique_symbol()
+    await open_bus(config.bus).ensure_topics(prefixed(PIPELINE_TOPICS, config.bus.topic_prefix))
+    async with publisher_for(config) as publisher:
+        closed = [kline(symbol, "1m", minute=n, closed=True) for n in range(1500)]
+        await publish(publisher, config.bus.topic_prefix, *closed)
+        gateway = Gateway(config)
+        await gateway.start()
+        try:
+            async with open_client(gateway.port) as ws:
+                reply = await request(ws, action="subscribe", channels=["kline.1m"], symbols=[f"binance.{symbol}"])
+                assert reply["type"] == "subscribed", reply
+                live = kline(symbol, "1m", minute=1500, closed=True)
+                await publish(publisher, config.bus.topic_prefix, live)
+                seen: list[dict[str, Any]] = []
+                while not seen or seen[-1].get("data", {}).get("open_time") != live.open_time:
+                    seen.append(await recv_json(ws))
+        finally:
+            await gateway.stop()
+    assert not [message for message in seen if message["type"] == "dropped"]
+    # The state (the newest read-back kline), then the live one: nothing of the read-back replayed.
+    assert [message["data"]["open_time"] for message in seen] == [closed[-1].open_time, live.open_time]

@@ -55,6 +55,7 @@ _OPEN_RECORDS_MAX = 10_000  # subjects with an open batch message, at most
 _SUBJECT_TOKEN_RE = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
 # The server is away or restarting (the client reconnects by itself; JetStream answers 503 until it has loaded
 # its streams and consumers): a consumer waits, as a Kafka consumer does while its broker is away.
+_CONNECTION_LOST = (ConnectionReconnectingError, StaleConnectionError, OutboundBufferLimitError, NatsTimeoutError)
 _SERVER_AWAY = (
     ServiceUnavailableError,
     NoRespondersError,
@@ -469,11 +470,18 @@ class NatsPublisher:
     async def _resend(self, window: _Window) -> None:
         """Sends the window again, each message with an ack, until JetStream confirms it (see the class)."""
         retries: Retries | None = None
+        refused_since: float | None = None  # float-ok: monotonic time of the first answer that was not a timeout
         while True:
             try:
                 await self._resend_once(window)
                 return
             except BusError as exc:
+                if not isinstance(exc.__cause__, TimeoutError | _CONNECTION_LOST):
+                    # JetStream answered (no stream, an API error): during a restart for a few seconds, for a
+                    # stream that does not exist for ever, so this is bounded to ack_timeout_s.
+                    refused_since = refused_since or time.monotonic()
+                    if time.monotonic() - refused_since > self.config.ack_timeout_s:
+                        raise
                 retries = retries or SERVER_RETRY.retries("NATS publisher re-send")
                 delay_s = self._retry_delay_s(retries, f"JetStream did not confirm a re-send ({exc})")
                 topic = next((name for name, held in self._windows.items() if held is window), "")

@@ -5,11 +5,11 @@ drained into the publisher, the publisher flushes (every event acknowledged by t
 is closed. The queue is bounded: when the bus is slower than the exchanges, connectors wait on ``put`` and
 stop reading their sockets, which pushes back to TCP instead of growing memory.
 
-A bus that is away (a Kafka broker or the NATS server restarting) holds the publisher, then the queue, then the connectors: nothing
-is dropped, and all of it is published once the bus is back. A shutdown meanwhile is bounded: the connectors
-and the queue get ``ingest.shutdown_timeout_s``, the publisher its own flush timeout (Kafka:
-``request_timeout_ms``, NATS: ``ack_timeout_s``); the events still unsent then are lost, their count logged as an error, and ingest exits
-with an error.
+A bus that is away (a Kafka broker or the NATS server restarting) holds the publisher, then the queue, then the
+connectors: nothing is dropped, and all of it is published once the bus is back. A shutdown meanwhile is bounded:
+the connectors and the queue get ``ingest.shutdown_timeout_s``, the publisher its own flush timeout (Kafka:
+``request_timeout_ms``, NATS: ``ack_timeout_s``); the events still unsent then are lost, their count logged as an
+error, and ingest exits with an error.
 """
 
 from __future__ import annotations

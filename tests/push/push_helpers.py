@@ -37,7 +37,7 @@ def make_config(stack: StackInfo, kind: str = "kafka", **push: Any) -> Config:
             nats=NatsConfig(url=stack.nats_url, storage="memory"),
         ),
         streams=StreamsConfig(intervals=["1m", "5m"], indicators=["rsi_14", "macd_12_26_9"]),
-        push=PushConfig(host="127.0.0.1", port=0, **push),
+        push=PushConfig(**{"host": "127.0.0.1", "port": 0, **push}),
     )
 
 

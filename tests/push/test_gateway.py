@@ -4,6 +4,7 @@ WebSocket clients: state then updates, unsubscribe, error replies, limits, auth,
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -31,7 +32,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from market_ingestor.bus import PIPELINE_TOPICS, Publisher, open_bus
 from market_ingestor.bus.nats import stream_name
 from market_ingestor.bus.topics import Topics, prefixed
-from market_ingestor.config import Config
+from market_ingestor.config import BatchConfig, Config
 from market_ingestor.errors import ConfigError
 from market_ingestor.push import Gateway
 
@@ -403,27 +404,46 @@ async def test_gateways_with_reuse_port_share_one_port_and_each_serves_its_clien
 
 @pytest.mark.nats
 async def test_a_starting_gateway_reads_its_state_back_before_clients_come_so_they_get_no_burst(dev_stack):
-    # Found by the chaos run on NATS: after the gateway was killed and started again, the clients that reconnected
-    # at once got the read-back records (up to push.prime_records per stream) as live updates, a burst that
-    # overflowed their queues: "dropped" notices although every client read as fast as it could.
-    config = make_config(dev_stack, "nats", queue_size=16, write_limit_bytes=1024, prime_records=2000)
+    # Found by the chaos run on NATS: right after the gateway was killed and started again, the clients that
+    # reconnected at once got the read-back records (up to push.prime_records per stream) as live updates, a burst
+    # that overflowed their queues: "dropped" notices although every client read as fast as it could.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = make_config(dev_stack, "nats", port=port, queue_size=16, write_limit_bytes=1024, prime_records=8000)
     symbol = unique_symbol()
     await open_bus(config.bus).ensure_topics(prefixed(PIPELINE_TOPICS, config.bus.topic_prefix))
-    async with publisher_for(config) as publisher:
-        closed = [kline(symbol, "1m", minute=n, closed=True) for n in range(1500)]
+    closed = [kline(symbol, "1m", minute=n, closed=True) for n in range(8000)]
+    live = kline(symbol, "1m", minute=8000, closed=True)
+    seen: list[dict[str, Any]] = []
+    subscribed = asyncio.Event()
+
+    async def client() -> None:  # as a client of a restarting gateway: in the moment it listens
+        while True:
+            try:
+                ws = await open_client(port)
+                break
+            except OSError:
+                await asyncio.sleep(0.005)
+        async with ws:
+            reply = await request(ws, action="subscribe", channels=["kline.1m"], symbols=[f"binance.{symbol}"])
+            assert reply["type"] == "subscribed", reply
+            subscribed.set()
+            while not seen or seen[-1].get("data", {}).get("open_time") != live.open_time:
+                seen.append(await recv_json(ws))
+
+    one_per_record = msgspec.structs.replace(config.bus, batch=BatchConfig(max_events=1))  # 8000 records to read back
+    async with publisher_for(msgspec.structs.replace(config, bus=one_per_record)) as publisher:
         await publish(publisher, config.bus.topic_prefix, *closed)
+        reading = asyncio.ensure_future(client())
         gateway = Gateway(config)
-        await gateway.start()
         try:
-            async with open_client(gateway.port) as ws:
-                reply = await request(ws, action="subscribe", channels=["kline.1m"], symbols=[f"binance.{symbol}"])
-                assert reply["type"] == "subscribed", reply
-                live = kline(symbol, "1m", minute=1500, closed=True)
-                await publish(publisher, config.bus.topic_prefix, live)
-                seen: list[dict[str, Any]] = []
-                while not seen or seen[-1].get("data", {}).get("open_time") != live.open_time:
-                    seen.append(await recv_json(ws))
+            await gateway.start()
+            await asyncio.wait_for(subscribed.wait(), 15)
+            await publish(publisher, config.bus.topic_prefix, live)
+            await asyncio.wait_for(reading, 15)
         finally:
+            reading.cancel()
             await gateway.stop()
     assert not [message for message in seen if message["type"] == "dropped"]
     # The state (the newest read-back kline), then the live one: nothing of the read-back replayed.

@@ -61,6 +61,8 @@ FRAME_LIMIT_FACTOR = 16
 BUS_RETRY = RetryPolicy(1.0, 1.0)  # a failed bus read: again every second, forever (clients stay connected)
 # asyncio's default of 100 pending connections drops SYNs when thousands of clients reconnect at once.
 _LISTEN_BACKLOG = 4096
+_FETCH_RECORDS = 2000  # records per bus read
+_READ_BACK_WAIT_S = 30.0  # float-ok: the longest a starting gateway waits for its read-back before listening
 
 
 def api_key_of(request: Request) -> str | None:
@@ -115,6 +117,7 @@ class Gateway:
         settings = self.settings
         await self._bus.ensure_topics(prefixed(PIPELINE_TOPICS, self._prefix))
         try:
+            primed: list[asyncio.Event] = []
             for topic, tail in (
                 (Topics.TRADES, 0),
                 (Topics.QUOTES, settings.prime_records),
@@ -124,7 +127,21 @@ class Gateway:
                 follower = self._bus.follower([self._prefix + topic], tail=tail)
                 await follower.start()
                 self._followers.append(follower)
-                self._spawn(self._follow(follower, topic), f"push-follow-{topic}")
+                read_back = asyncio.Event()
+                if not tail:
+                    read_back.set()
+                primed.append(read_back)
+                self._spawn(self._follow(follower, topic, read_back), f"push-follow-{topic}")
+            # The read-back fills the state before anyone can subscribe: dispatched to the clients that reconnect
+            # the moment a restarted gateway listens, it was a burst of old updates (up to prime_records records
+            # per stream) that overflowed their queues, "dropped" notices for clients that read as fast as
+            # they could. Bounded: a bus that does not answer leaves a gateway serving what it has.
+            try:
+                async with asyncio.timeout(_READ_BACK_WAIT_S):
+                    for read_back in primed:
+                        await read_back.wait()
+            except TimeoutError:
+                log.warning("push: serving before the read-back finished", extra={"waited_s": _READ_BACK_WAIT_S})
             self._server = await serve(
                 self._handle,
                 settings.host,
@@ -183,18 +200,26 @@ class Gateway:
 
     # --- the bus side ------------------------------------------------------------------------------------
 
-    async def _follow(self, follower: Subscriber, topic: str) -> None:
+    async def _follow(self, follower: Subscriber, topic: str, read_back: asyncio.Event) -> None:
+        """Dispatches every record of ``topic``; ``read_back`` is set once a fetch comes back short of a full
+        batch (the records that were there at start are in: the read-back is done) or the bus does not answer."""
         retries = BUS_RETRY.retries(f"push: bus read of {topic}")
-        while True:
-            try:
-                deliveries = await follower.fetch(max_records=2000, timeout_s=1.0)
-            except BusError as exc:
-                # The client library reconnects by itself; clients stay connected meanwhile.
-                log.warning("push: bus read failed; retrying", extra={"topic": topic, "error": str(exc)})
-                await asyncio.sleep(retries.next_delay_s())
-                continue
-            for delivery in deliveries:
-                self.dispatch(topic, delivery.value)
+        try:
+            while True:
+                try:
+                    deliveries = await follower.fetch(max_records=_FETCH_RECORDS, timeout_s=1.0)
+                except BusError as exc:
+                    read_back.set()
+                    # The client library reconnects by itself; clients stay connected meanwhile.
+                    log.warning("push: bus read failed; retrying", extra={"topic": topic, "error": str(exc)})
+                    await asyncio.sleep(retries.next_delay_s())
+                    continue
+                for delivery in deliveries:
+                    self.dispatch(topic, delivery.value)
+                if len(deliveries) < _FETCH_RECORDS:
+                    read_back.set()
+        finally:
+            read_back.set()  # a reader that fails does not hold the start up (the failure is reported)
 
     def dispatch(self, topic: str, value: bytes) -> None:
         """One record of the logical ``topic`` (its events, in order) -> the latest state and every subscriber.

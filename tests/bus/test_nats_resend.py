@@ -210,3 +210,20 @@ async def publish_range(publisher: Publisher, topic: str, start: int, end: int) 
         if n % 100 == 0:
             await asyncio.sleep(0.01)  # as a feed does: the client gets to see its connection gone
         await publisher.publish(topic, f"ex.S{n % 5}", str(n).encode(), msg_id=f"m-{n}")
+
+
+async def test_a_resend_that_jetstream_refuses_fails_within_the_ack_timeout(nats_process: NatsProcess):
+    # A subject no stream takes: JetStream answers "no responders" for ever, unlike a server restarting. The
+    # re-send retries that only for ack_timeout_s, then fails (the chaos run hit this path with a TypeError).
+    config = NatsConfig(url=f"nats://127.0.0.1:{nats_process.port}", ack_every=1, ack_timeout_s=1.0)
+    publisher = open_bus(BusConfig(kind="nats", nats=config)).publisher()
+    await publisher.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(BusError, match="did not confirm"):
+            await publisher.publish("test.nostream", "ex.S", b"0", msg_id="m-0")
+            await publisher.flush()
+        assert time.monotonic() - started < config.ack_timeout_s + 5.0
+    finally:
+        with contextlib.suppress(BusError):
+            await publisher.stop()

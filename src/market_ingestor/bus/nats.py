@@ -476,7 +476,7 @@ class NatsPublisher:
                 await self._resend_once(window)
                 return
             except BusError as exc:
-                if not isinstance(exc.__cause__, TimeoutError | _CONNECTION_LOST):
+                if not isinstance(exc.__cause__, (TimeoutError, *_CONNECTION_LOST)):
                     # JetStream answered (no stream, an API error): during a restart for a few seconds, for a
                     # stream that does not exist for ever, so this is bounded to ack_timeout_s.
                     refused_since = refused_since or time.monotonic()

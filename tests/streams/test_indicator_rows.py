@@ -3,6 +3,7 @@ format load and are rewritten interval by interval, and the row of the default c
 
 from __future__ import annotations
 
+import asyncio
 import random
 from decimal import Decimal
 from types import SimpleNamespace
@@ -129,6 +130,9 @@ class FakeWriter:
     def forget(self, sources: object) -> None:
         pass
 
+    def owned(self) -> Assignment:  # PartitionWriter's view of the assignment, revocations excluded
+        return self.assignment
+
 
 class Table(dict[bytes, bytes]):
     pass
@@ -145,6 +149,7 @@ def agent(cache_rows: int) -> IndicatorAgent:
     built.rows = RowCache(cache_rows)
     built.limits = InputLimits()
     built._horizons = {}
+    built._lock = asyncio.Lock()  # a batch and a revocation take turns
     return built
 
 

@@ -310,7 +310,9 @@ class PartitionWriter:
         for slot in list(self._records):
             await self._send_record(slot)
         pending, self._pending = self._pending, []
-        if pending:
+        if pending and not self.app.in_transaction:
+            await asyncio.gather(*pending)
+        elif pending:
             outcomes = await asyncio.gather(*pending, return_exceptions=True)
             failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
             if not failures:

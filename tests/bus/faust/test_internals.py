@@ -93,9 +93,17 @@ def test_Consumer__committed_offset_is_the_map_filled_at_assignment() -> None:
     )
 
 
-def test_TransactionManager_commit_takes_offsets_and_start_new_transaction() -> None:
-    params = list(inspect.signature(faust_consumer.TransactionManager.commit).parameters)
-    assert params == ["self", "offsets", "start_new_transaction"], f"TransactionManager.commit changed: {params}"
+def test_Producer_commit_transactions_is_what_TransactionManager_commit_calls_and_crashes_on_a_fence() -> None:
+    """``commit_transaction`` calls the producer's ``commit_transactions`` itself: Faust's ``TransactionManager.commit``
+    (which groups the offsets by transactional id as we do, with ``app.conf.id`` for the group) crashes the app
+    on ProducerFenced, which ``PartitionWriter`` handles."""
+    params = list(inspect.signature(faust_aiokafka.Producer.commit_transactions).parameters)
+    assert params == ["self", "tid_to_offset_map", "group_id", "start_new_transaction"], params
+    source = source_of(faust_consumer.TransactionManager.commit)
+    assert "producer.commit_transactions(" in source and "group_id = self.app.conf.id" in source
+    assert 'transactional_id = f"{group_id}-{group}-{tp.partition}"' in source, "the transactional ids changed"
+    assert "self.app.crash(pf)" in source, "TransactionManager.commit no longer crashes on a fence"
+    assert "send_offsets_to_transaction(" in source_of(faust_aiokafka.Producer.commit_transactions)
 
 
 def test_TransactionManager_transactional_id_format_and_TopicPartitionGroup_are_what_we_format() -> None:

@@ -138,11 +138,14 @@ async def commit_offsets(app: faust.App, offsets: dict[TP, int]) -> bool:
 
 
 async def commit_transaction(app: faust.App, offsets: dict[TP, int]) -> None:
-    """Commits the transaction of each source partition with its input ``offsets`` and opens the next one
-    (Faust's ``TransactionManager.commit`` wants aiokafka's TopicPartition)."""
-    consumer: Any = app.consumer
-    tps = {TopicPartition(tp.topic, tp.partition): offset for tp, offset in offsets.items()}
-    await consumer.transactions.commit(tps, start_new_transaction=True)
+    """Commits the transaction of each source partition with its input ``offsets`` and opens the next one, with
+    the producer's ``commit_transactions`` (offsets as aiokafka's TopicPartition): Faust's
+    ``TransactionManager.commit``, which calls it, crashes the app on ``ProducerFenced``; here it is raised to the
+    caller (``PartitionWriter`` handles a fence)."""
+    by_transaction: dict[str, dict[Any, int]] = {}
+    for tp, offset in offsets.items():
+        by_transaction.setdefault(transactional_id(app, tp), {})[TopicPartition(tp.topic, tp.partition)] = offset
+    await app.producer.commit_transactions(by_transaction, app.conf.id, start_new_transaction=True)
 
 
 def committed_offset(app: faust.App, tp: TP) -> int | None:

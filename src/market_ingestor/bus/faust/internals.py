@@ -82,15 +82,15 @@ class _Consumer(faust_aiokafka.Consumer):
 
 class _TransactionManager(TransactionManager):
     # At an assignment Faust begins a transaction for each assigned partition, but keeps the producer it has for a
-    # partition it had before: a producer fenced meanwhile (this worker was paused past its session timeout and
-    # its partitions moved, then came back) stays fenced, ``begin_transaction`` fails with a logged warning and
-    # every send fails. Such producers are stopped first, so Faust starts new ones (new epoch) for them.
+    # partition it had before (``begin_transaction`` on it then fails: "IN_TRANSACTION -> IN_TRANSACTION", logged).
+    # After this worker was paused past its session timeout, that producer may have been fenced at the broker by
+    # the member that held the partition meanwhile without knowing it yet: the first send of the new generation
+    # fails, and the writer, taking the fence for a loss of the assignment, would wait for a generation that does
+    # not come. So every assigned partition gets a new producer (new epoch: the broker aborts what the old one left
+    # open, nothing once a revocation has committed its work), as Kafka Streams' does when a task moves.
     async def on_rebalance(self, assigned: Any, revoked: Any, newly_assigned: Any) -> None:
         for tid in sorted(self._tps_to_transactional_ids(assigned)):
-            producer = self.producer._transaction_producers.get(tid)  # type: ignore[attr-defined]
-            if producer is not None and not _usable(producer):
-                log.info("renewing the producer of fenced transaction %s", tid)
-                await self.producer.stop_transaction(tid)
+            await self.producer.stop_transaction(tid)  # pops and stops it, if there is one
         await super().on_rebalance(assigned, revoked, newly_assigned)
 
 

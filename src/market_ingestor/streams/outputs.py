@@ -177,12 +177,11 @@ class PartitionWriter:
     async def resume_stalled_input(self) -> None:
         """Seeks back input partitions whose records stopped coming while the log holds more
         (:meth:`InputSequence.resume_stalled`); not while Faust rebalances or recovers (it seeks them itself)."""
-        if self.closed or self.app.rebalancing or self.app.in_recovery or self.app.should_stop:
+        if self.closed or self.fenced or self.app.rebalancing or self.app.in_recovery or self.app.should_stop:
             return
         if not faust_internals.recovery_completed(self.app):
             return
-        consumer: Any = self.app.consumer
-        assigned = [tp for tp in consumer.assignment() if tp.topic == self.input_topic]
+        assigned = [tp for tp in self.owned() if tp.topic == self.input_topic]
         if assigned:
             committed = {tp: self.next_offset(tp) for tp in assigned}
             await self.sequence.resume_stalled(assigned, committed, INPUT_STALL_S)

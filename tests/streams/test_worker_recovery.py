@@ -10,9 +10,11 @@ import uuid
 from pathlib import Path
 
 import pytest
+import worker_harness
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import GroupCoordinatorNotAvailableError
 from aiokafka.structs import TopicPartition
 from rocksdict import AccessType, Options, Rdict
 from worker_harness import (
@@ -26,6 +28,7 @@ from worker_harness import (
     stop_worker,
     until_or_fail,
     worker_config,
+    worker_said,
 )
 
 from market_ingestor.config import BusConfig, KafkaConfig
@@ -194,3 +197,67 @@ async def _offsets(bootstrap: str, topic: str, which: str) -> dict[TopicPartitio
         return await consumer.beginning_offsets(partitions)
     finally:
         await consumer.stop()
+
+
+async def test_an_exactly_once_worker_paused_past_its_session_comes_back_fenced_and_goes_on(dev_stack, tmp_path):
+    """Two exactly_once workers (standby 1); one is paused (SIGSTOP) with a backlog to process until the group has
+    moved its partitions to the other, whose producers fence its transactions, then resumed. The fence is handled
+    in the worker (its aborted work is dropped, its local rows of those partitions rebuilt from the changelog when
+    they come back): it does not exit, rejoins the group, exits 0 at SIGTERM, and the klines read_committed equal
+    the pure aggregation, each closed once."""
+    if not dev_stack.supports_transactions:
+        pytest.skip(f"{dev_stack.kafka_kind} has no Kafka transactions")
+    prefix = f"f{uuid.uuid4().hex[:8]}."
+    app_id = prefix.rstrip(".")
+    bus_config = BusConfig(topic_prefix=prefix, kafka=KafkaConfig(bootstrap=dev_stack.kafka_bootstrap, partitions=3))
+    trades = make_trades(6000, seed=13, symbols=SPREAD_SYMBOLS)
+    expected = expected_klines(trades)
+    config_path = worker_config(
+        tmp_path, dev_stack.kafka_bootstrap, prefix, "exactly_once", standby_replicas=1, session_timeout_ms=6000
+    )
+    watcher = KlineWatcher(bus_config)
+    admin = AIOKafkaAdminClient(bootstrap_servers=dev_stack.kafka_bootstrap)
+    await admin.start()
+    await watcher.start()
+    first = second = None
+
+    async def members(wanted: int) -> None:
+        while True:
+            try:
+                if await group_members(admin, app_id) == wanted:
+                    return
+            except GroupCoordinatorNotAvailableError:  # the group's coordinator is not chosen yet
+                pass
+            await asyncio.sleep(0.2)  # the broker offers no event to await
+
+    try:
+        await publish(bus_config, trades[:1500])
+        first = await start_worker(config_path, tmp_path / "first")
+        second = await start_worker(config_path, tmp_path / "second")
+        await asyncio.wait_for(members(2), 90)
+        firsts = {min((k for k in expected if k[0] == s and k[1] == "1m"), key=lambda k: k[2]) for s in SPREAD_SYMBOLS}
+        await until_or_fail(watcher, firsts, first)  # committed state in every partition
+        await publish(bus_config, trades[1500:4500])  # a backlog: the paused worker is mid-transaction
+        second.send_signal(signal.SIGSTOP)
+        await asyncio.wait_for(members(1), 60)  # its session timed out: the first worker has every partition
+        minutes = sorted((k for k in expected if k[1] == "1m"), key=lambda k: (k[2], k[0]))
+        await until_or_fail(watcher, set(minutes[:30]), first)  # the first worker's producers own them now
+        second.send_signal(signal.SIGCONT)
+        await asyncio.wait_for(members(2), 90)  # the resumed worker rejoined the group
+        await publish(bus_config, trades[4500:])
+        await until_or_fail(watcher, set(expected), first)
+        assert second.returncode is None, f"the resumed worker exited: {await worker_said(second)}"
+        said = worker_harness._stderr[second.pid][0].decode("utf-8", "replace")
+        print("the resumed worker found itself fenced:", "producer fenced" in said)  # the path is timing-dependent
+        await stop_worker(second)  # exits 0
+        await stop_worker(first)
+    finally:
+        for worker in (first, second):
+            if worker is not None and worker.returncode is None:
+                worker.send_signal(signal.SIGCONT)
+                worker.kill()
+        await watcher.follower.stop()
+        await admin.close()
+    assert_same_klines(watcher.closed, expected)
+    repeated = [(key, count) for key, count in watcher.closings.items() if count > 1]
+    assert not repeated, f"{len(repeated)} closed klines seen more than once, e.g. {repeated[:3]}"

@@ -216,6 +216,7 @@ def worker_config(
     guarantee: str,
     standby_replicas: int = 0,
     nats_url: str | None = None,
+    session_timeout_ms: int | None = None,
 ) -> Path:
     """The worker's config file; with ``nats_url`` the worker runs on NATS (short leases: a killed worker's shards
     free up within 3 s)."""
@@ -223,6 +224,7 @@ def worker_config(
     path = tmp_path / "market-ingestor.toml"
     path.write_text(
         f'[log]\nlevel = "WARNING"\n[bus]\ntopic_prefix = "{prefix}"\n{bus}[bus.kafka]\nbootstrap = "{bootstrap}"\n'
+        f"{'' if session_timeout_ms is None else f'session_timeout_ms = {session_timeout_ms}'}\n"
         f'partitions = 3\n[streams]\napp_id = "{prefix.rstrip(".")}"\nintervals = {list(INTERVALS)!r}\n'
         f'processing_guarantee = "{guarantee}"\nstandby_replicas = {standby_replicas}\nbatch_size = 4\n'
         f"indicators = {list(INDICATOR_SPECS)!r}\n".replace("'", '"')

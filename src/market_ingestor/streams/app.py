@@ -25,6 +25,7 @@ import msgspec
 from aiokafka.partitioner import murmur2
 from faust.types import TP
 
+from market_ingestor.bus.faust import internals as faust_internals
 from market_ingestor.bus.faust.app import StreamApp
 from market_ingestor.bus.records import BatchDecoder
 from market_ingestor.bus.topics import Topics
@@ -128,6 +129,7 @@ class KlineAgent:
         )
         self.table.on_recover(self.on_recovered)
         self.writer = PartitionWriter(app, records, self.trades.get_topic_name())
+        self.writer.on_fenced(self.on_fenced)
         # The working set: instruments of this worker's partitions, and the trades partition of each.
         self.states: dict[bytes, InstrumentKlines] = {}
         self.sources: dict[bytes, TP] = {}
@@ -346,6 +348,14 @@ class KlineAgent:
             if not self._reload and not self.writer.closed:
                 await self._checkpoint(force=True)
             self._forget(revoked)
+
+    def on_fenced(self, lost: set[TP]) -> None:
+        """Another worker took ``lost`` while this one was away (``PartitionWriter._fence``): the states hold
+        trades whose outputs and rows were aborted, and so may the local rows. Both are dropped; a partition that
+        comes back is restored from its committed changelog and its input re-read from the committed offset."""
+        self._forget(lost)
+        for tp in lost:
+            faust_internals.discard_partition(self.app, self.table, tp.partition)
 
     def _forget(self, revoked: set[Any]) -> None:
         self.writer.forget(revoked)

@@ -28,6 +28,7 @@ import faust
 import msgspec
 from faust.types import TP
 
+from market_ingestor.bus.faust import internals as faust_internals
 from market_ingestor.bus.faust.app import StreamApp
 from market_ingestor.bus.records import BatchDecoder
 from market_ingestor.bus.topics import Topics
@@ -140,6 +141,7 @@ class IndicatorAgent:
             "indicator-state", default=None, key_type=bytes, value_type=bytes, use_partitioner=True, options=options
         )
         self.writer = PartitionWriter(app, records, self.klines.get_topic_name())
+        self.writer.on_fenced(self.on_fenced)
         self.limits = limits
         self.rows = RowCache(cache_rows)
         self._lock = asyncio.Lock()  # a batch and a revocation take turns
@@ -210,6 +212,13 @@ class IndicatorAgent:
         async with self._lock:
             self.writer.forget(revoked)
             self.rows.forget(revoked)
+
+    def on_fenced(self, lost: set[TP]) -> None:
+        """Another worker took ``lost`` while this one was away: the cached and local rows may hold klines of
+        aborted transactions; a partition that comes back is restored from its committed changelog."""
+        self.rows.forget(lost)
+        for tp in lost:
+            faust_internals.discard_partition(self.app, self.table, tp.partition)
 
     def _horizon(self, interval: str) -> int | None:
         """How many klines of ``interval`` a correction can reach back; None if it names no interval (the kline

@@ -14,12 +14,13 @@ import asyncio
 import logging
 import shutil
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import faust
+from aiokafka.errors import ProducerFenced
 from aiokafka.partitioner import murmur2
 from faust.types import TP
 
@@ -63,6 +64,10 @@ class PartitionWriter:
         # assignment until the next one, but they are no longer ours to process or commit.
         self._revoked: set[TP] = set()
         self._revoked_in = -1
+        # Under exactly_once: the generation in which this worker found its producers fenced (another worker was
+        # given its partitions, e.g. while it was paused past its session timeout), and who is told so.
+        self._fenced_in = -2
+        self._fence_listeners: list[Callable[[set[TP]], None]] = []
         self.sequence = InputSequence(app)
         self.input_topic = input_topic
         if input_topic is not None:
@@ -73,6 +78,60 @@ class PartitionWriter:
         """True at shutdown under ``exactly_once`` once the final commit has ended the transactions: input taken
         after that is not processed (it is not committed either, so it comes again after a restart)."""
         return self.app.in_transaction and faust_internals.transactions_ended(self.app)
+
+    def on_fenced(self, listener: Callable[[set[TP]], None]) -> None:
+        """Calls ``listener`` with the input partitions this worker lost when it finds its producers fenced: their
+        states and local rows hold work of transactions the broker aborted."""
+        self._fence_listeners.append(listener)
+
+    @property
+    def fenced(self) -> bool:
+        """True from a fence until the next assignment: nothing is sent, saved or committed meanwhile."""
+        return self._fenced_in == self.app.consumer_generation_id
+
+    def _is_fence(self, exc: BaseException, sources: Iterable[TP] = ()) -> bool:
+        """Whether ``exc`` means this worker's transactions were fenced: a ProducerFenced (maybe as the cause of
+        Faust's ProducerSendError), or a failure while the producer of one of ``sources`` can no longer commit."""
+        if not self.app.in_transaction:
+            return False
+        cause: BaseException | None = exc
+        while cause is not None:
+            if isinstance(cause, ProducerFenced):
+                return True
+            cause = cause.__cause__
+        return any(faust_internals.transaction_fenced(self.app, tid) for tid in self._transactional_ids(sources))
+
+    def _transactional_ids(self, sources: Iterable[TP]) -> set[str]:
+        return {faust_internals.transactional_id(self.app, tp) for tp in sources}
+
+    def _input_assignment(self) -> set[TP]:
+        consumer: Any = self.app.consumer
+        return {tp for tp in consumer.assignment() if tp.topic == self.input_topic}
+
+    def _fence(self, exc: BaseException) -> None:
+        """Another worker was given this worker's partitions (its producers fenced ours; the broker aborted our
+        open transactions). Everything of the current assignment is forgotten until the next one (which Faust
+        gives with new producers, ``bus/faust/internals.py``), the outputs under way are dropped, and the
+        listeners drop the states and local rows of the lost input partitions."""
+        lost = self._input_assignment()
+        log.warning(
+            "producer fenced: partitions %s were given to another worker; their work since the last commit is "
+            "aborted, their local rows are rebuilt from the changelog when they come back",
+            sorted(tp.partition for tp in lost),
+            extra={"error": repr(exc)},
+        )
+        self._fenced_in = self.app.consumer_generation_id
+        consumer: Any = self.app.consumer
+        self.forget(set(consumer.assignment()))
+        self._records.clear()
+        pending, self._pending = self._pending, []
+        for future in pending:  # they fail as fenced; nobody waits for them
+            future.add_done_callback(_consume_outcome)  # type: ignore[attr-defined]
+        numbers = {tp.partition for tp in lost}
+        for changelog in [changelog for changelog in self._unpersisted if changelog.partition in numbers]:
+            del self._unpersisted[changelog]  # offsets of aborted changelog records: never stored
+        for listener in self._fence_listeners:
+            listener(lost)
 
     async def batches(self, stream: Any, limits: InputLimits) -> AsyncIterator[list[Any]]:
         """The agent's input in batches of events (records) it may process.
@@ -118,12 +177,11 @@ class PartitionWriter:
     async def resume_stalled_input(self) -> None:
         """Seeks back input partitions whose records stopped coming while the log holds more
         (:meth:`InputSequence.resume_stalled`); not while Faust rebalances or recovers (it seeks them itself)."""
-        if self.closed or self.app.rebalancing or self.app.in_recovery or self.app.should_stop:
+        if self.closed or self.fenced or self.app.rebalancing or self.app.in_recovery or self.app.should_stop:
             return
         if not faust_internals.recovery_completed(self.app):
             return
-        consumer: Any = self.app.consumer
-        assigned = [tp for tp in consumer.assignment() if tp.topic == self.input_topic]
+        assigned = [tp for tp in self.owned() if tp.topic == self.input_topic]
         if assigned:
             committed = {tp: self.next_offset(tp) for tp in assigned}
             await self.sequence.resume_stalled(assigned, committed, INPUT_STALL_S)
@@ -181,9 +239,17 @@ class PartitionWriter:
             await self._send(slot[0], record.key.encode(), record.value(), slot[1], slot[2])
 
     async def _send(self, topic: str, key: bytes, value: bytes, partition: int | None, source: TP) -> None:
-        future = await self.app.producer.send(
-            topic, key, value, partition, None, None, transactional_id=self.transactional_id(source)
-        )
+        if self.fenced:
+            return
+        try:
+            future = await self.app.producer.send(
+                topic, key, value, partition, None, None, transactional_id=self.transactional_id(source)
+            )
+        except Exception as exc:
+            if not self._is_fence(exc, [source]):
+                raise
+            self._fence(exc)
+            return
         self._pending.append(future)
         self._touched.add(source)
 
@@ -200,11 +266,25 @@ class PartitionWriter:
 
     async def save(self, table: Any, key: bytes, value: bytes, source: TP) -> None:
         """Writes a row to the local store and its changelog, in the partition of ``source``."""
+        if self.fenced:
+            return
         faust_internals.write_row(table, key, value, source)
         changelog = TP(table.changelog_topic.get_topic_name(), source.partition)
-        future = await self.app.producer.send(
-            changelog.topic, key, value, changelog.partition, None, None, transactional_id=self.transactional_id(source)
-        )
+        try:
+            future = await self.app.producer.send(
+                changelog.topic,
+                key,
+                value,
+                changelog.partition,
+                None,
+                None,
+                transactional_id=self.transactional_id(source),
+            )
+        except Exception as exc:
+            if not self._is_fence(exc, [source]):
+                raise
+            self._fence(exc)  # the listeners remove the row just written
+            return
         future.add_done_callback(lambda done: self._persisted(table, changelog, done))  # type: ignore[attr-defined]
         self._pending.append(future)
         self._touched.add(source)
@@ -225,12 +305,23 @@ class PartitionWriter:
 
     async def flush(self) -> None:
         """Sends the open records, then waits until every output sent so far is acknowledged (or raises the
-        first failure)."""
+        first failure). Under ``exactly_once`` a fence is not a failure: :meth:`_fence` handles it."""
         for slot in list(self._records):
             await self._send_record(slot)
         pending, self._pending = self._pending, []
-        if pending:
+        if pending and not self.app.in_transaction:
             await asyncio.gather(*pending)
+        elif pending:
+            outcomes = await asyncio.gather(*pending, return_exceptions=True)
+            failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+            if not failures:
+                return
+            sources = self._input_assignment()
+            fence = next((failure for failure in failures if self._is_fence(failure, sources)), None)
+            if fence is None:
+                raise failures[0]
+            if not self.fenced:
+                self._fence(fence)
 
     async def commit_input(self, offsets: dict[TP, int]) -> None:
         """Commits the input ``offsets`` (next offset to read per partition) of events fully processed.
@@ -245,7 +336,8 @@ class PartitionWriter:
         if not offsets or self.closed:
             return
         if self.app.in_transaction:
-            await faust_internals.commit_transaction(self.app, offsets)
+            if not await self._commit_transaction(offsets):
+                return
             self._persist(offsets)
         else:
             await self.flush()  # the rows recording these events as done are on their changelogs first
@@ -268,9 +360,24 @@ class PartitionWriter:
             offset = self.next_offset(tp)
             if offset is not None and tp in owned:
                 idle[tp] = offset
-        if idle:
-            await faust_internals.commit_transaction(self.app, idle)
+        if idle and await self._commit_transaction(idle):
             self._persist(idle)
+
+    async def _commit_transaction(self, offsets: dict[TP, int]) -> bool:
+        """Commits the transactions of ``offsets``' partitions; False when fenced (nothing may count as
+        committed: Faust skips, with a warning, a partition whose fenced producer it dropped)."""
+        if self.fenced:
+            return False
+        try:
+            if any(faust_internals.transaction_fenced(self.app, tid) for tid in self._transactional_ids(offsets)):
+                raise ProducerFenced()
+            await faust_internals.commit_transaction(self.app, offsets)
+        except Exception as exc:
+            if not self._is_fence(exc, offsets):
+                raise
+            self._fence(exc)
+            return False
+        return True
 
     def next_offset(self, source: TP) -> int | None:
         """The next offset to read of ``source``: what this writer committed last, else what Faust found
@@ -314,6 +421,11 @@ class PartitionWriter:
         self.sequence.forget(sources)
         for tp in sources:
             self._committed.pop(tp, None)
+
+
+def _consume_outcome(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def next_offsets(events: Iterable[Any]) -> dict[TP, int]:

@@ -81,7 +81,9 @@ class InputSequence:
         consumer: Any = self.app.consumer
         stalled: dict[TP, int] = {}
         for tp in assigned:
-            expected, end = self._expected[tp], consumer.highwater(tp)
+            expected, end = self._expected.get(tp), consumer.highwater(tp)
+            if expected is None:
+                continue  # forgotten (revoked, or lost to a fence) while the log starts were asked for
             if end is None or end <= expected:
                 self._waiting.pop(tp, None)
                 continue

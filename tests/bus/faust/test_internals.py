@@ -93,9 +93,17 @@ def test_Consumer__committed_offset_is_the_map_filled_at_assignment() -> None:
     )
 
 
-def test_TransactionManager_commit_takes_offsets_and_start_new_transaction() -> None:
-    params = list(inspect.signature(faust_consumer.TransactionManager.commit).parameters)
-    assert params == ["self", "offsets", "start_new_transaction"], f"TransactionManager.commit changed: {params}"
+def test_Producer_commit_transactions_is_what_TransactionManager_commit_calls_and_crashes_on_a_fence() -> None:
+    """``commit_transaction`` calls the producer's ``commit_transactions`` itself: Faust's ``TransactionManager.commit``
+    (which groups the offsets by transactional id as we do, with ``app.conf.id`` for the group) crashes the app
+    on ProducerFenced, which ``PartitionWriter`` handles."""
+    params = list(inspect.signature(faust_aiokafka.Producer.commit_transactions).parameters)
+    assert params == ["self", "tid_to_offset_map", "group_id", "start_new_transaction"], params
+    source = source_of(faust_consumer.TransactionManager.commit)
+    assert "producer.commit_transactions(" in source and "group_id = self.app.conf.id" in source
+    assert 'transactional_id = f"{group_id}-{group}-{tp.partition}"' in source, "the transactional ids changed"
+    assert "self.app.crash(pf)" in source, "TransactionManager.commit no longer crashes on a fence"
+    assert "send_offsets_to_transaction(" in source_of(faust_aiokafka.Producer.commit_transactions)
 
 
 def test_TransactionManager_transactional_id_format_and_TopicPartitionGroup_are_what_we_format() -> None:
@@ -204,3 +212,53 @@ def test_App__on_agent_error_is_what_App_agent_gives_every_agent_as_on_error() -
     assert "self._on_error(self, exc)" in source_of(faust.agents.Agent._execute_actor), (
         "Agent._execute_actor no longer calls on_error when the agent raises"
     )
+
+
+# --- fences ------------------------------------------------------------------------------------------------------
+
+
+def test_Producer__transaction_producers_holds_one_producer_per_transactional_id() -> None:
+    send = source_of(faust_aiokafka.Producer.send)
+    assert "self._transaction_producers.get(transactional_id)" in send, "Producer._transaction_producers changed"
+    # Faust drops a producer that its begin/commit/abort found fenced: a missing one counts as fenced.
+    assert "self._transaction_producers.pop(transactional_id)" in source_of(faust_aiokafka.Producer.begin_transaction)
+    assert "_transaction_producers.pop(transactional_id, None)" in source_of(faust_aiokafka.Producer.stop_transaction)
+    assert inspect.iscoroutinefunction(faust_aiokafka.Producer.stop_transaction)
+
+
+def test_AIOKafkaProducer__txn_manager_state_tells_a_fenced_producer() -> None:
+    from aiokafka.producer.transaction_manager import TransactionManager as AioTransactionManager
+    from aiokafka.producer.transaction_manager import TransactionState
+
+    assert {"FATAL_ERROR", "ABORTABLE_ERROR"} <= set(TransactionState.__members__), "TransactionState changed"
+    assert "self._txn_manager" in source_of(AIOKafkaProducer.__init__), "AIOKafkaProducer._txn_manager renamed"
+    assert "TransactionState.FATAL_ERROR" in source_of(AioTransactionManager.fatal_error)
+    assert "self.state" in source_of(AioTransactionManager.is_in_transaction)
+
+
+def test_TransactionManager_on_rebalance_keeps_the_producers_of_kept_partitions() -> None:
+    """Why ours stops the fenced ones first: Faust stops only revoked partitions' producers and begins (reusing
+    the existing producer) for every assigned one."""
+    method = faust_consumer.TransactionManager.on_rebalance
+    assert list(inspect.signature(method).parameters) == ["self", "assigned", "revoked", "newly_assigned"]
+    source = source_of(method)
+    assert "self._tps_to_transactional_ids(revoked)" in source and "_start_transactions" in source
+    assert "self._transaction_producers.get(transactional_id)" in source_of(faust_aiokafka.Producer.begin_transaction)
+    assert "self.TransactionManager(" in source_of(faust_aiokafka.Transport.create_transaction_manager)
+    assert faust_internals.Transport.TransactionManager is faust_internals._TransactionManager
+
+
+def test_rocksdb_Store_partition_internals_that_discard_partition_uses() -> None:
+    assert RocksStore.offset_key == b"__faust\0offset__", "Store.offset_key changed"
+    assert list(inspect.signature(RocksStore._visible_keys).parameters) == ["self", "db"]
+    assert list(inspect.signature(RocksStore._db_for_partition).parameters) == ["self", "partition"]
+    assert "self._key_index[key] = partition" in source_of(RocksStore._set), "Store._key_index changed"
+    assert "self.offset_key" in source_of(RocksStore.persisted_offset)
+
+
+def test_Recovery_revoke_forgets_the_offsets_recovery_resumes_from() -> None:
+    """A discarded partition must be recovered from the start of its changelog: ``revoke`` drops the offset an
+    active or standby recovery would resume from, and ``_add`` falls back to the store's (now absent) offset."""
+    source = source_of(faust.tables.recovery.Recovery.revoke)
+    assert "self.active_offsets.pop(tp, None)" in source and "self.standby_offsets.pop(tp, None)" in source
+    assert "table.persisted_offset(tp)" in source_of(faust.tables.recovery.Recovery._add)

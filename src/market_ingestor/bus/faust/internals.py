@@ -16,6 +16,7 @@ from typing import Any
 
 import faust
 from aiokafka.errors import IllegalStateError
+from aiokafka.producer.transaction_manager import TransactionState
 from aiokafka.structs import TopicPartition
 from faust.streams import _current_event  # the event whose partition a table write goes to
 from faust.transport.consumer import TopicPartitionGroup, TransactionManager
@@ -79,10 +80,31 @@ class _Consumer(faust_aiokafka.Consumer):
         return await super().commit(topics, start_new_transaction=start_new_transaction)
 
 
+class _TransactionManager(TransactionManager):
+    # At an assignment Faust begins a transaction for each assigned partition, but keeps the producer it has for a
+    # partition it had before (``begin_transaction`` on it then fails: "IN_TRANSACTION -> IN_TRANSACTION", logged).
+    # After this worker was paused past its session timeout, that producer may have been fenced at the broker by
+    # the member that held the partition meanwhile without knowing it yet: the first send of the new generation
+    # fails, and the writer, taking the fence for a loss of the assignment, would wait for a generation that does
+    # not come. So every assigned partition gets a new producer (new epoch: the broker aborts what the old one left
+    # open, nothing once a revocation has committed its work), as Kafka Streams' does when a task moves.
+    async def on_rebalance(self, assigned: Any, revoked: Any, newly_assigned: Any) -> None:
+        for tid in sorted(self._tps_to_transactional_ids(assigned)):
+            await self.producer.stop_transaction(tid)  # pops and stops it, if there is one
+        await super().on_rebalance(assigned, revoked, newly_assigned)
+
+
+def _usable(producer: Any) -> bool:
+    """Whether an aiokafka transactional producer can still begin or commit (``_txn_manager.state``)."""
+    state = producer._txn_manager.state
+    return state not in (TransactionState.FATAL_ERROR, TransactionState.ABORTABLE_ERROR)
+
+
 class Transport(faust_aiokafka.Transport):
-    """Faust's aiokafka transport with our consumer (``App._new_transport`` returns it)."""
+    """Faust's aiokafka transport with our consumer and transaction manager (``App._new_transport`` returns it)."""
 
     Consumer = _Consumer
+    TransactionManager = _TransactionManager
 
 
 def transactions_ended(app: faust.App) -> bool:
@@ -116,11 +138,14 @@ async def commit_offsets(app: faust.App, offsets: dict[TP, int]) -> bool:
 
 
 async def commit_transaction(app: faust.App, offsets: dict[TP, int]) -> None:
-    """Commits the transaction of each source partition with its input ``offsets`` and opens the next one
-    (Faust's ``TransactionManager.commit`` wants aiokafka's TopicPartition)."""
-    consumer: Any = app.consumer
-    tps = {TopicPartition(tp.topic, tp.partition): offset for tp, offset in offsets.items()}
-    await consumer.transactions.commit(tps, start_new_transaction=True)
+    """Commits the transaction of each source partition with its input ``offsets`` and opens the next one, with
+    the producer's ``commit_transactions`` (offsets as aiokafka's TopicPartition): Faust's
+    ``TransactionManager.commit``, which calls it, crashes the app on ``ProducerFenced``; here it is raised to the
+    caller (``PartitionWriter`` handles a fence)."""
+    by_transaction: dict[str, dict[Any, int]] = {}
+    for tp, offset in offsets.items():
+        by_transaction.setdefault(transactional_id(app, tp), {})[TopicPartition(tp.topic, tp.partition)] = offset
+    await app.producer.commit_transactions(by_transaction, app.conf.id, start_new_transaction=True)
 
 
 def committed_offset(app: faust.App, tp: TP) -> int | None:
@@ -212,6 +237,29 @@ async def producer_partitions(app: faust.App, topic: str) -> list[int]:
     (``Producer._ensure_producer``); ``partitions_for`` waits for the metadata of a topic new to it."""
     producer: Any = app.producer
     return sorted(await producer._ensure_producer().partitions_for(topic))
+
+
+def transaction_fenced(app: faust.App, transactional_id: str) -> bool:
+    """Whether the producer of ``transactional_id`` can no longer commit: Faust drops the producer whose begin,
+    commit or abort found it fenced (``Producer._transaction_producers``), and aiokafka's transaction manager
+    (``_txn_manager``) holds a fenced producer in its fatal state, where every send fails."""
+    producer = app.producer._transaction_producers.get(transactional_id)  # type: ignore[attr-defined]
+    return producer is None or not _usable(producer)
+
+
+def discard_partition(app: faust.App, table: Any, partition: int) -> None:
+    """Removes every local row of ``table`` in ``partition`` and its persisted changelog offset, and makes table
+    recovery forget where it was in that changelog partition (``Recovery.revoke``): when the partition is
+    assigned again, active or standby, its rows are rebuilt from the start of the committed changelog. For rows
+    written in a transaction that was aborted (``Store._visible_keys``, ``_db_for_partition``, ``offset_key``,
+    ``_key_index``: the RocksDB store's own key lookups cache which partition a key is in)."""
+    store = table.data
+    db = store._db_for_partition(partition)
+    for key in list(store._visible_keys(db)):
+        db.delete(key)
+    db.delete(store.offset_key)
+    store._key_index.clear()
+    app.tables.recovery.revoke(TP(table.changelog_topic.get_topic_name(), partition))  # type: ignore[attr-defined]
 
 
 # --- aiokafka's producer, also used without Faust (bus/kafka.py) ------------------------------------------------

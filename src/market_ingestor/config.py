@@ -143,6 +143,11 @@ class IngestConfig(_Section, frozen=True):
     backoff_initial_s: PositiveSeconds = 1.0
     backoff_max_s: PositiveSeconds = 60.0
     healthy_after_s: PositiveSeconds = 30.0  # a connection up this long resets the backoff
+    # WebSocket keep-alive: a ping every ping_interval_s, unanswered within ping_timeout_s drops the connection.
+    # A connector held by backpressure (the bus away, the queue full) reads nothing, pongs included: a hold longer
+    # than the two together costs the connection, and the trades the exchange sends meanwhile (counted as a gap).
+    ping_interval_s: PositiveSeconds = 20.0
+    ping_timeout_s: PositiveSeconds = 20.0
     queue_size: PositiveInt = 5_000  # frames' events between connectors and publisher (backpressure beyond)
     book_buffer_size: PositiveInt = 5_000  # deltas held while a REST book snapshot is fetched
     rest_timeout_s: PositiveSeconds = 10.0

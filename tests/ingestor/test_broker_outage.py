@@ -49,7 +49,9 @@ def broker(dev_stack: StackInfo) -> Iterator[LocalServer]:
 
 @pytest.fixture
 async def simulator() -> AsyncIterator[Simulator]:
-    config = SimulatorConfig(port=0, symbols=SYMBOLS, exchanges=("binance",), trades_per_s=300)
+    # No keep-alive on either side: a connector held while a broker restarts (a minute on a loaded machine) reads
+    # no pong either, and would lose its connection to the keep-alive rather than to anything under test.
+    config = SimulatorConfig(port=0, symbols=SYMBOLS, exchanges=("binance",), trades_per_s=300, ping_interval_s=None)
     async with Simulator(config) as sim:
         yield sim
 
@@ -62,7 +64,9 @@ def outage_config(sim: Simulator, dev_stack: StackInfo, prefix: str) -> Config:
             kafka=KafkaConfig(bootstrap=dev_stack.kafka_bootstrap, partitions=2, request_timeout_ms=REQUEST_TIMEOUT_MS),
         ),
         # A small queue, so the connector is soon held (backpressure) rather than the queue holding everything.
-        ingest=IngestConfig(channels=["trades"], queue_size=20, shutdown_timeout_s=3.0),
+        ingest=IngestConfig(
+            channels=["trades"], queue_size=20, shutdown_timeout_s=3.0, ping_interval_s=3600.0, ping_timeout_s=3600.0
+        ),
         exchanges={
             "binance": ExchangeConfig(
                 symbols=list(SYMBOLS), ws_url=sim.ws_url("binance"), rest_url=sim.rest_url("binance")

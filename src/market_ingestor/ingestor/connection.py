@@ -37,6 +37,8 @@ class ConnectionSettings:
     open_timeout_s: float = 10.0
     max_frame_bytes: int = 16 * 1024 * 1024  # a deep book snapshot is large; beyond this a frame is refused
     max_queued_frames: int = 64  # frames the library buffers before it stops reading the socket
+    ping_interval_s: float = 20.0
+    ping_timeout_s: float = 20.0
 
     def retry_policy(self) -> RetryPolicy:
         """Reconnects: full jitter, forever (a connection is given up only by stop())."""
@@ -137,8 +139,8 @@ class Connection:
             open_timeout=self.settings.open_timeout_s,
             max_size=self.settings.max_frame_bytes,
             max_queue=self.settings.max_queued_frames,
-            ping_interval=20,
-            ping_timeout=20,
+            ping_interval=self.settings.ping_interval_s,
+            ping_timeout=self.settings.ping_timeout_s,
         )
 
     def silence_s(self) -> float | None:  # float-ok: a duration

@@ -239,6 +239,8 @@ class IngestService:
                 backoff_initial_s=ingest.backoff_initial_s,
                 backoff_max_s=ingest.backoff_max_s,
                 healthy_after_s=ingest.healthy_after_s,
+                ping_interval_s=ingest.ping_interval_s,
+                ping_timeout_s=ingest.ping_timeout_s,
             ),
             book_buffer_size=ingest.book_buffer_size,
         )

@@ -62,6 +62,9 @@ class SimulatorConfig:
     book_interval_ms: float = 100.0
     journal: Path | None = None  # append what is sent here (see journal.py)
     journal_flush_interval_s: float = 1.0
+    # The server's WebSocket pings (None: none), as exchanges send them; a client that reads nothing for longer
+    # than twice this is dropped.
+    ping_interval_s: float | None = 20.0  # float-ok: a duration
 
     def __post_init__(self) -> None:
         if not self.exchanges:
@@ -108,6 +111,8 @@ class Simulator:
                 process_request=self._route,
                 create_connection=BatchingConnection,
                 compression=None,  # exchanges mostly send uncompressed; deflate would cost more than all the rest
+                ping_interval=self.config.ping_interval_s,
+                ping_timeout=self.config.ping_interval_s,
             )
         except OSError as exc:
             where = f"{self.config.host}:{self.config.port}"

@@ -62,6 +62,7 @@ from chaos_clients import (
     kline_values,
     offline_indicators,
 )
+from chaos_prometheus import LAG_SAMPLE_S, LagWatch
 from chaos_services import OffsetHistory, Service, StackServer, db_value, first_true, free_port
 from market_ingestor.bus import open_bus
 from market_ingestor.bus.topics import Topics
@@ -179,30 +180,34 @@ class Pipeline:
     def __init__(self, options: Options, workdir: Path, config_path: Path, sim_port: int) -> None:
         cli = [sys.executable, "-m", "market_ingestor.cli.main", "--config", str(config_path)]
         self.journal = workdir / "sent.journal"
+        #: Each service's /metrics port(s), by Prometheus job.
+        self.metrics_ports: dict[str, list[int]] = {job: [free_port()] for job in ("sink", "ingest", "push")}
         self.simulator = Service(
             "simulate", [*cli, "simulate", *simulate_args(options, sim_port, self.journal)], workdir
         )
         self.services = {
-            "sink": Service("sink", [*cli, "sink"], workdir, {"MARKET_INGESTOR__SINK__METRICS_PORT": str(free_port())}),
-            "ingest": Service(
-                "ingest", [*cli, "ingest"], workdir, {"MARKET_INGESTOR__INGEST__METRICS_PORT": str(free_port())}
-            ),
+            name: Service(name, [*cli, name], workdir, {f"MARKET_INGESTOR__{name.upper()}__METRICS_PORT": str(port)})
+            for name, (port,) in self.metrics_ports.items()
+            if name != "push"
         }
         self.push_port, self.api_port = free_port(), free_port()
         self.services["push"] = Service(
             "push",
             [*cli, "push", "--host", "127.0.0.1", "--port", str(self.push_port)],
             workdir,
-            {"MARKET_INGESTOR__PUSH__METRICS_PORT": str(free_port())},
+            {"MARKET_INGESTOR__PUSH__METRICS_PORT": str(self.metrics_ports["push"][0])},
         )
         self.services["api"] = Service(
             "api", [*cli, "api", "--host", "127.0.0.1", "--port", str(self.api_port)], workdir
         )
+        self.metrics_ports["api"] = [self.api_port]
+        self.metrics_ports["worker"] = []
         for n in range(1, options.workers + 1):
             name = f"worker-{n}"
             argv = [*cli, "worker", "--data-dir", str(workdir / name), "--web-port", str(free_port())]
+            self.metrics_ports["worker"].append(free_port())
             self.services[name] = Service(
-                name, argv, workdir, {"MARKET_INGESTOR__STREAMS__METRICS_PORT": str(free_port())}
+                name, argv, workdir, {"MARKET_INGESTOR__STREAMS__METRICS_PORT": str(self.metrics_ports["worker"][-1])}
             )
         self.workers = [name for name in self.services if name.startswith("worker-")]
 
@@ -227,7 +232,7 @@ def write_config(
         f'[database]\nurl = "{database_url}"',
         f'[streams]\napp_id = "{prefix.rstrip(".")}"\nintervals = ["1m"]\nindicators = {json.dumps(list(INDICATORS))}\n'
         f'processing_guarantee = "{options.guarantee}"\nstandby_replicas = {min(1, options.workers - 1)}',
-        '[metrics]\nhost = "127.0.0.1"',
+        f'[metrics]\nhost = "127.0.0.1"\nsample_interval_s = {LAG_SAMPLE_S}',  # consumer lag, for Prometheus
         "[api]\nauth_enabled = false",
     ]
     for name in DIALECTS:
@@ -267,11 +272,13 @@ class Chaos:
         self.api = ApiReader(self.pipeline.api_port)
         self.faults: list[Fault] = []
         self.failures: list[str] = []
+        # Recovery by Prometheus too (consumer lag back to 0), when it is installed.
+        self.prometheus = LagWatch(workdir, self.pipeline.metrics_ports) if LagWatch.available() else None
         self.started = time.monotonic()
 
     # -- probes: what "recovered" means after each kind of fault
 
-    def _probes(self, fault: Fault, since: float) -> tuple[dict[str, Check], dict[str, Check]]:
+    def _probes(self, fault: Fault, since: float, since_wall: float) -> tuple[dict[str, Check], dict[str, Check]]:
         o = self.offsets
         progress: dict[str, Check] = {}
         lag: dict[str, Check] = {}
@@ -290,6 +297,9 @@ class Chaos:
             progress["push"] = _sync(lambda: all(c.last_update > since for c in self.clients))
         if "api" in hit:
             progress["api"] = self._api_answers
+        if self.prometheus is not None:
+            for job in sorted(hit & {"worker", "sink"}):
+                lag[f"{job} by prometheus"] = self.prometheus.caught_up(job, since_wall)
         return progress, lag
 
     async def _api_answers(self) -> bool:
@@ -333,9 +343,9 @@ class Chaos:
             await server.stop()
             await asyncio.sleep(self.options.outage_s)
             await server.start()
-        ended = time.monotonic()
+        ended, ended_wall = time.monotonic(), time.time()
         fault.held_s = ended - began
-        progress, lag = self._probes(fault, ended)
+        progress, lag = self._probes(fault, ended, ended_wall)
         both = await first_true(
             {**progress, **{f"lag {name}": check for name, check in lag.items()}}, ended, RECOVER_TIMEOUT_S
         )
@@ -348,6 +358,9 @@ class Chaos:
         turn = worker_turn = 0
         limit = self.options.faults or sys.maxsize
         await asyncio.sleep(max(0.0, self.options.warmup_s - self.options.fault_every_s))
+        if self.prometheus is not None:  # every member reports its lag by now
+            await self.prometheus.take_baseline(max(self.options.fault_every_s, 10.0))
+            print(f"# prometheus at {self.prometheus.server.url()}: lag series {self.prometheus.baseline}", flush=True)
         while time.monotonic() + self.options.fault_every_s < end and len(self.faults) < limit:
             await asyncio.sleep(self.options.fault_every_s)
             self.check_alive()
@@ -396,6 +409,10 @@ class Chaos:
         self.failures.append(f"the stored data did not settle within 300 s (trades, klines, indicators, open): {last}")
 
     async def run(self) -> Report:
+        if self.prometheus is not None:
+            await self.prometheus.start()
+        else:
+            print("# prometheus not on PATH: no recovery times by Prometheus", flush=True)
         for service in self.pipeline.all():
             service.start()
         background = [
@@ -420,6 +437,8 @@ class Chaos:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await self.offsets.reader.close()
+            if self.prometheus is not None:
+                await self.prometheus.stop()
         codes = {name: service.terminate() for name, service in self.pipeline.services.items()}
         codes["simulate"] = sim_code
         self.failures += [f"{name} exited {code}" for name, code in codes.items() if code != 0]

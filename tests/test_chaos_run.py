@@ -24,12 +24,16 @@ fenced, which it now handles and goes on (docs/faust.md, "Revocations"). ``bench
 A broker that takes longer than ``bus.kafka.request_timeout_ms`` (30 s) to stop and start again (it does on a loaded
 2-core machine) no longer costs trades: the Kafka publisher keeps and retries its batches (checked on its own, with
 a 2 s timeout, by tests/ingestor/test_broker_outage.py), so this run keeps the default timeout.
+
+Where ``prometheus`` is installed, the run's own Prometheus scrapes every service and the recovery of the worker
+and the sink is read from it too (consumer lag back to 0, bench/chaos_prometheus.py).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -88,3 +92,6 @@ async def test_every_fault_once_loses_nothing_and_every_user_sees_the_stored_sta
     assert report.truth.checked >= 10 and report.users.klines_checked >= 10, table
     assert report.users.indicators_checked > 0 and report.dead_letters_found > 0, table
     assert all(f.recovered for f in report.faults), table
+    if shutil.which("prometheus"):  # recovery read from Prometheus too: consumer lag back to 0
+        by_prometheus = {name for f in report.faults for name in f.caught_up_s if name.endswith("by prometheus")}
+        assert by_prometheus == {"worker by prometheus", "sink by prometheus"}, table

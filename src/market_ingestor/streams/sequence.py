@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import faust
+from aiokafka.errors import KafkaError
 from faust.types import TP
 
 from market_ingestor.bus.faust import internals as faust_internals
@@ -78,10 +79,13 @@ class InputSequence:
         unknown = [tp for tp in assigned if tp not in self._expected]
         if unknown:
             await self._start(unknown, committed)
-        consumer: Any = self.app.consumer
+        # The log ends from the broker, not the ends the last fetch brought: a partition that is not fetched any
+        # more (Faust left it out of its active set, see the module docs) keeps its old cached end, which then
+        # equals the expected offset and hid the stall for good (seen under exactly_once after a fence).
+        ends = await self._log_ends(assigned)
         stalled: dict[TP, int] = {}
         for tp in assigned:
-            expected, end = self._expected.get(tp), consumer.highwater(tp)
+            expected, end = self._expected.get(tp), ends.get(tp)
             if expected is None:
                 continue  # forgotten (revoked, or lost to a fence) while the log starts were asked for
             if end is None or end <= expected:
@@ -105,6 +109,18 @@ class InputSequence:
             await faust_internals.seek_back(self.app, stalled)
         return list(stalled)
 
+    async def _log_ends(self, tps: list[TP]) -> dict[TP, int]:
+        """Each partition's end as the broker has it now (the last stable offset under ``read_committed``); {}
+        while the broker cannot tell (the next tick asks again)."""
+        if not tps:
+            return {}
+        consumer: Any = self.app.consumer
+        try:
+            return dict(await consumer.highwaters(*tps))
+        except (KafkaError, TimeoutError) as exc:
+            log.info("log ends not read: %r", exc)
+            return {}
+
     def _adopt_generation(self) -> None:
         generation = self.app.consumer_generation_id
         if generation != self._generation:  # a rebalance seeks every partition to its committed offset
@@ -114,10 +130,14 @@ class InputSequence:
             self._waiting.clear()
 
     async def _start(self, tps: Iterable[TP], committed: dict[TP, int | None]) -> None:
+        tps = list(tps)
         known = {tp: offset for tp in tps if (offset := committed.get(tp)) is not None and offset >= 0}
         missing = [tp for tp in tps if tp not in known]
+        if missing:  # not known here (Faust's record of it can be missing, e.g. after a fence): the broker's
+            known.update(await faust_internals.committed_at_broker(self.app, missing))
+            missing = [tp for tp in missing if tp not in known]
         earliest: dict[Any, int] = {}
-        if missing:  # nothing committed (None, or -1): consumption starts at the log start (offset reset earliest)
+        if missing:  # nothing committed: consumption starts at the log start (offset reset earliest)
             earliest = await faust_internals.log_start_offsets(self.app, missing)
         for tp in tps:
             self._expected[tp] = known[tp] if tp in known else earliest.get(tp, 0)

@@ -127,6 +127,14 @@ def test_Consumer_seek_wait_and_earliest_offsets_exist() -> None:
     assert inspect.iscoroutinefunction(faust_aiokafka.Consumer.earliest_offsets), "earliest_offsets is gone"
 
 
+def test_Consumer__thread_call_thread_and__ensure_consumer_reach_aiokafkas_committed() -> None:
+    assert "self._thread" in source_of(faust_consumer.ThreadDelegateConsumer), "Consumer._thread is gone"
+    assert inspect.iscoroutinefunction(faust_aiokafka.AIOKafkaConsumerThread.call_thread), "call_thread changed"
+    assert "def _ensure_consumer" in source_of(faust_aiokafka.AIOKafkaConsumerThread), "_ensure_consumer is gone"
+    params = list(inspect.signature(aiokafka.AIOKafkaConsumer.committed).parameters)
+    assert params == ["self", "partition"], f"AIOKafkaConsumer.committed changed: {params}"
+
+
 def test_faust_streams__current_event_is_what_the_rocksdb_store_reads_for_the_partition() -> None:
     assert isinstance(faust.streams._current_event, type(faust_internals._current_event))
     store_source = source_of(RocksStore)
@@ -179,7 +187,9 @@ async def test_AIOKafkaProducer__sender_close_and_accumulator_fail_all_stop_with
     )
 
 
-@pytest.mark.parametrize("name", ["commit_offsets", "commit_transaction", "seek_back", "log_start_offsets"])
+@pytest.mark.parametrize(
+    "name", ["commit_offsets", "commit_transaction", "seek_back", "log_start_offsets", "committed_at_broker"]
+)
 def test_our_wrappers_are_coroutines(name: str) -> None:
     assert inspect.iscoroutinefunction(getattr(faust_internals, name))
 
@@ -193,7 +203,8 @@ def test_no_other_module_touches_a_private_faust_or_aiokafka_name() -> None:
     pattern = re.compile(
         r"consumer\._commit\b|_committed_offset|_current_event|_ensure_producer|_fetch_max_wait_ms|"
         r"_create_worker_consumer|_new_consumer_thread|set_persisted_offset|\.seek_wait\(|\.earliest_offsets\(|"
-        r"recovery\.completed|transactions\.commit\(|table\.data\b|_message_accumulator|_batch_ttl|producer\._sender\b"
+        r"\._thread\b|_ensure_consumer|recovery\.completed|transactions\.commit\(|table\.data\b|_message_accumulator|"
+        r"_batch_ttl|producer\._sender\b"
     )
     offenders = [
         f"{path.relative_to(root)}:{number}"

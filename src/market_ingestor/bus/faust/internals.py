@@ -183,6 +183,20 @@ async def seek_back(app: faust.App, offsets: dict[TP, int]) -> None:
         log.info("seek of a partition revoked meanwhile skipped", extra={"error": str(exc)})
 
 
+async def committed_at_broker(app: faust.App, tps: Iterable[TP]) -> dict[TP, int]:
+    """The group's committed offset of each partition as the broker has it now (aiokafka's public ``committed``,
+    called in the consumer's own thread through Faust's undocumented ``Consumer._thread.call_thread``); partitions
+    with nothing committed are left out."""
+    thread: Any = app.consumer._thread  # type: ignore[attr-defined]
+    client = thread._ensure_consumer()
+    found: dict[TP, int] = {}
+    for tp in tps:
+        offset = await thread.call_thread(client.committed, TopicPartition(tp.topic, tp.partition))
+        if offset is not None and offset >= 0:
+            found[tp] = int(offset)
+    return found
+
+
 async def log_start_offsets(app: faust.App, tps: Iterable[TP]) -> dict[TP, int]:
     """The first offset in the log of each partition (``Consumer.earliest_offsets``, undocumented)."""
     found = await app.consumer.earliest_offsets(*(TopicPartition(*tp) for tp in tps))

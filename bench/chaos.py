@@ -359,7 +359,7 @@ class Chaos:
         limit = self.options.faults or sys.maxsize
         await asyncio.sleep(max(0.0, self.options.warmup_s - self.options.fault_every_s))
         if self.prometheus is not None:  # every member reports its lag by now
-            await self.prometheus.take_baseline(max(self.options.fault_every_s, 10.0))
+            await self.prometheus.take_baseline(RECOVER_TIMEOUT_S)
             print(f"# prometheus at {self.prometheus.server.url()}: lag series {self.prometheus.baseline}", flush=True)
         while time.monotonic() + self.options.fault_every_s < end and len(self.faults) < limit:
             await asyncio.sleep(self.options.fault_every_s)

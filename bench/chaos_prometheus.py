@@ -97,7 +97,8 @@ class LagWatch:
         return {r["metric"]["what"]: float(r["value"][1]) for r in answer["data"]["result"]}  # float-ok
 
     async def take_baseline(self, timeout_s: float) -> None:
-        """The number of lag series per job once every member reports (before the first fault)."""
+        """The number of lag series per job once every member reports, the same twice in a row (before the first
+        fault; a worker group that is still rebalancing or restoring its tables reports none yet)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             counts = {job: int((await self.lag(job)).get("count", 0)) for job in LAG_JOBS}

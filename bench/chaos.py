@@ -62,7 +62,7 @@ from chaos_clients import (
     kline_values,
     offline_indicators,
 )
-from chaos_prometheus import LAG_SAMPLE_S, LagWatch
+from chaos_prometheus import LAG_SAMPLE_S, LagWatch, expected_series
 from chaos_services import OffsetHistory, Service, StackServer, db_value, first_true, free_port
 from market_ingestor.bus import open_bus
 from market_ingestor.bus.topics import Topics
@@ -273,7 +273,8 @@ class Chaos:
         self.faults: list[Fault] = []
         self.failures: list[str] = []
         # Recovery by Prometheus too (consumer lag back to 0), when it is installed.
-        self.prometheus = LagWatch(workdir, self.pipeline.metrics_ports) if LagWatch.available() else None
+        series = expected_series(options.bus, load_config(self.config_path).bus.kafka.partitions, options.workers)
+        self.prometheus = LagWatch(workdir, self.pipeline.metrics_ports, series) if LagWatch.available() else None
         self.started = time.monotonic()
 
     # -- probes: what "recovered" means after each kind of fault
@@ -359,8 +360,10 @@ class Chaos:
         limit = self.options.faults or sys.maxsize
         await asyncio.sleep(max(0.0, self.options.warmup_s - self.options.fault_every_s))
         if self.prometheus is not None:  # every member reports its lag by now
-            await self.prometheus.take_baseline(RECOVER_TIMEOUT_S)
-            print(f"# prometheus at {self.prometheus.server.url()}: lag series {self.prometheus.baseline}", flush=True)
+            counts = await self.prometheus.all_reported(RECOVER_TIMEOUT_S)
+            print(f"# prometheus at {self.prometheus.server.url()}: lag series {counts}", flush=True)
+            if counts != self.prometheus.baseline:
+                self.failures.append(f"lag series before the first fault: {counts}, not {self.prometheus.baseline}")
         while time.monotonic() + self.options.fault_every_s < end and len(self.faults) < limit:
             await asyncio.sleep(self.options.fault_every_s)
             self.check_alive()

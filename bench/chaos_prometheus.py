@@ -6,8 +6,8 @@ production. After a fault, a consumer group (``job`` worker or sink) has caught 
 poll where, in samples scraped after the fault ended plus one lag sampling interval:
 
 - ``sum(consumer_lag{job=J})`` is 0, and
-- ``count(consumer_lag{job=J})`` is at least what it was before the first fault (every partition, or on NATS every
-  reader, is reported again: a killed or paused member's series are stale, not 0).
+- ``count(consumer_lag{job=J})`` is the whole group's (:func:`expected_series`: every input partition on Kafka,
+  every reader on NATS, is reported again; a killed or paused member's series are stale, not 0).
 
 Without ``prometheus`` on PATH the run goes on without these times and says so.
 """
@@ -31,8 +31,6 @@ from market_ingestor.errors import DevStackError
 SCRAPE_INTERVAL_S = 1
 #: The services' ``metrics.sample_interval_s`` in the run: how old a lag value may be when it is scraped.
 LAG_SAMPLE_S = 1.0
-#: The consumer groups whose lag is watched, by Prometheus job.
-LAG_JOBS = ("worker", "sink")
 
 
 def scrape_jobs(ports: Mapping[str, Sequence[int]]) -> tuple[ScrapeJob, ...]:
@@ -50,6 +48,15 @@ def lag_query(job: str) -> str:
     )  # fmt: skip
 
 
+def expected_series(bus: str, partitions: int, workers: int) -> dict[str, int]:
+    """The ``consumer_lag`` series of the whole group, per job. Kafka: one per assigned input partition (the
+    worker reads trades and klines, the sink trades, klines and indicator values). NATS: one per reader, i.e.
+    each worker's two stages (each reads its whole stream) and the sink's three streams."""
+    if bus == "kafka":
+        return {"worker": 2 * partitions, "sink": 3 * partitions}
+    return {"worker": 2 * workers, "sink": 3}
+
+
 def caught_up(values: Mapping[str, float], baseline: int, since_wall_s: float) -> bool:
     """Whether the job's lag series, as :func:`lag_query` returns them, say "caught up" after ``since_wall_s``."""
     if not {"sum", "count", "oldest"} <= values.keys():  # float-ok: Prometheus answers floats; counts and seconds
@@ -61,11 +68,11 @@ def caught_up(values: Mapping[str, float], baseline: int, since_wall_s: float) -
 class LagWatch:
     """The run's Prometheus, and checks "lag back to 0" per job for :func:`chaos_services.first_true`."""
 
-    def __init__(self, workdir: Path, ports: Mapping[str, Sequence[int]]) -> None:
+    def __init__(self, workdir: Path, ports: Mapping[str, Sequence[int]], series: Mapping[str, int]) -> None:
         self.server = PrometheusServer(
             _own_stack_config(workdir), scrape_jobs(ports), scrape_interval_s=SCRAPE_INTERVAL_S
         )
-        self.baseline: dict[str, int] = {}
+        self.baseline = dict(series)  # lag series per job of the whole group (expected_series)
         self._http: aiohttp.ClientSession | None = None
 
     @staticmethod
@@ -96,20 +103,19 @@ class LagWatch:
             return {}
         return {r["metric"]["what"]: float(r["value"][1]) for r in answer["data"]["result"]}  # float-ok
 
-    async def take_baseline(self, timeout_s: float) -> None:
-        """The number of lag series per job once every member reports, the same twice in a row (before the first
-        fault; a worker group that is still rebalancing or restoring its tables reports none yet)."""
+    async def all_reported(self, timeout_s: float) -> dict[str, int]:
+        """Waits until every job reports all its lag series (before the first fault: a worker group still
+        rebalancing or restoring its tables reports none yet); returns the last counts."""
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            counts = {job: int((await self.lag(job)).get("count", 0)) for job in LAG_JOBS}
-            if all(counts.values()) and counts == self.baseline:  # the same twice in a row: settled
-                return
-            self.baseline = counts
-            await asyncio.sleep(2 * SCRAPE_INTERVAL_S)
+        while True:
+            counts = {job: int((await self.lag(job)).get("count", 0)) for job in self.baseline}
+            if all(counts[job] >= n for job, n in self.baseline.items()) or time.monotonic() >= deadline:
+                return counts
+            await asyncio.sleep(SCRAPE_INTERVAL_S)
 
     def caught_up(self, job: str, since_wall_s: float) -> Callable[[], Awaitable[bool]]:
         async def check() -> bool:
-            return caught_up(await self.lag(job), self.baseline.get(job, 1), since_wall_s)
+            return caught_up(await self.lag(job), self.baseline[job], since_wall_s)
 
         return check
 

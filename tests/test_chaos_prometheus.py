@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
-from chaos_prometheus import LagWatch, caught_up, scrape_jobs
+from chaos_prometheus import LagWatch, caught_up, expected_series, scrape_jobs
 from metrics_helpers import free_port
 
 NOW = 1_800_000_000.0  # float-ok: wall-clock seconds, as Prometheus answers them
@@ -28,6 +28,11 @@ def test_caught_up_needs_zero_lag_every_series_back_and_samples_after_the_fault(
     assert not caught_up({**good, "count": 3.0}, baseline=4, since_wall_s=NOW)  # a member's series still stale
     assert not caught_up({**good, "oldest": NOW + 0.5}, baseline=4, since_wall_s=NOW)  # sampled before the end
     assert not caught_up({}, baseline=4, since_wall_s=NOW)  # no series at all is not "0"
+
+
+def test_the_whole_groups_series_per_bus() -> None:
+    assert expected_series("kafka", partitions=4, workers=2) == {"worker": 8, "sink": 12}
+    assert expected_series("nats", partitions=4, workers=2) == {"worker": 4, "sink": 3}
 
 
 def test_scrape_jobs_put_every_worker_under_one_job() -> None:
@@ -59,12 +64,11 @@ async def test_the_query_reads_lag_from_a_real_prometheus(
     gauge, ports = lag_gauges
     for partition in ("0", "1"):
         gauge.labels("g", "trades", partition).set(7)
-    watch = LagWatch(tmp_path, ports)
+    watch = LagWatch(tmp_path, ports, {"worker": 2, "sink": 2})
     await watch.start()
     try:
-        await watch.take_baseline(30)
         # Both jobs scrape the same registry here: each sees the two partitions.
-        assert watch.baseline == {"worker": 2, "sink": 2}
+        assert await watch.all_reported(30) == {"worker": 2, "sink": 2}
         lagging = await watch.lag("worker")
         assert lagging["sum"] == 14 and lagging["count"] == 2
         since = time.time()

@@ -9,6 +9,7 @@ partition whose log holds records that have not come for ``stall_s``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -21,6 +22,8 @@ from faust.types import TP
 from market_ingestor.bus.faust import internals as faust_internals
 
 log = logging.getLogger(__name__)
+
+LOG_ENDS_TIMEOUT_S = 5.0  # the stall watch asks the broker for the log ends at most this long
 
 
 class InputSequence:
@@ -115,8 +118,8 @@ class InputSequence:
         if not tps:
             return {}
         consumer: Any = self.app.consumer
-        try:
-            return dict(await consumer.highwaters(*tps))
+        try:  # bounded: with the broker away the call waits out aiokafka's request timeout
+            return dict(await asyncio.wait_for(consumer.highwaters(*tps), LOG_ENDS_TIMEOUT_S))
         except (KafkaError, TimeoutError) as exc:
             log.info("log ends not read: %r", exc)
             return {}

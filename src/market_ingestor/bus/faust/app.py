@@ -8,11 +8,13 @@ and what each relies on in Faust: docs/faust.md; the private calls live in ``int
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 from typing import Any
 
 import faust
+from aiokafka.errors import ProducerFenced
 
 from market_ingestor.bus.faust.internals import AgentErrorApp, Transport
 from market_ingestor.config import KafkaConfig
@@ -88,4 +90,16 @@ def faust_worker(app: faust.App, *services: Any, log_level: str) -> faust.Worker
     level = log_level.lower().replace("warning", "warn")
     worker = faust.Worker(app, *services, loglevel=level, quiet=True, override_logging=False)
     worker.spinner = None
+    worker.loop.set_exception_handler(quiet_fenced_producers)
     return worker
+
+
+def quiet_fenced_producers(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The event loop's handler of errors nobody took: a fence (``ProducerFenced``) left in a dropped producer's
+    own futures (aiokafka's transaction manager sets it on futures only that producer awaits) is logged at INFO:
+    the fence itself was handled and logged as a warning (``streams/outputs.py``), and an ERROR with a
+    traceback per future, at garbage collection, read like a crash. Everything else goes to asyncio's default."""
+    if isinstance(context.get("exception"), ProducerFenced) and "future" in context and "task" not in context:
+        log.info("a fenced producer's result was not taken: %s", context.get("message"))
+        return
+    loop.default_exception_handler(context)

@@ -18,6 +18,7 @@ from aiokafka.errors import GroupCoordinatorNotAvailableError
 from aiokafka.structs import TopicPartition
 from rocksdict import AccessType, Options, Rdict
 from worker_harness import (
+    INTERVALS,
     SPREAD_SYMBOLS,
     KlineWatcher,
     assert_same_klines,
@@ -82,6 +83,65 @@ async def test_a_second_worker_takes_over_partitions_and_the_klines_stay_identic
     assert_same_klines(watcher.closed, expected)
     # The second worker holds table partitions (active or standby) in its own RocksDB.
     assert any((tmp_path / "second").rglob("*kline-state*")), "the second worker has no table data"
+
+
+async def members_become(admin: AIOKafkaAdminClient, group: str, wanted: int) -> None:
+    while True:
+        try:
+            if await group_members(admin, group) == wanted:
+                return
+        except GroupCoordinatorNotAvailableError:  # the group's coordinator is not chosen yet
+            pass
+        await asyncio.sleep(0.2)  # the broker offers no event to await
+
+
+QUIET_S = 45  # the trades end this long before a window boundary: the last windows close that long after them
+
+
+async def test_a_worker_taking_over_partitions_closes_the_last_windows_of_their_quiet_instruments(dev_stack, tmp_path):
+    """The first worker processes every trade; the last windows are still open when a second worker joins (the
+    trades end QUIET_S before a boundary, and a window closes by the wall clock that long after the last trade).
+    No trade comes for the partitions the second worker takes over: it must take up their instruments from the
+    recovered table, or their last windows never close. The joining worker is not the group's leader (the
+    coordinator keeps the member that led), where Faust's ``Consumer.topic_partitions``, which the worker used for
+    that, answers None: aiokafka fills the metadata snapshot it reads on the leader only. Under exactly_once with a
+    standby replica, as the chaos run's workers."""
+    if not dev_stack.supports_transactions:
+        pytest.skip(f"{dev_stack.kafka_kind} has no Kafka transactions")
+    prefix = f"q{uuid.uuid4().hex[:8]}."
+    app_id = prefix.rstrip(".")
+    bus_config = BusConfig(topic_prefix=prefix, kafka=KafkaConfig(bootstrap=dev_stack.kafka_bootstrap, partitions=3))
+    trades = make_trades(3000, seed=17, symbols=SPREAD_SYMBOLS, quiet_ns=QUIET_S * 1_000_000_000)
+    expected = expected_klines(trades)
+    last = {
+        max((k for k in expected if k[:2] == (s, i)), key=lambda k: k[2]) for s in SPREAD_SYMBOLS for i in INTERVALS
+    }
+    config_path = worker_config(tmp_path, dev_stack.kafka_bootstrap, prefix, "exactly_once", standby_replicas=1)
+    watcher = KlineWatcher(bus_config)
+    admin = AIOKafkaAdminClient(bootstrap_servers=dev_stack.kafka_bootstrap)
+    await admin.start()
+    await watcher.start()
+    first = second = None
+    try:
+        await publish(bus_config, trades)
+        first = await start_worker(config_path, tmp_path / "first")
+        await until_or_fail(watcher, set(expected) - last, first)  # every trade processed, the last windows open
+        second = await start_worker(config_path, tmp_path / "second")
+        await asyncio.wait_for(members_become(admin, app_id, 2), 90)
+        assert not last & set(watcher.closed), "the last windows closed before the takeover: raise QUIET_S"
+        await until_or_fail(watcher, set(expected), second)
+        assert first.returncode is None, f"the first worker exited: {await worker_said(first)}"
+        await stop_worker(second)
+        await stop_worker(first)
+    finally:
+        for worker in (first, second):
+            if worker is not None and worker.returncode is None:
+                worker.kill()
+        await watcher.follower.stop()
+        await admin.close()
+    assert_same_klines(watcher.closed, expected)
+    repeated = [(key, count) for key, count in watcher.closings.items() if count > 1]
+    assert not repeated, f"{len(repeated)} closed klines seen more than once, e.g. {repeated[:3]}"
 
 
 async def test_exactly_once_restores_the_table_of_every_partition_after_a_sigkill(dev_stack, tmp_path):
@@ -221,29 +281,21 @@ async def test_an_exactly_once_worker_paused_past_its_session_comes_back_fenced_
     await watcher.start()
     first = second = None
 
-    async def members(wanted: int) -> None:
-        while True:
-            try:
-                if await group_members(admin, app_id) == wanted:
-                    return
-            except GroupCoordinatorNotAvailableError:  # the group's coordinator is not chosen yet
-                pass
-            await asyncio.sleep(0.2)  # the broker offers no event to await
-
     try:
         await publish(bus_config, trades[:1500])
         first = await start_worker(config_path, tmp_path / "first")
         second = await start_worker(config_path, tmp_path / "second")
-        await asyncio.wait_for(members(2), 90)
+        await asyncio.wait_for(members_become(admin, app_id, 2), 90)
         firsts = {min((k for k in expected if k[0] == s and k[1] == "1m"), key=lambda k: k[2]) for s in SPREAD_SYMBOLS}
         await until_or_fail(watcher, firsts, first)  # committed state in every partition
         await publish(bus_config, trades[1500:4500])  # a backlog: the paused worker is mid-transaction
         second.send_signal(signal.SIGSTOP)
-        await asyncio.wait_for(members(1), 60)  # its session timed out: the first worker has every partition
+        # Its session timed out: the first worker has every partition.
+        await asyncio.wait_for(members_become(admin, app_id, 1), 60)
         minutes = sorted((k for k in expected if k[1] == "1m"), key=lambda k: (k[2], k[0]))
         await until_or_fail(watcher, set(minutes[:30]), first)  # the first worker's producers own them now
         second.send_signal(signal.SIGCONT)
-        await asyncio.wait_for(members(2), 90)  # the resumed worker rejoined the group
+        await asyncio.wait_for(members_become(admin, app_id, 2), 90)  # the resumed worker rejoined the group
         await publish(bus_config, trades[4500:])
         await until_or_fail(watcher, set(expected), first)
         assert second.returncode is None, f"the resumed worker exited: {await worker_said(second)}"

@@ -32,13 +32,14 @@ INTERVALS = ("1m", "5m")
 INDICATOR_SPECS = ("sma_3", "rsi_2")
 
 
-def make_trades(count: int, seed: int, symbols: tuple[str, ...] = SYMBOLS) -> list[Trade]:
-    """Trades over 20 minutes of event time, a little out of order (within the 2 s grace), ending just before a
-    5-minute boundary so every window can close by the wall clock soon after the last trade. The default symbols
-    all hash to partition 1 of 3; :data:`SPREAD_SYMBOLS` cover every partition."""
+def make_trades(count: int, seed: int, symbols: tuple[str, ...] = SYMBOLS, quiet_ns: int = 1_000_000) -> list[Trade]:
+    """Trades over 20 minutes of event time, a little out of order (within the 2 s grace), ending ``quiet_ns``
+    before a 5-minute boundary: by default just before, so every window can close by the wall clock soon after
+    the last trade. The default symbols all hash to partition 1 of 3; :data:`SPREAD_SYMBOLS` cover every
+    partition."""
     rng = random.Random(seed)
     start = (1_700_000_000_000_000_000 // (5 * MINUTE)) * 5 * MINUTE
-    step = (20 * MINUTE - 1_000_000) // count
+    step = (20 * MINUTE - quiet_ns) // count
     trades = []
     for n in range(count):
         ts = start + n * step - rng.randrange(0, 1_000_000_000)  # up to 1 s early: out of order

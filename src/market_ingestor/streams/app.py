@@ -22,7 +22,6 @@ from typing import Any
 
 import faust
 import msgspec
-from aiokafka.partitioner import murmur2
 from faust.types import TP
 
 from market_ingestor.bus.faust import internals as faust_internals
@@ -279,19 +278,21 @@ class KlineAgent:
 
     async def on_recovered(self) -> None:
         """Takes up every instrument of the partitions now assigned, so that windows of instruments that stay
-        quiet after a restart or a rebalance still close by the wall clock."""
+        quiet after a restart or a rebalance still close by the wall clock.
+
+        A row's trades partition comes from the producer's metadata (``PartitionWriter.partition_of``), not from
+        Faust's ``Consumer.topic_partitions``: that reads aiokafka's group metadata snapshot, which only the group
+        leader fills, so on every other member it was None and a worker that took over partitions never took up
+        their quiet instruments (their last windows never closed)."""
         topic = self.trades.get_topic_name()
-        count = self.app.consumer.topic_partitions(topic)
-        assigned = {tp.partition for tp in self.app.consumer.assignment() if tp.topic == topic}
-        if not count:
-            return
-        for key, stored in self.table.items():
-            if key in self.states:
-                continue
-            partition = (murmur2(key) & 0x7FFFFFFF) % count  # the bus's partitioner: the row's trades partition
-            if partition in assigned:
+        rows = [(key, stored) for key, stored in self.table.items() if key not in self.states]
+        sources = {key: TP(topic, await self.writer.partition_of(topic, key)) for key, _ in rows}
+        owned = self.writer.owned()  # after the awaits: a revocation may have come meanwhile
+        for key, stored in rows:
+            source = sources[key]
+            if source in owned and key not in self.states:  # a batch may have loaded it meanwhile
                 self.states[key] = InstrumentKlines.from_bytes(stored, self.settings)
-                self.sources[key] = TP(topic, partition)
+                self.sources[key] = source
 
     async def tick(self) -> None:
         """Closes windows of quiet instruments and sends throttled in-progress klines."""

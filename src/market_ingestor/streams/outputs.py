@@ -222,7 +222,7 @@ class PartitionWriter:
             return
         partition = self._partition_of.get((topic, key))
         if partition is None:
-            partition = await self._partition(topic, key)
+            partition = await self.partition_of(topic, key)
         slot = (topic, partition, source)
         record = self._records.get(slot)
         if record is None:
@@ -253,8 +253,9 @@ class PartitionWriter:
         self._pending.append(future)
         self._touched.add(source)
 
-    async def _partition(self, topic: str, key: bytes) -> int:
-        """The partition of ``key`` on ``topic``: Kafka's murmur2, as every publisher of ours."""
+    async def partition_of(self, topic: str, key: bytes) -> int:
+        """The partition of ``key`` on ``topic``: Kafka's murmur2, as every publisher of ours, over the partitions
+        in the producer's metadata (waited for when ``topic`` is new to it)."""
         partitions = self._partitions.get(topic)
         if partitions is None:
             partitions = self._partitions[topic] = await faust_internals.producer_partitions(self.app, topic)

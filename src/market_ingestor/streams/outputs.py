@@ -36,6 +36,9 @@ _PARTITION_CACHE_MAX = 100_000
 # Records in the log past what an agent took, and none of them delivered for this long: Faust lost them on the way
 # (streams/sequence.py) and the partition is sought back. A slow batch costs a re-fetch at worst.
 INPUT_STALL_S = 5.0
+# A fence with no new assignment this long after it (longer than a rebalance takes under exactly_once, ~10 s) was
+# not another member taking our partitions: the worker asks the group for a new assignment (rejoin_if_stuck).
+FENCE_REJOIN_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +70,8 @@ class PartitionWriter:
         # Under exactly_once: the generation in which this worker found its producers fenced (another worker was
         # given its partitions, e.g. while it was paused past its session timeout), and who is told so.
         self._fenced_in = -2
+        self._fenced_at = 0.0
+        self._rejoin_asked_in = -2
         self._fence_listeners: list[Callable[[set[TP]], None]] = []
         self.sequence = InputSequence(app)
         self.input_topic = input_topic
@@ -121,6 +126,7 @@ class PartitionWriter:
             extra={"error": repr(exc)},
         )
         self._fenced_in = self.app.consumer_generation_id
+        self._fenced_at = time.monotonic()
         consumer: Any = self.app.consumer
         self.forget(set(consumer.assignment()))
         self._records.clear()
@@ -176,7 +182,9 @@ class PartitionWriter:
 
     async def resume_stalled_input(self) -> None:
         """Seeks back input partitions whose records stopped coming while the log holds more
-        (:meth:`InputSequence.resume_stalled`); not while Faust rebalances or recovers (it seeks them itself)."""
+        (:meth:`InputSequence.resume_stalled`); not while Faust rebalances or recovers (it seeks them itself).
+        Asks for a new assignment when a fence has not brought one (:meth:`rejoin_if_stuck`)."""
+        await self.rejoin_if_stuck()
         if self.closed or self.fenced or self.app.rebalancing or self.app.in_recovery or self.app.should_stop:
             return
         if not faust_internals.recovery_completed(self.app):
@@ -185,6 +193,23 @@ class PartitionWriter:
         if assigned:
             committed = {tp: self.next_offset(tp) for tp in assigned}
             await self.sequence.resume_stalled(assigned, committed, INPUT_STALL_S)
+
+    async def rejoin_if_stuck(self, now: float | None = None) -> bool:
+        """A fence normally comes with a rebalance (another member was given our partitions), and the new
+        assignment brings new producers. A producer that failed for another reason (its sender died while the
+        broker was away, seen in the chaos run) is taken for a fence as well, and then no rebalance comes: the
+        worker sat on partitions it no longer processed. After ``FENCE_REJOIN_S`` without a new assignment this
+        worker asks the group for one (once per generation); returns whether it asked."""
+        now = time.monotonic() if now is None else now
+        generation = self.app.consumer_generation_id
+        if not self.fenced or self._rejoin_asked_in == generation or self.app.rebalancing or self.app.should_stop:
+            return False
+        if now - self._fenced_at < FENCE_REJOIN_S:
+            return False
+        self._rejoin_asked_in = generation
+        log.warning("no new assignment %.0f s after a fence: asking the group for one", now - self._fenced_at)
+        await faust_internals.request_rejoin(self.app)
+        return True
 
     def _behind(self, held: list[Any], records: int) -> bool:
         """Whether more than ``records`` records wait in the log behind the ``held`` events' partitions (False

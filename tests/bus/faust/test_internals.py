@@ -135,6 +135,16 @@ def test_Consumer__thread_call_thread_and__ensure_consumer_reach_aiokafkas_commi
     assert params == ["self", "partition"], f"AIOKafkaConsumer.committed changed: {params}"
 
 
+def test_AIOKafkaConsumer__coordinator_request_rejoin_makes_the_next_poll_rejoin() -> None:
+    from aiokafka.consumer.group_coordinator import GroupCoordinator
+
+    assert "self._coordinator = GroupCoordinator(" in source_of(aiokafka.AIOKafkaConsumer.start), (
+        "AIOKafkaConsumer._coordinator changed"
+    )
+    assert "_rejoin_needed_fut.set_result" in source_of(GroupCoordinator.request_rejoin), "request_rejoin changed"
+    assert "_rejoin_needed_fut.done()" in source_of(GroupCoordinator.need_rejoin), "need_rejoin changed"
+
+
 def test_faust_streams__current_event_is_what_the_rocksdb_store_reads_for_the_partition() -> None:
     assert isinstance(faust.streams._current_event, type(faust_internals._current_event))
     store_source = source_of(RocksStore)
@@ -188,7 +198,8 @@ async def test_AIOKafkaProducer__sender_close_and_accumulator_fail_all_stop_with
 
 
 @pytest.mark.parametrize(
-    "name", ["commit_offsets", "commit_transaction", "seek_back", "log_start_offsets", "committed_at_broker"]
+    "name",
+    ["commit_offsets", "commit_transaction", "seek_back", "log_start_offsets", "committed_at_broker", "request_rejoin"],
 )
 def test_our_wrappers_are_coroutines(name: str) -> None:
     assert inspect.iscoroutinefunction(getattr(faust_internals, name))

@@ -197,6 +197,19 @@ async def committed_at_broker(app: faust.App, tps: Iterable[TP]) -> dict[TP, int
     return found
 
 
+async def request_rejoin(app: faust.App) -> None:
+    """Makes the consumer rejoin its group at its next poll, i.e. a rebalance (aiokafka's
+    ``GroupCoordinator.request_rejoin`` through the undocumented ``AIOKafkaConsumer._coordinator``, in the
+    consumer's own thread through Faust's ``Consumer._thread``): Faust offers no call for it."""
+    thread: Any = app.consumer._thread  # type: ignore[attr-defined]
+    client = thread._ensure_consumer()
+
+    async def rejoin() -> None:
+        client._coordinator.request_rejoin()
+
+    await thread.call_thread(rejoin)
+
+
 async def log_start_offsets(app: faust.App, tps: Iterable[TP]) -> dict[TP, int]:
     """The first offset in the log of each partition (``Consumer.earliest_offsets``, undocumented)."""
     found = await app.consumer.earliest_offsets(*(TopicPartition(*tp) for tp in tps))

@@ -143,6 +143,8 @@ class Options:
     # bus.nats.ack_timeout_s (0: the default, 10 s): how long a publisher waits for a lost connection to come back
     # (ingest exits after it, losing the trades it holds).
     request_timeout_ms: int = 0
+    # The workers' log.level (the other services log at WARNING): INFO shows their shards taken, released, lost.
+    worker_log_level: str = "WARNING"
     workdir: str | None = None
 
 
@@ -206,9 +208,11 @@ class Pipeline:
             name = f"worker-{n}"
             argv = [*cli, "worker", "--data-dir", str(workdir / name), "--web-port", str(free_port())]
             self.metrics_ports["worker"].append(free_port())
-            self.services[name] = Service(
-                name, argv, workdir, {"MARKET_INGESTOR__STREAMS__METRICS_PORT": str(self.metrics_ports["worker"][-1])}
-            )
+            env = {
+                "MARKET_INGESTOR__STREAMS__METRICS_PORT": str(self.metrics_ports["worker"][-1]),
+                "MARKET_INGESTOR__LOG__LEVEL": options.worker_log_level,
+            }
+            self.services[name] = Service(name, argv, workdir, env)
         self.workers = [name for name in self.services if name.startswith("worker-")]
 
     def all(self) -> list[Service]:

@@ -8,11 +8,13 @@ import asyncio
 import signal
 import uuid
 from collections.abc import Callable
+from decimal import Decimal
 
 import nats
 import pytest
 from click.testing import CliRunner
 from worker_harness import (
+    MINUTE,
     KlineWatcher,
     assert_same_indicators,
     assert_same_klines,
@@ -28,11 +30,13 @@ from worker_harness import (
     worker_said,
 )
 
-from market_ingestor.bus.nats import stream_name
+from market_ingestor.bus.nats import NatsPublisher, connect_client, stream_name
 from market_ingestor.bus.topics import Topics
 from market_ingestor.cli.main import cli
-from market_ingestor.config import BusConfig, NatsConfig
+from market_ingestor.config import BusConfig, NatsConfig, load_config
+from market_ingestor.model import Trade
 from market_ingestor.streams.nats_state import bucket_name, read_bucket
+from market_ingestor.streams.nats_worker import KlineStage, NatsWorker
 from nats_helpers import NatsProcess, free_port
 
 pytestmark = pytest.mark.nats
@@ -261,3 +265,56 @@ async def test_a_paused_worker_and_a_nats_restart_leave_both_stages_of_every_sha
     assert_same_klines(watcher.closed, expected)
     assert_same_indicators(watcher, indicators)
     assert checkpoints == {f"{stage}.{shard}": end for stage, end in ends.items() for shard in range(4)}
+
+
+async def test_a_held_up_kline_stage_closes_no_window_by_the_wall_clock_past_its_last_read(dev_stack, tmp_path):
+    # The first symptom of the 10-minute chaos run on NATS that stalled: the kline of the minute of the NATS stop
+    # with the trades up to the stop only, then two minutes closed flat. A checkpoint waited for NATS (holding the
+    # kline stage) while trades piled up in the stream; the timer then closed the windows the wall clock had passed
+    # meanwhile without them, as if the instruments had been quiet (the reader's last "caught up" was from before
+    # the wait), to correct them once read.
+    prefix = f"h{uuid.uuid4().hex[:8]}."
+    path = worker_config(tmp_path, "", prefix, "at_least_once", nats_url=dev_stack.nats_url)
+    # Leases that outlast the test (the timer closes nothing without them); a short grace.
+    path.write_text(path.read_text().replace("lease_ttl_s = 3.0", "lease_ttl_s = 60.0") + "grace_ms = 100\n")
+    config = load_config(path, environ={})
+    bus = bus_config(dev_stack, prefix, "nats")
+    end = (1_700_000_000_000_000_000 // MINUTE) * MINUTE  # the window [end - 1 min, end)
+    early, held = (
+        Trade("binance", "AAAUSDT", str(n), Decimal(price), Decimal(1), "buy", end - ms * 1_000_000, end)
+        for n, price, ms in ((1, "100", 300), (2, "101", 200))
+    )
+    watcher = KlineWatcher(bus)
+    await watcher.start()
+    await publish(bus, [early])
+    client = await connect_client(config.bus.nats)
+    publisher = NatsPublisher(config.bus.nats, config.bus.batch)
+    await publisher.start()
+    worker = NatsWorker(config, client, publisher)
+    stage = worker.stages[0]
+    assert isinstance(stage, KlineStage)
+    try:
+        await worker.leases.start()
+        for each in worker.stages:
+            await each.start()
+        await worker.balance()  # the only member: it takes every shard
+        while stage.reader.next_seq < 2 or stage.reader.pending != 0:
+            await stage.step()  # the early trade read and applied, the stream read to its end
+        await publish(bus, [held])  # in the stream, unread: the loop is held up (by a checkpoint waiting for NATS)
+        await asyncio.sleep(0.5)  # the wall clock passes the window's end + grace, extrapolated from the early trade
+        await stage.tick()
+        await stage.step()  # the held trade read
+        await asyncio.sleep(0.5)  # the wall clock passes the window's end + grace again, from the held trade
+        await stage.step()  # nothing more: the stream read to its end now
+        await stage.tick()  # both trades in: the window closes
+        await publisher.flush()
+        key = ("AAAUSDT", "1m", end - MINUTE)
+        await watcher.until(lambda: key in watcher.closed, timeout_s=30.0)
+    finally:
+        for each in worker.stages:
+            await each.reader.stop()
+        await publisher.stop()
+        await client.close()
+        await watcher.follower.stop()
+    assert watcher.closed[key].trade_count == 2
+    assert {k[3]: n for k, n in watcher.closings.items() if k[:3] == key} == {0: 1}  # closed once, never corrected

@@ -307,7 +307,8 @@ class StreamReader:
         self.topic = topic
         self.stream = stream_name(topic)
         self.next_seq = 1  # the stream sequence of the next message wanted
-        self.pending: int | None = None  # messages after the last one fetched (None: not known yet)
+        self.pending: int | None = None  # messages after the last one fetched (None: not known since the seek)
+        self.read_wall_ns: int | None = None  # wall time of the read that found ``pending``
         self._subscription: JetStreamContext.PullSubscription | None = None
         self._consumer_seq = 0
 
@@ -315,6 +316,7 @@ class StreamReader:
         """Reads from stream sequence ``seq`` on."""
         await self._close()
         self.next_seq = max(seq, 1)
+        self.pending = self.read_wall_ns = None  # what was left after the old position says nothing of the new
 
     async def _open(self) -> JetStreamContext.PullSubscription:
         config = ConsumerConfig(
@@ -343,11 +345,13 @@ class StreamReader:
             messages = await subscription.fetch(batch=max_messages, timeout=timeout_s)
         except (TimeoutError, NatsTimeoutError):
             self.pending = 0  # nothing came in the wait: caught up
+            self.read_wall_ns = time.time_ns()
             return []
         except NatsError as exc:
             log.warning("stream read failed; reading again from the last message", extra={"error": repr(exc)})
             await self._close()
             return []
+        read_wall_ns = time.time_ns()
         taken: list[Msg] = []
         for message in messages:
             metadata = message.metadata
@@ -359,6 +363,7 @@ class StreamReader:
             self._consumer_seq = metadata.sequence.consumer
             self.next_seq = metadata.sequence.stream + 1
             self.pending = metadata.num_pending
+            self.read_wall_ns = read_wall_ns
             taken.append(message)
         return taken
 

@@ -155,25 +155,28 @@ class Stage:
     # --- the loop ------------------------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        batch = self.config.streams.batch_size
         while not stop.is_set():
             if not self.next_seq or not self.worker.leases.valid():
                 await self.worker.wait(stop, _FETCH_WAIT_S)
                 continue
             try:
-                async with self.lock:
-                    messages = await self.reader.fetch(batch, _FETCH_WAIT_S)
-                    if messages:
-                        await self.process(messages)
-                    for shard in self.next_seq:  # every message of them up to the reader's position is done
-                        self.next_seq[shard] = max(self.next_seq[shard], self.reader.next_seq)
-                    await self.checkpoint()
+                await self.step()
             except BusError as exc:  # e.g. NATS restarting
                 await self.restart(stop, exc)
                 continue
             if self.reader.pending is not None:
                 CONSUMER_LAG.labels(self.config.streams.app_id, self.topic, "0").set(self.reader.pending)
             metrics.TABLE_ROWS.labels(self.table).set(self.row_count())
+
+    async def step(self) -> None:
+        """One read of at most a batch, processed, then a checkpoint when one is due."""
+        async with self.lock:
+            messages = await self.reader.fetch(self.config.streams.batch_size, _FETCH_WAIT_S)
+            if messages:
+                await self.process(messages)
+            for shard in self.next_seq:  # every message of them up to the reader's position is done
+                self.next_seq[shard] = max(self.next_seq[shard], self.reader.next_seq)
+            await self.checkpoint()
 
     async def process(self, messages: list[Msg]) -> None:
         raise NotImplementedError
@@ -202,8 +205,16 @@ class Stage:
             await self.worker.wait(stop, _RETRY_S)
 
     def keeping_up(self) -> bool:
+        return self.read_up_to_ns() is not None
+
+    def read_up_to_ns(self) -> int | None:
+        """The wall time at which the reader last found at most a batch left in the stream; None while behind, or
+        not known since the last seek. What the stream holds is known up to then only: the loop may have been held
+        up since (a checkpoint waiting for NATS, a slow publish), with trades piling up unread."""
         pending = self.reader.pending
-        return pending is not None and pending <= self.config.streams.batch_size
+        if pending is None or pending > self.config.streams.batch_size:
+            return None
+        return self.reader.read_wall_ns
 
     async def checkpoint(self, force: bool = False) -> None:
         """Outputs acknowledged, then the changed rows saved, then the shards' checkpoints; at most once per
@@ -328,14 +339,20 @@ class KlineStage(Stage):
         return label
 
     async def tick(self) -> None:
-        """Closes windows of quiet instruments by the wall clock and sends throttled in-progress klines."""
+        """Closes windows of quiet instruments by the wall clock and sends throttled in-progress klines.
+
+        An instrument is known to be quiet only up to the last read that found the stream's end, not up to now:
+        after the loop was held up (by a checkpoint waiting for NATS, say), the stream may hold the trades of the
+        windows the wall clock has passed meanwhile, and closing them now would close them without those trades
+        (then correct them, revision 1, once read)."""
         async with self.lock:
-            if not self.keeping_up() or not self.worker.leases.valid():
+            read_up_to_ns = self.read_up_to_ns()
+            if read_up_to_ns is None or not self.worker.leases.valid():
                 return
             now = time.time_ns()
             for key, state in list(self.states.items()):
                 with exact_context():
-                    closed = state.on_time(now)
+                    closed = state.on_time(read_up_to_ns)
                     updates = state.in_progress(now)
                 if closed:
                     await self.send(key, closed)

@@ -11,7 +11,8 @@ changelog) with 12 partitions, the six default intervals 1m..1d, the default ind
 ``--streams "indicators=[]"`` leaves them out), ``standby_replicas = 0``, log level WARNING and any other
 ``--streams`` settings (e.g. ``--streams batch_size=20000``), and stops it with SIGTERM: "exit" is its exit
 code and how long it took to stop (it should be 0); its stderr stays in /tmp/bench-klines-<app_id>.log. Topics are
-deleted at the end unless ``--keep``; ``--prefix`` reuses the trades of a kept run.
+deleted at the end unless ``--keep``; ``--prefix`` reuses the trades of a kept run. Every throughput run starts
+without the prefix's other topics (deleted first): the klines of an earlier run would be read by its indicators.
 
 Throughput (per ``--guarantee``): ``{prefix}market.trades`` is pre-filled with ``--count`` trades of
 ``--instruments`` instruments (five exchanges, prices on a random walk, 5% of trades up to 0.5 s out of order,
@@ -272,6 +273,21 @@ class Offsets:
         topics = [name for name in await self.admin.list_topics() if name.startswith(stem)]
         if topics:
             await self.admin.delete_topics(topics)
+
+    async def delete_outputs(self, prefix: str) -> None:
+        """Deletes the topics of ``prefix`` but its trades, and waits until they are gone: a worker reading the
+        same trades again (the next guarantee, or a run on ``--prefix``) must not find an earlier run's klines,
+        which its indicator agent would read too."""
+        keep = prefix + Topics.TRADES
+        stale = [name for name in await self.admin.list_topics() if name.startswith(prefix) and name != keep]
+        if not stale:
+            return
+        await self.admin.delete_topics(stale)
+        deadline = time.monotonic() + 60
+        while set(stale) & set(await self.admin.list_topics()):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"topics {stale} still there 60 s after their deletion")
+            await asyncio.sleep(0.2)
 
 
 class NatsProgress:
@@ -635,6 +651,7 @@ async def run_throughput(offsets: Offsets, tmp: Path, args: argparse.Namespace, 
         records = offsets.counts_of(topic).records()
         say(f"{total:,} trades on {topic} in {records:,} records ({total / max(records, 1):,.0f} trades per record)")
         for guarantee in ["at_least_once", "exactly_once"] if args.guarantee == "both" else [args.guarantee]:
+            await offsets.delete_outputs(prefix)
             rows.append(await throughput(offsets, prefix, guarantee, total, tmp, args))
             say(f"kafka {guarantee}: {rows[-1]['trades/s']:,.0f} trades/s")
     if args.bus != "kafka":

@@ -63,6 +63,11 @@ def test_file_values_and_env_overrides_layer_in_order(tmp_path):
         ('[streams]\nindicators = ["nope_3"]\n', {}, r"unknown indicator 'nope'"),
         ('[streams]\nindicators = ["sma_3", "sma_3"]\n', {}, r"'sma_3' is configured twice"),
         ("", {"MARKET_INGESTOR__STREAMS__INTERVALS": '["5x"]'}, r"'5x'.* - at `\$.streams.intervals`"),
+        (
+            "[streams]\nmalloc_mmap_threshold_bytes = 67108864\n",
+            {},
+            r"<= 33554432 - at `\$.streams.malloc_mmap_threshold_bytes`",
+        ),
     ],
 )
 def test_a_bad_value_fails_at_start_naming_the_field(tmp_path, toml, env, message):

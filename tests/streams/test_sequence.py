@@ -6,6 +6,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+from aiokafka.errors import KafkaConnectionError
 from faust.types import TP
 
 from market_ingestor.streams.sequence import InputSequence
@@ -109,6 +110,18 @@ async def test_an_offset_not_known_to_faust_is_asked_of_the_broker_not_taken_for
     passed = await sequence.in_order(_events(P0, 6747, 6748) + _events(P1, 3), {P0: None, P1: None})
     assert _offsets(passed) == [(0, 6747), (0, 6748)]
     assert app.consumer.seeks == [(P1, 0)]  # nothing committed for P1 at the broker either: its log start
+
+
+async def test_a_broker_that_cannot_tell_the_committed_offset_means_reading_from_the_log_start():
+    app = _app(earliest={P0: 10})
+
+    async def unreachable(tp: Any) -> int | None:
+        raise KafkaConnectionError("the broker is away")
+
+    app.consumer._thread.committed = unreachable
+    sequence = InputSequence(app)
+    assert await sequence.in_order(_events(P0, 40), {P0: None}) == []  # never skipped: read again from 10
+    assert app.consumer.seeks == [(P0, 10)]
 
 
 async def test_a_new_generation_starts_again_from_the_committed_offsets():

@@ -194,7 +194,7 @@ class PartitionWriter:
             committed = {tp: self.next_offset(tp) for tp in assigned}
             await self.sequence.resume_stalled(assigned, committed, INPUT_STALL_S)
 
-    async def rejoin_if_stuck(self, now: float | None = None) -> bool:
+    async def rejoin_if_stuck(self, now: float | None = None) -> bool:  # float-ok: monotonic seconds
         """A fence normally comes with a rebalance (another member was given our partitions), and the new
         assignment brings new producers. A producer that failed for another reason (its sender died while the
         broker was away, seen in the chaos run) is taken for a fence as well, and then no rebalance comes: the

@@ -137,7 +137,10 @@ class InputSequence:
         known = {tp: offset for tp in tps if (offset := committed.get(tp)) is not None and offset >= 0}
         missing = [tp for tp in tps if tp not in known]
         if missing:  # not known here (Faust's record of it can be missing, e.g. after a fence): the broker's
-            known.update(await faust_internals.committed_at_broker(self.app, missing))
+            try:
+                known.update(await faust_internals.committed_at_broker(self.app, missing))
+            except (KafkaError, TimeoutError) as exc:  # from the log start then: read again, never skipped
+                log.warning("committed offsets of %s not read (%r): reading them from the log start", missing, exc)
             missing = [tp for tp in missing if tp not in known]
         earliest: dict[Any, int] = {}
         if missing:  # nothing committed: consumption starts at the log start (offset reset earliest)

@@ -23,8 +23,7 @@ from pathlib import Path
 import aiohttp
 
 from chaos_services import free_port
-from market_ingestor.devstack.config import PROMETHEUS_PORT, StackConfig
-from market_ingestor.devstack.prometheus import PrometheusServer
+from market_ingestor.devstack.prometheus import PrometheusServer, own_prometheus_config
 from market_ingestor.devstack.scrape import ScrapeJob
 from market_ingestor.errors import DevStackError
 
@@ -70,7 +69,9 @@ class LagWatch:
 
     def __init__(self, workdir: Path, ports: Mapping[str, Sequence[int]], series: Mapping[str, int]) -> None:
         self.server = PrometheusServer(
-            _own_stack_config(workdir), scrape_jobs(ports), scrape_interval_s=SCRAPE_INTERVAL_S
+            own_prometheus_config(workdir / "devstack", free_port),
+            scrape_jobs(ports),
+            scrape_interval_s=SCRAPE_INTERVAL_S,
         )
         self.baseline = dict(series)  # lag series per job of the whole group (expected_series)
         self._http: aiohttp.ClientSession | None = None
@@ -118,14 +119,3 @@ class LagWatch:
             return caught_up(await self.lag(job), self.baseline[job], since_wall_s)
 
         return check
-
-
-def _own_stack_config(workdir: Path) -> StackConfig:
-    """A dev-stack config whose Prometheus port is free and whose state is in the run's workdir (only Prometheus of
-    it is started)."""
-    for _ in range(20):
-        try:
-            return StackConfig.from_env(workdir / "devstack", port_offset=free_port() - PROMETHEUS_PORT)
-        except DevStackError:  # the offset puts a server on another's default port: pick again
-            continue
-    raise DevStackError("no usable port for the chaos run's Prometheus")

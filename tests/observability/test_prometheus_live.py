@@ -25,10 +25,8 @@ import pytest
 
 from db_helpers import fresh_database
 from market_ingestor.config import Config, load_config
-from market_ingestor.devstack.config import PROMETHEUS_PORT, StackConfig
-from market_ingestor.devstack.prometheus import PrometheusServer
+from market_ingestor.devstack.prometheus import PrometheusServer, own_prometheus_config
 from market_ingestor.devstack.scrape import metrics_ports, pipeline_jobs
-from market_ingestor.errors import DevStackError
 from metrics_helpers import answering, free_port, until
 
 pytestmark = [
@@ -84,16 +82,6 @@ def test_every_dashboard_query_is_found_and_filled_in():
     assert substituted(expr) == 'rate(x[10s]) + y{exchange="binance"}'
 
 
-def _stack_config(tmp_path: Path) -> StackConfig:
-    """A dev-stack config of this test's own whose Prometheus port is free (the other servers are not started)."""
-    for _ in range(20):
-        try:
-            return StackConfig.from_env(tmp_path / "devstack", port_offset=free_port() - PROMETHEUS_PORT)
-        except DevStackError:  # the offset puts a server on another's default port: pick again
-            continue
-    raise AssertionError("no usable port offset found")
-
-
 @pytest.fixture
 async def pipeline(dev_stack, tmp_path, monkeypatch) -> AsyncIterator[Config]:
     """``up --simulate --with all`` on a database, topics and ports of its own; yields its config."""
@@ -136,7 +124,11 @@ async def pipeline(dev_stack, tmp_path, monkeypatch) -> AsyncIterator[Config]:
 
 @pytest.fixture
 async def prometheus(pipeline: Config, tmp_path: Path) -> AsyncIterator[PrometheusServer]:
-    server = PrometheusServer(_stack_config(tmp_path), pipeline_jobs(pipeline), scrape_interval_s=SCRAPE_INTERVAL_S)
+    server = PrometheusServer(
+        own_prometheus_config(tmp_path / "devstack", free_port),
+        pipeline_jobs(pipeline),
+        scrape_interval_s=SCRAPE_INTERVAL_S,
+    )
     try:
         assert await asyncio.to_thread(server.ensure, 60.0)
         yield server

@@ -12,10 +12,10 @@ import logging
 import shutil
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from market_ingestor.devstack.config import HOST, StackConfig
+from market_ingestor.devstack.config import HOST, PROMETHEUS_PORT, StackConfig
 from market_ingestor.devstack.process import spawn_detached
 from market_ingestor.devstack.scrape import SELF_JOB, ScrapeJob, render_config
 from market_ingestor.devstack.server import LocalServer
@@ -90,6 +90,17 @@ class PrometheusServer(LocalServer):
                 return bool(response.status == 200)
         except (urllib.error.URLError, OSError):
             return False
+
+
+def own_prometheus_config(state_dir: Path, free_port: Callable[[], int]) -> StackConfig:
+    """A dev-stack config of its own, for a Prometheus beside the dev stack's (a test's, a bench's): state under
+    ``state_dir``, the Prometheus port a free one (``free_port()``); its other servers are not meant to start."""
+    for _ in range(20):
+        try:
+            return StackConfig.from_env(state_dir, port_offset=free_port() - PROMETHEUS_PORT)
+        except DevStackError:  # the offset puts a server on another's default port: pick again
+            continue
+    raise DevStackError("no usable port offset found for an own Prometheus")
 
 
 def _prometheus_binary() -> Path:

@@ -86,3 +86,15 @@ async def until(
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not reached within {timeout_s} s")
         await asyncio.sleep(0.1)
+
+
+async def listening(port: int) -> bool:
+    """Whether a server accepts connections on ``port`` (the push gateway serves /metrics on another port, which
+    can answer before its WebSocket port is bound)."""
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return False
+    writer.close()
+    await writer.wait_closed()
+    return True

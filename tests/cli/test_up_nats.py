@@ -16,7 +16,7 @@ import msgspec
 import pytest
 
 from db_helpers import fresh_database
-from metrics_helpers import free_port
+from metrics_helpers import free_port, listening
 
 pytestmark = [pytest.mark.nats, pytest.mark.postgres]
 
@@ -96,6 +96,8 @@ async def test_up_with_all_services_runs_the_pipeline_on_nats_and_exits_0(dev_st
                         return False
 
                 await until("the API's ticker holds a BTCUSDT trade", ticker)
+                # The gateway listens once it has read back its state from the streams, maybe after the API is up.
+                await until("the push gateway listening", lambda: listening(push_port))
                 async with http.ws_connect(f"ws://127.0.0.1:{push_port}/") as socket:
                     subscribe = {"action": "subscribe", "channels": ["kline.1m"], "symbols": ["binance.BTCUSDT"]}
                     await socket.send_json(subscribe)

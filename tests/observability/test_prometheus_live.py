@@ -27,7 +27,7 @@ from db_helpers import fresh_database
 from market_ingestor.config import Config, load_config
 from market_ingestor.devstack.prometheus import PrometheusServer, own_prometheus_config
 from market_ingestor.devstack.scrape import metrics_ports, pipeline_jobs
-from metrics_helpers import answering, free_port, until
+from metrics_helpers import answering, free_port, listening, until
 
 pytestmark = [
     pytest.mark.kafka,
@@ -153,18 +153,6 @@ async def _poll(what: str, timeout_s: int, check: Any) -> Any:
             return result
         assert time.monotonic() < deadline, f"{what} not reached within {timeout_s} s: {result}"
         await asyncio.sleep(0.5)
-
-
-async def listening(port: int) -> bool:
-    """Whether a server accepts connections on ``port`` (the push gateway serves /metrics on another port, which
-    can answer before its WebSocket port is bound)."""
-    try:
-        _, writer = await asyncio.open_connection("127.0.0.1", port)
-    except OSError:
-        return False
-    writer.close()
-    await writer.wait_closed()
-    return True
 
 
 async def _traffic(http: aiohttp.ClientSession, config: Config) -> None:

@@ -30,7 +30,9 @@ can correct a window that ended up to ``max_lateness_ms`` before the watermark, 
 end of the latest closed kline.
 
 Serialization: ``to_bytes`` is msgpack ``[base, history, folded]``, each base state the indicator's own
-``to_bytes`` (Decimals as exact strings), kept encoded between folds. Series written when the base was folded
+``to_bytes`` (Decimals as exact strings), kept encoded between folds. In memory the history's bars and the mark are
+kept encoded (a worker holds a series per instrument and interval; a decoded bar is ~3x the size): a bar is decoded
+when a load or a correction replays it. Series written when the base was folded
 kline by kline (a history of at most ``horizon`` klines) load the same, and ones written here load there.
 ``from_indicators`` takes states in the previous per-indicator format: they become the base with an empty
 history, so corrections reach back only to klines that arrive from then on.
@@ -110,12 +112,30 @@ class Bar(msgspec.Struct, frozen=True, array_like=True):
 
 class _Stored(msgspec.Struct, array_like=True):
     base: dict[str, bytes]  # spec -> the indicator's to_bytes()
-    history: list[Bar]  # oldest first, at most the horizon
+    history: list[msgspec.Raw]  # Bars (msgpack), oldest first, at most the horizon
     folded: int | None  # open_time of the latest kline corrections no longer reach; None before the first
+
+
+class _Kept(msgspec.Struct, frozen=True, gc=False):
+    """A bar of the history as a series keeps it: what ``_locate`` reads, and the bar's msgpack (``Bar`` is
+    ``array_like``: the same bytes ``_Stored.history`` holds). A decoded ``Bar`` with its six Decimals takes ~700
+    bytes, this ~200; bars are decoded only to replay (a load or a correction), and ``to_bytes`` copies them."""
+
+    open_time: int
+    revision: int
+    packed: bytes
+
+    @classmethod
+    def of(cls, bar: Bar) -> _Kept:
+        return cls(bar.open_time, bar.revision, _ENCODER.encode(bar))
+
+    def bar(self) -> Bar:
+        return _BAR_DECODER.decode(self.packed)
 
 
 _ENCODER = msgspec.msgpack.Encoder()
 _DECODER = msgspec.msgpack.Decoder(_Stored)
+_BAR_DECODER = msgspec.msgpack.Decoder(Bar)
 
 
 class Series:
@@ -129,7 +149,7 @@ class Series:
             raise ValueError(f"a series keeps at least one kline, got horizon {horizon}")
         # Indicators no longer configured are dropped; newly configured ones start fresh from the base.
         self._base = {spec: base[spec] if spec in base else parse_spec(spec).to_bytes() for spec in specs}
-        self.history = history
+        self._history = [_Kept.of(bar) for bar in history]
         self.folded = folded
         self.horizon = horizon
         self._mark: dict[str, Indicator] | None = None  # the state after history[:horizon], once it is that long
@@ -138,8 +158,9 @@ class Series:
             cut = len(history) - horizon
             for bar in history[:cut]:
                 _apply(states, bar.kline())
-            self._base, self.folded, self.history = _encode(states), history[cut - 1].open_time, history[cut:]
-        self._current = self._replay(states, 0)
+            self._base, self.folded, self._history = _encode(states), history[cut - 1].open_time, self._history[cut:]
+            history = history[cut:]
+        self._current = self._replay(states, 0, history)
         self._reach()
 
     @classmethod
@@ -150,7 +171,8 @@ class Series:
     def from_bytes(cls, data: bytes, specs: Iterable[str], horizon: int) -> Series:
         """Raises ``IndicatorStateError`` for bytes that are not a series."""
         stored: _Stored = decode_state(_DECODER, data)
-        return cls(specs, horizon, stored.base, stored.history, stored.folded)
+        history = [decode_state(_BAR_DECODER, raw) for raw in stored.history]
+        return cls(specs, horizon, stored.base, history, stored.folded)
 
     @classmethod
     def from_indicators(cls, states: Mapping[str, Indicator], specs: Iterable[str], horizon: int) -> Series:
@@ -163,8 +185,14 @@ class Series:
         """The indicators' state before the history (decoded on each access)."""
         return self._decode_base()
 
+    @property
+    def history(self) -> list[Bar]:
+        """The klines corrections can reach and those before them since the base (decoded on each access)."""
+        return [kept.bar() for kept in self._history]
+
     def to_bytes(self) -> bytes:
-        return _ENCODER.encode(_Stored(self._base, self.history, self.folded))
+        history = [msgspec.Raw(kept.packed) for kept in self._history]
+        return _ENCODER.encode(_Stored(self._base, history, self.folded))
 
     def classify(self, kline: Kline) -> Update:
         """``APPEND`` after the latest kline; ``REPLACE`` for a kline of the history or one to insert into it;
@@ -187,8 +215,8 @@ class Series:
             return []
         if how is Update.APPEND:
             values = _apply(self._current, kline)
-            self.history.append(Bar.of(kline, kline.revision))
-            if len(self.history) == self.horizon:
+            self._history.append(_Kept.of(Bar.of(kline, kline.revision)))
+            if len(self._history) == self.horizon:
                 self._mark = _copy(self._current)
             self._fold()
             return [_value(kline, name, kline.open_time, kline.revision, v) for name, v in values.items() if v]
@@ -199,7 +227,7 @@ class Series:
     def _locate(self, kline: Kline) -> tuple[Update, int]:
         """What ``kline`` means and where it goes in the history; for REPLACE, ``index`` is the kline it replaces
         (same open_time) or the one it goes before."""
-        t, history = kline.open_time, self.history
+        t, history = kline.open_time, self._history
         if self.folded is not None and t <= self.folded:
             return Update.STALE, -1
         if not history or t > history[-1].open_time:
@@ -213,12 +241,13 @@ class Series:
         return Update.REPLACE, 0
 
     def _decode_base(self) -> dict[str, Indicator]:
-        return {spec: from_bytes(state) for spec, state in self._base.items()}
+        return _decode(self._base)
 
-    def _replay(self, states: dict[str, Indicator], start: int) -> dict[str, Indicator]:
-        """``states`` (the state before ``history[start]``) after the rest of the history; takes the mark."""
-        for position in range(start, len(self.history)):
-            _apply(states, self.history[position].kline())
+    def _replay(self, states: dict[str, Indicator], start: int, bars: list[Bar]) -> dict[str, Indicator]:
+        """``states`` (the state before ``history[start]``) after ``bars`` (the rest of the history, decoded);
+        takes the mark."""
+        for position, bar in enumerate(bars, start):
+            _apply(states, bar.kline())
             if position + 1 == self.horizon:
                 self._mark = _copy(states)
         return states
@@ -229,53 +258,55 @@ class Series:
             states, start = _copy(self._mark), self.horizon
         else:
             states, start = self._decode_base(), 0
-        for bar in self.history[start:index]:
-            _apply(states, bar.kline())
+        for kept in self._history[start:index]:
+            _apply(states, kept.bar().kline())
         return states
 
     def _fold(self) -> None:
         """Moves the base on by ``horizon`` klines once the history holds twice that many: the mark (the state
         after the first ``horizon``) becomes the base, so no kline is applied twice."""
-        if len(self.history) >= 2 * self.horizon:
+        if len(self._history) >= 2 * self.horizon:
             assert self._mark is not None  # taken when the history was `horizon` long
             self._base = _encode(self._mark)
-            self.folded = self.history[self.horizon - 1].open_time
-            del self.history[: self.horizon]
+            self.folded = self._history[self.horizon - 1].open_time
+            del self._history[: self.horizon]
             self._mark = _copy(self._current)  # the history is `horizon` long again: it never exceeds twice that
         self._reach()
 
     def _reach(self) -> None:
         """Corrections reach the last ``horizon`` klines; ``folded`` is the one before them (stale from it on)."""
-        if len(self.history) > self.horizon:
-            self.folded = self.history[-self.horizon - 1].open_time
+        if len(self._history) > self.horizon:
+            self.folded = self._history[-self.horizon - 1].open_time
 
     def _revise(self, kline: Kline, index: int) -> list[IndicatorValue]:
-        history = self.history
-        replaces = index < len(history) and history[index].open_time == kline.open_time
+        kept = self._history
+        replaces = index < len(kept) and kept[index].open_time == kline.open_time
         if replaces:
-            old = history[index]
+            old = kept[index].bar()
             bar = Bar.of(kline, old.emitted)
             if bar.same_kline(old):  # a re-delivery, or a revision that changed nothing the indicators read
-                history[index] = bar
+                kept[index] = _Kept.of(bar)
                 return []
-            following = history[index + 1 :]
+            following = [k.bar() for k in kept[index + 1 :]]
+            sent = [old, *following]
         else:
-            bar, following = Bar.of(kline, kline.revision), history[index:]
+            bar, following = Bar.of(kline, kline.revision), [k.bar() for k in kept[index:]]
+            sent = following
         states = self._state_before(index)
         before = _copy(states)
-        emitted = {b.open_time: _apply(before, b.kline(kline)) for b in history[index:]}  # what was sent
+        emitted = {b.open_time: _apply(before, b.kline(kline)) for b in sent}  # what was sent
         keep_mark = index >= self.horizon  # the mark follows from history[:horizon], unchanged then
         if not keep_mark:
             self._mark = None
-        self.history = history[:index]
+        self._history = kept[:index]
         out: list[IndicatorValue] = []
         for later in (bar, *following):
             values, previous = _apply(states, later.kline(kline)), emitted.get(later.open_time)
             changed = {name: v for name, v in values.items() if v and not _same(v, (previous or {}).get(name))}
             if changed and previous is not None:  # sent before: the new values must outrank the old ones
                 later = msgspec.structs.replace(later, emitted=max(later.revision, later.emitted + 1))
-            self.history.append(later)
-            if len(self.history) == self.horizon and not keep_mark:
+            self._history.append(_Kept.of(later))
+            if len(self._history) == self.horizon and not keep_mark:
                 self._mark = _copy(states)
             out += [_value(kline, name, later.open_time, later.emitted, v) for name, v in changed.items()]
         self._current = states
@@ -289,6 +320,10 @@ def _copy(states: Mapping[str, Indicator]) -> dict[str, Indicator]:
 
 def _encode(states: Mapping[str, Indicator]) -> dict[str, bytes]:
     return {name: indicator.to_bytes() for name, indicator in states.items()}
+
+
+def _decode(states: Mapping[str, bytes]) -> dict[str, Indicator]:
+    return {name: from_bytes(state) for name, state in states.items()}
 
 
 def _apply(states: Mapping[str, Indicator], kline: Kline) -> dict[str, Values | None]:

@@ -181,8 +181,9 @@ class StreamsConfig(_Section, frozen=True):
     # more instruments than this on one worker means rows are decoded and replayed again per batch.
     indicator_cache_rows: PositiveInt = 4096
     # Memory blocks at least this large get their own mapping, returned to the system when freed (glibc only; 0
-    # leaves the allocator's own adjusting threshold): keeps freed record buffers from piling up in the heap.
-    malloc_mmap_threshold_bytes: Annotated[int, msgspec.Meta(ge=0, le=32 * 1024 * 1024)] = 128 * 1024
+    # leaves the allocator's own adjusting threshold). 131072 keeps freed record buffers from piling up in the
+    # heap (~22 MB less peak RSS on bench/klines.py) but costs ~15% more CPU per trade (docs/benchmarks.md).
+    malloc_mmap_threshold_bytes: Annotated[int, msgspec.Meta(ge=0, le=32 * 1024 * 1024)] = 0
     web_port: PositiveInt = 6066
     metrics_port: PortNumber = 9102  # /metrics and /healthz of the worker
 

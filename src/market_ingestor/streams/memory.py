@@ -5,7 +5,9 @@ decoded values and the output records it builds. glibc's malloc serves a block a
 start) with its own mapping, returned to the system when freed, but every such free raises the threshold (up to
 32 MiB), so soon these buffers come from the heap instead, where a few long-lived small blocks between them keep
 the freed space from being returned: on bench/klines.py (1M trades, defaults) 25-40 MB of the worker's peak RSS was
-free heap. A fixed threshold (setting it also turns the adjustment off) keeps them in their own mappings.
+free heap. A fixed threshold (setting it also turns the adjustment off) keeps them in their own mappings, at the
+cost of a fresh mapping (page faults, zeroed pages) for every large buffer: 128 KiB measured ~22 MB less peak RSS
+and ~15% more CPU per trade, so it is off (0) by default (docs/benchmarks.md).
 
 Only glibc has ``mallopt``; elsewhere (musl, macOS) this does nothing.
 """

@@ -415,17 +415,26 @@ def test_every_in_progress_kline_aggregates_the_trades_of_its_window_so_far() ->
     rng = random.Random(11)
     state = new(settings)
     applied: dict[tuple[str, int], list[Trade]] = defaultdict(list)  # (interval, window) -> its trades so far
+    closed: set[tuple[str, int]] = set()
+    sent: dict[tuple[str, int], int] = {}  # the trade count of each window's last in-progress kline
     ts, emitted = at(58), 0
     for n in range(1500):
         ts += rng.randint(0, 800 * MS)
         late = rng.randint(0, 1500 * MS) if rng.random() < 0.1 else 0  # out of order, within the grace
         t = trade(n, ts - late, str(rng.randint(90, 110)), f"0.{rng.randint(1, 999):03d}", rng.choice(["buy", "sell"]))
-        assert not state.apply(t).too_late
+        result = state.apply(t)
+        assert not result.too_late
+        closed |= {(k.interval, k.open_time) for k in result.klines}
         for interval in intervals:
             applied[interval.name, interval.open_time(t.ts)].append(t)
         if rng.random() < 0.5:
             continue
-        for kline in state.in_progress(n * MS):
+        updates = state.in_progress(n * MS)
+        # Exactly the open windows whose trade count changed since their last update, each once.
+        changed = {key for key, mine in applied.items() if key not in closed and sent.get(key) != len(mine)}
+        assert sorted((k.interval, k.open_time) for k in updates) == sorted(changed)
+        sent.update({(k.interval, k.open_time): k.trade_count for k in updates})
+        for kline in updates:
             mine = applied[kline.interval, kline.open_time]
             if len(mine) > 50:  # the brute force is quadratic: check the long windows' first trades only
                 continue

@@ -626,12 +626,31 @@ class InstrumentKlines:
         changes = self._changes
         buckets = self._s.buckets
         opened_order = sorted(buckets) if len(buckets) > 1 else list(buckets)
+        # The common case (a live instrument): one open bucket. Its window in each level is that level's only open
+        # window or has none folded yet; the general loop below gives the same klines with more bookkeeping.
+        only = buckets[opened_order[0]] if len(opened_order) == 1 else None
         for index, (interval, level, _) in enumerate(self._levels):
             sent_wall = self._sent_wall[index]
             if self._sent_changes[index] == changes or (
                 sent_wall is not None and now_wall_ns - sent_wall < self._update_ns
             ):
                 continue
+            if only is not None and len(level.open) <= 1:
+                opened = opened_order[0]
+                window = opened - (opened - interval.offset_ns) % interval.ns  # interval.open_time(opened)
+                partial = level.open.get(window)
+                if (level.begin is None or window >= level.begin) and (partial is not None or not level.open):
+                    count = only.count if partial is None else partial.count + only.count
+                    if self._sent_counts[index].get(window) != count:
+                        merged = only  # read only, unless a folded part is there to merge into
+                        if partial is not None:
+                            merged = msgspec.structs.replace(partial)
+                            _merge(merged, only)
+                        out.append(self._kline(interval, window, merged, False))
+                        self._sent_wall[index] = now_wall_ns
+                    self._sent_counts[index] = {window: count}
+                    self._sent_changes[index] = changes
+                    continue
             # Each open window's trade count, and the open buckets in it (in time order).
             counts = {window: agg.count for window, agg in level.open.items()}
             members: list[tuple[int, _Agg]] = []
@@ -670,26 +689,30 @@ class InstrumentKlines:
 
     def _kline(self, interval: Interval, window: int, agg: _Agg, closed: bool) -> Kline:
         volume = agg.volume
+        # Positional (a hot path: every emitted kline), in Kline's field order: exchange, symbol, interval,
+        # open_time, close_time (interval.close_time(window), inlined), open, high, low, close, volume,
+        # quote_volume, trade_count, taker_buy_volume, taker_buy_quote_volume, first_trade_id, last_trade_id, vwap,
+        # closed, revision (test_kline_fields_on_a_hand_computed_window fails on a swap).
         return Kline(
-            exchange=self._s.exchange,
-            symbol=self._s.symbol,
-            interval=interval.name,
-            open_time=window,
-            close_time=window + interval.ns - 1,  # interval.close_time(window), inlined
-            open=agg.open,
-            high=agg.high,
-            low=agg.low,
-            close=agg.close,
-            volume=volume,
-            quote_volume=agg.quote_volume,
-            trade_count=agg.count,
-            taker_buy_volume=agg.buy_volume,
-            taker_buy_quote_volume=agg.buy_quote_volume,
-            first_trade_id=agg.first_id,
-            last_trade_id=agg.last_id,
-            vwap=_VWAP.divide(agg.quote_volume, volume) if volume else agg.close,
-            closed=closed,
-            revision=agg.revision,
+            self._s.exchange,
+            self._s.symbol,
+            interval.name,
+            window,
+            window + interval.ns - 1,
+            agg.open,
+            agg.high,
+            agg.low,
+            agg.close,
+            volume,
+            agg.quote_volume,
+            agg.count,
+            agg.buy_volume,
+            agg.buy_quote_volume,
+            agg.first_id,
+            agg.last_id,
+            _VWAP.divide(agg.quote_volume, volume) if volume else agg.close,
+            closed,
+            agg.revision,
         )
 
 

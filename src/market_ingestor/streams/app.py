@@ -283,10 +283,20 @@ class KlineAgent:
         A row's trades partition comes from the producer's metadata (``PartitionWriter.partition_of``), not from
         Faust's ``Consumer.topic_partitions``: that reads aiokafka's group metadata snapshot, which only the group
         leader fills, so on every other member it was None and a worker that took over partitions never took up
-        their quiet instruments (their last windows never closed)."""
+        their quiet instruments (their last windows never closed).
+
+        Only once the table recovery of the current generation is done (``internals.recovered_generation``): a
+        callback of an earlier generation's recovery, or one overtaken by a rebalance during its awaits, would
+        take up rows of newly assigned partitions before their recovery (a standby's lagging copy), and the
+        states, once taken up, are kept: their instruments' klines would miss the trades in between."""
+        generation = self.app.consumer_generation_id
+        if faust_internals.recovered_generation(self.app) != generation:
+            return  # the recovery of the current assignment calls again when it is done
         topic = self.trades.get_topic_name()
         rows = [(key, stored) for key, stored in self.table.items() if key not in self.states]
         sources = {key: TP(topic, await self.writer.partition_of(topic, key)) for key, _ in rows}
+        if self.app.consumer_generation_id != generation:
+            return  # a rebalance came during the awaits: the rows read may predate the new assignment's recovery
         owned = self.writer.owned()  # after the awaits: a revocation may have come meanwhile
         for key, stored in rows:
             source = sources[key]

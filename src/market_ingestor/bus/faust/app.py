@@ -16,7 +16,7 @@ from typing import Any
 import faust
 from aiokafka.errors import ProducerFenced
 
-from market_ingestor.bus.faust.internals import AgentErrorApp, Transport
+from market_ingestor.bus.faust.internals import AgentErrorApp, TableManager, Transport
 from market_ingestor.config import KafkaConfig
 
 # Bounded intake while draining a backlog: without a limit one poll decodes everything fetched (1 MB per partition:
@@ -75,6 +75,8 @@ class StreamApp(AgentErrorApp):
             "broker_session_timeout": session_s,
             "broker_heartbeat_interval": session_s / 5,
             "fetch_max_wait_ms": FETCH_MAX_WAIT_MS,
+            # Table recovery callbacks only for the current generation (bus/faust/internals.py, _Recovery).
+            "TableManager": TableManager,
             **BOUNDED_INTAKE,
         }
         return cls(app_id, **{**common, **settings})

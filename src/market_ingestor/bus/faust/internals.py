@@ -19,6 +19,8 @@ from aiokafka.errors import IllegalStateError
 from aiokafka.producer.transaction_manager import TransactionState
 from aiokafka.structs import TopicPartition
 from faust.streams import _current_event  # the event whose partition a table write goes to
+from faust.tables.manager import TableManager as FaustTableManager
+from faust.tables.recovery import Recovery
 from faust.transport.consumer import TopicPartitionGroup, TransactionManager
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
@@ -254,6 +256,46 @@ def persist_offset(store: Any, changelog: TP, offset: int) -> None:
 def recovery_completed(app: faust.App) -> bool:
     """True once the tables' recovery has finished (``TableManager.recovery.completed``)."""
     return bool(app.tables.recovery.completed.is_set())  # type: ignore[attr-defined]
+
+
+class _Recovery(Recovery):
+    # ``on_recovery_completed(generation_id)`` calls the tables' recovery callbacks first and only then checks that
+    # no rebalance came meanwhile. A recovery can end after the next generation's assignment (its end is not tied
+    # to the rebalance: the reads stop when the changelogs' ends are reached or after the aborted-transaction
+    # check), and before that generation's recovery has started: the callbacks then ran for the new assignment and
+    # loaded rows of partitions not recovered yet (a standby's lagging copy, an unfinished read), which the agents
+    # kept. Here the callbacks run only for the current generation, and ``recovered_generation`` tells them which
+    # generation's recovery reached them.
+    recovered_generation = -1
+
+    async def on_recovery_completed(self, generation_id: int = 0) -> None:
+        if generation_id != self.app.consumer_generation_id:
+            log.info(
+                "table recovery of generation %d ended after generation %d was assigned: its callbacks are left "
+                "to the recovery of the new assignment",
+                generation_id,
+                self.app.consumer_generation_id,
+            )
+            return
+        self.recovered_generation = generation_id
+        await super().on_recovery_completed(generation_id)
+
+
+class TableManager(FaustTableManager):
+    """Faust's table manager with our recovery service (``TableManager.recovery``, ``_recovery``); the app's
+    ``TableManager`` setting names it."""
+
+    @property
+    def recovery(self) -> Recovery:
+        if self._recovery is None:
+            self._recovery = _Recovery(self.app, self, beacon=self.beacon, loop=self.loop)
+        return self._recovery
+
+
+def recovered_generation(app: faust.App) -> int:
+    """The consumer generation whose table recovery last reached the recovery callbacks (-1: none yet, or the
+    app does not use our :class:`TableManager`)."""
+    return int(getattr(app.tables.recovery, "recovered_generation", -1))  # type: ignore[attr-defined]
 
 
 # --- the producer ------------------------------------------------------------------------------------------------

@@ -133,6 +133,9 @@ class FakeWriter:
     def owned(self) -> Assignment:  # PartitionWriter's view of the assignment, revocations excluded
         return self.assignment
 
+    def current(self, events: list[Any]) -> list[Any]:  # one generation here: the owned partitions' events
+        return [event for event in events if event.message.tp in self.assignment]
+
 
 class Table(dict[bytes, bytes]):
     pass

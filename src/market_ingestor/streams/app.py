@@ -190,10 +190,10 @@ class KlineAgent:
         """Applies the trades of a batch of records (each an array of trades of its partition, docs/topics.md).
 
         Faust may revoke partitions while a batch waits or while this awaits its sends: records of partitions no
-        longer assigned are not applied (a state loaded for them would stay cached, stale, until the partition came
-        back), and what was processed of a partition revoked meanwhile is not marked for the checkpoint."""
-        assigned = self.writer.owned()
-        events = [event for event in events if event.message.tp in assigned]
+        longer assigned, or taken before the current assignment, are not applied (``PartitionWriter.current``; a
+        state loaded for them would stay cached, stale), and what was processed of a partition revoked meanwhile is
+        not marked for the checkpoint."""
+        events = self.writer.current(events)
         now = time.time_ns()
         out: list[tuple[bytes, Kline]] = []
         touched: dict[bytes, TP] = {}

@@ -160,10 +160,10 @@ class IndicatorAgent:
 
     async def process(self, events: Sequence[Any]) -> None:
         """Applies the closed klines of a batch of records; each value is sent as soon as it is computed. Records of
-        partitions no longer assigned are skipped, and rows of partitions revoked during the sends are not saved:
+        partitions no longer assigned, or taken before the current assignment, are skipped
+        (``PartitionWriter.current``), and rows of partitions revoked during the sends are not saved:
         their changelog belongs to the new owner now (an older row written there would undo its work)."""
-        assigned = self.writer.owned()
-        events = [event for event in events if event.message.tp in assigned]
+        events = self.writer.current(events)
         rows: dict[bytes, Row] = {}
         touched: dict[bytes, tuple[Row, TP]] = {}
         stale = metrics.INDICATOR_STALE.counts

@@ -166,6 +166,9 @@ class PartitionWriter:
             if current:
                 partitions = {event.message.tp for event in current}
                 current = await self.sequence.in_order(current, {tp: self.next_offset(tp) for tp in partitions})
+            if self.app.consumer_generation_id != generation:
+                held, held_bytes = [], 0  # a rebalance came during the awaits: the next take starts the generation
+                continue
             if self.closed:
                 continue
             if current and not held:
@@ -224,6 +227,21 @@ class PartitionWriter:
             if end is not None:
                 waiting += max(end - offset - 1, 0)
         return waiting > records
+
+    def current(self, events: Iterable[Any]) -> list[Any]:
+        """The events an agent may process now: taken in the consumer's current generation, of partitions it owns
+        (:meth:`owned`).
+
+        A batch can reach an agent after the next assignment: :meth:`batches` awaits the broker (the committed
+        offset of a partition it has no record of yet, a seek) and the agent waits for its lock, which the
+        revocation holds. Processed then, before the new generation's table recovery and while Faust replaces the
+        transactional producer of every assigned partition (``bus/faust/internals.py``), its outputs and rows
+        could go into a transaction the new producer aborts while its input offsets commit in the next one: state
+        and outputs behind the committed input, an exactly-once violation. Faust delivers those records again
+        from the committed offsets once the new generation's recovery is done."""
+        generation = self.app.consumer_generation_id
+        owned = self.owned()
+        return [event for event in events if event.message.generation_id == generation and event.message.tp in owned]
 
     def owned(self) -> set[TP]:
         """The partitions this worker may process and commit: assigned, and not revoked since. Between a revocation

@@ -30,9 +30,9 @@ can correct a window that ended up to ``max_lateness_ms`` before the watermark, 
 end of the latest closed kline.
 
 Serialization: ``to_bytes`` is msgpack ``[base, history, folded]``, each base state the indicator's own
-``to_bytes`` (Decimals as exact strings), kept encoded between folds. In memory the history's bars and the mark are
-kept encoded (a worker holds a series per instrument and interval; a decoded bar is ~3x the size): a bar is decoded
-when a load or a correction replays it. Series written when the base was folded
+``to_bytes`` (Decimals as exact strings), kept encoded between folds. In memory the history's bars are kept encoded
+too (a worker holds a series per instrument and interval; a decoded bar is ~3x the size): a bar is decoded when a
+load or a correction replays it. Series written when the base was folded
 kline by kline (a history of at most ``horizon`` klines) load the same, and ones written here load there.
 ``from_indicators`` takes states in the previous per-indicator format: they become the base with an empty
 history, so corrections reach back only to klines that arrive from then on.
@@ -241,7 +241,7 @@ class Series:
         return Update.REPLACE, 0
 
     def _decode_base(self) -> dict[str, Indicator]:
-        return _decode(self._base)
+        return {spec: from_bytes(state) for spec, state in self._base.items()}
 
     def _replay(self, states: dict[str, Indicator], start: int, bars: list[Bar]) -> dict[str, Indicator]:
         """``states`` (the state before ``history[start]``) after ``bars`` (the rest of the history, decoded);
@@ -320,10 +320,6 @@ def _copy(states: Mapping[str, Indicator]) -> dict[str, Indicator]:
 
 def _encode(states: Mapping[str, Indicator]) -> dict[str, bytes]:
     return {name: indicator.to_bytes() for name, indicator in states.items()}
-
-
-def _decode(states: Mapping[str, bytes]) -> dict[str, Indicator]:
-    return {name: from_bytes(state) for name, state in states.items()}
 
 
 def _apply(states: Mapping[str, Indicator], kline: Kline) -> dict[str, Values | None]:

@@ -324,3 +324,14 @@ async def test_our_Recovery_runs_the_table_callbacks_for_the_current_generation_
     with pytest.raises(ConsumerNotStarted):  # after the callbacks Faust resumes the consumer: not started here
         await app.tables.recovery.on_recovery_completed(5)
     assert called == [5]
+
+
+def test_ConsumerRebalanceListener_numbers_each_assignment_with_the_coordinators_generation() -> None:
+    """Ours replaces it (``Consumer.RebalanceListener``): a rejoin of a stable group gives the same generation."""
+    assert "consumer.RebalanceListener(self)" in source_of(faust_aiokafka.AIOKafkaConsumerThread.__post_init__)
+    source = source_of(faust_aiokafka.ConsumerRebalanceListener.on_partitions_assigned)
+    assert "_ensure_consumer()._coordinator.generation" in source, "the listener no longer reads the generation"
+    assert "app.consumer_generation_id = generation" in source, "the listener no longer sets the app's number"
+    params = list(inspect.signature(faust_consumer.ConsumerThread.on_partitions_assigned).parameters)
+    assert params == ["self", "assigned", "generation_id"], f"ConsumerThread.on_partitions_assigned changed: {params}"
+    assert faust_internals._Consumer.RebalanceListener is faust_internals._RebalanceListener

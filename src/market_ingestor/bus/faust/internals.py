@@ -21,7 +21,7 @@ from aiokafka.structs import TopicPartition
 from faust.streams import _current_event  # the event whose partition a table write goes to
 from faust.tables.manager import TableManager as FaustTableManager
 from faust.tables.recovery import Recovery
-from faust.transport.consumer import TopicPartitionGroup, TransactionManager
+from faust.transport.consumer import TopicPartitionGroup, TransactionManager, ensure_TPset
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
@@ -62,7 +62,32 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return {TP(tp.topic, tp.partition): offset for tp, offset in found.items()}
 
 
+def assignment_number(group_generation: int, last: int) -> int:
+    """The number of an assignment: the group's generation when it is new to this worker, else one more than the
+    last number (the group answered a rejoin with the generation it had)."""
+    return group_generation if group_generation > last else last + 1
+
+
+class _RebalanceListener(faust_aiokafka.ConsumerRebalanceListener):
+    # Faust numbers each assignment with the group's generation (``app.consumer_generation_id``): its streams skip
+    # messages fetched under another number, its recovery and our writer key their state by it. A member that
+    # rejoins a stable group without changing anything (``PartitionWriter.rejoin_if_stuck`` after a failed
+    # producer no other member caused) gets the same generation and assignment back, so everything keyed by the
+    # number took the new assignment for the old one: the writer stayed fenced for ever (the chaos run, broker
+    # stopped). Every assignment gets a number of its own; nothing sends the number to the broker.
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        thread: Any = self._thread
+        app: Any = thread.app
+        group_generation = thread._ensure_consumer()._coordinator.generation
+        number = assignment_number(group_generation, app.consumer_generation_id)
+        if number != group_generation:
+            log.info("the group gave generation %d again; this assignment is number %d", group_generation, number)
+        app.consumer_generation_id = number
+        await thread.on_partitions_assigned(ensure_TPset(assigned), number)
+
+
 class _Consumer(faust_aiokafka.Consumer):
+    RebalanceListener = _RebalanceListener
     transactions_ended = False
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:  # the hook for our thread class

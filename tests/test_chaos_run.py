@@ -10,27 +10,21 @@ exiting (trades lost) when the NATS client's reconnect buffer overflowed; each f
 notices (the gateway replaced or dropped updates for a client behind), not yet explained; a longer run
 (bench/chaos.py --minutes 10) also shows the resumed worker's kline stage not moving its shards on after the pause.
 
-On Kafka this test runs ONE worker at least once; issue 13 asks for two workers under exactly_once with standby
-replicas 1, and that configuration is the next switch, once its last known failure is fixed. With two workers the
-worker kill and the pause (longer than the session timeout) move partitions between them, and the paused worker
-comes back fenced, which it handles and goes on (docs/faust.md, "Revocations"). Two workers at least once found
-agents seeking and caching partitions that had just been revoked, and a batch ending between a revocation and the
-next assignment committing offsets of instruments the revocation had forgotten (trades lost from klines); fixed in
-``streams/app.py``, ``streams/indicators.py``, ``streams/outputs.py`` and ``bus/faust/internals.seek_back``. Exactly
-once found a worker taking over partitions that never closed the windows of their quiet instruments (the recovery
-callback took up nothing on a member that is not the group's leader), a producer whose sender died at the broker
-stop taken for a fence with no rebalance to follow (now the worker asks its group for one after 30 s), and, in 1 of
-5 short runs, a closed kline stored with 814 of its 977 trades. That one was not reproduced (5 runs before the
-fix); the worker logs showed two ways a generation's work could reach the agents after the next assignment (a batch
-taken before it, a table recovery callback of the previous generation), either of which leaves a state behind its
-committed input offsets; both closed (docs/faust.md, "Revocations"). With the fix this test with
-``workers=2, guarantee="exactly_once"`` passed 5 of 5 runs (2026-12-07, 4-5 min each, load average 3-8), the same
-configuration through bench/chaos.py 6 of 7. The failure there, still open: at the broker stop a worker took its
-producer's dead sender for a fence; the rejoin it asks for 30 s later was answered with the same generation (a
-follower rejoining a stable group), and ``PartitionWriter`` keys the fence by the generation id, so the worker
-stayed fenced ("stop kafka: worker NOT RECOVERED"). At about 1 run in 7 that would turn CI red at random, so the
-switch waits for it. A push gateway that drops updates to a client behind (seen once with two workers at least
-once, load average 13) would also fail it.
+On Kafka two workers run exactly once with standby replicas 1, as issue 13 asks. The worker kill and the pause
+(longer than the session timeout) move partitions between them, and the paused worker comes back fenced, which it
+handles and goes on (docs/faust.md, "Revocations"). Two workers at least once found agents seeking and caching
+partitions that had just been revoked, and a batch ending between a revocation and the next assignment committing
+offsets of instruments the revocation had forgotten (trades lost from klines); fixed in ``streams/app.py``,
+``streams/indicators.py``, ``streams/outputs.py`` and ``bus/faust/internals.seek_back``. Exactly once found a worker
+taking over partitions that never closed the windows of their quiet instruments (the recovery callback took up
+nothing on a member that is not the group's leader); a producer whose sender died at the broker stop taken for a
+fence with no rebalance to follow (the worker now asks its group for one after 30 s); a batch of one generation
+processed after the next assignment and a table recovery callback of the previous generation, either of which
+leaves a state behind its committed input offsets (seen once: a closed kline stored with 814 of its 977 trades);
+and the group answering that rejoin with the same generation, which left the worker fenced for good ("stop kafka:
+worker NOT RECOVERED", about 1 run in 7). Each is fixed with a test of its own (docs/faust.md, "Revocations").
+A push gateway that drops updates to a client behind (seen once with two workers at least once, load average 13)
+would also fail it.
 
 A broker that takes longer than ``bus.kafka.request_timeout_ms`` (30 s) to stop and start again (it does on a loaded
 2-core machine) no longer costs trades: the Kafka publisher keeps and retries its batches (checked on its own, with
@@ -61,8 +55,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.timeout(600)]
 @pytest.mark.parametrize(
     ("bus", "workers", "guarantee"),
     [
-        # Two workers exactly_once once the same-generation fence is fixed (see the module docstring).
-        pytest.param("kafka", 1, "at_least_once", marks=pytest.mark.kafka),
+        pytest.param("kafka", 2, "exactly_once", marks=pytest.mark.kafka),
         pytest.param("nats", 2, "at_least_once", marks=pytest.mark.nats),  # NATS has no exactly_once
     ],
 )

@@ -33,6 +33,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -49,6 +50,7 @@ from chaos_accounting import (
     delivered_trades,
     expected_dead_letters,
     reconnected_s,
+    repeated_outputs,
     truth_klines,
 )
 from chaos_bus import BusUnderTest, bus_under_test
@@ -160,6 +162,7 @@ class Report:
     users: ClientAccount  # push clients and the API against the stored klines and the offline indicators
     dead_letters_expected: tuple[int, int]  # (owed, in flight)
     dead_letters_found: int
+    repeated: list[tuple[object, ...]]  # closed klines and indicator values published twice (same revision)
     codes: dict[str, int]
     failures: list[str]
 
@@ -173,6 +176,7 @@ class Report:
             and self.users.ok
             and not self.failures
             and owed <= self.dead_letters_found <= owed + flying
+            and not (self.repeated and self.options.guarantee == "exactly_once")  # at least once may repeat
         )
 
 
@@ -511,6 +515,7 @@ class Chaos:
         return Report(
             self.options, time.monotonic() - self.started, self.faults, trades, checked, wrong, truth, users,
             expected_dead_letters(records, stored_keys, IN_FLIGHT_S), await dead_letters(self.config_path, self.prefix),
+            repeated_outputs(await published(self.config_path, self.prefix, (Topics.KLINES, Topics.INDICATORS))),
             codes, self.failures,
         )  # fmt: skip
 
@@ -564,6 +569,17 @@ async def dead_letters(config_path: Path, prefix: str) -> int:
     config = load_config(config_path)
     deliveries = await open_bus(config.bus).read_topic(f"{prefix}{Topics.DEADLETTER}")
     return sum(1 for d in deliveries if b'"deadletter"' in d.value)
+
+
+async def published(config_path: Path, prefix: str, topics: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Every event on ``topics`` as a ``read_committed`` reader gets it (a record holds one or a batch)."""
+    bus = open_bus(load_config(config_path).bus)
+    events: list[dict[str, Any]] = []
+    for topic in topics:
+        for delivery in await bus.read_topic(f"{prefix}{topic}"):
+            value = json.loads(delivery.value)
+            events += value if isinstance(value, list) else [value]
+    return events
 
 
 async def chaos(options: Options) -> Report:
@@ -626,6 +642,7 @@ def print_report(r: Report) -> None:
         "push / API values wrong or missing": len(r.users.wrong),
         "dead letters expected (+ in flight)": f"{owed} (+{flying})",
         "dead letters found": r.dead_letters_found,
+        "closed klines / indicator values published twice (same revision; exactly once: none)": len(r.repeated),
     }
     print("\n| measure | value |\n|---|---|")
     for name, value in table.items():
@@ -638,6 +655,7 @@ def print_report(r: Report) -> None:
         print(f"# klines unlike the truth (stored, truth): {r.truth.wrong[:3]}\n# missing: {r.truth.missing[:5]}")
         for wrong in r.users.wrong[:10]:
             print(f"# {wrong}")
+        print(f"# published twice (first 5): {r.repeated[:5]}")
     print("RESULT:", "PASS" if r.ok else "FAIL")
 
 

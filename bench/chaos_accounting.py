@@ -210,3 +210,17 @@ def compare_klines(truth: dict[KlineKey, KlineValues], stored: dict[KlineKey, Kl
             account.wrong.append((key, values, truth.get(key)))
     account.missing = sorted(key for key in truth if key not in stored)
     return account
+
+
+def repeated_outputs(events: Iterable[dict[str, object]]) -> list[tuple[object, ...]]:
+    """The closed klines and indicator values (decoded events of ``market.klines`` / ``market.indicators``, as a
+    ``read_committed`` reader gets them) published more than once with the same revision: under exactly once
+    there are none (a crash between an output and the commit of its input would repeat it)."""
+    seen: Counter[tuple[object, ...]] = Counter()
+    for e in events:
+        instrument = (e.get("exchange"), e.get("symbol"), e.get("interval"))
+        if e.get("type") == "kline" and e.get("closed"):
+            seen[("kline", *instrument, e["open_time"], e["revision"])] += 1
+        elif e.get("type") == "indicator":
+            seen[("indicator", *instrument, e["name"], e["open_time"], e["revision"])] += 1
+    return sorted((key for key, count in seen.items() if count > 1), key=repr)

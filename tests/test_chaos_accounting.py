@@ -15,6 +15,7 @@ from chaos_accounting import (
     delivered_trades,
     expected_dead_letters,
     reconnected_s,
+    repeated_outputs,
     truth_klines,
 )
 from market_ingestor.simulator.journal import JournalEvent, JournalTrade
@@ -141,3 +142,24 @@ def test_stored_klines_equal_to_the_truth_pass_and_a_changed_or_missing_one_is_r
     assert [key for key, _, _ in account.wrong] == [first] and not account.ok
     second = ("okx", "BTCUSDT", "1m", T0_NS + MINUTE_NS)
     assert compare_klines(truth, {k: v for k, v in truth.items() if k != second}).missing == [second]
+
+
+def test_a_closed_kline_or_indicator_value_published_twice_with_one_revision_is_repeated() -> None:
+    def kline(open_time: int, revision: int = 0, closed: bool = True) -> dict[str, object]:
+        return {"type": "kline", "exchange": "okx", "symbol": "BTCUSDT", "interval": "1m", "open_time": open_time,
+                "revision": revision, "closed": closed}  # fmt: skip
+
+    def value(name: str, revision: int = 0) -> dict[str, object]:
+        return {"type": "indicator", "exchange": "okx", "symbol": "BTCUSDT", "interval": "1m", "name": name,
+                "open_time": 60, "revision": revision}  # fmt: skip
+
+    events = [
+        kline(0), kline(0, closed=False), kline(0, closed=False),  # in-progress updates repeat by design
+        kline(60), kline(60, revision=1),  # a correction is a new revision
+        kline(120), kline(120),
+        value("rsi_14"), value("rsi_14", revision=1), value("sma_20"), value("sma_20"),
+    ]  # fmt: skip
+    assert repeated_outputs(events) == [
+        ("indicator", "okx", "BTCUSDT", "1m", "sma_20", 60, 0),
+        ("kline", "okx", "BTCUSDT", "1m", 120, 0),
+    ]

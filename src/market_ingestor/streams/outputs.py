@@ -76,6 +76,7 @@ class PartitionWriter:
         self.sequence = InputSequence(app)
         self.input_topic = input_topic
         if input_topic is not None:
+            faust_internals.declare_transaction_source(app, input_topic)  # its own producer per partition
             app.timer(1.0, name=f"{input_topic}-input-watch")(self.resume_stalled_input)
 
     @property

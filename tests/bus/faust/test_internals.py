@@ -106,20 +106,33 @@ def test_Producer_commit_transactions_is_what_TransactionManager_commit_calls_an
     assert "send_offsets_to_transaction(" in source_of(faust_aiokafka.Producer.commit_transactions)
 
 
-def test_TransactionManager_transactional_id_format_and_TopicPartitionGroup_are_what_we_format() -> None:
+def test_TransactionManager__tps_to_transactional_ids_is_how_faust_names_the_producers_it_starts_and_stops() -> None:
     manager = faust_consumer.TransactionManager
-    assert manager.transactional_id_format == "{group_id}-{tpg.group}-{tpg.partition}", "the format changed"
-    assert faust_consumer.TopicPartitionGroup._fields == ("topic", "partition", "group")
-    assert ".transactional_id_format.format(" in source_of(manager._tps_to_transactional_ids)
+    assert list(inspect.signature(manager._tps_to_transactional_ids).parameters) == ["self", "tps"]
+    source = source_of(manager.on_rebalance)
+    assert "self._tps_to_transactional_ids(revoked)" in source and "self._tps_to_transactional_ids(assigned)" in source
+    assert "assignor.is_standby(tp)" in source_of(manager._tps_to_active_tpgs)
 
 
-def test_transactional_id_is_the_one_faust_gives_the_partitions_producer() -> None:
+def test_each_partition_of_each_input_topic_has_a_producer_of_its_own() -> None:
+    """Faust's ids are per (topic group, partition), and its assignor groups topics by partition count: the kline
+    agent's and the indicator agent's inputs shared a transaction per partition number."""
     from types import SimpleNamespace
 
     from faust.types import TP
 
-    app = SimpleNamespace(assignor=SimpleNamespace(group_for_topic=lambda topic: 3), conf=SimpleNamespace(id="w1"))
-    assert faust_internals.transactional_id(app, TP("market.trades", 7)) == "w1-3-7"  # type: ignore[arg-type]
+    app = SimpleNamespace(
+        conf=SimpleNamespace(id="w1"),
+        assignor=SimpleNamespace(is_standby=lambda tp: tp.topic.endswith("-changelog")),
+    )
+    faust_internals.declare_transaction_source(app, "p.market.trades")  # type: ignore[arg-type]
+    faust_internals.declare_transaction_source(app, "p.market.klines")  # type: ignore[arg-type]
+    trades, klines = TP("p.market.trades", 7), TP("p.market.klines", 7)
+    assert faust_internals.transactional_id(app, trades) != faust_internals.transactional_id(app, klines)  # type: ignore[arg-type]
+    assigned = {trades, klines, TP("p.market.trades", 2), TP("w1-kline-state-changelog", 7)}
+    manager = SimpleNamespace(app=app)
+    ids = faust_internals._TransactionManager._tps_to_transactional_ids(manager, assigned)  # type: ignore[arg-type]
+    assert ids == {"w1-p.market.trades-7", "w1-p.market.klines-7", "w1-p.market.trades-2"}  # no changelog's
 
 
 def test_Consumer_seek_wait_and_earliest_offsets_exist() -> None:

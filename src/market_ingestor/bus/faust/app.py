@@ -41,6 +41,8 @@ class StreamApp(AgentErrorApp):
         self.fetch_max_wait_ms = fetch_max_wait_ms
         self.agent_failure: BaseException | None = None
         self.stop_on_agent_failure = False  # the stream worker sets it; its command then exits 1
+        # Input topics whose partitions each have a transactional producer (internals.declare_transaction_source).
+        self.transaction_sources: set[str] = set()
         super().__init__(*args, **kwargs)
 
     async def on_agent_failed(self, agent: Any, exc: BaseException) -> None:

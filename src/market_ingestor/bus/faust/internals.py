@@ -21,7 +21,7 @@ from aiokafka.structs import TopicPartition
 from faust.streams import _current_event  # the event whose partition a table write goes to
 from faust.tables.manager import TableManager as FaustTableManager
 from faust.tables.recovery import Recovery
-from faust.transport.consumer import TopicPartitionGroup, TransactionManager, ensure_TPset
+from faust.transport.consumer import TransactionManager, ensure_TPset
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
@@ -120,6 +120,18 @@ class _TransactionManager(TransactionManager):
             await self.producer.stop_transaction(tid)  # pops and stops it, if there is one
         await super().on_rebalance(assigned, revoked, newly_assigned)
 
+    # Faust gives a producer to each (topic group, partition): its assignor groups topics by partition count, so
+    # ``market.trades`` and ``market.klines`` partition N shared one producer and one open transaction, and one
+    # agent's commit committed the other's outputs ahead of that agent's own state and offsets (after a kill -9
+    # they came again). Here each partition of a declared input topic (``declare_transaction_source``) has its own
+    # (``transactional_id``); table changelogs and undeclared topics none: nothing is sent with their ids.
+    def _tps_to_transactional_ids(self, tps: Any) -> set[str]:
+        app: Any = self.app
+        sources: set[str] = getattr(app, "transaction_sources", set())
+        if not sources:
+            return set(super()._tps_to_transactional_ids(tps))
+        return {transactional_id(app, tp) for tp in tps if tp.topic in sources and not app.assignor.is_standby(tp)}
+
 
 def _usable(producer: Any) -> bool:
     """Whether an aiokafka transactional producer can still begin or commit (``_txn_manager.state``)."""
@@ -184,11 +196,19 @@ def committed_offset(app: faust.App, tp: TP) -> int | None:
 
 
 def transactional_id(app: faust.App, source: TP) -> str:
-    """The transactional id of ``source``'s producer, as Faust's ``TransactionManager`` builds it (its
-    ``transactional_id_format`` with a ``TopicPartitionGroup``; no public call gives it)."""
-    group = app.assignor.group_for_topic(source.topic)
-    tpg = TopicPartitionGroup(source.topic, source.partition, group)
-    return TransactionManager.transactional_id_format.format(tpg=tpg, group_id=app.conf.id)
+    """The transactional id of the producer of ``source`` (a partition of a declared input topic): every output,
+    table row and input offset derived from it commits in that producer's transaction (our
+    ``_TransactionManager`` starts one per such partition)."""
+    return f"{app.conf.id}-{source.topic}-{source.partition}"
+
+
+def declare_transaction_source(app: faust.App, topic: str) -> None:
+    """Under ``exactly_once``, each partition of ``topic`` gets a transactional producer of its own."""
+    sources: set[str] | None = getattr(app, "transaction_sources", None)
+    if sources is None:
+        sources = set()
+        app.transaction_sources = sources  # type: ignore[attr-defined]
+    sources.add(topic)
 
 
 # --- seeks -------------------------------------------------------------------------------------------------------

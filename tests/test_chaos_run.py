@@ -6,9 +6,11 @@ On NATS two workers share the shards: a kill or the pause (longer than the lease
 to the other and back. It found the sink exiting when JetStream answered a fetch with 503 while the server shut
 down, both workers exiting when they could not make their stream consumers again during the outage, and ingest
 exiting (trades lost) when the NATS client's reconnect buffer overflowed; each fixed, with a test of its own
-(docs/benchmarks.md). Still failing in some runs (1 of 3 after the fixes): the push clients get ``dropped``
-notices (the gateway replaced or dropped updates for a client behind), not yet explained; a longer run
-(bench/chaos.py --minutes 10) also shows the resumed worker's kline stage not moving its shards on after the pause.
+(docs/benchmarks.md). Later fixed too: the push clients' ``dropped`` notices (the gateway sent its read-back
+records as live updates to clients that reconnected the moment it listened; it now listens once the read-back is
+in) and a kline stage held after the NATS stop (the publisher's waits on a lost connection; the timer closing quiet
+windows past the stage's last read of the stream's end), each with a test (docs/benchmarks.md, "On NATS
+JetStream").
 
 On Kafka two workers run exactly once with standby replicas 1, as issue 13 asks. The worker kill and the pause
 (longer than the session timeout) move partitions between them, and the paused worker comes back fenced, which it

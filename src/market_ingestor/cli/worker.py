@@ -9,7 +9,7 @@ import click
 from market_ingestor.bus import PIPELINE_TOPICS, open_bus
 from market_ingestor.bus.topics import prefixed
 from market_ingestor.cli.context import CliContext, pass_cli, run
-from market_ingestor.streams.memory import set_mmap_threshold
+from market_ingestor.streams.memory import set_mmap_threshold, tune_cycle_collector
 
 
 @click.command()
@@ -29,6 +29,7 @@ def worker(cli_ctx: CliContext, data_dir: Path | None, web_port: int | None) -> 
     --web-port do not apply there).
     """
     set_mmap_threshold(cli_ctx.config.streams.malloc_mmap_threshold_bytes)
+    tune_cycle_collector()
     if cli_ctx.config.bus.kind == "nats":
         from market_ingestor.streams.nats_worker import run_worker
 

@@ -134,7 +134,7 @@ def decode_state(decoder: msgspec.msgpack.Decoder[Any], data: bytes) -> Any:
         ) from exc
 
 
-class Indicator(msgspec.Struct, kw_only=True, tag_field="kind"):
+class Indicator(msgspec.Struct, kw_only=True, tag_field="kind", gc=False):
     """Base of every indicator. Subclasses declare ``tag=<registry name>``, their ``PARAMS`` fields, their state
     fields (with defaults: a fresh indicator is warming up) and implement ``name`` and ``_apply``.
 

@@ -47,7 +47,7 @@ def rounded(value: Decimal) -> Decimal:
     return ROUNDING.plus(value)
 
 
-class Window(msgspec.Struct, array_like=True):
+class Window(msgspec.Struct, array_like=True, gc=False):
     """The latest inputs, at most ``size`` of them (the owner passes its period), oldest evicted first.
 
     A ring buffer over a list: a bounded deque that msgspec serializes natively (it has no deque type), O(1) per
@@ -95,7 +95,7 @@ class Window(msgspec.Struct, array_like=True):
         return None
 
 
-class Avg(msgspec.Struct, frozen=True, array_like=True):
+class Avg(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """A seeded moving average after ``count`` inputs: their running sum while ``count < period``, their mean at
     ``count == period`` (the seed: the SMA of the first ``period`` inputs), then the smoothed average.
 

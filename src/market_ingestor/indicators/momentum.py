@@ -17,7 +17,7 @@ from market_ingestor.model import Kline
 HUNDRED = Decimal(100)
 
 
-class RsiAcc(msgspec.Struct, frozen=True, array_like=True):
+class RsiAcc(msgspec.Struct, frozen=True, array_like=True, gc=False):
     close: Decimal | None = None  # the previous close; None before the first kline
     gain: Avg = Avg()  # Wilder average of the upward changes
     loss: Avg = Avg()  # ... and of the downward ones, as positive numbers
@@ -62,7 +62,7 @@ class RSI(Indicator, tag="rsi", kw_only=True):
         return {"value": div(HUNDRED * gain.value, gain.value + loss.value)}
 
 
-class MacdAcc(msgspec.Struct, frozen=True, array_like=True):
+class MacdAcc(msgspec.Struct, frozen=True, array_like=True, gc=False):
     fast: Avg = Avg()
     slow: Avg = Avg()
     signal: Avg = Avg()  # EMA of the MACD line, fed from the slow EMA's first value on

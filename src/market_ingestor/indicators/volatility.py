@@ -50,7 +50,7 @@ class BollingerBands(Indicator, tag="bbands", kw_only=True):
         return self.window.problem(self.period)
 
 
-class AtrAcc(msgspec.Struct, frozen=True, array_like=True):
+class AtrAcc(msgspec.Struct, frozen=True, array_like=True, gc=False):
     close: Decimal | None = None  # the previous close; None before the first kline
     true_range: Avg = Avg()
 

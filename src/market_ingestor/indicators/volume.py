@@ -13,7 +13,7 @@ from market_ingestor.model import Kline
 DAY_NS = 86_400 * 10**9
 
 
-class VwapAcc(msgspec.Struct, frozen=True, array_like=True):
+class VwapAcc(msgspec.Struct, frozen=True, array_like=True, gc=False):
     session: int = -1  # the UTC day (days since the epoch) the sums belong to; -1 before the first kline
     quote_volume: Decimal = ZERO  # exact sum over the session's klines
     volume: Decimal = ZERO  # exact sum over the session's klines

@@ -243,10 +243,11 @@ class KlineAgent:
         for exchange, count in processed.items():
             metrics.TRADES.counts[self._exchange_label(exchange)] += count
         sent = metrics.KLINES.counts
-        klines_topic = self.klines.get_topic_name()
-        for key, kline in out:
+        for _, kline in out:
             sent[(kline.interval,)] += 1
-            await self.writer.send(klines_topic, key, encode(kline), touched[key])
+        await self.writer.send_all(
+            self.klines.get_topic_name(), ((key, encode(kline), touched[key]) for key, kline in out)
+        )
         for source, letter in dead:
             await self.writer.send(self.deadletter.get_topic_name(), letter.exchange.encode(), encode(letter), source)
         await self.writer.flush()  # outputs acknowledged before the state says their trades are done
@@ -334,9 +335,11 @@ class KlineAgent:
                 # behind it (after a restart, under load) a quiet-looking instrument's trades may still be waiting.
                 closed = state.on_time(now) if keeping_up[source] else []
                 updates = state.in_progress(now) if keeping_up[source] else []
-            for kline in (*closed, *updates):
-                metrics.KLINES.counts[(kline.interval,)] += 1
-                await self.writer.send(self.klines.get_topic_name(), key, encode(kline), source)
+            if closed or updates:
+                for kline in (*closed, *updates):
+                    metrics.KLINES.counts[(kline.interval,)] += 1
+                klines = [(key, encode(kline), source) for kline in (*closed, *updates)]
+                await self.writer.send_all(self.klines.get_topic_name(), klines)
             if closed:
                 closed_keys.append(key)
         await self.writer.flush()

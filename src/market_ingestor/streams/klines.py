@@ -216,7 +216,7 @@ class _Agg(msgspec.Struct, array_like=True, gc=False):
     revision: int = 0
 
 
-class _Level(msgspec.Struct, array_like=True):
+class _Level(msgspec.Struct, array_like=True, gc=False):
     """One interval's windows. Every window before ``next_open`` (and after the first trade) is closed."""
 
     next_open: int | None = None  # the earliest window not yet closed; None before the first trade

@@ -261,20 +261,28 @@ class PartitionWriter:
     async def send(self, topic: str, key: bytes, value: bytes, source: TP) -> None:
         """Sends one event derived from ``source``'s input. On a batched topic (``bus/records.py``) it joins the
         open record of its output partition and source; records go out when full and at :meth:`flush`."""
+        await self.send_all(topic, ((key, value, source),))
+
+    async def send_all(self, topic: str, events: Iterable[tuple[bytes, bytes, TP]]) -> None:
+        """:meth:`send` for each ``(key, value, source)`` in turn: one call per batch of outputs, where the agents
+        send thousands of events per second (in-progress klines) and a coroutine per event showed in profiles."""
         if not is_batched(topic):
-            await self._send(topic, key, value, None, source)
+            for key, value, source in events:
+                await self._send(topic, key, value, None, source)
             return
-        partition = self._partition_of.get((topic, key))
-        if partition is None:
-            partition = await self.partition_of(topic, key)
-        slot = (topic, partition, source)
-        record = self._records.get(slot)
-        if record is None:
-            record = self._records[slot] = RecordBuilder(self.batch.max_events, self.batch.max_bytes)
-        elif not record.fits(value):
-            await self._send_record(slot)
-            record = self._records[slot] = RecordBuilder(self.batch.max_events, self.batch.max_bytes)
-        record.add(key.decode(), value)
+        partition_of, records = self._partition_of, self._records
+        for key, value, source in events:
+            partition = partition_of.get((topic, key))
+            if partition is None:
+                partition = await self.partition_of(topic, key)
+            slot = (topic, partition, source)
+            record = records.get(slot)
+            if record is None:
+                record = records[slot] = RecordBuilder(self.batch.max_events, self.batch.max_bytes)
+            elif not record.fits(value):
+                await self._send_record(slot)
+                record = records[slot] = RecordBuilder(self.batch.max_events, self.batch.max_bytes)
+            record.add(key.decode(), value)
 
     async def _send_record(self, slot: tuple[str, int, TP]) -> None:
         # The agent and the timer share this writer: the other one may have sent this record meanwhile.

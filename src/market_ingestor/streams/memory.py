@@ -6,8 +6,9 @@ those, a full one over every tracked object. On bench/klines.py (1M trades, defa
 ``gc.callbacks``) that was ~2,300 young and 19 full collections, 2.0 s of ~30 s of CPU, each full one a 90 ms stop
 of the event loop (168 ms before the indicator and kline state structs were untracked, ``gc=False``: they never
 form cycles). The worker's containers are long-lived state or short-lived batches freed by reference counting;
-its cycles are few (asyncio and Kafka client internals), so collecting every 50,000 allocations and fully every
-10 young ones of those changes no peak RSS (289-295 MB) and took the collector's time to 0.45 s.
+its cycles are few (asyncio and Kafka client internals), so collecting the young every 50,000 allocations, the
+middle every 20 of those and fully every 10 of the middle (:data:`WORKER_GC_THRESHOLDS`) changes no peak RSS
+(289-295 MB) and took the collector's time to 0.45 s (docs/benchmarks.md, "The cycle collector").
 
 The worker's large allocations are short-lived: fetched Kafka records (a batch record of trades is ~140 KB), their
 decoded values and the output records it builds. glibc's malloc serves a block above its mmap threshold (128 KiB at

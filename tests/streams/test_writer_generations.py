@@ -50,6 +50,9 @@ class _Consumer:
     def highwater(self, tp: TP) -> int | None:
         return None  # not known: nothing counts as behind
 
+    async def _commit(self, offsets: dict[TP, int]) -> bool:  # what commit_offsets ends in: the broker's answer
+        return True
+
 
 class _Stream:
     def __init__(self, *takes: list[Any]) -> None:
@@ -102,3 +105,16 @@ def test_current_keeps_the_events_of_the_current_generation_in_owned_partitions(
     assert [(event.message.tp, event.message.offset) for event in writer.current(events)] == [(P0, 6)]
     app.consumer_generation_id = 4  # the next assignment: taken in generation 3, none of them may be processed
     assert writer.current(events) == []
+
+
+async def test_the_writers_own_commits_of_an_earlier_generation_are_not_its_next_offsets() -> None:
+    """Until the new generation's first take, the writer's last commit is of the previous assignment: the kline
+    agent's timer compares a partition's input mark with the committed offset Faust found at the assignment."""
+    app = _app({P0}, broker={P0: 10})
+    writer = PartitionWriter(app)
+    await _batches(writer, _Stream(_events(P0, 3, 10, 11)))
+    await writer.commit_input({P0: 12})
+    assert writer.next_offset(P0) == 12
+    app.consumer_generation_id = 4
+    app.consumer._committed_offset[P0] = 20  # another worker went on from 12 meanwhile
+    assert writer.next_offset(P0) == 20

@@ -433,9 +433,10 @@ class PartitionWriter:
         return True
 
     def next_offset(self, source: TP) -> int | None:
-        """The next offset to read of ``source``: what this writer committed last, else what Faust found
-        committed when the partition was assigned."""
-        committed = self._committed.get(source)
+        """The next offset to read of ``source``: what this writer committed last in this generation, else what
+        Faust found committed when the partition was assigned (until the generation's first take, the writer's own
+        commits are of an earlier generation)."""
+        committed = self._committed.get(source) if self._generation == self.app.consumer_generation_id else None
         if committed is None:
             committed = faust_internals.committed_offset(self.app, source)
         return committed if committed is not None and committed >= 0 else None  # -1: nothing committed

@@ -257,8 +257,10 @@ def assert_same_indicators(watcher: KlineWatcher, indicators: IndicatorSeries) -
         assert got == {open_time: value.values for open_time, value in want.items()}, watcher.series(key)
 
 
-async def stop_worker(worker: asyncio.subprocess.Process) -> None:
+async def stop_worker(worker: asyncio.subprocess.Process) -> str:
+    """Stops the worker gracefully (it must exit 0); returns the end of what it wrote to stderr."""
     worker.send_signal(signal.SIGTERM)
     await asyncio.wait_for(worker.wait(), 60)
     stderr = await worker_said(worker)
     assert worker.returncode == 0, stderr[-3000:]
+    return stderr

@@ -23,6 +23,10 @@ DEAD_LETTERS = Counter(
     "Trades sent to the dead-letter topic: undecodable, invalid (e.g. a NaN price) or too late for their window",
     ["exchange", "symbol", "reason"],
 )
+STALE_PARTITIONS = Counter(
+    "worker_stale_partitions_total",
+    "Input partitions whose local rows were found behind their committed input offset, and rebuilt from the changelog",
+)
 TABLE_ROWS = Gauge(
     "worker_table_rows", "Rows (instruments) in the tables of this worker's active partitions", ["table"]
 )

@@ -337,6 +337,13 @@ async def test_our_Recovery_runs_the_table_callbacks_for_the_current_generation_
     with pytest.raises(ConsumerNotStarted):  # after the callbacks Faust resumes the consumer: not started here
         await app.tables.recovery.on_recovery_completed(5)
     assert called == [5]
+    assert not faust_internals.inputs_sought(app)  # the seek to the committed offsets never came
+
+
+def test_Recovery_completed_is_set_at_the_first_recovery_and_never_cleared() -> None:
+    """Why ``inputs_sought`` records a generation of its own: Faust's ``completed`` says nothing of later ones."""
+    source = inspect.getsource(faust.tables.recovery)
+    assert "self.completed.set()" in source and "completed.clear()" not in source
 
 
 def test_ConsumerRebalanceListener_numbers_each_assignment_with_the_coordinators_generation() -> None:

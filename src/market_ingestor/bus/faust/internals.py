@@ -311,7 +311,10 @@ class _Recovery(Recovery):
     # loaded rows of partitions not recovered yet (a standby's lagging copy, an unfinished read), which the agents
     # kept. Here the callbacks run only for the current generation, and ``recovered_generation`` tells them which
     # generation's recovery reached them.
+    # ``sought_generation``: the generation whose recovery went on to seek the input partitions to their committed
+    # offsets (Faust's ``completed`` event is set once, at the first recovery, and never cleared).
     recovered_generation = -1
+    sought_generation = -1
 
     async def on_recovery_completed(self, generation_id: int = 0) -> None:
         if generation_id != self.app.consumer_generation_id:
@@ -324,6 +327,8 @@ class _Recovery(Recovery):
             return
         self.recovered_generation = generation_id
         await super().on_recovery_completed(generation_id)
+        if generation_id == self.app.consumer_generation_id:
+            self.sought_generation = generation_id
 
 
 class TableManager(FaustTableManager):
@@ -341,6 +346,13 @@ def recovered_generation(app: faust.App) -> int:
     """The consumer generation whose table recovery last reached the recovery callbacks (-1: none yet, or the
     app does not use our :class:`TableManager`)."""
     return int(getattr(app.tables.recovery, "recovered_generation", -1))  # type: ignore[attr-defined]
+
+
+def inputs_sought(app: faust.App) -> bool:
+    """Whether the recovery of the current generation has sought the input partitions to their committed offsets
+    (so ``Consumer._committed_offset`` is the current generation's)."""
+    sought = getattr(app.tables.recovery, "sought_generation", -1)  # type: ignore[attr-defined]
+    return bool(sought == app.consumer_generation_id)
 
 
 # --- the producer ------------------------------------------------------------------------------------------------

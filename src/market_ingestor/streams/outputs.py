@@ -39,6 +39,10 @@ INPUT_STALL_S = 5.0
 # A fence with no new assignment this long after it (longer than a rebalance takes under exactly_once, ~10 s) was
 # not another member taking our partitions: the worker asks the group for a new assignment (rejoin_if_stuck).
 FENCE_REJOIN_S = 30.0
+# Every assigned partition gets a fetch answer at least every ~1.5 s (Faust's poll of idle partitions). None for this
+# long: the broker is away (or flow control paused the partition); the last known end of the log is stale, so the
+# backlog is unknown (and the kline timer closes no window by the wall clock meanwhile).
+LIVE_FETCH_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -442,7 +446,8 @@ class PartitionWriter:
         return committed if committed is not None and committed >= 0 else None  # -1: nothing committed
 
     def backlog(self, source: TP) -> int | None:
-        """Records of ``source`` in the topic and not yet processed (None while unknown)."""
+        """Records of ``source`` in the topic and not yet processed (None while unknown, and while no fetch has
+        answered for ``LIVE_FETCH_S``)."""
         consumer: Any = self.app.consumer
         done = self.sequence.expected(source)  # taken in order so far (commits lag behind, by checkpoint)
         if done is None:
@@ -450,7 +455,12 @@ class PartitionWriter:
         if done is None or source not in consumer.assignment():
             return None
         end = consumer.highwater(source)
-        return None if end is None else max(end - done, 0)
+        if end is None:
+            return None
+        fetched = faust_internals.last_fetch_s(self.app, source)
+        if fetched is None or time.time() - fetched > LIVE_FETCH_S:
+            return None  # the end known is the last answer's: trades may wait behind it (a broker away, seen in chaos)
+        return max(end - done, 0)
 
     def _persist(self, committed: dict[TP, int]) -> None:
         """Stores the changelog offsets of rows whose transactions just committed (a row's changelog partition

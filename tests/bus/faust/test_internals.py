@@ -177,6 +177,17 @@ def test_Table_data_is_the_store() -> None:
     assert isinstance(inspect.getattr_static(Collection, "data"), property), "Collection.data is gone"
 
 
+def test_AIOKafkaConsumer_last_poll_timestamp_is_the_wall_clock_ms_of_the_last_fetch_answer() -> None:
+    """What ``last_fetch_s`` reads: the partition state's ``timestamp``, set with the high watermark by every fetch
+    response, in wall-clock milliseconds."""
+    import aiokafka.consumer.fetcher as fetcher
+
+    source = inspect.getsource(aiokafka.AIOKafkaConsumer.last_poll_timestamp)
+    assert "state_value(partition).timestamp" in source
+    fetch = inspect.getsource(fetcher)
+    assert "tp_state.timestamp = now_ms" in fetch and "now_ms = int(1000 * time.time())" in fetch
+
+
 def test_TableManager_recovery_completed_exists() -> None:
     from faust.tables.recovery import Recovery
 

@@ -348,6 +348,18 @@ def recovered_generation(app: faust.App) -> int:
     return int(getattr(app.tables.recovery, "recovered_generation", -1))  # type: ignore[attr-defined]
 
 
+def last_fetch_s(app: faust.App, tp: TP) -> float | None:  # float-ok: wall-clock seconds
+    """When the consumer last had a fetch answer for ``tp`` (wall clock, seconds): aiokafka's
+    ``AIOKafkaConsumer.last_poll_timestamp`` (ms, set with the high watermark by every fetch response) through Faust's
+    private consumer thread (``Consumer._thread``). None before the first answer, or when ``tp`` is not assigned."""
+    client = app.consumer._thread._ensure_consumer()  # type: ignore[attr-defined]
+    try:
+        stamp = client.last_poll_timestamp(TopicPartition(tp.topic, tp.partition))
+    except AssertionError:  # aiokafka asserts that the partition is assigned
+        return None
+    return None if stamp is None else stamp / 1000
+
+
 def inputs_sought(app: faust.App) -> bool:
     """Whether the recovery of the current generation has sought the input partitions to their committed offsets
     (so ``Consumer._committed_offset`` is the current generation's)."""

@@ -209,3 +209,41 @@ async def test_a_hole_in_a_partition_revoked_meanwhile_is_not_sought():
     batch = _events(P0, 0, 1, 300) + _events(P1, 10, 12)
     assert _offsets(await sequence.in_order(batch, {P0: 0, P1: 10})) == [(0, 0), (0, 1), (1, 10)]
     assert app.consumer.seeks == [(P1, 11)]
+
+
+async def test_a_partition_forgotten_while_its_start_awaited_the_broker_is_not_passed_on():
+    # CI: a fence came while the sequence asked the broker for a committed offset; the fence forgot the
+    # partition, and the sequence then failed the agent looking for it (KeyError).
+    app = _app()
+    sequence = InputSequence(app)
+
+    async def fenced_meanwhile(tp: Any) -> int | None:
+        sequence.forget([P0])
+        return 5
+
+    app.consumer._thread.committed = fenced_meanwhile
+    assert await sequence.in_order(_events(P0, 5, 6), {P0: None}) == []
+    assert sequence.expected(P0) is None  # the answer from before the fence is not taken
+    app.consumer._thread.committed = _Thread().committed
+    assert _offsets(await sequence.in_order(_events(P0, 5, 6), {P0: 5})) == [(0, 5), (0, 6)]
+
+
+async def test_a_partition_forgotten_before_its_start_starts_again():
+    app = _app()
+    sequence = InputSequence(app)
+    await sequence.in_order(_events(P0, 0, 1), {P0: 0})
+    sequence.forget([P0])
+    assert _offsets(await sequence.in_order(_events(P0, 2), {P0: 2})) == [(0, 2)]
+
+
+async def test_a_start_across_a_new_generation_is_void():
+    app = _app()
+    sequence = InputSequence(app)
+
+    async def rebalanced_meanwhile(tp: Any) -> int | None:
+        app.consumer_generation_id = 2
+        return 5
+
+    app.consumer._thread.committed = rebalanced_meanwhile
+    assert await sequence.in_order(_events(P0, 5), {P0: None}) == []
+    assert sequence.expected(P0) is None

@@ -34,6 +34,8 @@ class InputSequence:
         self._generation = -1
         # Partitions with records past the expected offset: (expected, since when, log end at the last seek).
         self._waiting: dict[TP, tuple[int, float, int | None]] = {}
+        self._forgets = 0  # how many times :meth:`forget` was called (a start that awaited across one is void)
+        self._forgotten_in: dict[TP, int] = {}  # per partition: the value of ``_forgets`` at its last forget
         self.dropped = 0  # records dropped because of a hole (counted for tests and the log)
         self.resumed = 0  # seeks back over records that were in the log but never delivered
 
@@ -49,7 +51,11 @@ class InputSequence:
         holes: dict[TP, tuple[int, int]] = {}
         for event in events:
             tp, offset = event.message.tp, event.message.offset
-            expected = self._expected[tp]
+            expected = self._expected.get(tp)
+            if expected is None:
+                # Forgotten while the start awaited the broker (a fence, a revocation, a new generation): not
+                # passed on. A later record of it starts the partition again; one past its start seeks back.
+                continue
             if offset == expected or (offset > expected and tp not in holes and self._hole_at.get(tp) == offset):
                 hole_at = self._hole_at.pop(tp, None)
                 if hole_at is not None and offset == expected:
@@ -133,7 +139,10 @@ class InputSequence:
             self._waiting.clear()
 
     async def _start(self, tps: Iterable[TP], committed: dict[TP, int | None]) -> None:
+        """Sets where each of ``tps`` starts in this generation; not for a partition forgotten (or a generation
+        left) while the broker was asked: the fence or revocation that forgot it is newer than this answer."""
         tps = list(tps)
+        generation, forgets = self._generation, self._forgets
         known = {tp: offset for tp in tps if (offset := committed.get(tp)) is not None and offset >= 0}
         missing = [tp for tp in tps if tp not in known]
         if missing:  # not known here (Faust's record of it can be missing, e.g. after a fence): the broker's
@@ -145,7 +154,11 @@ class InputSequence:
         earliest: dict[Any, int] = {}
         if missing:  # nothing committed: consumption starts at the log start (offset reset earliest)
             earliest = await faust_internals.log_start_offsets(self.app, missing)
+        if self.app.consumer_generation_id != generation:
+            return
         for tp in tps:
+            if self._forgotten_in.get(tp, -1) >= forgets:
+                continue
             self._expected[tp] = known[tp] if tp in known else earliest.get(tp, 0)
 
     def expected(self, tp: TP) -> int | None:
@@ -155,7 +168,10 @@ class InputSequence:
         return self._expected.get(tp)
 
     def forget(self, tps: Iterable[TP]) -> None:
+        forgets = self._forgets
+        self._forgets += 1
         for tp in tps:
+            self._forgotten_in[tp] = forgets
             self._expected.pop(tp, None)
             self._hole_at.pop(tp, None)
             self._waiting.pop(tp, None)

@@ -366,6 +366,46 @@ async def test_quotes_are_conflated_for_a_client_that_falls_behind_and_the_newes
             assert received[name] == sorted(received[name]) and received[name][-1] == count - 1
 
 
+async def test_a_burst_of_corrections_reaches_a_client_behind_as_the_newest_revisions_without_losses(dev_stack):
+    # The chaos run: after a broker outage a worker re-published a closed minute hundreds of times (each batch of
+    # the trades ingest had held was a correction); the revisions filled client queues and updates were dropped.
+    config = make_config(dev_stack, **TIGHT)
+    prefix, symbols = config.bus.topic_prefix, [unique_symbol(), unique_symbol()]
+    names = [f"binance.{s}" for s in symbols]
+    revisions = 300
+    async with (
+        Gateway(config) as gateway,
+        publisher_for(config) as publisher,
+        open_client(gateway.port, small_receive_buffer=True) as slow,
+    ):
+        await request(slow, action="subscribe", channels=["kline.1m", "indicator.rsi_14"], symbols=names)
+        corrections = [
+            event
+            for n in range(revisions)
+            for s in symbols
+            for event in (
+                msgspec.structs.replace(kline(s, closed=True, trades=n + 1), revision=n),
+                msgspec.structs.replace(indicator(s, value=f"{n}.5"), revision=n),
+            )
+        ]
+        await publish(publisher, prefix, *corrections)
+        await wait_for(lambda: gateway.metrics.updates_received_total >= len(corrections), what="the gateway")
+        newest: dict[tuple[str, str], int] = {}
+        notices: list[dict[str, object]] = []
+        while len(newest) < 4 or min(newest.values()) < revisions - 1:
+            message = await recv_json(slow)
+            if message["type"] == "dropped":
+                notices.append(message)
+                continue
+            key = (message["channel"], message["symbol"])
+            revision = event_of(message).revision  # type: ignore[union-attr]
+            assert revision > newest.get(key, -1)  # in order, never an older revision after a newer one
+            newest[key] = revision
+        assert notices == []
+        assert gateway.metrics.updates_dropped_total == 0
+        assert gateway.metrics.updates_superseded_total > 0  # the client did fall behind
+
+
 async def test_a_bus_reader_that_dies_is_reported_rather_than_leaving_a_silent_feed(dev_stack, monkeypatch):
     config = make_config(dev_stack)
     async with Gateway(config) as gateway, publisher_for(config) as publisher:

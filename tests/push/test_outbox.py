@@ -89,3 +89,50 @@ def test_behind_since_is_when_the_queue_became_non_empty_until_it_empties():
 def test_size_must_be_positive():
     with pytest.raises(ValueError, match="at least 1"):
         Outbox(0)
+
+
+CLOSED_A0, CLOSED_A1 = (KLINE_A, 0), (KLINE_A, 60)  # what a closed kline is a revision of: (pair, open_time)
+
+
+def test_a_newer_revision_replaces_the_queued_one_in_place_and_is_not_lost():
+    outbox = Outbox(10)
+    outbox.put(b"k0-closed-r0", KLINE_A, False, now=1.0, revision_of=CLOSED_A0)
+    outbox.put(b"t1", TRADE_A, False, now=1.0)
+    assert outbox.put(b"k0-closed-r1", KLINE_A, False, now=1.0, revision_of=CLOSED_A0) == 0
+    assert outbox.put(b"k0-closed-r2", KLINE_A, False, now=1.0, revision_of=CLOSED_A0) == 0
+    outbox.put(b"k1-closed-r0", KLINE_A, False, now=1.0, revision_of=CLOSED_A1)  # another window: its own slot
+    assert drain(outbox) == [b"k0-closed-r2", b"t1", b"k1-closed-r0"]
+    assert (outbox.take_lost(), outbox.superseded) == (0, 2)
+
+
+def test_a_burst_of_corrections_takes_one_slot_per_kline_instead_of_overflowing():
+    outbox = Outbox(4)
+    lost = sum(
+        outbox.put(b"k%d-r%d" % (window, revision), KLINE_A, False, 1.0, (KLINE_A, window))
+        for revision in range(300)
+        for window in (0, 60)
+    )
+    assert lost == 0 and drain(outbox) == [b"k0-r299", b"k60-r299"]
+
+
+def test_a_revision_ends_conflation_and_is_no_conflation_target_itself():
+    outbox = Outbox(10)
+    outbox.put(b"k0-progress", KLINE_A, True, now=1.0)
+    outbox.put(b"k0-closed-r0", KLINE_A, False, now=1.0, revision_of=CLOSED_A0)
+    outbox.put(b"k1-progress-a", KLINE_A, True, now=1.0)  # after the closed one: never replaces it
+    outbox.put(b"k0-closed-r1", KLINE_A, False, now=1.0, revision_of=CLOSED_A0)
+    outbox.put(b"k1-progress-b", KLINE_A, True, now=1.0)
+    assert drain(outbox) == [b"k0-progress", b"k0-closed-r1", b"k1-progress-b"]
+    assert (outbox.take_lost(), outbox.superseded) == (1, 1)
+
+
+def test_a_revision_sent_or_dropped_for_space_is_no_longer_replaced():
+    outbox = Outbox(2)
+    outbox.put(b"k0-r0", KLINE_A, False, now=1.0, revision_of=CLOSED_A0)
+    assert outbox.pop() == b"k0-r0"  # on its way to the client: the next revision is queued, not merged
+    outbox.put(b"k0-r1", KLINE_A, False, now=1.0, revision_of=CLOSED_A0)
+    outbox.put(b"t1", TRADE_A, False, now=1.0)
+    assert outbox.put(b"t2", TRADE_A, False, now=1.0) == 1  # k0-r1 dropped for space
+    outbox.put(b"k0-r2", KLINE_A, False, now=1.0, revision_of=CLOSED_A0)
+    assert drain(outbox) == [b"t2", b"k0-r2"]
+    assert (outbox.take_lost(), outbox.superseded) == (2, 0)

@@ -35,6 +35,19 @@ def test_each_topic_maps_to_its_channel_and_symbol_and_conflation(event, pair, c
     assert (update.pair, update.conflate) == (pair, conflate)
 
 
+def test_closed_klines_and_indicator_values_say_what_they_are_a_revision_of():
+    pair = ("kline.5m", "binance.BTCUSDT")
+    closed = update_of(kline("BTCUSDT", "5m", minute=2, closed=True))
+    assert closed.revision_of == (pair, kline("BTCUSDT", minute=2).open_time)
+    corrected = msgspec.structs.replace(kline("BTCUSDT", "5m", minute=2, closed=True), revision=3)
+    assert update_of(corrected).revision_of == closed.revision_of
+    assert update_of(kline("BTCUSDT", "5m", minute=3, closed=True)).revision_of != closed.revision_of
+    value = indicator("BTCUSDT", minute=2)
+    assert update_of(value).revision_of == (("indicator.rsi_14", "binance.BTCUSDT"), "1m", value.open_time)
+    for event in (kline("BTCUSDT", "5m"), quote("BTCUSDT", 1), trade("BTCUSDT", 1)):
+        assert update_of(event).revision_of is None
+
+
 def test_the_frame_carries_the_record_unchanged():
     event = kline("ETHUSDT", closed=True)
     update = update_of(event)

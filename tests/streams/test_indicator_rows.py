@@ -17,6 +17,7 @@ from market_ingestor.indicators import DEFAULT_SPECS, compute, parse_spec
 from market_ingestor.indicators.series import horizon
 from market_ingestor.model import IndicatorValue, Kline, encode
 from market_ingestor.streams.indicators import IndicatorAgent, Row, RowCache
+from market_ingestor.streams.marks import InputMarks
 from market_ingestor.streams.outputs import InputLimits
 from market_ingestor.windows import parse_interval
 
@@ -127,6 +128,9 @@ class FakeWriter:
     async def commit_input(self, offsets: dict[TP, int]) -> None:
         pass
 
+    def next_offset(self, tp: TP) -> int | None:  # the input marks' check: nothing known, rows taken as they are
+        return None
+
     def forget(self, sources: object) -> None:
         pass
 
@@ -148,7 +152,10 @@ def agent(cache_rows: int) -> IndicatorAgent:
     built.out = SimpleNamespace(get_topic_name=lambda: "market.indicators")  # type: ignore[assignment]
     built.table = Table()  # type: ignore[assignment]
     writer = built.writer = FakeWriter()  # type: ignore[assignment]
-    built.app = SimpleNamespace(consumer=SimpleNamespace(assignment=lambda: writer.assignment))  # type: ignore[assignment]
+    built.app = SimpleNamespace(  # type: ignore[assignment]
+        consumer=SimpleNamespace(assignment=lambda: writer.assignment), consumer_generation_id=1
+    )
+    built.marks = InputMarks(built.app, built.table, writer, "indicators", built._rebuild)  # type: ignore[arg-type]
     built.rows = RowCache(cache_rows)
     built.limits = InputLimits()
     built._horizons = {}

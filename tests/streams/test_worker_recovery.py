@@ -21,7 +21,9 @@ from worker_harness import (
     INTERVALS,
     SPREAD_SYMBOLS,
     KlineWatcher,
+    assert_same_indicators,
     assert_same_klines,
+    expected_indicators,
     expected_klines,
     make_trades,
     publish,
@@ -225,13 +227,16 @@ async def test_a_restart_on_intact_local_data_does_not_replay_the_changelog(dev_
 async def test_local_rows_behind_the_committed_input_are_rebuilt_from_the_changelog(dev_stack, tmp_path):
     """A store that says it holds its changelog to the end while its rows are older (what a recovery that missed
     the last transactions leaves, e.g. from a standby's lagging copy): here the rows and input marks of an earlier
-    clean stop are put back after a later one. Processed from the committed input on those rows, the windows open
-    across the stops would close without the trades in between. The worker finds each partition's input mark
-    behind its committed offset, drops the partition and rebuilds it from the changelog: every kline is right."""
+    clean stop are put back after a later one, in the kline table and in the indicator table. Processed from the
+    committed input on those rows, the windows open across the stops would close without the trades in between,
+    and the indicators would go on from series that lack the klines in between. Each agent finds its partitions'
+    input marks behind their committed offsets, drops them and rebuilds them from the changelog: every kline and
+    every indicator value is right."""
     prefix = f"b{uuid.uuid4().hex[:8]}."
     bus_config = BusConfig(topic_prefix=prefix, kafka=KafkaConfig(bootstrap=dev_stack.kafka_bootstrap, partitions=3))
     trades = make_trades(6000, seed=11)
     expected = expected_klines(trades)
+    indicators = expected_indicators(expected)
     minutes = sorted((k for k in expected if k[1] == "1m"), key=lambda k: (k[2], k[0]))
     config_path = worker_config(tmp_path, dev_stack.kafka_bootstrap, prefix, "at_least_once")
     data_dir = tmp_path / "data"
@@ -242,8 +247,10 @@ async def test_local_rows_behind_the_committed_input_are_rebuilt_from_the_change
         worker = await start_worker(config_path, data_dir)
         await until_or_fail(watcher, set(minutes[:15]), worker)
         await stop_worker(worker)
-        earlier = store_rows(data_dir)
-        assert any(key.startswith(b"\x00input-offset.") for rows in earlier.values() for key in rows), earlier
+        earlier = store_rows(data_dir, "*-state-*.db")
+        for table in ("kline-state", "indicator-state"):
+            marks = [key for path, rows in earlier.items() if path.name.startswith(table) for key in rows]
+            assert any(key.startswith(b"\x00input-offset.") for key in marks), (table, earlier)
         await publish(bus_config, trades[2000:3050])
         worker = await start_worker(config_path, data_dir)
         await until_or_fail(watcher, set(minutes[:27]), worker)
@@ -251,21 +258,23 @@ async def test_local_rows_behind_the_committed_input_are_rebuilt_from_the_change
         put_back_rows(data_dir, earlier)
         await publish(bus_config, trades[3050:])
         worker = await start_worker(config_path, data_dir)
-        await until_or_fail(watcher, set(expected), worker)
+        await until_or_fail(watcher, set(expected), worker, {key: set(values) for key, values in indicators.items()})
         said = await stop_worker(worker)
     finally:
         await watcher.follower.stop()
-    assert "local rows behind the committed input" in said, said[-3000:]
+    assert "klines: local rows behind the committed input" in said, said[-3000:]
+    assert "indicators: local rows behind the committed input" in said, said[-3000:]
     assert_same_klines(watcher.closed, expected)
+    assert_same_indicators(watcher, indicators)
 
 
 FAUST_OFFSET_KEY = b"__faust\0offset__"
 
 
-def store_rows(data_dir: Path) -> dict[Path, dict[bytes, bytes]]:
-    """Every row of each local RocksDB partition of the kline table but Faust's changelog offset."""
+def store_rows(data_dir: Path, pattern: str = "kline-state-*.db") -> dict[Path, dict[bytes, bytes]]:
+    """Every row of each local RocksDB partition of the tables named by ``pattern`` but Faust's changelog offset."""
     stores = {}
-    for path in data_dir.rglob("kline-state-*.db"):
+    for path in data_dir.rglob(pattern):
         db = Rdict(str(path), options=Options(raw_mode=True), access_type=AccessType.read_only())
         try:
             stores[path] = {key: value for key, value in db.items() if key != FAUST_OFFSET_KEY}

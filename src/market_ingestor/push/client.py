@@ -49,7 +49,13 @@ class Client:
         self._metrics = metrics
         self._wake = asyncio.Event()
 
-    def deliver(self, message: Outgoing, key: Hashable | None = None, conflate: bool = False) -> None:
+    def deliver(
+        self,
+        message: Outgoing,
+        key: Hashable | None = None,
+        conflate: bool = False,
+        revision_of: Hashable | None = None,
+    ) -> None:
         """Write ``message`` now if the socket takes it, else queue it (see :mod:`market_ingestor.push.outbox`)."""
         if not self.outbox:
             if self._protocol.state is not State.OPEN:
@@ -61,7 +67,10 @@ class Client:
                 transport.write(message.wire)
                 self._metrics.messages_sent_total += 1
                 return
-        self._metrics.updates_dropped_total += self.outbox.put(message, key, conflate, time.monotonic())
+        outbox = self.outbox
+        superseded = outbox.superseded
+        self._metrics.updates_dropped_total += outbox.put(message, key, conflate, time.monotonic(), revision_of)
+        self._metrics.updates_superseded_total += outbox.superseded - superseded
         self._wake.set()
 
     async def write_loop(self) -> None:

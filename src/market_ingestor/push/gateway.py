@@ -240,7 +240,7 @@ class Gateway:
             subscribers = self._subscribers.get(update.pair)
             if subscribers:
                 for client in subscribers:
-                    client.deliver(update.message, update.pair, update.conflate)
+                    client.deliver(update.message, update.pair, update.conflate, update.revision_of)
 
     # --- the client side ---------------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ class PushMetrics:
     updates_received_total: int = 0  # bus records turned into updates
     bad_records_total: int = 0  # events of bus records that did not decode as their topic's type (skipped)
     updates_dropped_total: int = 0  # updates clients lost to a full queue or to conflation
+    updates_superseded_total: int = 0  # queued revisions replaced by a newer revision of the same kline or value
     request_errors_total: Counter[str] = field(default_factory=Counter)  # error replies, by code
     lag_disconnects_total: int = 0  # clients closed for staying behind longer than push.max_behind_s
     idle_disconnects_total: int = 0  # clients closed for doing nothing for push.idle_timeout_s
@@ -45,6 +46,11 @@ class PushCollector(Collector):
             "push_updates_dropped",
             "Updates clients lost to a full queue or to conflation",
             value=m.updates_dropped_total,
+        )
+        yield CounterMetricFamily(
+            "push_updates_superseded",
+            "Queued closed klines and indicator values replaced by a newer revision of the same (not lost)",
+            value=m.updates_superseded_total,
         )
         yield CounterMetricFamily("push_messages_sent", "Frames handed to client sockets", value=m.messages_sent_total)
         yield CounterMetricFamily(

@@ -11,7 +11,7 @@ indicator per kline interval, in a bounded map that forgets the least recently u
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, NamedTuple
 
 import msgspec
@@ -29,6 +29,9 @@ class Update(NamedTuple):
     # Where the latest state keeps it: None for trades; "" for quotes and klines; the interval for indicators.
     slot: str | None
     order: tuple[int, int]  # state keeps the highest; (open_time, revision) for klines and indicators
+    # What a closed kline or an indicator value is a revision of: a newer revision of it replaces this one in a
+    # client's queue (push/outbox.py); None for the others.
+    revision_of: Hashable | None = None
 
 
 def _trade(event: Trade, value: bytes) -> Update:
@@ -45,13 +48,17 @@ def _kline(event: Kline, value: bytes) -> Update:
     symbol, channel = f"{event.exchange}.{event.symbol}", KLINE_PREFIX + event.interval
     # A closed kline ranks above the in-progress updates of its window; a revision above both.
     order = (event.open_time, 2 * event.revision + int(event.closed))
-    return Update((channel, symbol), update_message(channel, symbol, value), not event.closed, "", order)
+    pair = (channel, symbol)
+    revision_of = (pair, event.open_time) if event.closed else None
+    return Update(pair, update_message(channel, symbol, value), not event.closed, "", order, revision_of)
 
 
 def _indicator(event: IndicatorValue, value: bytes) -> Update:
     symbol, channel = f"{event.exchange}.{event.symbol}", INDICATOR_PREFIX + event.name
     order = (event.open_time, event.revision)
-    return Update((channel, symbol), update_message(channel, symbol, value), False, event.interval, order)
+    pair = (channel, symbol)
+    revision_of = (pair, event.interval, event.open_time)
+    return Update(pair, update_message(channel, symbol, value), False, event.interval, order, revision_of)
 
 
 _Handler = tuple[msgspec.json.Decoder[Any], Callable[[Any, bytes], Update]]

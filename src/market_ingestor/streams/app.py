@@ -9,7 +9,7 @@ applied, so re-delivered trades are ignored. Outputs and rows go through :class:
 
 After a restart or a rebalance the rows of the newly assigned partitions are loaded when their recovery completes,
 so windows of instruments that stay quiet still close by the wall clock. Every checkpoint also saves, per input
-partition, the input offset it commits (an input mark, :func:`input_mark_key`): a partition whose local rows are
+partition, the input offset it commits (an input mark, ``streams/marks.py``): a partition whose local rows are
 found behind its committed input is not processed on them but rebuilt from its changelog (docs/faust.md, "Local rows
 behind the committed input").
 """
@@ -38,6 +38,7 @@ from market_ingestor.observability.consumer import MetricsService, metrics_servi
 from market_ingestor.streams import metrics
 from market_ingestor.streams.indicators import IndicatorAgent
 from market_ingestor.streams.klines import InstrumentKlines, KlineSettings, exact_context
+from market_ingestor.streams.marks import InputMarks, is_input_mark
 from market_ingestor.streams.outputs import InputLimits, PartitionWriter, next_offsets
 from market_ingestor.validity import trade_problem
 
@@ -51,17 +52,6 @@ POSITION_BITS = 20
 # Every partition store has its own block cache (24 stores): at 2 MB each they added up to 48 MB while a backlog
 # drained (the indicator rows are read back each batch); 256 KB each measured no slower in bench/klines.py.
 TABLE_OPTIONS = {"write_buffer_size": 1 << 20, "max_write_buffer_number": 2, "block_cache_size": 256 << 10}
-# The key of an input mark: a row of the kline table, in its partition's store, saved with every checkpoint after the
-# instrument rows (in the same transaction under exactly_once) and holding the input offset the checkpoint commits.
-INPUT_MARK = b"\x00input-offset."
-
-
-def input_mark_key(partition: int) -> bytes:
-    return INPUT_MARK + str(partition).encode()
-
-
-def is_input_mark(key: object) -> bool:
-    return isinstance(key, bytes) and key.startswith(INPUT_MARK)
 
 
 def kline_settings(config: Config) -> KlineSettings:
@@ -155,9 +145,7 @@ class KlineAgent:
         self._done: dict[TP, int] = {}
         self._checkpointed = time.monotonic()
         self.commit_interval_s = commit_interval_s
-        # Input partitions whose local rows were checked against their committed input in generation _checked_in.
-        self._checked: set[TP] = set()
-        self._checked_in = -1
+        self.marks = InputMarks(app, self.table, self.writer, "klines", self._rebuild)
         app.agent(self.trades, name="klines")(self.aggregate)
         app.on_partitions_revoked.connect(self.on_revoked)  # type: ignore[arg-type]
         app.on_before_shutdown.connect(self.on_shutdown)
@@ -195,10 +183,7 @@ class KlineAgent:
             state = self.states.get(key)
             if state is not None:
                 await self.writer.save(self.table, key, state.to_bytes(), source)
-        owned = self.writer.owned()
-        for tp, offset in done.items():  # after the rows: a store that holds the mark holds the rows before it
-            if tp in owned:
-                await self.writer.save(self.table, input_mark_key(tp.partition), str(offset).encode(), tp)
+        await self.marks.save(done)
         await self.writer.commit_input(done)
 
     async def on_shutdown(self, sender: Any, /, *args: Any, **kwargs: Any) -> None:
@@ -216,7 +201,7 @@ class KlineAgent:
         not marked for the checkpoint."""
         events = self.writer.current(events)
         sources = {event.message.tp for event in events}
-        checked = await self._checked_sources(sources)
+        checked = await self.marks.checked(sources)
         if checked != sources:
             events = [event for event in events if event.message.tp in checked]
         now = time.time_ns()
@@ -351,7 +336,7 @@ class KlineAgent:
         now = time.time_ns()
         closed_keys = []
         keeping_up: dict[TP, bool] = {}
-        checked = await self._checked_sources(set(self.sources.values()), faust_internals.inputs_sought(self.app))
+        checked = await self.marks.checked(set(self.sources.values()), faust_internals.inputs_sought(self.app))
         for key, state in list(self.states.items()):
             source = self.sources.get(key)
             if source is None:
@@ -391,48 +376,11 @@ class KlineAgent:
                 await self._checkpoint(force=True)
             self._forget(revoked)
 
-    async def _checked_sources(self, sources: set[TP], sought: bool = True) -> set[TP]:
-        """Those of ``sources`` whose local rows hold every trade before the committed input offset, checked the
-        first time each is met in a generation. ``sought``: the input was sought to its committed offsets in this
-        generation (always so for the sources of a batch; the timer asks ``internals.inputs_sought``).
-
-        Table recovery can end with a partition's store behind its committed changelog (e.g. a standby's copy
-        that had not applied the last transactions, docs/faust.md): processed from the committed offset on those
-        rows, its klines would lack the trades in between, and nothing downstream could tell. The partition's
-        input mark (the offset its last saved checkpoint committed) shows it: behind the committed offset, the
-        partition's states and local rows are dropped, it is not processed or committed in this generation, and
-        the worker asks its group for a new assignment, whose recovery reads the partition's changelog from its
-        start. A store with no mark (nothing saved yet, or rows from before the marks) is taken as it is."""
-        generation = self.app.consumer_generation_id
-        if generation != self._checked_in:
-            self._checked.clear()
-            self._checked_in = generation
-        unchecked = sources - self._checked
-        if not unchecked:
-            return sources
-        if not sought:
-            return sources & self._checked
-        behind: dict[TP, tuple[int, int]] = {}
-        for tp in unchecked:
-            committed = self.writer.next_offset(tp)
-            mark = self.table.get(input_mark_key(tp.partition))
-            if mark is not None and committed is not None and int(mark) < committed:
-                behind[tp] = (int(mark), committed)
-            else:
-                self._checked.add(tp)
-        if behind:
-            await self._rebuild(behind)
-        return sources & self._checked
-
-    async def _rebuild(self, behind: dict[TP, tuple[int, int]]) -> None:
-        log.error(
-            "local rows behind the committed input: %s; their partitions are rebuilt from the changelog after a new "
-            "assignment, which this worker asks its group for",
-            ", ".join(f"partition {tp.partition} holds input to {mark}, committed {committed}"
-                      for tp, (mark, committed) in sorted(behind.items())),
-        )  # fmt: skip
-        metrics.STALE_PARTITIONS.inc(len(behind))
-        self._forget(set(behind))
+    async def _rebuild(self, behind: set[TP]) -> None:
+        """Local rows found behind the committed input (``streams/marks.py``): the partitions' states and rows
+        are dropped; they are neither processed nor committed in this generation, and the next assignment's
+        recovery reads their changelog from its start."""
+        self._forget(behind)
         for tp in behind:
             faust_internals.discard_partition(self.app, self.table, tp.partition)
         await faust_internals.request_rejoin(self.app)

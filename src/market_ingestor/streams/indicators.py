@@ -38,6 +38,7 @@ from market_ingestor.indicators import Update, from_bytes, parse_spec
 from market_ingestor.indicators.series import Series, horizon
 from market_ingestor.model import Kline, encode
 from market_ingestor.streams import metrics
+from market_ingestor.streams.marks import InputMarks
 from market_ingestor.streams.outputs import InputLimits, PartitionWriter, next_offsets
 from market_ingestor.windows import parse_interval
 
@@ -142,6 +143,7 @@ class IndicatorAgent:
         )
         self.writer = PartitionWriter(app, records, self.klines.get_topic_name())
         self.writer.on_fenced(self.on_fenced)
+        self.marks = InputMarks(app, self.table, self.writer, "indicators", self._rebuild)
         self.limits = limits
         self.rows = RowCache(cache_rows)
         self._lock = asyncio.Lock()  # a batch and a revocation take turns
@@ -162,8 +164,14 @@ class IndicatorAgent:
         """Applies the closed klines of a batch of records; each value is sent as soon as it is computed. Records of
         partitions no longer assigned, or taken before the current assignment, are skipped
         (``PartitionWriter.current``), and rows of partitions revoked during the sends are not saved:
-        their changelog belongs to the new owner now (an older row written there would undo its work)."""
+        their changelog belongs to the new owner now (an older row written there would undo its work). A
+        partition whose local rows are behind its committed input is not processed but rebuilt
+        (``streams/marks.py``); each batch saves the marks of its partitions after their rows."""
         events = self.writer.current(events)
+        sources = {event.message.tp for event in events}
+        checked = await self.marks.checked(sources)
+        if checked != sources:
+            events = [event for event in events if event.message.tp in checked]
         rows: dict[bytes, Row] = {}
         touched: dict[bytes, tuple[Row, TP]] = {}
         stale = metrics.INDICATOR_STALE.counts
@@ -197,7 +205,9 @@ class IndicatorAgent:
         for key, (row, source) in touched.items():
             if source in assigned:
                 await self.writer.save(self.table, key, row.to_bytes(), source)
-        await self.writer.commit_input(next_offsets(events))
+        done = next_offsets(events)
+        await self.marks.save(done)
+        await self.writer.commit_input(done)
 
     def _row(self, key: bytes, source: TP) -> Row:
         row = self.rows.get(key)
@@ -212,6 +222,15 @@ class IndicatorAgent:
         async with self._lock:
             self.writer.forget(revoked)
             self.rows.forget(revoked)
+
+    async def _rebuild(self, behind: set[TP]) -> None:
+        """Local rows found behind the committed input (``streams/marks.py``): the cached and local rows of those
+        partitions are dropped, and the next assignment's recovery reads their changelog from its start."""
+        self.writer.forget(behind)
+        self.rows.forget(behind)
+        for tp in behind:
+            faust_internals.discard_partition(self.app, self.table, tp.partition)
+        await faust_internals.request_rejoin(self.app)
 
     def on_fenced(self, lost: set[TP]) -> None:
         """Another worker took ``lost`` while this one was away: the cached and local rows may hold klines of

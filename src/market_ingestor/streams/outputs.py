@@ -43,6 +43,11 @@ FENCE_REJOIN_S = 30.0
 # long: the broker is away (or flow control paused the partition); the last known end of the log is stale, so the
 # backlog is unknown (and the kline timer closes no window by the wall clock meanwhile).
 LIVE_FETCH_S = 5.0
+# After such a gap the backlog stays unknown this long from the first answer again: the log end the broker gives then
+# lacks what ingest held during the outage (its publisher retries every 0.5-5 s, bus/kafka.py), and a window closed
+# by the wall clock meanwhile is re-published as a correction for every batch of the held trades (a chaos run:
+# revision 179 of the outage minute, 27 s away).
+RESUMED_SETTLE_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +83,9 @@ class PartitionWriter:
         self._rejoin_asked_in = -2
         self._fence_listeners: list[Callable[[set[TP]], None]] = []
         self.sequence = InputSequence(app)
+        # Per input partition: the last fetch answer seen by backlog(), and the first one after a gap in them.
+        self._fetched: dict[TP, float] = {}  # float-ok: wall-clock seconds
+        self._resumed: dict[TP, float] = {}  # float-ok: wall-clock seconds
         self.input_topic = input_topic
         if input_topic is not None:
             faust_internals.declare_transaction_source(app, input_topic)  # its own producer per partition
@@ -445,9 +453,9 @@ class PartitionWriter:
             committed = faust_internals.committed_offset(self.app, source)
         return committed if committed is not None and committed >= 0 else None  # -1: nothing committed
 
-    def backlog(self, source: TP) -> int | None:
-        """Records of ``source`` in the topic and not yet processed (None while unknown, and while no fetch has
-        answered for ``LIVE_FETCH_S``)."""
+    def backlog(self, source: TP, now: float | None = None) -> int | None:  # float-ok: wall-clock seconds
+        """Records of ``source`` in the topic and not yet processed (None while unknown, while no fetch has
+        answered for ``LIVE_FETCH_S``, and for ``RESUMED_SETTLE_S`` after such a gap)."""
         consumer: Any = self.app.consumer
         done = self.sequence.expected(source)  # taken in order so far (commits lag behind, by checkpoint)
         if done is None:
@@ -458,8 +466,18 @@ class PartitionWriter:
         if end is None:
             return None
         fetched = faust_internals.last_fetch_s(self.app, source)
-        if fetched is None or time.time() - fetched > LIVE_FETCH_S:
+        if fetched is None:
+            return None
+        last = self._fetched.get(source)
+        self._fetched[source] = fetched
+        if last is not None and fetched - last > LIVE_FETCH_S:
+            self._resumed[source] = fetched  # the first answer after a gap (a broker away)
+        now = time.time() if now is None else now
+        if now - fetched > LIVE_FETCH_S:
             return None  # the end known is the last answer's: trades may wait behind it (a broker away, seen in chaos)
+        resumed = self._resumed.get(source)
+        if resumed is not None and now - resumed < RESUMED_SETTLE_S:
+            return None  # back from a gap: what ingest held then may not be in the log yet
         return max(end - done, 0)
 
     def _persist(self, committed: dict[TP, int]) -> None:

@@ -238,6 +238,10 @@ async def test_local_rows_behind_the_committed_input_are_rebuilt_from_the_change
     expected = expected_klines(trades)
     indicators = expected_indicators(expected)
     minutes = sorted((k for k in expected if k[1] == "1m"), key=lambda k: (k[2], k[0]))
+
+    def values_of(klines: set[tuple[str, str, int]]) -> dict[tuple[str, str, str], set[int]]:
+        return {key: {t for t in values if (key[0], key[1], t) in klines} for key, values in indicators.items()}
+
     config_path = worker_config(tmp_path, dev_stack.kafka_bootstrap, prefix, "at_least_once")
     data_dir = tmp_path / "data"
     watcher = KlineWatcher(bus_config)
@@ -245,15 +249,15 @@ async def test_local_rows_behind_the_committed_input_are_rebuilt_from_the_change
     try:
         await publish(bus_config, trades[:2000])  # to minute 6 or so: the 5m window of minutes 5-10 is open
         worker = await start_worker(config_path, data_dir)
-        await until_or_fail(watcher, set(minutes[:15]), worker)
+        await until_or_fail(watcher, set(minutes[:15]), worker, values_of(set(minutes[:15])))
         await stop_worker(worker)
         earlier = store_rows(data_dir, "*-state-*.db")
         for table in ("kline-state", "indicator-state"):
             marks = [key for path, rows in earlier.items() if path.name.startswith(table) for key in rows]
-            assert any(key.startswith(b"\x00input-offset.") for key in marks), (table, earlier)
+            assert any(key.startswith(b"\x00input-offset.") for key in marks), table
         await publish(bus_config, trades[2000:3050])
         worker = await start_worker(config_path, data_dir)
-        await until_or_fail(watcher, set(minutes[:27]), worker)
+        await until_or_fail(watcher, set(minutes[:27]), worker, values_of(set(minutes[:27])))
         await stop_worker(worker)
         put_back_rows(data_dir, earlier)
         await publish(bus_config, trades[3050:])

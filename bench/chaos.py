@@ -98,6 +98,8 @@ HIT_BY_OUTAGE = {
 IN_FLIGHT_S = 3.0
 RECOVER_TIMEOUT_S = 120.0
 DRAIN_STABLE_S = 10.0
+# A drain takes 10-20 s; failing sooner than the test's own timeout (600 s) leaves time to print the report.
+DRAIN_TIMEOUT_S = 150.0
 SESSION_TIMEOUT_MS = 10_000  # Kafka's session timeout, and the NATS worker's shard lease TTL
 TRADES_SQL = "SELECT count(*) FROM market_trades"
 KLINES_SQL = "SELECT count(*) + coalesce(sum(revision), 0) FROM market_klines"
@@ -408,16 +410,29 @@ class Chaos:
         """Until every stored kline is closed (the worker closes quiet windows by the wall clock) and the stored
         trades, klines and indicator values have not changed for DRAIN_STABLE_S."""
         last: tuple[int | None, ...] = ()
-        stable_since = time.monotonic()
-        deadline = time.monotonic() + 300
+        started = stable_since = time.monotonic()
+        changes: list[str] = []  # when the state last changed, and to what (the failure names the last few)
+        deadline = started + DRAIN_TIMEOUT_S
         while time.monotonic() < deadline:
             await asyncio.sleep(1.0)
             state = tuple([await db_value(self.database_url, query) for query in DRAIN_SQL])
             if state != last:
                 last, stable_since = state, time.monotonic()
+                changes = [*changes[-5:], f"{stable_since - started:.0f} s: {state}"]
             elif state[-1] == 0 and time.monotonic() - stable_since >= DRAIN_STABLE_S:
                 return
-        self.failures.append(f"the stored data did not settle within 300 s (trades, klines, indicators, open): {last}")
+        conn = await asyncpg.connect(self.database_url)
+        try:
+            still_open = await conn.fetch(
+                "SELECT exchange, symbol, interval, open_time FROM market_klines WHERE NOT closed ORDER BY open_time"
+                " LIMIT 5"
+            )
+        finally:
+            await conn.close()
+        self.failures.append(
+            f"the stored data did not settle within {DRAIN_TIMEOUT_S:.0f} s (trades, klines, indicators, open); "
+            f"its last changes: {'; '.join(changes)}; open klines: {[tuple(r) for r in still_open]}"
+        )
 
     async def run(self) -> Report:
         if self.prometheus is not None:

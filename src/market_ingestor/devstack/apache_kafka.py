@@ -7,6 +7,7 @@ import importlib.resources
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from market_ingestor.devstack.config import HOST
@@ -122,6 +123,11 @@ def _java_binary() -> str:
     return found
 
 
-def _cluster_id() -> str:
-    # Kafka cluster ids are 16 random bytes in URL-safe base64 without padding.
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+def _cluster_id(draw: Callable[[], bytes] = lambda: uuid.uuid4().bytes) -> str:
+    """16 random bytes in URL-safe base64 without padding, as Kafka's own ids, and as Kafka's ``Uuid.randomUuid``
+    never one that starts with "-": ``kafka-storage format -t -...`` takes it for an option and refuses (1 in 64
+    ids; it failed a test run)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(draw()).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id

@@ -155,7 +155,7 @@ def agent(cache_rows: int) -> IndicatorAgent:
     built.app = SimpleNamespace(  # type: ignore[assignment]
         consumer=SimpleNamespace(assignment=lambda: writer.assignment), consumer_generation_id=1
     )
-    built.marks = InputMarks(built.app, built.table, writer, "indicators", built._rebuild)  # type: ignore[arg-type]
+    built.marks = InputMarks(built.app, built.table, writer, "indicators", built._forget)  # type: ignore[arg-type]
     built.rows = RowCache(cache_rows)
     built.limits = InputLimits()
     built._horizons = {}

@@ -6,8 +6,10 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from faust.types import TP
 
+from market_ingestor.bus.faust import internals as faust_internals
 from market_ingestor.streams import metrics
 from market_ingestor.streams.marks import InputMarks, input_mark_key, is_input_mark
 
@@ -30,13 +32,23 @@ class Writer:
 
 
 def marks(committed: dict[TP, int | None], table: dict[bytes, bytes] | None = None) -> tuple[InputMarks, list[Any]]:
-    rebuilt: list[set[TP]] = []
-
-    async def rebuild(behind: set[TP]) -> None:
-        rebuilt.append(behind)
-
+    forgotten: list[set[TP]] = []
     app = SimpleNamespace(consumer_generation_id=1)
-    return InputMarks(app, {} if table is None else table, Writer(committed), "klines", rebuild), rebuilt  # type: ignore[arg-type]
+    table = {} if table is None else table
+    return InputMarks(app, table, Writer(committed), "klines", forgotten.append), forgotten  # type: ignore[arg-type]
+
+
+@pytest.fixture(autouse=True)
+def faust_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
+    """What a rebuild asks of Faust (its internals have their own named tests in tests/bus/faust)."""
+    calls: list[tuple[str, Any]] = []
+
+    async def request_rejoin(app: Any) -> None:
+        calls.append(("rejoin", None))
+
+    monkeypatch.setattr(faust_internals, "discard_partition", lambda app, table, n: calls.append(("discard", n)))
+    monkeypatch.setattr(faust_internals, "request_rejoin", request_rejoin)
+    return calls
 
 
 async def test_the_marks_of_owned_partitions_are_saved_and_a_mark_at_the_committed_offset_passes():
@@ -47,12 +59,13 @@ async def test_the_marks_of_owned_partitions_are_saved_and_a_mark_at_the_committ
     assert await checked.checked({P0, P1}) == {P0, P1} and rebuilt == []
 
 
-async def test_a_mark_behind_the_committed_offset_is_rebuilt_counted_and_not_processed():
+async def test_a_mark_behind_the_committed_offset_is_rebuilt_counted_and_not_processed(faust_calls):
     table = {input_mark_key(0): b"40", input_mark_key(1): b"7"}
     checked, rebuilt = marks({P0: 55, P1: 7}, table)
     before = metrics.STALE_PARTITIONS._value.get()
     assert await checked.checked({P0, P1}) == {P1}
     assert rebuilt == [{P0}] and metrics.STALE_PARTITIONS._value.get() == before + 1
+    assert faust_calls == [("discard", 0), ("rejoin", None)]  # the local rows, then a new assignment
     # Not passed later in the same generation either; the next generation checks again.
     assert await checked.checked({P0, P1}) == {P1} and rebuilt == [{P0}, {P0}]
     checked.writer.committed[P0] = 40  # type: ignore[attr-defined]

@@ -145,7 +145,7 @@ class KlineAgent:
         self._done: dict[TP, int] = {}
         self._checkpointed = time.monotonic()
         self.commit_interval_s = commit_interval_s
-        self.marks = InputMarks(app, self.table, self.writer, "klines", self._rebuild)
+        self.marks = InputMarks(app, self.table, self.writer, "klines", self._forget)
         app.agent(self.trades, name="klines")(self.aggregate)
         app.on_partitions_revoked.connect(self.on_revoked)  # type: ignore[arg-type]
         app.on_before_shutdown.connect(self.on_shutdown)
@@ -375,15 +375,6 @@ class KlineAgent:
             if not self._reload and not self.writer.closed:
                 await self._checkpoint(force=True)
             self._forget(revoked)
-
-    async def _rebuild(self, behind: set[TP]) -> None:
-        """Local rows found behind the committed input (``streams/marks.py``): the partitions' states and rows
-        are dropped; they are neither processed nor committed in this generation, and the next assignment's
-        recovery reads their changelog from its start."""
-        self._forget(behind)
-        for tp in behind:
-            faust_internals.discard_partition(self.app, self.table, tp.partition)
-        await faust_internals.request_rejoin(self.app)
 
     def on_fenced(self, lost: set[TP]) -> None:
         """Another worker took ``lost`` while this one was away (``PartitionWriter._fence``): the states hold

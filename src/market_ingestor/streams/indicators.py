@@ -143,7 +143,7 @@ class IndicatorAgent:
         )
         self.writer = PartitionWriter(app, records, self.klines.get_topic_name())
         self.writer.on_fenced(self.on_fenced)
-        self.marks = InputMarks(app, self.table, self.writer, "indicators", self._rebuild)
+        self.marks = InputMarks(app, self.table, self.writer, "indicators", self._forget)
         self.limits = limits
         self.rows = RowCache(cache_rows)
         self._lock = asyncio.Lock()  # a batch and a revocation take turns
@@ -223,14 +223,11 @@ class IndicatorAgent:
             self.writer.forget(revoked)
             self.rows.forget(revoked)
 
-    async def _rebuild(self, behind: set[TP]) -> None:
-        """Local rows found behind the committed input (``streams/marks.py``): the cached and local rows of those
-        partitions are dropped, and the next assignment's recovery reads their changelog from its start."""
+    def _forget(self, behind: set[TP]) -> None:
+        """Local rows found behind the committed input (``streams/marks.py``): the cached rows of those partitions
+        are dropped and nothing more of them is committed until the next assignment."""
         self.writer.forget(behind)
         self.rows.forget(behind)
-        for tp in behind:
-            faust_internals.discard_partition(self.app, self.table, tp.partition)
-        await faust_internals.request_rejoin(self.app)
 
     def on_fenced(self, lost: set[TP]) -> None:
         """Another worker took ``lost`` while this one was away: the cached and local rows may hold klines of

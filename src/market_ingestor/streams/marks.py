@@ -6,9 +6,10 @@ Every time an agent saves its rows and commits its input, it also saves per inpu
 can end with a partition's store behind its committed changelog (docs/faust.md, "Local rows behind the committed
 input"); processed from the committed input offset on such rows, the agent's state would lack everything in
 between, and nothing downstream could tell. The mark shows it: :meth:`InputMarks.checked` compares it with the
-committed input offset the first time a partition is met in a generation, and a partition found behind is handed
-to the agent's ``rebuild`` (drop its states and local rows, ask the group for a new assignment, whose recovery
-reads the changelog from its start), logged as an error and counted (``worker_stale_partitions_total``).
+committed input offset the first time a partition is met in a generation. A partition found behind is rebuilt:
+the agent forgets what it holds of it (``forget``: states, cached rows, open outputs), its local rows are
+discarded, and the worker asks its group for a new assignment, whose recovery reads the changelog from its start;
+logged as an error and counted (``worker_stale_partitions_total``).
 
 A store without a mark (nothing saved yet, or rows from before the marks) is taken as it is. Both Faust agents
 use this: the kline table (``streams/app.py``) and the indicator table (``streams/indicators.py``).
@@ -17,12 +18,13 @@ use this: the kline table (``streams/app.py``) and the indicator table (``stream
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import faust
 from faust.types import TP
 
+from market_ingestor.bus.faust import internals as faust_internals
 from market_ingestor.streams import metrics
 from market_ingestor.streams.outputs import PartitionWriter
 
@@ -42,8 +44,8 @@ def is_input_mark(key: object) -> bool:
 class InputMarks:
     """The input marks of one agent's ``table``, whose input partitions ``writer`` commits.
 
-    ``rebuild``: drops what the agent holds of the given input partitions (states, cached rows, local rows) and
-    asks for a new assignment; called with the partitions found behind."""
+    ``forget``: drops what the agent holds in memory of the given input partitions (called with those found
+    behind, before their local rows are discarded)."""
 
     def __init__(
         self,
@@ -51,13 +53,13 @@ class InputMarks:
         table: Any,
         writer: PartitionWriter,
         agent: str,
-        rebuild: Callable[[set[TP]], Awaitable[None]],
+        forget: Callable[[set[TP]], None],
     ) -> None:
         self.app = app
         self.table = table
         self.writer = writer
         self.agent = agent
-        self._rebuild = rebuild
+        self._forget = forget
         self._checked: set[TP] = set()  # input partitions checked in generation _checked_in
         self._checked_in = -1
 
@@ -102,3 +104,9 @@ class InputMarks:
             metrics.STALE_PARTITIONS.inc(len(behind))
             await self._rebuild(set(behind))
         return sources & self._checked
+
+    async def _rebuild(self, behind: set[TP]) -> None:
+        self._forget(behind)
+        for tp in behind:
+            faust_internals.discard_partition(self.app, self.table, tp.partition)
+        await faust_internals.request_rejoin(self.app)

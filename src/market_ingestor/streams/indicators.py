@@ -220,14 +220,13 @@ class IndicatorAgent:
         """Partitions are about to move: the batch under way ends (it commits what it processed while the
         partitions are still ours), then the cached rows are dropped: they may change at the new owner."""
         async with self._lock:
-            self.writer.forget(revoked)
-            self.rows.forget(revoked)
+            self._forget(revoked)
 
-    def _forget(self, behind: set[TP]) -> None:
-        """Local rows found behind the committed input (``streams/marks.py``): the cached rows of those partitions
-        are dropped and nothing more of them is committed until the next assignment."""
-        self.writer.forget(behind)
-        self.rows.forget(behind)
+    def _forget(self, sources: set[TP]) -> None:
+        """Drops the cached rows of ``sources``, and nothing more of them is committed until the next assignment:
+        on a revocation, and for partitions whose local rows are behind their committed input (``streams/marks.py``)."""
+        self.writer.forget(sources)
+        self.rows.forget(sources)
 
     def on_fenced(self, lost: set[TP]) -> None:
         """Another worker took ``lost`` while this one was away: the cached and local rows may hold klines of

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Iterable
 from decimal import Decimal
 from types import SimpleNamespace
 from typing import Any
@@ -16,6 +17,7 @@ from faust.types import TP
 from market_ingestor.indicators import DEFAULT_SPECS, compute, parse_spec
 from market_ingestor.indicators.series import horizon
 from market_ingestor.model import IndicatorValue, Kline, encode
+from market_ingestor.streams import indicators
 from market_ingestor.streams.indicators import IndicatorAgent, Row, RowCache
 from market_ingestor.streams.marks import InputMarks
 from market_ingestor.streams.outputs import InputLimits
@@ -110,12 +112,15 @@ class Assignment:
 class FakeWriter:
     def __init__(self) -> None:
         self.sent: list[tuple[bytes, bytes]] = []
+        self.handoffs: list[int] = []  # values per send_all call
         self.fail_flush = False
         self.revoke_at_flush: set[TP] = set()  # a rebalance that revokes these while the values are being sent
         self.assignment = Assignment()
 
-    async def send(self, topic: str, key: bytes, value: bytes, source: TP) -> None:
-        self.sent.append((key, value))
+    async def send_all(self, topic: str, events: Iterable[tuple[bytes, bytes, TP]]) -> None:
+        handed = [(key, value) for key, value, _ in events]
+        self.handoffs.append(len(handed))
+        self.sent.extend(handed)
 
     async def flush(self) -> None:
         if self.fail_flush:
@@ -195,6 +200,22 @@ async def test_a_cache_smaller_than_a_batch_changes_no_value_and_no_row() -> Non
     assert sorted(got, key=lambda v: (v.name, v.open_time)) == [
         msgspec.structs.replace(v, symbol="S3USDT") for v in sorted(want, key=lambda v: (v.name, v.open_time))
     ]
+
+
+async def test_a_batch_hands_its_values_to_the_writer_a_bounded_number_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The values of a batch are encoded and handed over in chunks (not one coroutine each, not all at once: a
+    batch of 8 MB of klines gives ~100k values), in the order they were computed."""
+    batches = [records(5, 10, start) for start in (0, 10)]
+    whole = agent(100)
+    await run(whole, batches)
+    monkeypatch.setattr(indicators, "SEND_EVERY", 7)
+    chunked = agent(100)
+    await run(chunked, batches)
+    assert chunked.writer.sent == whole.writer.sent  # type: ignore[attr-defined]
+    handoffs = chunked.writer.handoffs  # type: ignore[attr-defined]
+    assert len(handoffs) > len(batches) and max(handoffs) < 7 + len(SPECS)  # one kline's values past the bound
 
 
 async def test_a_failed_batch_clears_the_cache_and_its_redelivery_changes_nothing() -> None:

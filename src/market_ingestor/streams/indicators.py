@@ -45,6 +45,8 @@ from market_ingestor.windows import parse_interval
 kline_decoder = BatchDecoder(Kline)
 # How msgspec writes a closed kline's flag (no spaces): a record without it holds no closed kline.
 CLOSED_MARK = b'"closed":true'
+# Values of a batch encoded and then handed to the writer at once, at most this many (memory stays bounded).
+SEND_EVERY = 2048
 _row_encoder = msgspec.msgpack.Encoder()
 # An interval's entry: series bytes, or (the previous format) indicator name -> state bytes.
 _row_decoder = msgspec.msgpack.Decoder(dict[str, bytes | dict[str, bytes]])
@@ -161,8 +163,8 @@ class IndicatorAgent:
                     raise
 
     async def process(self, events: Sequence[Any]) -> None:
-        """Applies the closed klines of a batch of records; each value is sent as soon as it is computed. Records of
-        partitions no longer assigned, or taken before the current assignment, are skipped
+        """Applies the closed klines of a batch of records; their values are sent, in order, at the batch's end.
+        Records of partitions no longer assigned, or taken before the current assignment, are skipped
         (``PartitionWriter.current``), and rows of partitions revoked during the sends are not saved:
         their changelog belongs to the new owner now (an older row written there would undo its work). A
         partition whose local rows are behind its committed input is not processed but rebuilt
@@ -174,6 +176,7 @@ class IndicatorAgent:
             events = [event for event in events if event.message.tp in checked]
         rows: dict[bytes, Row] = {}
         touched: dict[bytes, tuple[Row, TP]] = {}
+        out: list[tuple[bytes, bytes, TP]] = []  # sent a few thousand at a time: a coroutine per value showed
         stale = metrics.INDICATOR_STALE.counts
         sent = metrics.INDICATORS.counts
         topic = self.out.get_topic_name()
@@ -198,8 +201,12 @@ class IndicatorAgent:
                     continue
                 for value in series.update(kline):
                     sent[(value.name,)] += 1
-                    await self.writer.send(topic, key, encode(value), source)
+                    out.append((key, encode(value), source))
                 touched[key] = (row, source)
+                if len(out) >= SEND_EVERY:
+                    await self.writer.send_all(topic, out)
+                    out = []
+        await self.writer.send_all(topic, out)
         await self.writer.flush()  # values acknowledged before the states that produced them are saved
         assigned = self.writer.owned()  # a revocation may have come during the sends
         for key, (row, source) in touched.items():

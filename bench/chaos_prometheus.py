@@ -22,7 +22,7 @@ from pathlib import Path
 
 import aiohttp
 
-from chaos_services import free_port
+from chaos_services import free_port, track, untrack
 from market_ingestor.devstack.prometheus import PrometheusServer, own_prometheus_config
 from market_ingestor.devstack.scrape import ScrapeJob
 from market_ingestor.errors import DevStackError
@@ -81,6 +81,7 @@ class LagWatch:
         return shutil.which("prometheus") is not None
 
     async def start(self) -> None:
+        track(self, "prometheus", self.server.stop)
         if not await asyncio.to_thread(self.server.ensure, 60.0):
             raise DevStackError(f"the chaos run's Prometheus did not get ready (see {self.server.logs[0]})")
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
@@ -89,6 +90,7 @@ class LagWatch:
         if self._http is not None:
             await self._http.close()
         await asyncio.to_thread(self.server.stop)
+        untrack(self)
 
     async def lag(self, job: str) -> dict[str, float]:  # float-ok: Prometheus's answer
         """The job's lag sum, series count and oldest sample time now ({} while Prometheus has none)."""

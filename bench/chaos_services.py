@@ -35,6 +35,33 @@ from market_ingestor.devstack.stack import stack_servers
 CAUGHT_UP_S = 2.0
 POLL_S = 0.25
 
+# What is running for a run, and how to stop it at once: a run abandoned where its own cleanup cannot run (pytest's
+# timeout raises in the event loop and leaves the run's coroutine pending) would leave its services behind, running
+# into whatever comes next on the same dev stack (seen: a hung run's sink and Prometheus through later test runs).
+_running: dict[int, tuple[str, Callable[[], object]]] = {}
+
+
+def stop_abandoned() -> list[str]:
+    """Stops everything a run started and did not stop (its services, its Prometheus); returns what it stopped.
+
+    For a caller that outlives the run: the chaos test's teardown, after a pass, a failure or its timeout."""
+    stopped = []
+    for key, (name, stop) in list(_running.items()):
+        _running.pop(key, None)
+        stop()
+        stopped.append(name)
+    return stopped
+
+
+def track(key: object, name: str, stop: Callable[[], object]) -> None:
+    """Registers ``stop`` as the way to stop ``key`` (``name``) if its run is abandoned; :func:`untrack` it once
+    stopped."""
+    _running[id(key)] = (name, stop)
+
+
+def untrack(key: object) -> None:
+    _running.pop(id(key), None)
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -57,11 +84,18 @@ class Service:
         with (self.workdir / f"{self.name}.{self.starts}.log").open("wb") as log:
             env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
             self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        track(self, self.name, self._abandon)
+
+    def _abandon(self) -> None:
+        if self.alive():
+            self.resume()  # a paused service as well
+            self.kill()
 
     def kill(self) -> None:
         assert self.proc is not None
         self.proc.kill()
         self.proc.wait()
+        untrack(self)
 
     def pause(self) -> None:
         assert self.proc is not None
@@ -81,6 +115,8 @@ class Service:
             self.proc.kill()
             self.proc.wait()
             return -999
+        finally:
+            untrack(self)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -46,6 +46,7 @@ import logging
 import os
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -53,9 +54,20 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 from chaos import SCHEDULE, Options, chaos, print_report
+from chaos_services import stop_abandoned
 from market_ingestor.devstack import StackInfo
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(600)]
+
+
+@pytest.fixture(autouse=True)
+def no_service_outlives_the_run() -> Iterator[None]:
+    """pytest's timeout leaves the run's coroutine pending, its own cleanup never runs: its services are stopped
+    here, so they do not run on into the next test on the same dev stack."""
+    yield
+    left = stop_abandoned()
+    if left:
+        print(f"stopped what the run left running: {', '.join(left)}")
 
 
 @pytest.mark.parametrize(

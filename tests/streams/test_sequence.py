@@ -9,6 +9,7 @@ from typing import Any
 from aiokafka.errors import KafkaConnectionError
 from faust.types import TP
 
+from market_ingestor.bus.faust import internals as faust_internals
 from market_ingestor.streams.sequence import InputSequence
 
 P0, P1 = TP("t.market.trades", 0), TP("t.market.trades", 1)
@@ -178,7 +179,8 @@ async def test_records_in_the_log_that_never_come_are_read_again_after_the_stall
 
 
 async def test_a_stall_at_an_unchanged_log_end_is_sought_once_and_again_when_the_end_moves():
-    # A transaction marker at the end of the log: past the expected offset for good, nothing to deliver.
+    # Offsets past the last record that the consumer did not note as passed over (internals.skipped): the log end
+    # stays past the expected offset with nothing delivered.
     app = _app_with_ends({P0: 8})
     sequence = InputSequence(app)
     await sequence.in_order(_events(P0, 5, 6), {P0: 5})
@@ -247,3 +249,40 @@ async def test_a_start_across_a_new_generation_is_void():
     app.consumer._thread.committed = rebalanced_meanwhile
     assert await sequence.in_order(_events(P0, 5), {P0: None}) == []
     assert sequence.expected(P0) is None
+
+
+async def test_offsets_the_consumer_passed_over_are_neither_a_hole_nor_a_stall(monkeypatch):
+    # Under exactly_once every transaction leaves a marker in the log; each was taken for a hole (a seek and a
+    # second fetch per transaction), and a marker ending the log for a stall (a warning a minute per partition).
+    monkeypatch.setattr(faust_internals, "_skipped", {})
+    key = (P0.topic, P0.partition)
+    faust_internals._note_skipped(key, 3, 4)  # a commit marker
+    faust_internals._note_skipped(key, 6, 8)  # an aborted batch...
+    faust_internals._note_skipped(key, 8, 9)  # ...and its marker, noted on their own
+    faust_internals._note_skipped(key, 11, 12)  # the marker ending the log
+    app = _app_with_ends({P0: 12})
+    sequence = InputSequence(app)
+    passed = await sequence.in_order(_events(P0, 0, 1, 2, 4, 5, 9, 10), {P0: 0})
+    assert _offsets(passed) == [(0, 0), (0, 1), (0, 2), (0, 4), (0, 5), (0, 9), (0, 10)]
+    assert app.consumer.seeks == [] and sequence.dropped == 0
+    assert await sequence.resume_stalled([P0], {}, stall_s=5.0, now=0.0) == []
+    assert await sequence.resume_stalled([P0], {}, stall_s=5.0, now=60.0) == []
+    assert sequence.expected(P0) == 12 and app.consumer.seeks == []
+    # A gap the consumer did not pass over (13 with 12 never delivered) is a hole as before.
+    assert _offsets(await sequence.in_order(_events(P0, 13), {})) == []
+    assert app.consumer.seeks == [(P0, 12)]
+
+
+async def test_a_stall_is_timed_only_while_the_agent_waits_for_input():
+    # A batch the agent takes seconds over (8 MB of klines for the indicator agent) takes nothing meanwhile: every
+    # partition looked stalled and was read again.
+    app = _app_with_ends({P0: 6})
+    sequence = InputSequence(app)
+    await sequence.in_order(_events(P0, 0, 1, 2, 3), {P0: 0})
+    assert await sequence.resume_stalled([P0], {}, stall_s=5.0, now=100.0) == []
+    sequence.busy(now=101.0)
+    assert await sequence.resume_stalled([P0], {}, stall_s=5.0, now=110.0) == []  # 1 s of waiting so far
+    sequence.idle(now=111.0)
+    assert await sequence.resume_stalled([P0], {}, stall_s=5.0, now=114.9) == []  # 4.9 s
+    assert await sequence.resume_stalled([P0], {}, stall_s=5.0, now=115.0) == [P0]
+    assert app.consumer.seeks == [(P0, 4)]

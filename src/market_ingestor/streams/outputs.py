@@ -193,7 +193,9 @@ class PartitionWriter:
                 or time.monotonic() - held_since >= limits.within_s
                 or not self._behind(held, limits.records)
             ):
+                self.sequence.busy()
                 yield held
+                self.sequence.idle()
                 held, held_bytes = [], 0
 
     async def resume_stalled_input(self) -> None:

@@ -3,8 +3,9 @@
 faust-streaming 0.15.3 can deliver a partition's records with holes, and drop a partition's last records when its
 set of active partitions changes during a fetch (docs/faust.md, "Lost records and holes"). :class:`InputSequence`
 passes on a partition's records only in order from the committed offset, drops re-deliveries, seeks back over a
-hole (a hole in the log itself is accepted after the seek), and :meth:`InputSequence.resume_stalled` seeks back a
-partition whose log holds records that have not come for ``stall_s``.
+hole (a hole in the log itself is accepted after the seek; offsets the consumer passed over, transaction markers
+and aborted batches, at once), and :meth:`InputSequence.resume_stalled` seeks back a partition whose log holds
+records that have not come for ``stall_s``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ class InputSequence:
         self._waiting: dict[TP, tuple[int, float, int | None]] = {}
         self._forgets = 0  # how many times :meth:`forget` was called (a start that awaited across one is void)
         self._forgotten_in: dict[TP, int] = {}  # per partition: the value of ``_forgets`` at its last forget
+        # Time the agent spent processing what it took (busy()/idle()): no record can be taken meanwhile, so a stall
+        # is timed on the rest (an 8 MB batch of klines takes the indicator agent seconds; every partition then
+        # looked stalled and was read again).
+        self._busy_s = 0.0
+        self._busy_since: float | None = None  # float-ok: monotonic seconds
         self.dropped = 0  # records dropped because of a hole (counted for tests and the log)
         self.resumed = 0  # seeks back over records that were in the log but never delivered
 
@@ -56,7 +62,11 @@ class InputSequence:
                 # Forgotten while the start awaited the broker (a fence, a revocation, a new generation): not
                 # passed on. A later record of it starts the partition again; one past its start seeks back.
                 continue
-            if offset == expected or (offset > expected and tp not in holes and self._hole_at.get(tp) == offset):
+            if offset == expected or (
+                offset > expected
+                and tp not in holes
+                and (self._hole_at.get(tp) == offset or faust_internals.skipped(tp, expected, offset))
+            ):
                 hole_at = self._hole_at.pop(tp, None)
                 if hole_at is not None and offset == expected:
                     log.warning("%s: records from %d had come before %d; read again in order", tp, hole_at, expected)
@@ -74,17 +84,34 @@ class InputSequence:
             await faust_internals.seek_back(self.app, {tp: expected for tp, (expected, _) in holes.items()})
         return passed
 
+    def busy(self, now: float | None = None) -> None:  # float-ok: monotonic seconds
+        """The agent processes what it took: the stall clock stops until :meth:`idle`."""
+        if self._busy_since is None:
+            self._busy_since = time.monotonic() if now is None else now
+
+    def idle(self, now: float | None = None) -> None:  # float-ok: monotonic seconds
+        """The agent waits for input again."""
+        if self._busy_since is not None:
+            self._busy_s += (time.monotonic() if now is None else now) - self._busy_since
+            self._busy_since = None
+
+    def _waiting_clock(self, now: float) -> float:  # float-ok: monotonic seconds
+        """Seconds of ``now`` during which the agent was not busy (only differences count)."""
+        busy = self._busy_s + (now - self._busy_since if self._busy_since is not None else 0.0)
+        return now - busy
+
     async def resume_stalled(
         self, assigned: Iterable[TP], committed: dict[TP, int | None], stall_s: float, now: float | None = None
     ) -> list[TP]:
         """Seeks back each of the ``assigned`` input partitions whose log end has been past the expected offset for
-        ``stall_s`` with no record passed on (records Faust fetched and never delivered); again only once the log
-        end has moved (a transaction marker at the end stays "past" forever). Returns the partitions sought.
+        ``stall_s`` of the agent waiting for input with no record passed on (records Faust fetched and never
+        delivered); again only once the log end has moved. Offsets the consumer passed over with nothing to deliver
+        (a transaction marker ending the log, ``internals.skipped``) are not waited for. Returns the partitions
+        sought.
 
         ``committed``: as for :meth:`in_order`, for partitions with no record yet in this generation."""
         self._adopt_generation()
         assigned = list(assigned)
-        now = time.monotonic() if now is None else now
         unknown = [tp for tp in assigned if tp not in self._expected]
         if unknown:
             await self._start(unknown, committed)
@@ -92,6 +119,7 @@ class InputSequence:
         # more (Faust left it out of its active set, see the module docs) keeps its old cached end, which then
         # equals the expected offset and hid the stall for good (seen under exactly_once after a fence).
         ends = await self._log_ends(assigned)
+        clock = self._waiting_clock(time.monotonic() if now is None else now)
         stalled: dict[TP, int] = {}
         for tp in assigned:
             expected, end = self._expected.get(tp), ends.get(tp)
@@ -100,19 +128,24 @@ class InputSequence:
             if end is None or end <= expected:
                 self._waiting.pop(tp, None)
                 continue
+            if faust_internals.skipped(tp, expected, end):  # e.g. the marker of the last transaction: nothing comes
+                self._expected[tp] = end
+                self._waiting.pop(tp, None)
+                continue
             waiting = self._waiting.get(tp)
             if waiting is None or waiting[0] != expected:
-                self._waiting[tp] = (expected, now, None)
-            elif now - waiting[1] >= stall_s and waiting[2] != end:
+                self._waiting[tp] = (expected, clock, None)
+            elif clock - waiting[1] >= stall_s and waiting[2] != end:
                 log.warning(
-                    "%s: records %d..%d are in the log but none came for %.0f s; reading them again",
+                    "%s: records %d..%d are in the log but none came in %.0f s of waiting for input; reading them "
+                    "again",
                     tp,
                     expected,
                     end - 1,
-                    now - waiting[1],
+                    clock - waiting[1],
                 )
                 stalled[tp] = expected
-                self._waiting[tp] = (expected, now, end)
+                self._waiting[tp] = (expected, clock, end)
         if stalled:
             self.resumed += len(stalled)
             await faust_internals.seek_back(self.app, stalled)

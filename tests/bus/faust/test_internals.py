@@ -4,13 +4,17 @@ still does what we rely on. Each test names the internal, so an upgrade that cha
 from __future__ import annotations
 
 import inspect
+import uuid
 from importlib import metadata
+from typing import Any
 
 import aiokafka
 import faust
 import faust.streams
 import faust.tables.recovery
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.consumer.fetcher import PartitionRecords
 from aiokafka.producer.producer import AIOKafkaProducer
 from faust.stores.rocksdb import Store as RocksStore
 from faust.transport import consumer as faust_consumer
@@ -67,6 +71,58 @@ def test_AIOKafkaConsumerThread__highwaters_is_what_table_recovery_measures_the_
     assert "consumer.highwaters(" in source_of(faust.tables.recovery.Recovery._build_highwaters)
     # Why ours is needed: under exactly_once Faust reads the last stable offset of the last fetch.
     assert "last_stable_offset" in source_of(method), "Faust's _highwaters changed: is our override still needed?"
+
+
+def test_PartitionRecords__unpack_records_passes_over_control_and_aborted_batches_moving_next_fetch_offset() -> None:
+    original = faust_internals._unpack_records  # the class may hold ours already (a worker started in this process)
+    assert inspect.isgeneratorfunction(original), "PartitionRecords._unpack_records is no longer a generator"
+    source = source_of(original)
+    assert "is_control_batch" in source and "self.next_fetch_offset = next_batch.next_offset" in source, (
+        "PartitionRecords._unpack_records changed how it passes over batches"
+    )
+    assert "self._unpack_records()" in source_of(PartitionRecords.__init__), "PartitionRecords no longer uses it"
+    assert "self._tp = tp" in source_of(PartitionRecords.__init__), "PartitionRecords._tp was renamed"
+
+
+@pytest.mark.kafka
+async def test_the_offsets_a_read_committed_consumer_passes_over_are_noted(dev_stack: Any) -> None:
+    """On the real broker: a commit marker, an aborted batch with its marker, and the marker ending the log."""
+    if not dev_stack.supports_transactions:
+        pytest.skip(f"{dev_stack.kafka_kind} has no Kafka transactions")
+    topic = f"internals-skips-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=dev_stack.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=dev_stack.kafka_bootstrap, transactional_id=f"{topic}-tx")
+    await producer.start()
+    try:
+        for value, commit in ((b"a", True), (b"x", False), (b"b", True)):  # offsets: a 0, 1, x 2, 3, b 4, 5
+            await producer.begin_transaction()
+            await producer.send_and_wait(topic, value)
+            await (producer.commit_transaction() if commit else producer.abort_transaction())
+    finally:
+        await producer.stop()
+    faust_internals.note_skipped_offsets()
+    consumer = aiokafka.AIOKafkaConsumer(
+        topic, bootstrap_servers=dev_stack.kafka_bootstrap, isolation_level="read_committed",
+        auto_offset_reset="earliest", enable_auto_commit=False,
+    )  # fmt: skip
+    await consumer.start()
+    tp = aiokafka.TopicPartition(topic, 0)
+    try:
+        seen: list[tuple[int, bytes]] = []
+        while len(seen) < 2 or await consumer.position(tp) < 6:
+            for records in (await consumer.getmany(timeout_ms=1000)).values():
+                seen += [(record.offset, record.value) for record in records]
+    finally:
+        await consumer.stop()
+    assert seen == [(0, b"a"), (4, b"b")]
+    faust_tp = faust.types.TP(topic, 0)
+    assert faust_internals.skipped(faust_tp, 1, 4) and faust_internals.skipped(faust_tp, 5, 6)
+    assert not faust_internals.skipped(faust_tp, 0, 1) and not faust_internals.skipped(faust_tp, 1, 5)
 
 
 def test_Consumer_wait_empty_ends_the_transactions_at_every_revocation_too() -> None:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 import math
 import weakref
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import faust
+from aiokafka.consumer.fetcher import PartitionRecords
 from aiokafka.errors import IllegalStateError
 from aiokafka.producer.transaction_manager import TransactionState
 from aiokafka.structs import TopicPartition
@@ -49,6 +51,7 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         wait_ms = getattr(app, "fetch_max_wait_ms", None)
         if wait_ms is not None:
             client._fetch_max_wait_ms = wait_ms
+        note_skipped_offsets()
         return client
 
     # ``_highwaters`` is what table recovery measures the changelogs with. Under ``exactly_once`` Faust answers with
@@ -365,6 +368,55 @@ def inputs_sought(app: faust.App) -> bool:
     (so ``Consumer._committed_offset`` is the current generation's)."""
     sought = getattr(app.tables.recovery, "sought_generation", -1)  # type: ignore[attr-defined]
     return bool(sought == app.consumer_generation_id)
+
+
+# --- offsets the consumer skipped ---------------------------------------------------------------------------------
+
+# aiokafka's ``PartitionRecords._unpack_records`` (the generator a fetch answer's records come out of, in the consumer
+# thread) passes over control batches (the marker every transaction commit or abort writes: one offset per
+# transaction and partition) and, under read_committed, aborted batches, moving its ``next_fetch_offset`` past them;
+# no consumer ever sees those offsets. InputSequence took each such gap for records Faust lost and sought back over it
+# (on market.klines under exactly_once: a seek and a second fetch per transaction and partition, and a stall
+# warning per partition whose log ends with a marker). The gaps are noted here as they are passed over, per
+# partition, the newest SKIPPED_RANGES_KEPT of them.
+SKIPPED_RANGES_KEPT = 256
+_skipped: dict[tuple[str, int], deque[tuple[int, int]]] = {}
+_unpack_records = PartitionRecords._unpack_records
+
+
+def _unpack_records_noting_skips(self: Any) -> Iterator[Any]:
+    key = (self._tp.topic, self._tp.partition)
+    expected = self.next_fetch_offset  # the fetch's start: the offset after what came before
+    for record in _unpack_records(self):
+        if record.offset > expected:
+            _note_skipped(key, expected, record.offset)
+        expected = record.offset + 1
+        yield record
+    if self.next_fetch_offset > expected:  # skipped after the last record (a marker ending the log)
+        _note_skipped(key, expected, self.next_fetch_offset)
+
+
+def _note_skipped(key: tuple[str, int], start: int, end: int) -> None:
+    ranges = _skipped.get(key)
+    if ranges is None:
+        ranges = _skipped[key] = deque(maxlen=SKIPPED_RANGES_KEPT)
+    ranges.append((start, end))
+
+
+def note_skipped_offsets() -> None:
+    """From now on, this process's aiokafka consumers note the offsets they pass over (:func:`skipped`)."""
+    PartitionRecords._unpack_records = _unpack_records_noting_skips
+
+
+def skipped(tp: TP, start: int, end: int) -> bool:
+    """Whether the consumer passed over every offset from ``start`` to ``end`` (exclusive) of ``tp`` with nothing to
+    deliver there (transaction markers, aborted batches, compacted records): no record of them can come."""
+    ranges = sorted(tuple(_skipped.get((tp.topic, tp.partition), ())))  # a copy: the consumer thread appends
+    position = start
+    for first, after in ranges:
+        if first <= position < after:
+            position = after
+    return position >= end
 
 
 # --- the producer ------------------------------------------------------------------------------------------------
